@@ -1,0 +1,102 @@
+"""`lab clean`: remove what killed runs left behind, and nothing of a run still alive.
+
+Leftovers are found three ways, all keyed by the run id: namespaces named plab-<run>-*,
+processes carrying P2P_LAB_RUN=<run> in their environment (or living in such a
+namespace), and state files in the state directory (orchestrator pid, control socket).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from lab import runid
+from lab.netlink import netns
+
+
+@dataclass
+class Leftovers:
+    run: str
+    namespaces: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    state_file: Path | None = None
+    control: Path | None = None
+
+
+def _orchestrator_alive(state_file: Path) -> bool:
+    try:
+        pid = int(json.loads(state_file.read_text())["orchestrator_pid"])
+    except (OSError, ValueError, KeyError):
+        return False
+    return pid != os.getpid() and psutil.pid_exists(pid)
+
+
+def find_leftovers() -> dict[str, Leftovers]:
+    found: dict[str, Leftovers] = {}
+
+    def entry(run: str) -> Leftovers:
+        return found.setdefault(run, Leftovers(run))
+
+    namespaces = netns.listnetns() if os.geteuid() == 0 else []
+    for name in namespaces:
+        if (run := runid.run_of_netns(name)) is not None:
+            entry(run).namespaces.append(name)
+    if namespaces:
+        for name, pids in netns.ns_pids().items():
+            if (run := runid.run_of_netns(name)) is not None:
+                entry(run).pids.extend(pids)
+    for process in psutil.process_iter(["pid"]):
+        try:
+            run = process.environ().get(runid.ENV_VAR)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if run and process.pid not in entry(run).pids:
+            entry(run).pids.append(process.pid)
+    for state_file in runid.state_dir().glob("*.json"):
+        leftover = entry(state_file.stem)
+        leftover.state_file = state_file
+        try:
+            leftover.control = Path(json.loads(state_file.read_text())["control"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return found
+
+
+def clean(echo: Callable[[str], None]) -> int:
+    """Removes every dead run's leftovers; returns how many things were removed."""
+    removed = 0
+    for run, leftover in sorted(find_leftovers().items()):
+        if leftover.state_file is not None and _orchestrator_alive(leftover.state_file):
+            echo(f"run {run}: still running (orchestrator alive), left alone")
+            continue
+        for pid in leftover.pids:
+            try:
+                psutil.Process(pid).kill()
+                echo(f"run {run}: killed process {pid}")
+                removed += 1
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs([p for p in map(_process, leftover.pids) if p is not None], timeout=5)
+        for name in leftover.namespaces:
+            netns.remove(name)
+            echo(f"run {run}: removed namespace {name}")
+            removed += 1
+        for path in (leftover.control, leftover.state_file):
+            if path is not None and path.exists():
+                path.unlink()
+                echo(f"run {run}: removed {path}")
+                removed += 1
+    echo(f"removed {removed} leftovers" if removed else "nothing to clean")
+    return removed
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None

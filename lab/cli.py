@@ -1,0 +1,92 @@
+"""The `lab` command: one subcommand, one function."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from lab import cleanup, console, doctor
+from lab.network import NetworkError
+from lab.orchestrator import (
+    EXIT_INTERRUPTED,
+    SetupError,
+    choose_mode,
+    default_out,
+    run_topology,
+)
+from lab.topology import TopologyError, load_topology
+
+EXIT_CRASH = 3
+
+
+class LabError(click.ClickException):
+    """Bad input or an unusable machine: a one-line message and exit code 2."""
+
+    exit_code = 2
+
+
+@click.group()
+@click.version_option(package_name="p2p-lab")
+def main() -> None:
+    """Measure libp2p peers for real: namespaces, processes, statistics, SLA verdicts."""
+
+
+@main.command()
+@click.argument("topology_file", type=click.Path(path_type=Path), metavar="TOPOLOGY")
+@click.option("--out", type=click.Path(path_type=Path), help="Results directory (default results/<name>-<UTC time>).")
+@click.option("--seed", type=int, help="Override the topology's seed.")
+@click.option("--quick", is_flag=True, help="Smaller workload: fewer packages, lookups and announcements.")
+def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool) -> None:
+    """Run TOPOLOGY; exit 0 if every SLA held, 1 if any failed, 2 on bad input or setup error."""
+    try:
+        topology = load_topology(topology_file)
+    except TopologyError as exc:
+        raise LabError(str(exc)) from None
+    if seed is not None:
+        topology = topology.model_copy(update={"seed": seed})
+    if quick:
+        topology = topology.quick()
+    out = out or default_out(topology)
+    try:
+        outcome = asyncio.run(run_topology(topology, topology_file.read_text(), out, click.echo))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: partial results in {out}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (SetupError, NetworkError) as exc:
+        raise LabError(str(exc)) from None
+    except Exception:
+        traceback.print_exc()
+        click.echo(f"lab crashed; partial results in {out}; run `lab clean` if anything was left", err=True)
+        sys.exit(EXIT_CRASH)
+    click.echo("")
+    for line in console.metrics_table(outcome.summary):
+        click.echo(line)
+    click.echo("")
+    for line in console.verdict_lines(outcome.verdicts):
+        click.echo(line)
+    if outcome.errors:
+        click.echo(f"{len(outcome.errors)} lab-level errors (peer starts, calls, losses): see {outcome.path}/summary.json")
+    click.echo(f"results: {outcome.path}")
+    sys.exit(outcome.exit_code)
+
+
+@main.command()
+def clean() -> None:
+    """Remove namespaces, processes and sockets that killed runs left behind."""
+    cleanup.clean(click.echo)
+
+
+@main.command(name="doctor")
+def doctor_command() -> None:
+    """Print what this machine supports and the mode `lab run` will use."""
+    for check in doctor.run_checks():
+        click.echo(f"{'yes' if check.ok else 'no ':3}  {check.name:20} {check.detail}")
+    try:
+        mode, why = choose_mode("auto")
+    except SetupError as exc:
+        raise LabError(str(exc)) from None
+    click.echo(f"lab run will use: {mode} ({why})")

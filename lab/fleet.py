@@ -1,0 +1,228 @@
+"""The peer processes of one run and the orchestrator's end of the control plane.
+
+Each peer is a real OS process (`python -m nodes.peer`) entering its own namespace. It dials
+the run's Unix socket, says hello, and then answers calls. A peer that exits, closes its
+socket, or misses a deadline is marked lost with its exit status and stderr tail; calls to it
+fail at once, so a dead peer never makes a run hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.network import PeerSlot
+from lab.runid import ENV_VAR
+from nodes import wire
+
+EventSink = Callable[[wire.Message], None]
+STDERR_TAIL_LINES = 12
+
+
+class PeerLost(RuntimeError):
+    """The peer died or stopped answering; the message carries its cause."""
+
+
+class CallFailed(RuntimeError):
+    """The peer answered the call with an error."""
+
+
+@dataclass
+class PeerProcess:
+    slot: PeerSlot
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    peer_id: str = ""
+    addrs: list[str] = field(default_factory=list)
+    lost: str | None = None
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    hello: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def index(self) -> int:
+        return self.slot.index
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def dial_address(self) -> str:
+        """The peer's IPv4 multiaddr with its /p2p/ id, as other peers dial it."""
+        return next(a for a in self.addrs if a.startswith("/ip4/"))
+
+    def stderr_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-STDERR_TAIL_LINES:])
+
+    def mark_lost(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(PeerLost(f"peer {self.index}: {self.lost}"))
+        self.pending.clear()
+
+
+class Fleet:
+    """Spawns, drives and stops the peer processes of one run."""
+
+    def __init__(self, run_id: str, control_path: Path, log_dir: Path, on_event: EventSink) -> None:
+        self.run_id = run_id
+        self.control_path = control_path
+        self.log_dir = log_dir
+        self.on_event = on_event
+        self._peers: dict[int, PeerProcess] = {}
+        self._stopping = False
+        self._server: asyncio.AbstractServer | None = None
+        self._call_ids = itertools.count(1)
+        self._watchers: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.control_path), limit=wire.MAX_LINE)
+
+    @property
+    def peers(self) -> list[PeerProcess]:
+        return [self._peers[index] for index in sorted(self._peers)]
+
+    @property
+    def alive(self) -> list[PeerProcess]:
+        return [p for p in self.peers if p.lost is None]
+
+    # -- starting --------------------------------------------------------------------------
+
+    async def start(self, slot: PeerSlot, settings: dict[str, Any], timeout: float) -> PeerProcess:
+        """Spawns one peer and waits until it listens; raises PeerLost if it does not."""
+        peer = PeerProcess(slot, self.log_dir / f"peer-{slot.index:04d}.stderr")
+        self._peers[slot.index] = peer
+        command = [sys.executable, "-m", "nodes.peer", "--index", str(slot.index), "--control", str(self.control_path)]
+        if slot.netns:
+            command += ["--netns", slot.netns]
+        with peer.log_path.open("wb") as log:
+            peer.process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, ENV_VAR: self.run_id, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # a Ctrl-C reaches the orchestrator, which stops peers in order
+            )
+        self._watchers.append(asyncio.create_task(self._watch(peer)))
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_hello(peer)
+        except TimeoutError:
+            peer.mark_lost(f"no hello within {timeout:.0f}s")
+            raise PeerLost(f"peer {slot.index}: no hello within {timeout:.0f}s") from None
+        identity = await self.call(peer, "start", {**settings, "listen": slot.listen}, timeout)
+        peer.peer_id, peer.addrs = identity["peer_id"], identity["addrs"]
+        return peer
+
+    async def _wait_hello(self, peer: PeerProcess) -> None:
+        hello = asyncio.create_task(peer.hello.wait())
+        assert peer.process is not None
+        exited = asyncio.create_task(peer.process.wait())
+        await asyncio.wait({hello, exited}, return_when=asyncio.FIRST_COMPLETED)
+        hello.cancel()
+        exited.cancel()
+        if peer.lost is not None or not peer.hello.is_set():
+            raise PeerLost(f"peer {peer.index}: {peer.lost or 'exited before hello'}")
+
+    async def _watch(self, peer: PeerProcess) -> None:
+        assert peer.process is not None
+        code = await peer.process.wait()
+        if peer.lost is None and not self._stopping:
+            # Give the control reader a moment to deliver the last events and results.
+            await asyncio.sleep(0.2)
+            tail = peer.stderr_tail().splitlines()
+            cause = tail[-1] if tail else "no stderr"
+            peer.mark_lost(f"exited with status {code}: {cause}")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer: PeerProcess | None = None
+        try:
+            while line := await reader.readline():
+                message = wire.decode(line)
+                kind = message["type"]
+                if kind == "hello":
+                    peer = self._peers[message["index"]]
+                    peer.writer = writer
+                    peer.hello.set()
+                elif kind == "event":
+                    self.on_event(message)
+                elif kind == "result" and peer is not None:
+                    future = peer.pending.pop(message["id"], None)
+                    if future is not None and not future.done():
+                        if message["ok"]:
+                            future.set_result(message["value"])
+                        else:
+                            future.set_exception(CallFailed(message["error"]))
+        except (ConnectionError, ValueError) as exc:
+            if peer is not None:
+                peer.mark_lost(f"control connection broke: {exc}")
+        finally:
+            if peer is not None and peer.lost is None and peer.pending:
+                peer.mark_lost("control connection closed")
+            writer.close()
+
+    # -- calling ---------------------------------------------------------------------------
+
+    async def call(self, peer: PeerProcess, op: str, args: dict[str, Any], timeout: float) -> Any:
+        if peer.lost is not None:
+            raise PeerLost(f"peer {peer.index}: {peer.lost}")
+        if peer.writer is None:
+            raise PeerLost(f"peer {peer.index}: not connected")
+        call_id = next(self._call_ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        peer.pending[call_id] = future
+        peer.writer.write(wire.encode({"type": "call", "id": call_id, "op": op, "args": args}))
+        try:
+            await peer.writer.drain()
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            peer.pending.pop(call_id, None)
+            raise PeerLost(f"peer {peer.index}: no answer to {op} within {timeout:.0f}s") from None
+        except ConnectionError as exc:
+            peer.mark_lost(f"control connection broke: {exc}")
+            raise PeerLost(f"peer {peer.index}: {peer.lost}") from None
+
+    # -- stopping --------------------------------------------------------------------------
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Asks every live peer to shut down, then terminates and finally kills stragglers."""
+        self._stopping = True
+        async def polite(peer: PeerProcess) -> None:
+            try:
+                await self.call(peer, "shutdown", {}, grace)
+            except (PeerLost, CallFailed):
+                pass  # escalated below: terminate, then kill
+
+        await asyncio.gather(*(polite(p) for p in self.alive))
+        running = [p.process for p in self.peers if p.process and p.process.returncode is None]
+        for process in running:
+            process.terminate()
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*(p.wait() for p in running))
+        except TimeoutError:
+            for process in running:
+                if process.returncode is None:
+                    process.kill()
+            await asyncio.gather(*(p.wait() for p in running))
+        for watcher in self._watchers:
+            watcher.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.control_path.unlink(missing_ok=True)

@@ -1,0 +1,105 @@
+"""From raw records to metric samples: what each metric is, in which unit, one place.
+
+- every operation `op` the peers report becomes a latency metric `op` in milliseconds
+  (failed operations count as attempts, not as samples);
+- `gossip_delivery_ratio`: per announced message, the share of other ready peers that got it;
+- `memory_rss_mib`, `memory_uss_mib`, `memory_pss_mib`: each peer's peak, from psutil samples;
+- `cpu_seconds`: each peer's user+system CPU time at its last sample.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+MIB = 1024 * 1024
+MEMORY_FIELDS = {"memory_rss_mib": "rss", "memory_uss_mib": "uss", "memory_pss_mib": "pss"}
+# Operations the peers report (nodes/), each a latency metric.
+OPERATIONS = (
+    "bootstrap", "connect", "publish", "get", "dht_lookup", "dht_find_providers", "fetch",
+    "search_cache_hit", "search_local", "search_remote", "gossip_publish", "gossip_delivery",
+)
+CONCURRENT_SEARCH = "concurrent_search_"
+
+
+def unit_of(metric: str) -> str | None:
+    """The unit a metric is summarised in, or None for a name the lab never produces."""
+    if metric in OPERATIONS or (metric.startswith(CONCURRENT_SEARCH) and metric[len(CONCURRENT_SEARCH):].isdigit()):
+        return "millisecond"
+    if metric in MEMORY_FIELDS:
+        return "mebibyte"
+    if metric == "cpu_seconds":
+        return "second"
+    if metric == "gossip_delivery_ratio":
+        return "dimensionless"
+    return None
+
+
+@dataclass
+class Metric:
+    name: str
+    unit: str  # a pint unit name, so SLA thresholds convert ("2s" vs milliseconds)
+    values: list[float] = field(default_factory=list)
+    attempts: int = 0
+
+
+def latency_metrics(events: list[dict[str, Any]]) -> dict[str, Metric]:
+    metrics: dict[str, Metric] = {}
+    for event in events:
+        metric = metrics.setdefault(event["op"], Metric(event["op"], "millisecond"))
+        metric.attempts += 1
+        if event["ok"]:
+            metric.values.append((event["end_ns"] - event["start_ns"]) / 1e6)
+    return metrics
+
+
+def announced_messages(events: list[dict[str, Any]]) -> set[str]:
+    """Messages that were sent: gossip-phase announcements and publish announcements."""
+    sent = set()
+    for event in events:
+        if event["ok"] and event["op"] == "gossip_publish":
+            sent.add(event["msg"])
+        elif event["ok"] and event["op"] == "publish":
+            sent.add(f"publish:{event['package']}")
+    return sent
+
+
+def delivery_ratio(events: list[dict[str, Any]], ready_peers: int) -> Metric:
+    receivers: dict[str, set[int]] = defaultdict(set)
+    for event in events:
+        if event["op"] == "gossip_delivery":
+            receivers[event["msg"]].add(event["peer"])
+    metric = Metric("gossip_delivery_ratio", "dimensionless")
+    expected = max(ready_peers - 1, 1)
+    for message in sorted(announced_messages(events)):
+        metric.attempts += 1
+        metric.values.append(len(receivers[message]) / expected)
+    return metric
+
+
+def resource_metrics(samples: list[dict[str, Any]]) -> dict[str, Metric]:
+    peaks: dict[str, dict[int, float]] = {name: {} for name in MEMORY_FIELDS}
+    cpu: dict[int, float] = {}
+    for sample in samples:
+        if sample.get("role") != "peer":
+            continue
+        peer = sample["peer"]
+        for name, key in MEMORY_FIELDS.items():
+            if sample.get(key) is not None:
+                peaks[name][peer] = max(peaks[name].get(peer, 0.0), sample[key] / MIB)
+        cpu[peer] = sample["cpu_user"] + sample["cpu_system"]
+    metrics = {
+        name: Metric(name, "mebibyte", list(by_peer.values()), len(by_peer)) for name, by_peer in peaks.items()
+    }
+    metrics["cpu_seconds"] = Metric("cpu_seconds", "second", list(cpu.values()), len(cpu))
+    return metrics
+
+
+def all_metrics(events: list[dict[str, Any]], samples: list[dict[str, Any]], ready_peers: int) -> dict[str, Metric]:
+    metrics = latency_metrics(events)
+    metrics.update(resource_metrics(samples))
+    ratio = delivery_ratio(events, ready_peers)
+    if ratio.attempts:
+        metrics[ratio.name] = ratio
+    return {name: m for name, m in sorted(metrics.items()) if m.attempts}

@@ -1,0 +1,277 @@
+"""The orchestrator: build the network, start the peers, run the phases, collect, clean up.
+
+Structured so that whatever happens (SLA failure, bad peer, Ctrl-C, SIGTERM, crash) the
+`finally` path stops every peer, removes every namespace and writes what was gathered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lab import doctor, provenance, quantities, results, runid
+from lab.collector import Collector
+from lab.fleet import Fleet, PeerLost, CallFailed
+from lab.metrics import all_metrics
+from lab.network import LoopbackNetwork, NamespaceNetwork
+from lab.results import ResultsDir
+from lab.sla import evaluate
+from lab.stats import summarize
+from lab.topology import Topology
+from lab.workload import Workload
+
+Echo = Callable[[str], None]
+
+EXIT_PASS, EXIT_SLA_FAILED, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
+SPAWN_TIMEOUT_S = 60.0
+
+
+class SetupError(RuntimeError):
+    """The run cannot start here (privilege, kernel feature, directory); exit code 2."""
+
+
+@dataclass
+class RunOutcome:
+    path: Path
+    status: str
+    exit_code: int
+    summary: dict[str, Any]
+    verdicts: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+
+
+async def in_thread_to_completion(function: Callable[[], Any]) -> Any:
+    """Runs blocking network work in a thread; a cancel waits for the thread to finish, so
+    cleanup never races a half-built network."""
+    future = asyncio.get_running_loop().run_in_executor(None, function)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+def choose_mode(requested: str) -> tuple[str, str]:
+    """(mode, why): netns where the kernel and privileges allow it, else loopback."""
+    problem = doctor.netns_problem()
+    if requested == "loopback":
+        return "loopback", "requested by the topology"
+    if problem is None:
+        return "netns", "root and network namespaces available"
+    if requested == "netns":
+        raise SetupError(f"network.mode is netns but {problem}; run as root or set network.mode: auto")
+    return "loopback", f"falling back to loopback (127.0.0.0/8): {problem}"
+
+
+def peer_settings(topology: Topology) -> dict[str, Any]:
+    libp2p = topology.libp2p
+    return {
+        "seed": topology.seed,
+        "connections": {
+            "max_per_peer": libp2p.connections.max_per_peer,
+            "auto_connect": libp2p.connections.auto_connect,
+            "dial_timeout_s": quantities.seconds(libp2p.connections.dial_timeout),
+        },
+        "dht": libp2p.dht.model_dump(),
+        "gossipsub": {**libp2p.gossipsub.model_dump(), "heartbeat_s": quantities.seconds(libp2p.gossipsub.heartbeat)},
+    }
+
+
+def default_out(topology: Topology) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path("results") / f"{topology.name}-{stamp}"
+
+
+class Run:
+    def __init__(self, topology: Topology, source: str, out: Path, echo: Echo) -> None:
+        self.topology = topology
+        self.source = source
+        self.echo = echo
+        self.run_id = runid.RunId.new()
+        self.results = ResultsDir.create(out)
+        self.events: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.ready = 0
+        self.lost = 0
+        self.phase_reports: list[dict[str, Any]] = []
+
+    # -- sinks for the fleet and the collector -------------------------------------------------
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        event.pop("type", None)
+        self.events.append(event)
+        self.results.append(results.EVENTS, event)
+
+    def on_sample(self, sample: dict[str, Any]) -> None:
+        self.samples.append(sample)
+        self.results.append(results.RESOURCES, sample)
+
+    # -- the run --------------------------------------------------------------------------------
+
+    async def execute(self) -> RunOutcome:
+        topology = self.topology
+        mode, why = await asyncio.to_thread(choose_mode, topology.network.mode)
+        self.echo(f"run {self.run_id.value}: {topology.peer_count} peers, mode {mode} ({why})")
+        self.echo(f"results: {self.results.path}")
+        self.results.update_manifest(
+            status="running",
+            run_id=self.run_id.value,
+            topology_name=topology.name,
+            seed=topology.seed,
+            mode=mode,
+            mode_reason=why,
+            started_utc=datetime.now(timezone.utc).isoformat(),
+            clock="time.monotonic_ns (one clock for all processes of this machine)",
+            versions=provenance.versions(),
+            source=provenance.git_commit(),
+            machine=provenance.machine(),
+            topology=topology.model_dump(mode="json"),
+            topology_source=self.source,
+        )
+        network = (
+            NamespaceNetwork(self.run_id, topology.peer_count, topology.network.ports_per_bridge)
+            if mode == "netns"
+            else LoopbackNetwork(topology.peer_count)
+        )
+        control = self.results.path / "control.sock"
+        fleet = Fleet(self.run_id.value, control, self.results.log_dir, self.on_event)
+        collector = Collector(
+            quantities.seconds(topology.collector.interval),
+            lambda: {p.index: p.pid for p in fleet.alive if p.pid is not None},
+            self.on_sample,
+        )
+        state = {"orchestrator_pid": os.getpid(), "results": str(self.results.path.resolve()), "control": str(control.resolve())}
+        self.run_id.state_file.write_text(json.dumps(state))
+        status, collecting = "failed", None
+        started = time.monotonic()
+        try:
+            slots = await in_thread_to_completion(network.build)
+            self.echo(f"[network] {len(slots)} peer slots built in {time.monotonic() - started:.1f}s")
+            await fleet.open()
+            collecting = asyncio.create_task(collector.run())
+            await self._start_peers(fleet, slots)
+            workload = Workload(topology, fleet)
+            for number, phase in enumerate(topology.workload, 1):
+                report = await workload.run(phase)
+                self.errors.extend(report.errors)
+                self.phase_reports.append({"phase": phase.phase, "calls": report.calls, "failed": report.failed, "seconds": report.seconds})
+                self.echo(f"[{number}/{len(topology.workload)}] {report.line()}")
+            status = "complete"
+        except asyncio.CancelledError:
+            status = "interrupted"
+            raise
+        finally:
+            await self._finish(fleet, network, collector, collecting, status, time.monotonic() - started)
+            outcome = self._outcome(status)
+        return outcome
+
+    async def _start_peers(self, fleet: Fleet, slots: list[Any]) -> None:
+        limit = asyncio.Semaphore(self.topology.network.spawn_concurrency)
+        settings = peer_settings(self.topology)
+        started = time.monotonic()
+
+        async def start(slot: Any) -> None:
+            async with limit:
+                try:
+                    await fleet.start(slot, settings, SPAWN_TIMEOUT_S)
+                    self.ready += 1
+                except (PeerLost, CallFailed) as exc:
+                    self.errors.append({"phase": "start", "peer": slot.index, "error": str(exc)})
+
+        await asyncio.gather(*(start(slot) for slot in slots))
+        self.echo(f"[peers] {self.ready}/{len(slots)} ready in {time.monotonic() - started:.1f}s")
+        if self.ready < len(slots):
+            for error in self.errors[:5]:
+                self.echo(f"  peer {error['peer']}: {error['error']}")
+
+    async def _finish(
+        self, fleet: Fleet, network: Any, collector: Collector, collecting: asyncio.Task[None] | None, status: str, seconds: float
+    ) -> None:
+        """Cleanup first (it must happen even if writing results fails), then the results."""
+        lost = [
+            {"phase": "run", "peer": p.index, "error": p.lost, "stderr_tail": p.stderr_tail()}
+            for p in fleet.peers
+            if p.lost is not None and not any(e.get("peer") == p.index and e.get("phase") == "start" for e in self.errors)
+        ]
+        self.errors.extend(lost)
+        try:
+            if collecting is not None:
+                await collector.sample_once()
+                collecting.cancel()
+            await fleet.stop()
+        finally:
+            removed = await in_thread_to_completion(network.teardown)
+            self.run_id.state_file.unlink(missing_ok=True)
+            self.results.close()
+        self.lost = len(lost)
+        self.echo(f"[cleanup] stopped {len(fleet.peers)} peers, removed {len(removed)} namespaces")
+        self.results.update_manifest(
+            status=status,
+            partial=status != "complete",
+            ended_utc=datetime.now(timezone.utc).isoformat(),
+            duration_s=seconds,
+            peers_ready=self.ready,
+            peers_lost=self.lost,
+            phases=self.phase_reports,
+            collector={"sweeps": collector.sweeps, "seconds": collector.sweep_seconds},
+            peers=[
+                {"index": p.index, "peer_id": p.peer_id, "ip": p.slot.ip, "netns": p.slot.netns, "pid": p.pid, "lost": p.lost}
+                for p in fleet.peers
+            ],
+        )
+
+    def _outcome(self, status: str) -> RunOutcome:
+        metrics = all_metrics(self.events, self.samples, self.ready)
+        summary = {name: {"unit": m.unit, **summarize(m.values, m.attempts)} for name, m in metrics.items()}
+        self.results.write(
+            results.SUMMARY,
+            {
+                "partial": status != "complete",
+                "note": "samples within one run are not independent (shared network, shared CPU); "
+                "intervals describe this run, not run-to-run variation",
+                "metrics": summary,
+                "errors": self._error_counts(),
+            },
+        )
+        verdicts = evaluate(self.topology.slas, summary) + self._builtin_verdicts()
+        self.results.write(results.VERDICTS, {"passed": all(v["passed"] for v in verdicts), "verdicts": verdicts})
+        exit_code = EXIT_PASS if all(v["passed"] for v in verdicts) else EXIT_SLA_FAILED
+        return RunOutcome(self.results.path, status, exit_code, summary, verdicts, self.errors)
+
+    def _builtin_verdicts(self) -> list[dict[str, Any]]:
+        """The lab's own conditions for a trustworthy run, reported beside the topology's SLAs."""
+        total = self.topology.peer_count
+        return [
+            {"metric": "peers_ready", "stat": "count", "op": "==", "threshold": str(total), "measured": self.ready,
+             "passed": self.ready == total, "builtin": True, "reason": f"{self.ready} of {total} peers became ready"},
+            {"metric": "peers_lost", "stat": "count", "op": "==", "threshold": "0", "measured": self.lost,
+             "passed": self.lost == 0, "builtin": True, "reason": f"{self.lost} peers died or stopped answering"},
+        ]
+
+    def _error_counts(self) -> dict[str, Any]:
+        by_op: dict[str, dict[str, int]] = {}
+        for event in self.events:
+            if not event["ok"]:
+                errors = by_op.setdefault(event["op"], {})
+                errors[event["error"]] = errors.get(event["error"], 0) + 1
+        return {"operations": by_op, "lab": self.errors}
+
+
+async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -> RunOutcome:
+    try:
+        run = Run(topology, source, out, echo)
+    except FileExistsError as exc:
+        raise SetupError(str(exc)) from None
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run.execute()

@@ -1,0 +1,82 @@
+"""The results directory: self-describing, written as the run goes so an interrupted run
+still leaves a readable directory whose manifest says it is partial.
+
+    manifest.json    topology, seed, versions, kernel, mode, commit, times, status
+    events.jsonl     one operation per line, as the peers reported it
+    resources.jsonl  psutil samples per process
+    logs/            stderr of every peer
+    summary.json     statistics per metric
+    verdicts.json    each SLA: measured value, threshold, pass/fail
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+MANIFEST = "manifest.json"
+EVENTS = "events.jsonl"
+RESOURCES = "resources.jsonl"
+SUMMARY = "summary.json"
+VERDICTS = "verdicts.json"
+LOGS = "logs"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic: a reader never sees half a file, even if the run is killed mid-write."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete lines; a last line cut short by a kill is skipped."""
+    records = []
+    with path.open() as handle:
+        for line in handle:
+            if line.endswith("\n"):
+                records.append(json.loads(line))
+    return records
+
+
+class ResultsDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.manifest: dict[str, Any] = {}
+        self._streams: dict[str, IO[str]] = {}
+
+    @classmethod
+    def create(cls, path: Path) -> ResultsDir:
+        if path.exists() and any(path.iterdir()):
+            raise FileExistsError(f"{path} exists and is not empty; choose another --out")
+        (path / LOGS).mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.path / LOGS
+
+    def update_manifest(self, **fields: Any) -> None:
+        self.manifest.update(fields)
+        write_json(self.path / MANIFEST, self.manifest)
+
+    def append(self, name: str, record: dict[str, Any]) -> None:
+        """Line-buffered, so every complete record is on disk if the run dies."""
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = (self.path / name).open("a", buffering=1)
+        stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def write(self, name: str, data: Any) -> None:
+        write_json(self.path / name, data)
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()

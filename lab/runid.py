@@ -1,0 +1,53 @@
+"""Names of what one run creates, all under one per-run prefix, so runs never collide and
+`lab clean` can find what a killed run left behind."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "plab"
+# Every peer process carries this variable; `lab clean` finds leftovers by it.
+ENV_VAR = "P2P_LAB_RUN"
+
+
+def state_dir() -> Path:
+    """Where live runs register themselves (orchestrator pid, results directory)."""
+    base = Path("/run") if os.geteuid() == 0 else Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    path = base / "p2p-lab"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class RunId:
+    value: str
+
+    @classmethod
+    def new(cls) -> RunId:
+        return cls(secrets.token_hex(3))
+
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}-{self.value}"
+
+    @property
+    def hub_netns(self) -> str:
+        return f"{self.prefix}-hub"
+
+    def peer_netns(self, index: int) -> str:
+        return f"{self.prefix}-p{index:04d}"
+
+    @property
+    def state_file(self) -> Path:
+        return state_dir() / f"{self.value}.json"
+
+
+def run_of_netns(name: str) -> str | None:
+    """The run id in a namespace name made by `RunId`, else None."""
+    parts = name.split("-")
+    if len(parts) == 3 and parts[0] == PREFIX and len(parts[1]) == 6:
+        return parts[1]
+    return None

@@ -1,0 +1,337 @@
+"""The topology file: what network to build, which peers, which workload, which SLAs.
+
+Validated completely before anything is built; every error names its field path
+(`groups[1].count: must be >= 1`) so a user can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lab import metrics, quantities
+
+
+class TopologyError(ValueError):
+    """A topology file that cannot be used; the message is one line naming the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: str | int | float) -> float:
+    seconds = quantities.seconds(value)
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _percent(value: str | int | float) -> float:
+    share = quantities.fraction(value)
+    if not 0 <= share <= 1:
+        raise ValueError("must be between 0% and 100%")
+    return share
+
+
+Duration = Annotated[str | int | float, Field(description="a duration such as 500ms or 2s")]
+
+
+class Link(Strict):
+    """Impairment of every packet a peer of the group sends (applied by the impairment backend)."""
+
+    delay: Duration = "0ms"
+    jitter: Duration = "0ms"
+    loss: str | float = "0%"
+    rate: str | None = None
+
+    @field_validator("delay", "jitter")
+    @classmethod
+    def _check_duration(cls, value: Duration) -> Duration:
+        _duration(value)
+        return value
+
+    @field_validator("loss")
+    @classmethod
+    def _check_loss(cls, value: str | float) -> str | float:
+        _percent(value)
+        return value
+
+    @field_validator("rate")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is not None and quantities.convert(value, "bit/s") <= 0:
+            raise ValueError("must be a positive rate such as 10Mbit/s")
+        return value
+
+    @property
+    def is_impaired(self) -> bool:
+        return bool(_duration(self.delay) or _duration(self.jitter) or _percent(self.loss) or self.rate)
+
+
+class Group(Strict):
+    name: str = Field(min_length=1)
+    count: int | None = Field(default=None, ge=1)
+    percent: float | None = Field(default=None, gt=0, le=100)
+    link: Link = Link()
+
+    @model_validator(mode="after")
+    def _count_or_percent(self) -> Group:
+        if (self.count is None) == (self.percent is None):
+            raise ValueError("give exactly one of count or percent")
+        return self
+
+
+class Bootstrap(Strict):
+    peers: int = Field(default=2, ge=1, description="how many peers act as bootstrap peers")
+    dials: int = Field(default=2, ge=1, description="how many bootstrap peers each other peer dials")
+    min_routing_table: int = Field(default=1, ge=0, description="routing-table size a peer must reach")
+
+
+class Connections(Strict):
+    """py-libp2p connection manager settings; the library defaults distort measurements."""
+
+    max_per_peer: int = Field(default=1, ge=1)
+    auto_connect: bool = Field(default=False, description="library auto-connector tops up to ~100-200 peers")
+    dial_timeout: Duration = "10s"
+
+
+class Dht(Strict):
+    mode: Literal["server", "client"] = "server"
+    get_quorum: int = Field(default=1, ge=0, description="0 = library default: query every candidate")
+    random_walk: bool = False
+
+
+class Gossipsub(Strict):
+    degree: int = Field(default=6, ge=1)
+    degree_low: int = Field(default=4, ge=1)
+    degree_high: int = Field(default=12, ge=1)
+    heartbeat: Duration = "1s"
+    scorer: bool = Field(default=False, description="py-libp2p 0.8.1's scorer causes a GRAFT/PRUNE storm")
+    adaptive_gossip: bool = False
+    spam_protection: bool = False
+    eclipse_protection: bool = True
+    strict_signing: bool = True
+
+    @model_validator(mode="after")
+    def _degrees_ordered(self) -> Gossipsub:
+        if not self.degree_low <= self.degree <= self.degree_high:
+            raise ValueError("need degree_low <= degree <= degree_high")
+        return self
+
+
+class Libp2p(Strict):
+    connections: Connections = Connections()
+    dht: Dht = Dht()
+    gossipsub: Gossipsub = Gossipsub()
+
+
+class Network(Strict):
+    mode: Literal["auto", "netns", "loopback"] = "auto"
+    ports_per_bridge: int = Field(default=500, ge=2, le=1000, description="a Linux bridge holds ~1024 ports")
+    spawn_concurrency: int = Field(default=8, ge=1, description="peer processes starting at once")
+
+
+class BootstrapPhase(Strict):
+    phase: Literal["bootstrap"]
+    timeout: Duration = "60s"
+
+
+class PublishPhase(Strict):
+    phase: Literal["publish"]
+    packages: int = Field(default=20, ge=1)
+    body_size: str = Field(default="16KiB", description="size of each package body")
+    timeout: Duration = "120s"
+
+    @field_validator("body_size")
+    @classmethod
+    def _check_size(cls, value: str) -> str:
+        if not 1 <= quantities.convert(value, "byte") <= 1 << 20:
+            raise ValueError("must be between 1B and 1MiB (the DHT's record limit)")
+        return value
+
+
+class LookupPhase(Strict):
+    phase: Literal["lookup"]
+    per_peer: int = Field(default=5, ge=1, description="packages each peer fetches that it does not hold")
+    timeout: Duration = "300s"
+
+
+class SearchPhase(Strict):
+    phase: Literal["search"]
+    queries_per_peer: int = Field(default=3, ge=1)
+    fanout: int = Field(default=3, ge=1, description="peers asked on a local miss")
+    timeout: Duration = "120s"
+
+
+class GossipPhase(Strict):
+    phase: Literal["gossip"]
+    announcements: int = Field(default=5, ge=1)
+    interval: Duration = "500ms"
+    settle: Duration = Field(default="10s", description="how long receivers have to get the last one")
+    timeout: Duration = "120s"
+
+
+class ConcurrentSearchPhase(Strict):
+    phase: Literal["concurrent_search"]
+    levels: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 10, 50, 100], min_length=1)
+    peers: int = Field(default=1, ge=1, description="peers that each issue the concurrent searches")
+    fanout: int = Field(default=3, ge=1)
+    timeout: Duration = "120s"
+
+
+NEEDS_PACKAGES = ("lookup", "search", "gossip", "concurrent_search")
+
+Phase = Annotated[
+    Union[BootstrapPhase, PublishPhase, LookupPhase, SearchPhase, GossipPhase, ConcurrentSearchPhase],
+    Field(discriminator="phase"),
+]
+
+class Sla(Strict):
+    metric: str = Field(min_length=1)
+    stat: Literal["mean", "min", "max", "p50", "p95", "p99", "success_ratio"]
+    op: Literal["<", "<=", ">", ">="]
+    threshold: str | int | float
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _known_metric_and_unit(self) -> Sla:
+        unit = metrics.unit_of(self.metric)
+        if unit is None:
+            raise ValueError(f"metric: unknown metric {self.metric!r} (see docs/topology.md)")
+        try:
+            quantities.convert(self.threshold, "dimensionless" if self.stat == "success_ratio" else unit)
+        except ValueError as exc:
+            raise ValueError(f"threshold: {exc}") from None
+        return self
+
+
+class Collector(Strict):
+    interval: Duration = "1s"
+
+
+class Topology(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(ge=0)
+    description: str = ""
+    total: int | None = Field(default=None, ge=1, description="peer count when groups use percent")
+    groups: list[Group] = Field(min_length=1)
+    bootstrap: Bootstrap = Bootstrap()
+    libp2p: Libp2p = Libp2p()
+    network: Network = Network()
+    collector: Collector = Collector()
+    workload: list[Phase] = Field(min_length=1)
+    slas: list[Sla] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Topology:
+        if any(g.percent is not None for g in self.groups) and self.total is None:
+            raise ValueError("total: required when a group gives percent")
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError("groups: group names must be unique")
+        if self.workload[0].phase != "bootstrap":
+            raise ValueError("workload[0].phase: the first phase must be bootstrap")
+        published = False
+        for number, phase in enumerate(self.workload):
+            if phase.phase in NEEDS_PACKAGES and not published:
+                raise ValueError(f"workload[{number}].phase: {phase.phase} needs an earlier publish phase")
+            published = published or phase.phase == "publish"
+        if self.bootstrap.peers > self.peer_count:
+            raise ValueError(f"bootstrap.peers: {self.bootstrap.peers} exceeds the {self.peer_count} peers")
+        return self
+
+    def quick(self) -> Topology:
+        """The same network with a smaller workload, for a fast look (`lab run --quick`)."""
+        smaller = {
+            "packages": lambda v: min(v, 5),
+            "per_peer": lambda v: min(v, 2),
+            "queries_per_peer": lambda v: 1,
+            "announcements": lambda v: min(v, 2),
+            "levels": lambda v: [level for level in v if level <= 10] or v[:1],
+            "settle": lambda v: "3s",
+        }
+        workload = []
+        for phase in self.workload:
+            updates = {name: shrink(getattr(phase, name)) for name, shrink in smaller.items() if hasattr(phase, name)}
+            workload.append(phase.model_copy(update=updates))
+        return self.model_copy(update={"workload": workload})
+
+    def group_sizes(self) -> list[int]:
+        """Peers per group; percentages are rounded so that they add up to `total`."""
+        if self.total is None:
+            return [g.count or 0 for g in self.groups]
+        exact = [g.count if g.count is not None else self.total * (g.percent or 0) / 100 for g in self.groups]
+        sizes = [int(x) for x in exact]
+        by_remainder = sorted(range(len(exact)), key=lambda i: exact[i] - sizes[i], reverse=True)
+        for i in by_remainder[: max(0, self.total - sum(sizes))]:
+            sizes[i] += 1
+        return sizes
+
+    @property
+    def peer_count(self) -> int:
+        return sum(self.group_sizes())
+
+    def peer_groups(self) -> list[Group]:
+        """The group of each peer, by peer index."""
+        return [group for group, size in zip(self.groups, self.group_sizes()) for _ in range(size)]
+
+    def rng(self, purpose: str) -> random.Random:
+        """A random stream per purpose, so adding a phase never reshuffles another."""
+        return random.Random(f"{self.seed}:{purpose}")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif i >= 2 and loc[i - 2] == "workload" and isinstance(loc[i - 1], int):
+            continue  # pydantic's union tag (the phase name) is not part of the user's file
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _message(error: dict) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if error["type"] == "greater_than_equal":
+        message = f"must be >= {error['ctx']['ge']}"
+    elif error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "union_tag_invalid":
+        message = f"phase must be one of {error['ctx']['expected_tags']}"
+    return message
+
+
+def parse_topology(data: object, source: str = "<topology>") -> Topology:
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = _field_path(first["loc"])
+        message = _message(first)
+        head, colon, rest = message.partition(": ")
+        if colon and re.fullmatch(r"[a-z_]+(\[\d+\])?(\.[a-z_]+)*", head):
+            path, message = (f"{path}.{head}" if path else head), rest
+        where = f"{path}: " if path else ""
+        raise TopologyError(f"{source}: {where}{message}") from None
+
+
+def load_topology(path: Path) -> Topology:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TopologyError(f"{path}: must be a mapping with name, seed, groups and workload")
+    return parse_topology(data, str(path))

@@ -1,0 +1,171 @@
+"""Workload phases, run in the topology's order with a barrier between them.
+
+The plan (who publishes what, who fetches what, who searches for what) is drawn from the
+topology seed, one random stream per purpose, so the same seed gives the same schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab import quantities
+from lab.catalogue import make_catalogue, query_for
+from lab.fleet import CallFailed, Fleet, PeerLost, PeerProcess
+from lab.topology import (
+    BootstrapPhase,
+    ConcurrentSearchPhase,
+    GossipPhase,
+    LookupPhase,
+    Phase,
+    PublishPhase,
+    SearchPhase,
+    Topology,
+)
+
+
+@dataclass
+class PhaseReport:
+    phase: str
+    calls: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"{self.phase}: {self.calls - self.failed}/{self.calls} calls ok in {self.seconds:.1f}s"
+
+
+@dataclass
+class Workload:
+    topology: Topology
+    fleet: Fleet
+    catalogue: list[dict[str, Any]] = field(default_factory=list)
+    holdings: dict[int, set[str]] = field(default_factory=dict)
+
+    def peers(self) -> list[PeerProcess]:
+        return self.fleet.alive
+
+    async def run(self, phase: Phase) -> PhaseReport:
+        report = PhaseReport(phase.phase)
+        started = time.monotonic()
+        runner: Callable[[Any, PhaseReport], Awaitable[None]] = getattr(self, f"_{phase.phase}")
+        await runner(phase, report)
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def _calls(
+        self, report: PhaseReport, timeout: float, calls: list[tuple[PeerProcess, str, dict[str, Any]]]
+    ) -> list[Any]:
+        """Concurrent calls; every failure is kept in the report with the peer and its cause."""
+
+        async def one(peer: PeerProcess, op: str, args: dict[str, Any]) -> Any:
+            try:
+                return await self.fleet.call(peer, op, args, timeout)
+            except (PeerLost, CallFailed) as exc:
+                report.failed += 1
+                report.errors.append({"phase": report.phase, "peer": peer.index, "op": op, "error": str(exc)})
+                return None
+
+        report.calls += len(calls)
+        return await asyncio.gather(*(one(peer, op, args) for peer, op, args in calls))
+
+    # -- phases ------------------------------------------------------------------------------
+
+    async def _bootstrap(self, phase: BootstrapPhase, report: PhaseReport) -> None:
+        """Bootstrap peers join each other first; then all others dial bootstrap peers at once."""
+        settings = self.topology.bootstrap
+        timeout = quantities.seconds(phase.timeout)
+        peers = self.peers()
+        seeds, joiners = peers[: settings.peers], peers[settings.peers :]
+        rng = self.topology.rng("bootstrap")
+        first_wave = [
+            (peer, "bootstrap", {"dial": [s.dial_address for s in seeds[:i]], "min_routing_table": min(settings.min_routing_table, i)})
+            for i, peer in enumerate(seeds)
+        ]
+        await self._calls(report, timeout, first_wave)
+        dials = min(settings.dials, len(seeds))
+        await self._calls(
+            report,
+            timeout,
+            [
+                (peer, "bootstrap", {"dial": [s.dial_address for s in rng.sample(seeds, dials)], "min_routing_table": settings.min_routing_table})
+                for peer in joiners
+            ],
+        )
+
+    async def _publish(self, phase: PublishPhase, report: PhaseReport) -> None:
+        rng = self.topology.rng("publish")
+        self.catalogue = make_catalogue(self.topology.rng("catalogue"), phase.packages)
+        peers = self.peers()
+        order = list(peers)
+        rng.shuffle(order)
+        plan: dict[int, list[dict[str, Any]]] = {}
+        for number, package in enumerate(self.catalogue):
+            publisher = order[number % len(order)]
+            plan.setdefault(publisher.index, []).append(package)
+            self.holdings.setdefault(publisher.index, set()).add(package["id"])
+        size = int(quantities.convert(phase.body_size, "byte"))
+        by_index = {p.index: p for p in peers}
+        await self._calls(
+            report,
+            quantities.seconds(phase.timeout),
+            [(by_index[i], "publish", {"packages": packages, "size": size}) for i, packages in sorted(plan.items())],
+        )
+
+    def _not_held(self, peer: PeerProcess) -> list[dict[str, Any]]:
+        held = self.holdings.get(peer.index, set())
+        return [p for p in self.catalogue if p["id"] not in held]
+
+    async def _lookup(self, phase: LookupPhase, report: PhaseReport) -> None:
+        rng = self.topology.rng("lookup")
+        calls = []
+        for peer in self.peers():
+            candidates = self._not_held(peer)
+            chosen = rng.sample(candidates, min(phase.per_peer, len(candidates)))
+            self.holdings.setdefault(peer.index, set()).update(p["id"] for p in chosen)
+            calls.append((peer, "get", {"ids": [p["id"] for p in chosen]}))
+        await self._calls(report, quantities.seconds(phase.timeout), calls)
+
+    async def _search(self, phase: SearchPhase, report: PhaseReport) -> None:
+        """Each query runs twice: the first goes local or remote, the repeat hits the cache."""
+        rng = self.topology.rng("search")
+        calls = []
+        for peer in self.peers():
+            held = [p for p in self.catalogue if p["id"] in self.holdings.get(peer.index, set())]
+            remote = self._not_held(peer)
+            queries = []
+            for number in range(phase.queries_per_peer):
+                pool = held if number % 2 and held else remote or held
+                if pool:
+                    queries.append(query_for(rng.choice(pool)))
+            calls.append((peer, "search", {"queries": queries + queries, "fanout": phase.fanout}))
+        await self._calls(report, quantities.seconds(phase.timeout), calls)
+
+    async def _gossip(self, phase: GossipPhase, report: PhaseReport) -> None:
+        rng = self.topology.rng("gossip")
+        publishers = [p for p in self.peers() if self.holdings.get(p.index)]
+        timeout = quantities.seconds(phase.timeout)
+        for number in range(phase.announcements):
+            if not publishers:
+                report.errors.append({"phase": report.phase, "error": "no peer holds a package to announce"})
+                break
+            peer = rng.choice(publishers)
+            package = sorted(self.holdings[peer.index])[0]
+            await self._calls(report, timeout, [(peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})])
+            await asyncio.sleep(quantities.seconds(phase.interval))
+        await asyncio.sleep(quantities.seconds(phase.settle))
+
+    async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseReport) -> None:
+        rng = self.topology.rng("concurrent_search")
+        searchers = rng.sample(self.peers(), min(phase.peers, len(self.peers())))
+        for level in phase.levels:
+            calls = []
+            for peer in searchers:
+                pool = self._not_held(peer) or self.catalogue
+                queries = [query_for(rng.choice(pool)) for _ in range(level)]
+                calls.append((peer, "concurrent_search", {"queries": queries, "fanout": phase.fanout}))
+            await self._calls(report, quantities.seconds(phase.timeout), calls)

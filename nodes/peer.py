@@ -1,0 +1,237 @@
+"""Entry point of one peer process: enter the namespace, start the host, obey the orchestrator.
+
+Started by the orchestrator as `python -m nodes.peer --index N --control SOCK [--netns NAME]`.
+Everything else (listen address, keys, library settings) arrives in the first control call,
+so the command line stays short and the topology stays the one source of settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from nodes.control import ControlChannel
+from nodes.market import Market
+from nodes.oplog import OpFailed, Recorder, install_work_handler
+from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
+
+PR_SET_PDEATHSIG = 1
+# A warning py-libp2p 0.8.1 logs for every clean end of a DHT stream: noise, not a failure.
+_DHT_STREAM_NOISE = "Failed to read DHT message from stream"
+
+
+def die_with_parent() -> None:
+    """If the orchestrator is killed outright, the kernel kills this peer too."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def connection_config(settings: dict[str, Any]) -> ConnectionConfig:
+    connections = settings["connections"]
+    config = ConnectionConfig(
+        max_connections_per_peer=connections["max_per_peer"],
+        dial_timeout=connections["dial_timeout_s"],
+    )
+    if not connections["auto_connect"]:
+        config.min_connections = 0
+        config.low_watermark = 0
+    return config
+
+
+def gossipsub_router(settings: dict[str, Any]) -> GossipSub:
+    gs = settings["gossipsub"]
+    router = GossipSub(
+        [PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+        degree=gs["degree"],
+        degree_low=gs["degree_low"],
+        degree_high=gs["degree_high"],
+        heartbeat_interval=gs["heartbeat_s"],
+        adaptive_gossip_enabled=gs["adaptive_gossip"],
+        spam_protection_enabled=gs["spam_protection"],
+        eclipse_protection_enabled=gs["eclipse_protection"],
+    )
+    if not gs["scorer"]:
+        router.scorer = None
+    return router
+
+
+class Peer:
+    """One libp2p host with Kademlia, GossipSub and the marketplace, answering control calls."""
+
+    def __init__(self, index: int, channel: ControlChannel, settings: dict[str, Any]) -> None:
+        self.index = index
+        self.channel = channel
+        self.settings = settings
+        seed = settings["seed"]
+        key_seed = hashlib.sha256(f"{seed}:key:{index}".encode()).digest()
+        self.host = new_host(key_pair=create_new_key_pair(key_seed), connection_config=connection_config(settings))
+        mode = DHTMode.SERVER if settings["dht"]["mode"] == "server" else DHTMode.CLIENT
+        self.dht = KadDHT(self.host, mode, enable_random_walk=settings["dht"]["random_walk"])
+        self.dht.register_validator(DHT_NAMESPACE, PackageRecordValidator())
+        self.pubsub = Pubsub(self.host, gossipsub_router(settings), strict_signing=settings["gossipsub"]["strict_signing"])
+        self.recorder = Recorder(channel.send, index)
+        self.market = Market(self.host, self.dht, self.pubsub, self.recorder, seed, settings["dht"]["get_quorum"])
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.host.run([multiaddr.Multiaddr(self.settings["listen"])]))
+            await stack.enter_async_context(background_trio_service(self.dht))
+            await stack.enter_async_context(background_trio_service(self.pubsub))
+            await self.pubsub.wait_until_ready()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.market.receive_announcements)
+                yield
+                nursery.cancel_scope.cancel()
+
+    def identity(self) -> dict[str, Any]:
+        return {"peer_id": self.host.get_id().to_base58(), "addrs": [str(a) for a in self.host.get_addrs()]}
+
+    async def serve(self) -> None:
+        """Runs calls concurrently until the orchestrator says shutdown or goes away."""
+        async with trio.open_nursery() as nursery:
+            while (call := await self.channel.receive()) is not None:
+                if call.get("op") == "shutdown":
+                    await self.channel.reply(call, self.stats())
+                    break
+                nursery.start_soon(self.answer, call)
+            nursery.cancel_scope.cancel()
+
+    async def answer(self, call: dict[str, Any]) -> None:
+        handler = getattr(self, f"op_{call.get('op')}", None)
+        if handler is None:
+            await self.channel.reply(call, error=f"unknown op {call.get('op')!r}")
+            return
+        try:
+            value = await handler(**call.get("args", {}))
+        except Exception as exc:
+            logging.getLogger("nodes.peer").exception("call %s failed", call.get("op"))
+            await self.channel.reply(call, error=f"{type(exc).__name__}: {exc}")
+            return
+        await self.channel.reply(call, value)
+
+    # -- operations the orchestrator calls -------------------------------------------------
+
+    async def op_bootstrap(self, dial: list[str], min_routing_table: int) -> dict[str, Any]:
+        async with self.recorder.operation("bootstrap", dials=len(dial)) as details:
+            for address in dial:
+                async with self.recorder.operation("connect", to=address.rsplit("/", 1)[-1]):
+                    await self.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
+            await self.dht.refresh_routing_table()
+            size = self.dht.get_routing_table_size()
+            details["routing_table"] = size
+            if size < min_routing_table:
+                raise OpFailed(f"routing table holds {size} peers, fewer than {min_routing_table}")
+        return self.stats()
+
+    async def op_publish(self, packages: list[dict[str, Any]], size: int) -> int:
+        return await self._each(packages, lambda p: self.market.publish(p, size))
+
+    async def op_get(self, ids: list[str]) -> int:
+        return await self._each(ids, self.market.get)
+
+    async def op_search(self, queries: list[str], fanout: int) -> int:
+        return await self._each(queries, lambda q: self.market.search(q, fanout))
+
+    async def op_announce(self, message_id: str, package_id: str) -> None:
+        async with self.recorder.operation("gossip_publish", msg=message_id):
+            await self.market.announce(message_id, self.market.packages[package_id])
+
+    async def op_concurrent_search(self, queries: list[str], fanout: int) -> int:
+        """All queries at once, each forced to the network; per-search latency under load."""
+        op = f"concurrent_search_{len(queries)}"
+        failures = 0
+
+        async def one(query: str) -> None:
+            nonlocal failures
+            try:
+                await self.market.search(query, fanout, op=op)
+            except Exception:
+                failures += 1
+
+        async with trio.open_nursery() as nursery:
+            for query in queries:
+                nursery.start_soon(one, query)
+        return len(queries) - failures
+
+    async def op_stats(self) -> dict[str, Any]:
+        return self.stats()
+
+    async def _each(self, items: list[Any], action: Any) -> int:
+        """Sequential items; a failed one is already recorded as an event, so carry on."""
+        done = 0
+        for item in items:
+            try:
+                await action(item)
+                done += 1
+            except Exception:
+                continue
+        return done
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "routing_table": self.dht.get_routing_table_size(),
+            "connections": len(self.host.get_connected_peers()),
+            "values": self.dht.get_value_store_size(),
+            "packages": len(self.market.packages),
+            "reputation_peers": len(self.market.reputation.snapshot()),
+        }
+
+
+async def run(index: int, control: str) -> None:
+    channel = await ControlChannel.connect(control)
+    await channel.send({"type": "hello", "index": index})
+    start = await channel.receive()
+    if start is None or start.get("op") != "start":
+        raise SystemExit(f"peer {index}: expected a start call, got {start!r}")
+    peer = Peer(index, channel, start["args"])
+    async with peer.running():
+        await channel.reply(start, peer.identity())
+        await peer.serve()
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_DHT_STREAM_NOISE)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nodes.peer")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--control", required=True, help="Unix socket of the orchestrator")
+    parser.add_argument("--netns", help="network namespace to enter before any socket is made")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    if args.netns:
+        from pyroute2 import netns
+
+        netns.setns(args.netns, flags=0)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropNoise())
+    # py-libp2p detaches its logger from the root at import; reattach it so its warnings
+    # reach the peer's stderr log with time stamps and pass the noise filter.
+    logging.getLogger("libp2p").propagate = True
+    install_work_handler()
+    trio.run(run, args.index, args.control)
+
+
+if __name__ == "__main__":
+    main()
