@@ -140,13 +140,22 @@ class Fleet:
 
     async def _watch(self, peer: PeerProcess) -> None:
         assert peer.process is not None
-        code = await peer.process.wait()
-        if peer.lost is None and not self._stopping:
-            # Give the control reader a moment to deliver the last events and results.
-            await asyncio.sleep(0.2)
-            tail = peer.stderr_tail().splitlines()
-            cause = tail[-1] if tail else "no stderr"
-            peer.mark_lost(f"exited with status {code}: {cause}")
+        await peer.process.wait()
+        await self._lose(peer, "exited")
+
+    async def _lose(self, peer: PeerProcess, what: str) -> None:
+        """Marks the peer lost with the best cause known: its exit status and last stderr line
+        if the process ended (within a second), else what broke."""
+        if peer.lost is not None or self._stopping or peer.process is None:
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                code = await peer.process.wait()
+        except TimeoutError:
+            peer.mark_lost(f"{what} (process {peer.pid} still running)")
+            return
+        tail = peer.stderr_tail().splitlines()
+        peer.mark_lost(f"exited with status {code}: {tail[-1] if tail else 'no stderr'}")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer: PeerProcess | None = None
@@ -169,10 +178,10 @@ class Fleet:
                             future.set_exception(CallFailed(message["error"]))
         except (ConnectionError, ValueError) as exc:
             if peer is not None:
-                peer.mark_lost(f"control connection broke: {exc}")
+                await self._lose(peer, f"control connection broke: {exc}")
         finally:
-            if peer is not None and peer.lost is None and peer.pending:
-                peer.mark_lost("control connection closed")
+            if peer is not None:
+                await self._lose(peer, "control connection closed")
             writer.close()
 
     # -- calling ---------------------------------------------------------------------------
@@ -194,8 +203,8 @@ class Fleet:
             peer.pending.pop(call_id, None)
             raise PeerLost(f"peer {peer.index}: no answer to {op} within {timeout:.0f}s") from None
         except ConnectionError as exc:
-            peer.mark_lost(f"control connection broke: {exc}")
-            raise PeerLost(f"peer {peer.index}: {peer.lost}") from None
+            await self._lose(peer, f"control connection broke: {exc}")
+            raise PeerLost(f"peer {peer.index}: {peer.lost or exc}") from None
 
     # -- stopping --------------------------------------------------------------------------
 

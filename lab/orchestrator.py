@@ -137,6 +137,10 @@ class Run:
             topology=topology.model_dump(mode="json"),
             topology_source=self.source,
         )
+        impaired = [g.name for g in topology.groups if g.link.is_impaired]
+        if impaired:
+            self.echo(f"warning: link parameters of groups {impaired} are recorded but not applied (no impairment backend yet)")
+        self.results.update_manifest(impairment={"applied": False, "groups_with_link_parameters": impaired})
         network = (
             NamespaceNetwork(self.run_id, topology.peer_count, topology.network.ports_per_bridge)
             if mode == "netns"

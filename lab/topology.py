@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lab import metrics, quantities
 
@@ -39,7 +39,18 @@ def _percent(value: str | int | float) -> float:
     return share
 
 
-Duration = Annotated[str | int | float, Field(description="a duration such as 500ms or 2s")]
+def _valid_duration(value: str | int | float) -> str | int | float:
+    _duration(value)
+    return value
+
+
+def _valid_percent(value: str | int | float) -> str | int | float:
+    _percent(value)
+    return value
+
+
+Duration = Annotated[str | int | float, AfterValidator(_valid_duration), Field(description="e.g. 500ms or 2s")]
+Percent = Annotated[str | int | float, AfterValidator(_valid_percent), Field(description="e.g. 5% or 0.05")]
 
 
 class Link(Strict):
@@ -47,20 +58,8 @@ class Link(Strict):
 
     delay: Duration = "0ms"
     jitter: Duration = "0ms"
-    loss: str | float = "0%"
+    loss: Percent = "0%"
     rate: str | None = None
-
-    @field_validator("delay", "jitter")
-    @classmethod
-    def _check_duration(cls, value: Duration) -> Duration:
-        _duration(value)
-        return value
-
-    @field_validator("loss")
-    @classmethod
-    def _check_loss(cls, value: str | float) -> str | float:
-        _percent(value)
-        return value
 
     @field_validator("rate")
     @classmethod
@@ -105,6 +104,11 @@ class Dht(Strict):
     mode: Literal["server", "client"] = "server"
     get_quorum: int = Field(default=1, ge=0, description="0 = library default: query every candidate")
     random_walk: bool = False
+    max_peers_per_subnet: int | None = Field(
+        default=0,
+        description="per-bucket cap of peers from one /24; 0 disables it, null keeps the library's 2. "
+        "Lab peers share /24s, which real peers would not, so the library cap would starve routing tables.",
+    )
 
 
 class Gossipsub(Strict):

@@ -45,14 +45,10 @@ def die_with_parent() -> None:
 
 def connection_config(settings: dict[str, Any]) -> ConnectionConfig:
     connections = settings["connections"]
-    config = ConnectionConfig(
+    return ConnectionConfig(
         max_connections_per_peer=connections["max_per_peer"],
         dial_timeout=connections["dial_timeout_s"],
     )
-    if not connections["auto_connect"]:
-        config.min_connections = 0
-        config.low_watermark = 0
-    return config
 
 
 def gossipsub_router(settings: dict[str, Any]) -> GossipSub:
@@ -83,7 +79,12 @@ class Peer:
         key_seed = hashlib.sha256(f"{seed}:key:{index}".encode()).digest()
         self.host = new_host(key_pair=create_new_key_pair(key_seed), connection_config=connection_config(settings))
         mode = DHTMode.SERVER if settings["dht"]["mode"] == "server" else DHTMode.CLIENT
-        self.dht = KadDHT(self.host, mode, enable_random_walk=settings["dht"]["random_walk"])
+        self.dht = KadDHT(
+            self.host,
+            mode,
+            enable_random_walk=settings["dht"]["random_walk"],
+            max_peers_per_subnet=settings["dht"]["max_peers_per_subnet"],
+        )
         self.dht.register_validator(DHT_NAMESPACE, PackageRecordValidator())
         self.pubsub = Pubsub(self.host, gossipsub_router(settings), strict_signing=settings["gossipsub"]["strict_signing"])
         self.recorder = Recorder(channel.send, index)
@@ -93,6 +94,10 @@ class Peer:
     async def running(self) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.host.run([multiaddr.Multiaddr(self.settings["listen"])]))
+            if not self.settings["connections"]["auto_connect"]:
+                # Its first pass found an empty peer store; stopped, it never tops up to ~150
+                # connections behind the topology's back.
+                await self.host.get_network().auto_connector.stop()
             await stack.enter_async_context(background_trio_service(self.dht))
             await stack.enter_async_context(background_trio_service(self.pubsub))
             await self.pubsub.wait_until_ready()
@@ -225,10 +230,13 @@ def main(argv: list[str] | None = None) -> None:
         netns.setns(args.netns, flags=0)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)  # some py-libp2p modules set their own loggers to INFO
         handler.addFilter(_DropNoise())
     # py-libp2p detaches its logger from the root at import; reattach it so its warnings
     # reach the peer's stderr log with time stamps and pass the noise filter.
-    logging.getLogger("libp2p").propagate = True
+    library_logger = logging.getLogger("libp2p")
+    library_logger.propagate = True
+    library_logger.setLevel(logging.WARNING)
     install_work_handler()
     trio.run(run, args.index, args.control)
 

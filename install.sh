@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs p2p-lab and everything it needs into ./.venv on a fresh Debian/Ubuntu machine.
+#   ./install.sh          the lab
+#   ./install.sh --test   the lab and its test tools
+# As root it also installs the system tools the lab drives (iproute2, iptables).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    missing=()
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+    command -v git >/dev/null 2>&1 || missing+=(git)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "install.sh: apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".${extras}"
+echo "install.sh: ready (.venv/bin/lab)"

@@ -1,0 +1,50 @@
+"""Shared helpers: run the real `lab` command and look for anything a run left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from lab import runid
+from lab.netlink import netns
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "topologies" / "tiny.yaml"
+LAB = [sys.executable, "-m", "lab"]
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+def lab_command(*args: str) -> list[str]:
+    return [*LAB, *args]
+
+
+def run_lab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(lab_command(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def write_topology(path: Path, base: Path = TINY, **changes: object) -> Path:
+    data = yaml.safe_load(base.read_text())
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def leftovers(run: str) -> list[str]:
+    """Namespaces and processes of one run still present."""
+    found = [name for name in netns.listnetns() if runid.run_of_netns(name) == run]
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get(runid.ENV_VAR) == run:
+                found.append(f"pid {process.pid}")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    if (runid.state_dir() / f"{run}.json").exists():
+        found.append("state file")
+    return found

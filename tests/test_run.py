@@ -1,0 +1,185 @@
+"""End-to-end: real `lab run` processes, real peers, real namespaces, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from conftest import ROOT, TINY, lab_command, leftovers, needs_root, run_lab, write_topology
+from lab import runid
+from lab.results import read_jsonl
+
+pytestmark = [pytest.mark.slow]
+
+
+def run_id_of(stdout: str) -> str:
+    first = stdout.splitlines()[0]
+    assert first.startswith("run "), first
+    return first.split()[1].rstrip(":")
+
+
+@pytest.fixture(scope="module")
+def netns_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    out = tmp_path_factory.mktemp("netns") / "results"
+    return run_lab("run", str(TINY), "--out", str(out)), out
+
+
+@needs_root
+def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> None:
+    done, out = netns_run
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert done.returncode == (0 if verdicts["passed"] else 1), done.stdout + done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["partial"] is False
+    assert manifest["mode"] == "netns"
+    assert manifest["seed"] == 7 and manifest["topology"]["name"] == "tiny"
+    assert manifest["versions"]["libp2p"] == "0.8.1"
+    assert manifest["machine"]["kernel"] and "commit" in manifest["source"]
+    assert manifest["peers_ready"] == 6 and manifest["peers_lost"] == 0
+    assert len({p["peer_id"] for p in manifest["peers"]}) == 6
+    assert all(p["ip"].startswith("198.18.") and p["netns"] for p in manifest["peers"])
+    assert len(list((out / "logs").glob("peer-*.stderr"))) == 6
+
+    events = read_jsonl(out / "events.jsonl")
+    summary = json.loads((out / "summary.json").read_text())["metrics"]
+    counts = Counter(e["op"] for e in events)
+    assert counts["bootstrap"] == 6
+    assert counts["publish"] == 6
+    assert counts["get"] == 6 * 2
+    for name, metric in summary.items():
+        if metric["unit"] != "millisecond":
+            continue
+        durations = [(e["end_ns"] - e["start_ns"]) / 1e6 for e in events if e["op"] == name and e["ok"]]
+        assert metric["n"] == counts[name], name
+        assert metric["successes"] == len(durations), name
+        if durations:
+            assert metric["p50"] == pytest.approx(np.percentile(durations, 50)), name
+            assert metric["max"] == pytest.approx(max(durations)), name
+    for verdict in verdicts["verdicts"]:
+        if verdict.get("builtin"):
+            continue
+        assert verdict["measured"] == summary[verdict["metric"]][verdict["stat"]]
+    assert verdicts["passed"] == all(v["passed"] for v in verdicts["verdicts"])
+    resources = read_jsonl(out / "resources.jsonl")
+    assert {r["peer"] for r in resources if r["role"] == "peer"} == set(range(6))
+    assert summary["memory_rss_mib"]["n"] == 6
+    assert leftovers(manifest["run_id"]) == []
+
+
+@needs_root
+def test_loopback_mode_same_seed_same_keys_and_failing_sla(netns_run: tuple, tmp_path: Path) -> None:
+    _, netns_out = netns_run
+    topology = write_topology(
+        tmp_path / "loop.yaml",
+        network={"mode": "loopback"},
+        slas=[{"metric": "get", "stat": "max", "op": "<", "threshold": "1us"}],
+    )
+    out = tmp_path / "results"
+    done = run_lab("run", str(topology), "--out", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["mode"] == "loopback"
+    assert all(p["ip"].startswith("127.18.") and p["netns"] is None for p in manifest["peers"])
+    netns_manifest = json.loads((netns_out / "manifest.json").read_text())
+    assert [p["peer_id"] for p in manifest["peers"]] == [p["peer_id"] for p in netns_manifest["peers"]]
+
+    def gets(path: Path) -> set[tuple[int, str]]:
+        return {(e["peer"], e["package"]) for e in read_jsonl(path / "events.jsonl") if e["op"] == "get"}
+
+    assert gets(out) == gets(netns_out)  # same seed, same workload schedule
+    verdict = json.loads((out / "verdicts.json").read_text())["verdicts"][0]
+    assert verdict["passed"] is False and verdict["metric"] == "get"
+    assert "FAIL  get max < 1us" in done.stdout
+
+
+def start_run(out: Path, topology: Path = TINY) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        lab_command("run", str(topology), "--out", str(out)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    return process, run_id_of(process.stdout.readline())
+
+
+def wait_for_line(process: subprocess.Popen[str], prefix: str) -> list[str]:
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"run ended before {prefix!r}: {''.join(seen)}")
+
+
+def peer_pids(run: str) -> list[int]:
+    pids = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get(runid.ENV_VAR) == run:
+                pids.append(process.pid)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return pids
+
+
+@needs_root
+def test_sigint_mid_run_leaves_a_partial_directory_and_nothing_else(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    process, run = start_run(out)
+    wait_for_line(process, "[1/6]")
+    assert peer_pids(run), "peers should be running mid-run"
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, rest
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["partial"] is True
+    assert json.loads((out / "summary.json").read_text())["partial"] is True
+    assert leftovers(run) == []
+
+
+@needs_root
+def test_killed_peer_is_reported_and_the_run_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    process, run = start_run(out)
+    wait_for_line(process, "[1/6]")
+    victim = sorted(peer_pids(run))[-1]
+    os.kill(victim, signal.SIGKILL)
+    rest, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, rest
+    verdicts = {v["metric"]: v for v in json.loads((out / "verdicts.json").read_text())["verdicts"]}
+    assert verdicts["peers_lost"]["passed"] is False and verdicts["peers_lost"]["measured"] == 1
+    lab_errors = json.loads((out / "summary.json").read_text())["errors"]["lab"]
+    assert any("exited with status -9" in str(e["error"]) for e in lab_errors), lab_errors
+    assert leftovers(run) == []
+
+
+@needs_root
+def test_lab_clean_removes_what_a_killed_orchestrator_left(tmp_path: Path) -> None:
+    process, run = start_run(tmp_path / "results")
+    wait_for_line(process, "[1/6]")
+    process.kill()
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while peer_pids(run) and time.monotonic() < deadline:  # peers die with their parent (PDEATHSIG)
+        time.sleep(0.2)
+    assert peer_pids(run) == []
+    assert any(item.startswith(runid.PREFIX) for item in leftovers(run)), "namespaces should remain"
+    done = run_lab("clean")
+    assert done.returncode == 0
+    assert f"run {run}: removed namespace {runid.RunId(run).hub_netns}" in done.stdout
+    assert leftovers(run) == []

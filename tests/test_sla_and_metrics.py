@@ -1,0 +1,74 @@
+"""Verdicts and metric derivation on hand-made events."""
+
+import pytest
+
+from lab.metrics import all_metrics, delivery_ratio, latency_metrics, resource_metrics, unit_of
+from lab.sla import evaluate
+from lab.stats import summarize
+from lab.topology import Sla
+
+
+def event(op: str, ms: float, ok: bool = True, peer: int = 0, **fields: object) -> dict:
+    return {"op": op, "peer": peer, "start_ns": 0, "end_ns": int(ms * 1e6), "ok": ok, "error": None if ok else "x", **fields}
+
+
+def sla(**fields: object) -> Sla:
+    return Sla(**{"metric": "get", "stat": "p95", "op": "<", "threshold": "1s", **fields})
+
+
+def test_latency_metric_in_ms_with_failures_as_attempts() -> None:
+    metrics = latency_metrics([event("get", 10), event("get", 30), event("get", 99, ok=False)])
+    assert metrics["get"].values == [10.0, 30.0]
+    assert metrics["get"].attempts == 3
+    assert metrics["get"].unit == "millisecond" == unit_of("get")
+
+
+def test_threshold_converted_to_the_metric_unit() -> None:
+    summary = {"get": {"unit": "millisecond", **summarize([900.0, 950.0, 999.0])}}
+    assert evaluate([sla(threshold="1s")], summary)[0]["passed"] is True
+    assert evaluate([sla(threshold="900ms")], summary)[0]["passed"] is False
+    assert evaluate([sla(op=">", threshold="0.5s")], summary)[0]["passed"] is True
+
+
+def test_success_ratio_threshold_in_percent() -> None:
+    summary = {"get": {"unit": "millisecond", **summarize([1.0] * 98, attempts=100)}}
+    assert evaluate([sla(stat="success_ratio", op=">=", threshold="99%")], summary)[0]["passed"] is False
+    assert evaluate([sla(stat="success_ratio", op=">=", threshold="98%")], summary)[0]["passed"] is True
+
+
+def test_unmeasured_metric_fails_with_reason() -> None:
+    verdict = evaluate([sla()], {})[0]
+    assert verdict["passed"] is False and verdict["reason"] == "metric not measured"
+    failed_only = {"get": {"unit": "millisecond", **summarize([], attempts=2)}}
+    assert "no successful samples" in evaluate([sla()], failed_only)[0]["reason"]
+
+
+def test_delivery_ratio_per_message() -> None:
+    events = [
+        event("gossip_publish", 1, msg="gossip:0"),
+        event("publish", 1, package="pkg-1"),
+        *[event("gossip_delivery", 5, peer=p, msg="gossip:0") for p in (1, 2, 3)],
+        event("gossip_delivery", 5, peer=3, msg="gossip:0"),  # a duplicate receiver counts once
+        event("gossip_delivery", 5, peer=1, msg="publish:pkg-1"),
+    ]
+    ratio = delivery_ratio(events, ready_peers=4)
+    assert sorted(ratio.values) == [pytest.approx(1 / 3), 1.0]
+
+
+def test_memory_is_each_peers_peak_in_mib() -> None:
+    mib = 1024 * 1024
+    samples = [
+        {"role": "peer", "peer": 0, "rss": 80 * mib, "uss": 50 * mib, "pss": 60 * mib, "cpu_user": 1.0, "cpu_system": 0.5},
+        {"role": "peer", "peer": 0, "rss": 90 * mib, "uss": 55 * mib, "pss": 65 * mib, "cpu_user": 2.0, "cpu_system": 0.5},
+        {"role": "peer", "peer": 1, "rss": 70 * mib, "uss": 40 * mib, "pss": 50 * mib, "cpu_user": 1.0, "cpu_system": 0.0},
+        {"role": "orchestrator", "peer": None, "rss": 500 * mib, "uss": 1, "pss": 1, "cpu_user": 9.0, "cpu_system": 9.0},
+    ]
+    metrics = resource_metrics(samples)
+    assert sorted(metrics["memory_rss_mib"].values) == [70.0, 90.0]
+    assert sorted(metrics["memory_uss_mib"].values) == [40.0, 55.0]
+    assert sorted(metrics["cpu_seconds"].values) == [1.0, 2.5]
+
+
+def test_all_metrics_drops_empty_ones() -> None:
+    metrics = all_metrics([event("get", 1)], [], ready_peers=2)
+    assert set(metrics) == {"get"}

@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from lab.topology import TopologyError, load_topology, parse_topology
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def base(**changes: object) -> dict:
+    data = {"name": "t", "seed": 1, "groups": [{"name": "a", "count": 3}], "workload": [{"phase": "bootstrap"}]}
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"groups": [{"name": "a", "count": 3}, {"name": "b", "count": 0}]}, "groups[1].count: must be >= 1"),
+        ({"groups": [{"name": "a"}]}, "groups[0]: give exactly one of count or percent"),
+        ({"groups": [{"name": "a", "percent": 50}]}, "total: required when a group gives percent"),
+        ({"workload": [{"phase": "bootstrap"}, {"phase": "lookup"}]}, "workload[1].phase: lookup needs an earlier publish phase"),
+        ({"workload": [{"phase": "publish"}]}, "workload[0].phase: the first phase must be bootstrap"),
+        ({"workload": [{"phase": "bootstrap"}, {"phase": "lokup"}]}, "workload[1]: phase must be one of"),
+        ({"workload": [{"phase": "bootstrap", "timeout": "5 parsecs"}]}, "workload[0].timeout"),
+        ({"groups": [{"name": "a", "count": 3, "link": {"loss": "150%"}}]}, "groups[0].link.loss: must be between 0% and 100%"),
+        ({"bootstrap": {"peers": 4}}, "bootstrap.peers: 4 exceeds the 3 peers"),
+        ({"slas": [{"metric": "nope", "stat": "p95", "op": "<", "threshold": "1s"}]}, "slas[0].metric: unknown metric 'nope'"),
+        ({"slas": [{"metric": "get", "stat": "p95", "op": "<", "threshold": "5MiB"}]}, "slas[0].threshold: '5MiB' cannot be expressed in millisecond"),
+        ({"colour": "blue"}, "colour: unknown field"),
+        ({"seed": -1}, "seed: must be >= 0"),
+    ],
+)
+def test_errors_name_the_field(changes: dict, message: str) -> None:
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(base(**changes), "t.yaml")
+    text = str(caught.value)
+    assert text.startswith("t.yaml: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_percent_groups_add_up_to_total() -> None:
+    topology = parse_topology(
+        base(total=10, groups=[{"name": "a", "percent": 33.3}, {"name": "b", "percent": 33.3}, {"name": "c", "percent": 33.4}])
+    )
+    assert topology.group_sizes() == [3, 3, 4]
+    assert [g.name for g in topology.peer_groups()].count("c") == 4
+
+
+def test_same_seed_same_random_streams() -> None:
+    one, two = parse_topology(base()), parse_topology(base())
+    assert one.rng("publish").random() == two.rng("publish").random()
+    assert one.rng("publish").random() != one.rng("lookup").random()
+
+
+def test_quick_shrinks_the_workload_only() -> None:
+    topology = load_topology(ROOT / "topologies" / "10-peers.yaml").quick()
+    assert topology.peer_count == 10
+    publish = next(p for p in topology.workload if p.phase == "publish")
+    assert publish.packages <= 5
+    levels = next(p for p in topology.workload if p.phase == "concurrent_search").levels
+    assert max(levels) <= 10
+
+
+@pytest.mark.parametrize("name", ["10-peers.yaml", "100-peers.yaml"])
+def test_shipped_topologies_load(name: str) -> None:
+    topology = load_topology(ROOT / "topologies" / name)
+    assert topology.peer_count == int(name.split("-")[0])
+
+
+def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match="cannot read"):
+        load_topology(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(TopologyError, match="must be a mapping"):
+        load_topology(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(TopologyError, match="not valid YAML"):
+        load_topology(tmp_path / "bad.yaml")
