@@ -1,13 +1,18 @@
-"""The network builder: one namespace per peer, veth pairs into bridges in a hub namespace.
+"""The network builder: one namespace per peer, each joined to a router in a hub namespace.
 
-    peer ns  plab-<run>-p0007          hub ns  plab-<run>-hub
-    eth0 198.18.0.9/23  <--veth-->  p0007 -- br0 (198.18.0.1/23) --+
-    eth0 198.18.2.2/23  <--veth-->  p0512 -- br1 (198.18.2.1/23) --+-- routed (ip_forward)
+    peer ns plab-<run>-p0007                     hub ns plab-<run>-hub  (ip_forward=1)
+    eth0 198.18.0.9/32  <------ veth ------>  p0007  route 198.18.0.9/32 dev p0007
+    default via 198.18.0.1 (onlink)
 
-Each bridge holds at most `ports_per_bridge` peers (a Linux bridge takes ~1024 ports) and
-has its own /23 out of 198.18.0.0/15 (reserved for benchmarking); the hub routes between
-bridges. The host's own namespace is never touched. In loopback mode (no root or no netns)
-peers share the host namespace on distinct 127.0.0.0/8 addresses.
+Point-to-point links into a routed hub, not a shared bridge: with a bridge, every peer keeps
+an ARP entry per peer it talks to, and the kernel's neighbour table is one table for all
+namespaces (gc_thresh3 = 1024 entries by default, settable only in the host namespace). At 100
+bridged peers it overflowed ("neighbor table overflow!" in dmesg) and connects timed out. Here
+every neighbour entry is static (NUD_PERMANENT, exempt from gc_thresh): one per peer for its
+gateway, one per peer in the hub. No ARP, no broadcast, no bridge port limit, and the host's
+own namespace is never touched. Addresses come from 198.18.0.0/15, reserved for benchmarking.
+In loopback mode (no root or no namespaces) peers share the host namespace on distinct
+127.18.0.0/16 addresses.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lab.netlink import NetlinkError, NetNS, netns
 from lab.runid import RunId
 
-from lab.netlink import NetlinkError, NetNS, netns
-
 FABRIC = ipaddress.ip_network("198.18.0.0/15")
-BRIDGE_PREFIXLEN = 23
+GATEWAY = str(FABRIC.network_address + 1)
 LOOPBACK = ipaddress.ip_network("127.18.0.0/16")
 PEER_PORT = 4001
+NUD_PERMANENT = 0x80
+MAX_PEERS = FABRIC.num_addresses - 3  # network address, gateway, broadcast
 
 Progress = Callable[[int, int], None]
 
@@ -47,12 +53,9 @@ class PeerSlot:
         return f"/ip4/{self.ip}/tcp/{port}"
 
 
-def bridge_subnet(bridge: int) -> ipaddress.IPv4Network:
-    size = 1 << (32 - BRIDGE_PREFIXLEN)
-    subnet = ipaddress.ip_network((int(FABRIC.network_address) + bridge * size, BRIDGE_PREFIXLEN))
-    if not subnet.subnet_of(FABRIC):
-        raise NetworkError(f"198.18.0.0/15 has no room for bridge {bridge}")
-    return subnet
+def _mac(side: int, index: int) -> str:
+    """Locally administered MACs that encode the side (0 hub, 1 peer) and the peer index."""
+    return "02:%02x:%02x:%02x:%02x:%02x" % (side, *index.to_bytes(4, "big"))
 
 
 def _write_sysctl_in(netns_name: str, key: str, value: str) -> None:
@@ -74,67 +77,61 @@ def _write_sysctl_in(netns_name: str, key: str, value: str) -> None:
 class NamespaceNetwork:
     """Builds and removes the namespaced fabric of one run."""
 
-    def __init__(self, run: RunId, peers: int, ports_per_bridge: int) -> None:
+    def __init__(self, run: RunId, peers: int) -> None:
+        if peers > MAX_PEERS:
+            raise NetworkError(f"198.18.0.0/15 holds at most {MAX_PEERS} peers, not {peers}")
         self.run = run
         self.peers = peers
-        self.ports_per_bridge = ports_per_bridge
         self.created: list[str] = []
 
-    @property
-    def bridges(self) -> int:
-        return -(-self.peers // self.ports_per_bridge)
-
     def slot(self, index: int) -> PeerSlot:
-        bridge, port = divmod(index, self.ports_per_bridge)
-        ip = bridge_subnet(bridge).network_address + 2 + port
-        return PeerSlot(index, str(ip), self.run.peer_netns(index))
+        return PeerSlot(index, str(FABRIC.network_address + 2 + index), self.run.peer_netns(index))
 
     def build(self, progress: Progress | None = None) -> list[PeerSlot]:
         try:
             netns.create(self.run.hub_netns)
             self.created.append(self.run.hub_netns)
+            _write_sysctl_in(self.run.hub_netns, "net.ipv4.ip_forward", "1")
+            slots = []
             with NetNS(self.run.hub_netns) as hub:
                 hub.link("set", index=hub.link_lookup(ifname="lo")[0], state="up")
-                bridge_index = [self._add_bridge(hub, b) for b in range(self.bridges)]
-                if self.bridges > 1:
-                    _write_sysctl_in(self.run.hub_netns, "net.ipv4.ip_forward", "1")
-                slots = []
                 for index in range(self.peers):
                     slot = self.slot(index)
-                    self._add_peer(hub, slot, bridge_index[index // self.ports_per_bridge])
+                    self._add_peer(hub, slot)
                     slots.append(slot)
                     if progress:
                         progress(index + 1, self.peers)
-                return slots
+            return slots
         except NetlinkError as exc:
             raise NetworkError(f"netlink refused building the network: {exc}") from exc
 
-    def _add_bridge(self, hub: NetNS, bridge: int) -> int:
-        name = f"br{bridge}"
-        hub.link("add", ifname=name, kind="bridge")
-        index = hub.link_lookup(ifname=name)[0]
-        subnet = bridge_subnet(bridge)
-        hub.addr("add", index=index, address=str(subnet.network_address + 1), prefixlen=subnet.prefixlen)
-        hub.link("set", index=index, state="up")
-        return index
-
-    def _add_peer(self, hub: NetNS, slot: PeerSlot, bridge_index: int) -> None:
+    def _add_peer(self, hub: NetNS, slot: PeerSlot) -> None:
         assert slot.netns is not None
         netns.create(slot.netns)
         self.created.append(slot.netns)
-        port = f"p{slot.index:04d}"
-        hub.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": slot.netns})
-        hub.link("set", index=hub.link_lookup(ifname=port)[0], master=bridge_index, state="up")
-        subnet = bridge_subnet(slot.index // self.ports_per_bridge)
+        port, hub_mac, peer_mac = f"p{slot.index:04d}", _mac(0, slot.index), _mac(1, slot.index)
+        hub.link(
+            "add",
+            ifname=port,
+            kind="veth",
+            address=hub_mac,
+            peer={"ifname": "eth0", "address": peer_mac, "net_ns_fd": slot.netns},
+        )
+        hub_port = hub.link_lookup(ifname=port)[0]
+        hub.link("set", index=hub_port, state="up")
+        hub.route("add", dst=f"{slot.ip}/32", oif=hub_port, scope="link")
+        hub.neigh("add", dst=slot.ip, lladdr=peer_mac, ifindex=hub_port, state=NUD_PERMANENT)
         with NetNS(slot.netns) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             eth0 = ns.link_lookup(ifname="eth0")[0]
-            ns.addr("add", index=eth0, address=slot.ip, prefixlen=subnet.prefixlen)
+            ns.addr("add", index=eth0, address=slot.ip, prefixlen=32)
             ns.link("set", index=eth0, state="up")
-            ns.route("add", dst="0.0.0.0/0", gateway=str(subnet.network_address + 1))
+            ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link")
+            ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0)
+            ns.neigh("add", dst=GATEWAY, lladdr=hub_mac, ifindex=eth0, state=NUD_PERMANENT)
 
     def teardown(self) -> list[str]:
-        """Removes every namespace this run made (veths and bridges go with them)."""
+        """Removes every namespace this run made (veth pairs go with them)."""
         removed, failed = [], []
         for name in reversed(self.created):
             try:

@@ -142,7 +142,7 @@ class Run:
             self.echo(f"warning: link parameters of groups {impaired} are recorded but not applied (no impairment backend yet)")
         self.results.update_manifest(impairment={"applied": False, "groups_with_link_parameters": impaired})
         network = (
-            NamespaceNetwork(self.run_id, topology.peer_count, topology.network.ports_per_bridge)
+            NamespaceNetwork(self.run_id, topology.peer_count)
             if mode == "netns"
             else LoopbackNetwork(topology.peer_count)
         )

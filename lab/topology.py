@@ -90,6 +90,7 @@ class Bootstrap(Strict):
     peers: int = Field(default=2, ge=1, description="how many peers act as bootstrap peers")
     dials: int = Field(default=2, ge=1, description="how many bootstrap peers each other peer dials")
     min_routing_table: int = Field(default=1, ge=0, description="routing-table size a peer must reach")
+    concurrency: int = Field(default=8, ge=1, description="peers joining at once after the bootstrap peers")
 
 
 class Connections(Strict):
@@ -137,7 +138,6 @@ class Libp2p(Strict):
 
 class Network(Strict):
     mode: Literal["auto", "netns", "loopback"] = "auto"
-    ports_per_bridge: int = Field(default=500, ge=2, le=1000, description="a Linux bridge holds ~1024 ports")
     spawn_concurrency: int = Field(default=8, ge=1, description="peer processes starting at once")
 
 

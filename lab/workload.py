@@ -76,26 +76,35 @@ class Workload:
     # -- phases ------------------------------------------------------------------------------
 
     async def _bootstrap(self, phase: BootstrapPhase, report: PhaseReport) -> None:
-        """Bootstrap peers join each other first; then all others dial bootstrap peers at once."""
+        """Bootstrap peers join each other first; then the others join, `concurrency` at a time.
+
+        A joining peer can only know the peers that finished joining before it started, so its
+        routing-table floor is min(min_routing_table, peers already joined).
+        """
         settings = self.topology.bootstrap
         timeout = quantities.seconds(phase.timeout)
         peers = self.peers()
         seeds, joiners = peers[: settings.peers], peers[settings.peers :]
         rng = self.topology.rng("bootstrap")
-        first_wave = [
-            (peer, "bootstrap", {"dial": [s.dial_address for s in seeds[:i]], "min_routing_table": min(settings.min_routing_table, i)})
-            for i, peer in enumerate(seeds)
-        ]
-        await self._calls(report, timeout, first_wave)
-        dials = min(settings.dials, len(seeds))
-        await self._calls(
-            report,
-            timeout,
-            [
-                (peer, "bootstrap", {"dial": [s.dial_address for s in rng.sample(seeds, dials)], "min_routing_table": settings.min_routing_table})
-                for peer in joiners
-            ],
-        )
+        dial_plans = {peer.index: rng.sample(seeds, min(settings.dials, len(seeds))) for peer in joiners}
+        for i, peer in enumerate(seeds):
+            floor = min(settings.min_routing_table, i)
+            await self._calls(report, timeout, [(peer, "bootstrap", self._join_args(seeds[:i], floor))])
+        joined = len(seeds)
+        limit = asyncio.Semaphore(settings.concurrency)
+
+        async def join(peer: PeerProcess) -> None:
+            nonlocal joined
+            async with limit:
+                floor = min(settings.min_routing_table, joined)
+                await self._calls(report, timeout, [(peer, "bootstrap", self._join_args(dial_plans[peer.index], floor))])
+                joined += 1
+
+        await asyncio.gather(*(join(peer) for peer in joiners))
+
+    @staticmethod
+    def _join_args(dial: list[PeerProcess], floor: int) -> dict[str, Any]:
+        return {"dial": [p.dial_address for p in dial], "min_routing_table": floor}
 
     async def _publish(self, phase: PublishPhase, report: PhaseReport) -> None:
         rng = self.topology.rng("publish")
