@@ -19,7 +19,7 @@ def metrics_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     header = ["metric", "unit", *SHOWN]
     rows = [header] + [[name, metric["unit"], *(_cell(metric.get(col)) for col in SHOWN)] for name, metric in summary.items()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
 
 
 def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:

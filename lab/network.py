@@ -55,7 +55,7 @@ class PeerSlot:
 
 def _mac(side: int, index: int) -> str:
     """Locally administered MACs that encode the side (0 hub, 1 peer) and the peer index."""
-    return "02:%02x:%02x:%02x:%02x:%02x" % (side, *index.to_bytes(4, "big"))
+    return ":".join(f"{byte:02x}" for byte in (2, side, *index.to_bytes(4, "big")))
 
 
 def _write_sysctl_in(netns_name: str, key: str, value: str) -> None:

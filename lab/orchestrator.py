@@ -13,13 +13,13 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lab import doctor, provenance, quantities, results, runid
 from lab.collector import Collector
-from lab.fleet import Fleet, PeerLost, CallFailed
+from lab.fleet import CallFailed, Fleet, PeerLost
 from lab.metrics import all_metrics
 from lab.network import LoopbackNetwork, NamespaceNetwork
 from lab.results import ResultsDir
@@ -86,7 +86,7 @@ def peer_settings(topology: Topology) -> dict[str, Any]:
 
 
 def default_out(topology: Topology) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return Path("results") / f"{topology.name}-{stamp}"
 
 
@@ -129,7 +129,7 @@ class Run:
             seed=topology.seed,
             mode=mode,
             mode_reason=why,
-            started_utc=datetime.now(timezone.utc).isoformat(),
+            started_utc=datetime.now(UTC).isoformat(),
             clock="time.monotonic_ns (one clock for all processes of this machine)",
             versions=provenance.versions(),
             source=provenance.git_commit(),
@@ -150,6 +150,7 @@ class Run:
         fleet = Fleet(self.run_id.value, control, self.results.log_dir, self.on_event)
         collector = Collector(
             quantities.seconds(topology.collector.interval),
+            topology.collector.detail_every,
             lambda: {p.index: p.pid for p in fleet.alive if p.pid is not None},
             self.on_sample,
         )
@@ -167,7 +168,15 @@ class Run:
             for number, phase in enumerate(topology.workload, 1):
                 report = await workload.run(phase)
                 self.errors.extend(report.errors)
-                self.phase_reports.append({"phase": phase.phase, "calls": report.calls, "failed": report.failed, "seconds": report.seconds})
+                self.phase_reports.append(
+                    {
+                        "phase": phase.phase,
+                        "calls": report.calls,
+                        "failed": report.failed,
+                        "seconds": report.seconds,
+                        "cpu_busy": report.cpu_busy,
+                    }
+                )
                 self.echo(f"[{number}/{len(topology.workload)}] {report.line()}")
             status = "complete"
         except asyncio.CancelledError:
@@ -221,7 +230,7 @@ class Run:
         self.results.update_manifest(
             status=status,
             partial=status != "complete",
-            ended_utc=datetime.now(timezone.utc).isoformat(),
+            ended_utc=datetime.now(UTC).isoformat(),
             duration_s=seconds,
             peers_ready=self.ready,
             peers_lost=self.lost,

@@ -44,14 +44,11 @@ def versions() -> dict[str, str | None]:
 
 def machine() -> dict[str, Any]:
     uname = platform.uname()
-    model = None
     try:
-        model = next(
-            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-            None,
-        )
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        cpuinfo = []
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
     return {
         "hostname": uname.node,
         "kernel": uname.release,

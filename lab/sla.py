@@ -20,10 +20,11 @@ def verdict(sla: Sla, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "description": sla.description,
     }
     metric = summary.get(sla.metric)
-    measured = None if metric is None else metric.get(sla.stat)
+    if metric is None:
+        return {**result, "measured": None, "unit": None, "passed": False, "reason": "metric not measured"}
+    measured = metric.get(sla.stat)
     if measured is None:
-        reason = "metric not measured" if metric is None else f"no successful samples for {sla.stat}"
-        return {**result, "measured": None, "unit": None, "passed": False, "reason": reason}
+        return {**result, "measured": None, "unit": None, "passed": False, "reason": f"no successful samples for {sla.stat}"}
     unit = "dimensionless" if sla.stat == "success_ratio" else metric["unit"]
     threshold = quantities.convert(sla.threshold, unit)
     passed = bool(COMPARE[sla.op](measured, threshold))

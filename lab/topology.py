@@ -9,10 +9,11 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from lab import metrics, quantities
 
@@ -90,7 +91,6 @@ class Bootstrap(Strict):
     peers: int = Field(default=2, ge=1, description="how many peers act as bootstrap peers")
     dials: int = Field(default=2, ge=1, description="how many bootstrap peers each other peer dials")
     min_routing_table: int = Field(default=1, ge=0, description="routing-table size a peer must reach")
-    concurrency: int = Field(default=8, ge=1, description="peers joining at once after the bootstrap peers")
 
 
 class Connections(Strict):
@@ -141,13 +141,18 @@ class Network(Strict):
     spawn_concurrency: int = Field(default=8, ge=1, description="peer processes starting at once")
 
 
+Concurrency = Annotated[int, Field(ge=1, description="peers acting at once; more loads the machine, not the protocol")]
+
+
 class BootstrapPhase(Strict):
     phase: Literal["bootstrap"]
+    concurrency: Concurrency = 8
     timeout: Duration = "60s"
 
 
 class PublishPhase(Strict):
     phase: Literal["publish"]
+    concurrency: Concurrency = 8
     packages: int = Field(default=20, ge=1)
     body_size: str = Field(default="16KiB", description="size of each package body")
     timeout: Duration = "120s"
@@ -162,12 +167,14 @@ class PublishPhase(Strict):
 
 class LookupPhase(Strict):
     phase: Literal["lookup"]
+    concurrency: Concurrency = 8
     per_peer: int = Field(default=5, ge=1, description="packages each peer fetches that it does not hold")
     timeout: Duration = "300s"
 
 
 class SearchPhase(Strict):
     phase: Literal["search"]
+    concurrency: Concurrency = 8
     queries_per_peer: int = Field(default=3, ge=1)
     fanout: int = Field(default=3, ge=1, description="peers asked on a local miss")
     timeout: Duration = "120s"
@@ -192,7 +199,7 @@ class ConcurrentSearchPhase(Strict):
 NEEDS_PACKAGES = ("lookup", "search", "gossip", "concurrent_search")
 
 Phase = Annotated[
-    Union[BootstrapPhase, PublishPhase, LookupPhase, SearchPhase, GossipPhase, ConcurrentSearchPhase],
+    BootstrapPhase | PublishPhase | LookupPhase | SearchPhase | GossipPhase | ConcurrentSearchPhase,
     Field(discriminator="phase"),
 ]
 
@@ -217,6 +224,7 @@ class Sla(Strict):
 
 class Collector(Strict):
     interval: Duration = "1s"
+    detail_every: int = Field(default=5, ge=1, description="every Nth sample also reads USS and PSS (smaps)")
 
 
 class Topology(Strict):
@@ -283,7 +291,7 @@ class Topology(Strict):
 
     def peer_groups(self) -> list[Group]:
         """The group of each peer, by peer index."""
-        return [group for group, size in zip(self.groups, self.group_sizes()) for _ in range(size)]
+        return [group for group, size in zip(self.groups, self.group_sizes(), strict=True) for _ in range(size)]
 
     def rng(self, purpose: str) -> random.Random:
         """A random stream per purpose, so adding a phase never reshuffles another."""
@@ -302,7 +310,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from lab import quantities
 from lab.catalogue import make_catalogue, query_for
 from lab.fleet import CallFailed, Fleet, PeerLost, PeerProcess
@@ -33,10 +35,23 @@ class PhaseReport:
     calls: int = 0
     failed: int = 0
     seconds: float = 0.0
+    cpu_busy: float = 0.0  # share of the machine's CPU time not idle during the phase
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def line(self) -> str:
-        return f"{self.phase}: {self.calls - self.failed}/{self.calls} calls ok in {self.seconds:.1f}s"
+        return (
+            f"{self.phase}: {self.calls - self.failed}/{self.calls} calls ok in {self.seconds:.1f}s"
+            f" (machine CPU {self.cpu_busy:.0%} busy)"
+        )
+
+
+def cpu_busy_since(before: Any) -> float:
+    """Busy share of all CPUs since `before` (a psutil.cpu_times()): near 100% means the
+    phase's latencies include waiting for a CPU, not only the protocol."""
+    after = psutil.cpu_times()
+    total = sum(after) - sum(before)
+    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+    return 1 - idle / total if total > 0 else 0.0
 
 
 @dataclass
@@ -51,24 +66,32 @@ class Workload:
 
     async def run(self, phase: Phase) -> PhaseReport:
         report = PhaseReport(phase.phase)
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), psutil.cpu_times()
         runner: Callable[[Any, PhaseReport], Awaitable[None]] = getattr(self, f"_{phase.phase}")
         await runner(phase, report)
         report.seconds = time.monotonic() - started
+        report.cpu_busy = cpu_busy_since(cpu_before)
         return report
 
     async def _calls(
-        self, report: PhaseReport, timeout: float, calls: list[tuple[PeerProcess, str, dict[str, Any]]]
+        self,
+        report: PhaseReport,
+        timeout: float,
+        calls: list[tuple[PeerProcess, str, dict[str, Any]]],
+        concurrency: int | None = None,
     ) -> list[Any]:
-        """Concurrent calls; every failure is kept in the report with the peer and its cause."""
+        """Calls, at most `concurrency` at once (all if None); each call's timeout starts when
+        it is sent. Every failure is kept in the report with the peer and its cause."""
+        limit = asyncio.Semaphore(concurrency or max(len(calls), 1))
 
         async def one(peer: PeerProcess, op: str, args: dict[str, Any]) -> Any:
-            try:
-                return await self.fleet.call(peer, op, args, timeout)
-            except (PeerLost, CallFailed) as exc:
-                report.failed += 1
-                report.errors.append({"phase": report.phase, "peer": peer.index, "op": op, "error": str(exc)})
-                return None
+            async with limit:
+                try:
+                    return await self.fleet.call(peer, op, args, timeout)
+                except (PeerLost, CallFailed) as exc:
+                    report.failed += 1
+                    report.errors.append({"phase": report.phase, "peer": peer.index, "op": op, "error": str(exc)})
+                    return None
 
         report.calls += len(calls)
         return await asyncio.gather(*(one(peer, op, args) for peer, op, args in calls))
@@ -91,7 +114,7 @@ class Workload:
             floor = min(settings.min_routing_table, i)
             await self._calls(report, timeout, [(peer, "bootstrap", self._join_args(seeds[:i], floor))])
         joined = len(seeds)
-        limit = asyncio.Semaphore(settings.concurrency)
+        limit = asyncio.Semaphore(phase.concurrency)
 
         async def join(peer: PeerProcess) -> None:
             nonlocal joined
@@ -123,6 +146,7 @@ class Workload:
             report,
             quantities.seconds(phase.timeout),
             [(by_index[i], "publish", {"packages": packages, "size": size}) for i, packages in sorted(plan.items())],
+            phase.concurrency,
         )
 
     def _not_held(self, peer: PeerProcess) -> list[dict[str, Any]]:
@@ -137,7 +161,7 @@ class Workload:
             chosen = rng.sample(candidates, min(phase.per_peer, len(candidates)))
             self.holdings.setdefault(peer.index, set()).update(p["id"] for p in chosen)
             calls.append((peer, "get", {"ids": [p["id"] for p in chosen]}))
-        await self._calls(report, quantities.seconds(phase.timeout), calls)
+        await self._calls(report, quantities.seconds(phase.timeout), calls, phase.concurrency)
 
     async def _search(self, phase: SearchPhase, report: PhaseReport) -> None:
         """Each query runs twice: the first goes local or remote, the repeat hits the cache."""
@@ -152,7 +176,7 @@ class Workload:
                 if pool:
                     queries.append(query_for(rng.choice(pool)))
             calls.append((peer, "search", {"queries": queries + queries, "fanout": phase.fanout}))
-        await self._calls(report, quantities.seconds(phase.timeout), calls)
+        await self._calls(report, quantities.seconds(phase.timeout), calls, phase.concurrency)
 
     async def _gossip(self, phase: GossipPhase, report: PhaseReport) -> None:
         rng = self.topology.rng("gossip")

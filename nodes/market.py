@@ -89,20 +89,21 @@ class Market:
         await self.pubsub.publish(ANNOUNCE_TOPIC, json.dumps(payload).encode())
 
     async def receive_announcements(self) -> None:
+        """First deliveries are timed; a message delivered again (GossipSub forgets seen
+        messages after its seen-TTL) is recorded as `gossip_duplicate`, not as a latency."""
         subscription = await self.pubsub.subscribe(ANNOUNCE_TOPIC)
         me = self.host.get_id().to_bytes()
+        delivered: set[str] = set()
         while True:
             message = await subscription.get()
             received = time.monotonic_ns()
             if message.from_id == me:
                 continue
             payload = json.loads(message.data)
+            op = "gossip_duplicate" if payload["msg"] in delivered else "gossip_delivery"
+            delivered.add(payload["msg"])
             await self.recorder.event(
-                "gossip_delivery",
-                payload["sent_ns"],
-                received,
-                None,
-                {"msg": payload["msg"], "from": ID(message.from_id).to_base58()},
+                op, payload["sent_ns"], received, None, {"msg": payload["msg"], "from": ID(message.from_id).to_base58()}
             )
 
     # -- get -----------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 
+from libp2p.records.validator import Validator
+
 DHT_NAMESPACE = "market"
 
 
@@ -59,7 +61,7 @@ def query_terms(query: str) -> list[str]:
     return [term for term in query.lower().split() if term]
 
 
-class PackageRecordValidator:
+class PackageRecordValidator(Validator):
     """DHT validator for /market/ records: a record must be a well-formed package."""
 
     def validate(self, key: str, value: bytes) -> None:

@@ -23,6 +23,7 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.swarm import Swarm
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -97,7 +98,9 @@ class Peer:
             if not self.settings["connections"]["auto_connect"]:
                 # Its first pass found an empty peer store; stopped, it never tops up to ~150
                 # connections behind the topology's back.
-                await self.host.get_network().auto_connector.stop()
+                network = self.host.get_network()
+                assert isinstance(network, Swarm)
+                await network.auto_connector.stop()
             await stack.enter_async_context(background_trio_service(self.dht))
             await stack.enter_async_context(background_trio_service(self.pubsub))
             await self.pubsub.wait_until_ready()

@@ -26,7 +26,10 @@ def base(**changes: object) -> dict:
         ({"groups": [{"name": "a", "count": 3, "link": {"loss": "150%"}}]}, "groups[0].link.loss: must be between 0% and 100%"),
         ({"bootstrap": {"peers": 4}}, "bootstrap.peers: 4 exceeds the 3 peers"),
         ({"slas": [{"metric": "nope", "stat": "p95", "op": "<", "threshold": "1s"}]}, "slas[0].metric: unknown metric 'nope'"),
-        ({"slas": [{"metric": "get", "stat": "p95", "op": "<", "threshold": "5MiB"}]}, "slas[0].threshold: '5MiB' cannot be expressed in millisecond"),
+        (
+            {"slas": [{"metric": "get", "stat": "p95", "op": "<", "threshold": "5MiB"}]},
+            "slas[0].threshold: '5MiB' cannot be expressed in millisecond",
+        ),
         ({"colour": "blue"}, "colour: unknown field"),
         ({"seed": -1}, "seed: must be >= 0"),
     ],
