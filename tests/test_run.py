@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import ROOT, TINY, lab_command, leftovers, needs_root, run_lab, write_topology
 
+from conftest import ROOT, TINY, lab_command, leftovers, needs_root, run_lab, write_topology
 from lab import runid
 from lab.results import read_jsonl
 

@@ -1,0 +1,76 @@
+"""The command line through click's CliRunner: messages and exit codes for bad input."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from conftest import TINY, needs_root, write_topology
+from lab import runid
+from lab.cli import main
+
+
+def test_malformed_topology_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    topology = write_topology(tmp_path / "bad.yaml", groups=[{"name": "a", "count": 0}])
+    result = CliRunner().invoke(main, ["run", str(topology), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {topology}: groups[0].count: must be >= 1"
+    assert not (tmp_path / "out").exists(), "nothing is built for a bad topology"
+
+
+def test_missing_topology_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "nope.yaml: cannot read (No such file or directory)" in result.output
+
+
+def test_non_empty_out_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["run", str(TINY), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "exists and is not empty" in result.output
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+@needs_root
+def test_doctor_reports_checks_and_mode() -> None:
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    names = {line[5:25].strip() for line in lines[:-1]}
+    assert {"root", "netns+veth", "sch_netem", "htb", "tbf", "iptables statistic", "nfqueue", "open files"} <= names
+    assert lines[-1].startswith("lab run will use: netns")
+    assert all(line[:3] in ("yes", "no ") for line in lines[:-1])
+
+
+def test_clean_removes_a_dead_runs_state_and_socket(tmp_path: Path) -> None:
+    dead_pid = _dead_pid()
+    control = tmp_path / "control.sock"
+    control.write_text("")
+    state = runid.state_dir() / "fedcba.json"
+    state.write_text(json.dumps({"orchestrator_pid": dead_pid, "results": str(tmp_path), "control": str(control)}))
+    result = CliRunner().invoke(main, ["clean"])
+    assert result.exit_code == 0
+    assert f"run fedcba: removed {control}" in result.output
+    assert f"run fedcba: removed {state}" in result.output
+    assert not state.exists() and not control.exists()
+
+
+def test_clean_leaves_a_live_run_alone(tmp_path: Path) -> None:
+    state = runid.state_dir() / "abcdef.json"
+    state.write_text(json.dumps({"orchestrator_pid": os.getppid(), "results": str(tmp_path), "control": "x"}))
+    try:
+        result = CliRunner().invoke(main, ["clean"])
+        assert "run abcdef: still running (orchestrator alive), left alone" in result.output
+        assert state.exists()
+    finally:
+        state.unlink()
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
