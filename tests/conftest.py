@@ -16,6 +16,7 @@ from lab.netlink import netns
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "topologies" / "tiny.yaml"
+DEFAULT = ROOT / "topologies" / "10-peers.yaml"
 LAB = [sys.executable, "-m", "lab"]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")

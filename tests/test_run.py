@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import ROOT, TINY, lab_command, leftovers, needs_root, run_lab, write_topology
+from conftest import DEFAULT, ROOT, TINY, lab_command, leftovers, needs_root, run_lab, write_topology
 from lab import runid
 from lab.results import read_jsonl
 
@@ -32,7 +32,7 @@ def netns_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
     out = tmp_path_factory.mktemp("netns") / "results"
-    return run_lab("run", str(TINY), "--out", str(out)), out
+    return run_lab("run", str(DEFAULT), "--quick", "--out", str(out)), out
 
 
 @needs_root
@@ -43,20 +43,22 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["partial"] is False
     assert manifest["mode"] == "netns"
-    assert manifest["seed"] == 7 and manifest["topology"]["name"] == "tiny"
+    assert manifest["seed"] == 42 and manifest["topology"]["name"] == "10-peers"
     assert manifest["versions"]["libp2p"] == "0.8.1"
     assert manifest["machine"]["kernel"] and "commit" in manifest["source"]
-    assert manifest["peers_ready"] == 6 and manifest["peers_lost"] == 0
-    assert len({p["peer_id"] for p in manifest["peers"]}) == 6
+    assert manifest["peers_ready"] == 10 and manifest["peers_lost"] == 0
+    assert len({p["peer_id"] for p in manifest["peers"]}) == 10
     assert all(p["ip"].startswith("198.18.") and p["netns"] for p in manifest["peers"])
-    assert len(list((out / "logs").glob("peer-*.stderr"))) == 6
+    assert len(list((out / "logs").glob("peer-*.stderr"))) == 10
+    assert [p["phase"] for p in manifest["phases"]] == [p["phase"] for p in manifest["topology"]["workload"]]
 
     events = read_jsonl(out / "events.jsonl")
     summary = json.loads((out / "summary.json").read_text())["metrics"]
     counts = Counter(e["op"] for e in events)
-    assert counts["bootstrap"] == 6
-    assert counts["publish"] == 6
-    assert counts["get"] == 6 * 2
+    quick = {p["phase"]: p for p in manifest["topology"]["workload"]}
+    assert counts["bootstrap"] == 10
+    assert counts["publish"] == quick["publish"]["packages"] == 5  # --quick shrank 20 packages to 5
+    assert counts["get"] == 10 * quick["lookup"]["per_peer"]
     for name, metric in summary.items():
         if metric["unit"] != "millisecond":
             continue
@@ -72,8 +74,8 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
         assert verdict["measured"] == summary[verdict["metric"]][verdict["stat"]]
     assert verdicts["passed"] == all(v["passed"] for v in verdicts["verdicts"])
     resources = read_jsonl(out / "resources.jsonl")
-    assert {r["peer"] for r in resources if r["role"] == "peer"} == set(range(6))
-    assert summary["memory_rss_mib"]["n"] == 6
+    assert {r["peer"] for r in resources if r["role"] == "peer"} == set(range(10))
+    assert summary["memory_rss_mib"]["n"] == summary["memory_uss_mib"]["n"] == 10
     assert leftovers(manifest["run_id"]) == []
 
 
@@ -82,11 +84,12 @@ def test_loopback_mode_same_seed_same_keys_and_failing_sla(netns_run: tuple, tmp
     _, netns_out = netns_run
     topology = write_topology(
         tmp_path / "loop.yaml",
+        DEFAULT,
         network={"mode": "loopback"},
         slas=[{"metric": "get", "stat": "max", "op": "<", "threshold": "1us"}],
     )
     out = tmp_path / "results"
-    done = run_lab("run", str(topology), "--out", str(out))
+    done = run_lab("run", str(topology), "--quick", "--out", str(out))
     assert done.returncode == 1, done.stdout + done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["mode"] == "loopback"
