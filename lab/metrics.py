@@ -17,7 +17,7 @@ MIB = 1024 * 1024
 MEMORY_FIELDS = {"memory_rss_mib": "rss", "memory_uss_mib": "uss", "memory_pss_mib": "pss"}
 # Operations the peers report (nodes/), each a latency metric.
 OPERATIONS = (
-    "bootstrap", "connect", "publish", "get", "dht_lookup", "dht_find_providers", "fetch",
+    "bootstrap", "connect", "publish", "get", "dht_lookup", "dht_lookup_local", "dht_find_providers", "fetch",
     "search_cache_hit", "search_local", "search_remote", "gossip_publish", "gossip_delivery", "gossip_duplicate",
 )
 CONCURRENT_SEARCH = "concurrent_search_"

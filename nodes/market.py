@@ -122,9 +122,11 @@ class Market:
             return package
 
     async def _lookup(self, package_id: str) -> Package:
+        """A record the DHT already replicated to this peer needs no network: that is a
+        different operation (`dht_lookup_local`), kept apart so it cannot flatter `dht_lookup`."""
         key = dht_key(package_id)
-        async with self.recorder.operation("dht_lookup", package=package_id) as details:
-            details["source"] = "local" if self.dht.value_store.get(key.encode()) else "network"
+        op = "dht_lookup_local" if self.dht.value_store.get(key.encode()) else "dht_lookup"
+        async with self.recorder.operation(op, package=package_id):
             raw = await self.dht.get_value(key, quorum=self.get_quorum)
             if raw is None:
                 raise OpFailed("no DHT record")
