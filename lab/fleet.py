@@ -121,10 +121,14 @@ class Fleet:
         try:
             async with asyncio.timeout(timeout):
                 await self._wait_hello(peer)
-        except TimeoutError:
-            peer.mark_lost(f"no hello within {timeout:.0f}s")
-            raise PeerLost(f"peer {slot.index}: no hello within {timeout:.0f}s") from None
-        identity = await self.call(peer, "start", {**settings, "listen": slot.listen}, timeout)
+            identity = await self.call(peer, "start", {**settings, "listen": slot.listen}, timeout)
+        except (TimeoutError, PeerLost, CallFailed) as exc:
+            # A peer that never became ready takes no part in the run.
+            reason = f"no hello within {timeout:.0f}s" if isinstance(exc, TimeoutError) else str(exc)
+            peer.mark_lost(f"did not start: {reason}")
+            if peer.process.returncode is None:
+                peer.process.kill()
+            raise PeerLost(f"peer {slot.index}: did not start: {reason}") from None
         peer.peer_id, peer.addrs = identity["peer_id"], identity["addrs"]
         return peer
 

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,10 +91,11 @@ def default_out(topology: Topology) -> Path:
 
 
 class Run:
-    def __init__(self, topology: Topology, source: str, out: Path, echo: Echo) -> None:
+    def __init__(self, topology: Topology, source: str, out: Path, echo: Echo, mode: str, why: str) -> None:
         self.topology = topology
         self.source = source
         self.echo = echo
+        self.mode, self.why = mode, why
         self.run_id = runid.RunId.new()
         self.results = ResultsDir.create(out)
         self.events: list[dict[str, Any]] = []
@@ -118,8 +119,7 @@ class Run:
     # -- the run --------------------------------------------------------------------------------
 
     async def execute(self) -> RunOutcome:
-        topology = self.topology
-        mode, why = await asyncio.to_thread(choose_mode, topology.network.mode)
+        topology, mode, why = self.topology, self.mode, self.why
         self.echo(f"run {self.run_id.value}: {topology.peer_count} peers, mode {mode} ({why})")
         self.echo(f"results: {self.results.path}")
         self.results.update_manifest(
@@ -168,15 +168,7 @@ class Run:
             for number, phase in enumerate(topology.workload, 1):
                 report = await workload.run(phase)
                 self.errors.extend(report.errors)
-                self.phase_reports.append(
-                    {
-                        "phase": phase.phase,
-                        "calls": report.calls,
-                        "failed": report.failed,
-                        "seconds": report.seconds,
-                        "cpu_busy": report.cpu_busy,
-                    }
-                )
+                self.phase_reports.append({k: v for k, v in asdict(report).items() if k != "errors"})
                 self.echo(f"[{number}/{len(topology.workload)}] {report.line()}")
             status = "complete"
         except asyncio.CancelledError:
@@ -280,8 +272,10 @@ class Run:
 
 
 async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -> RunOutcome:
+    """Checks the machine before creating anything, so a setup error leaves nothing behind."""
+    mode, why = await asyncio.to_thread(choose_mode, topology.network.mode)
     try:
-        run = Run(topology, source, out, echo)
+        run = Run(topology, source, out, echo, mode, why)
     except FileExistsError as exc:
         raise SetupError(str(exc)) from None
     task = asyncio.current_task()
