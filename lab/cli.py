@@ -53,7 +53,7 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool) ->
     out = out or default_out(topology)
     try:
         outcome = asyncio.run(run_topology(topology, topology_file.read_text(), out, click.echo))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         click.echo(f"interrupted: partial results in {out}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except (SetupError, NetworkError) as exc:

@@ -141,12 +141,13 @@ def peer_pids(run: str) -> list[int]:
 
 
 @needs_root
-def test_sigint_mid_run_leaves_a_partial_directory_and_nothing_else(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_leaves_a_partial_directory_and_nothing_else(tmp_path: Path, signum: int) -> None:
     out = tmp_path / "results"
     process, run = start_run(out)
     wait_for_line(process, "[1/6]")
     assert peer_pids(run), "peers should be running mid-run"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     rest, _ = process.communicate(timeout=120)
     assert process.returncode == 130, rest
     manifest = json.loads((out / "manifest.json").read_text())
