@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-from lab import cleanup, console, doctor
+from lab import cleanup, console, doctor, quantities, results
+from lab import compare as compare_runs
+from lab.metrics import unit_of
 from lab.network import NetworkError
 from lab.orchestrator import (
     EXIT_INTERRUPTED,
@@ -72,6 +74,38 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool) ->
         click.echo(f"{len(outcome.errors)} lab-level errors (peer starts, calls, losses): see {outcome.path}/summary.json")
     click.echo(f"results: {outcome.path}")
     sys.exit(outcome.exit_code)
+
+
+@main.command()
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--metric", "metrics", multiple=True, help="Compare only these metrics (repeatable).")
+@click.option("--noise", default="3%", show_default=True, help="Changes inside ±noise are 'within noise'.")
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--strict", is_flag=True, help="Exit 1 if any metric regressed (for nightly runners).")
+@click.option("--format", "output", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+def compare(
+    baseline: Path, candidate: Path, metrics: tuple[str, ...], noise: str, alpha: float, strict: bool, output: str
+) -> None:
+    """Compare two results directories metric by metric (rule: docs/compare.md)."""
+    try:
+        noise_share = quantities.fraction(noise)
+    except ValueError as exc:
+        raise LabError(f"--noise: {exc}") from None
+    sides = []
+    for label, run_dir in (("BASELINE", baseline), ("CANDIDATE", candidate)):
+        if not (run_dir / results.MANIFEST).is_file() or not (run_dir / results.EVENTS).is_file():
+            raise LabError(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl)")
+        samples = compare_runs.run_samples(run_dir)
+        unknown = [m for m in metrics if unit_of(m) is None]
+        if unknown:
+            raise LabError(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
+        sides.append({name: m for name, m in samples.items() if not metrics or name in metrics})
+    comparisons = compare_runs.compare_samples(sides[0], sides[1], noise_share, alpha)
+    for line in console.comparison_lines(comparisons, output):
+        click.echo(line)
+    if strict and any(c.verdict == "regressed" for c in comparisons):
+        sys.exit(1)
 
 
 @main.command()

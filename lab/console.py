@@ -1,8 +1,11 @@
-"""What `lab run` prints at the end: one line per metric, then the verdicts."""
+"""What the commands print: `lab run`'s metric table and verdicts, `lab compare`'s table."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from lab.compare import Comparison
 
 SHOWN = ("n", "success_ratio", "p50", "p95", "p99", "max")
 
@@ -15,11 +18,46 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
 def metrics_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     header = ["metric", "unit", *SHOWN]
-    rows = [header] + [[name, metric["unit"], *(_cell(metric.get(col)) for col in SHOWN)] for name, metric in summary.items()]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    return _aligned([header] + [[name, m["unit"], *(_cell(m.get(col)) for col in SHOWN)] for name, m in summary.items()])
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def comparison_lines(comparisons: list[Comparison], output: str) -> list[str]:
+    """`table` for a terminal, `markdown` for a CI comment, `json` for tools."""
+    if output == "json":
+        return [json.dumps([c.to_json() for c in comparisons], indent=2)]
+    header = ["metric", "unit", "base n", "base p50", "base p95", "cand n", "cand p50", "cand p95"]
+    header += ["change", "95% CI", "adj. p", "verdict"]
+    rows = [
+        [
+            c.metric,
+            c.unit,
+            str(c.baseline.n),
+            _cell(c.baseline.p50),
+            _cell(c.baseline.p95),
+            str(c.candidate.n),
+            _cell(c.candidate.p50),
+            _cell(c.candidate.p95),
+            _percent(c.change),
+            f"[{_percent(c.change_ci95[0])}, {_percent(c.change_ci95[1])}]" if c.change_ci95 else "-",
+            _cell(c.p_adjusted),
+            c.verdict,
+        ]
+        for c in comparisons
+    ]
+    if output == "markdown":
+        return ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows]]
+    return _aligned([header, *rows])
 
 
 def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:

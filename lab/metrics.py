@@ -36,6 +36,11 @@ def unit_of(metric: str) -> str | None:
     return None
 
 
+def higher_is_better(metric: str) -> bool:
+    """Only delivery ratios improve upwards; latency, memory and CPU improve downwards."""
+    return unit_of(metric) == "dimensionless"
+
+
 @dataclass
 class Metric:
     name: str
