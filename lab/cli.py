@@ -70,8 +70,8 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool) ->
     click.echo("")
     for line in console.verdict_lines(outcome.verdicts):
         click.echo(line)
-    if outcome.errors:
-        click.echo(f"{len(outcome.errors)} lab-level errors (peer starts, calls, losses): see {outcome.path}/summary.json")
+    for line in console.error_lines(outcome.errors):
+        click.echo(line)
     click.echo(f"results: {outcome.path}")
     sys.exit(outcome.exit_code)
 

@@ -65,3 +65,18 @@ def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
         f"{'PASS' if v['passed'] else 'FAIL'}  {v['metric']} {v['stat']} {v['op']} {v['threshold']}: {v['reason']}"
         for v in verdicts
     ]
+
+
+def error_lines(errors: dict[str, Any]) -> list[str]:
+    """Counts of everything that went wrong, so nothing is only in a file nobody opens."""
+    failed_ops = {op: sum(causes.values()) for op, causes in errors["operations"].items()}
+    logs = errors["peer_logs"]
+    lines = [
+        f"failed operations: {sum(failed_ops.values())}"
+        + (f" ({', '.join(f'{op} {n}' for op, n in sorted(failed_ops.items()))})" if failed_ops else ""),
+        f"lab errors (peer starts, failed calls, lost peers): {len(errors['lab'])}",
+        f"peer logs: {logs['levels'].get('ERROR', 0) + logs['levels'].get('CRITICAL', 0)} errors "
+        f"from {logs['peers_with_errors']} peers, {logs['levels'].get('WARNING', 0)} warnings",
+    ]
+    lines += [f"  {top['count']:6d}x {top['level']} {top['logger']}: {top['message']}" for top in logs["top"][:3]]
+    return lines

@@ -22,6 +22,7 @@ from lab.collector import Collector
 from lab.fleet import CallFailed, Fleet, PeerLost
 from lab.metrics import all_metrics
 from lab.network import LoopbackNetwork, NamespaceNetwork
+from lab.peerlogs import count_levels
 from lab.results import ResultsDir
 from lab.sla import evaluate
 from lab.stats import summarize
@@ -45,7 +46,7 @@ class RunOutcome:
     exit_code: int
     summary: dict[str, Any]
     verdicts: list[dict[str, Any]]
-    errors: list[dict[str, Any]]
+    errors: dict[str, Any]
 
 
 async def in_thread_to_completion(function: Callable[[], Any]) -> Any:
@@ -237,6 +238,7 @@ class Run:
     def _outcome(self, status: str) -> RunOutcome:
         metrics = all_metrics(self.events, self.samples, self.ready)
         summary = {name: {"unit": m.unit, **summarize(m.values, m.attempts)} for name, m in metrics.items()}
+        errors = self._error_counts()
         self.results.write(
             results.SUMMARY,
             {
@@ -244,13 +246,13 @@ class Run:
                 "note": "samples within one run are not independent (shared network, shared CPU); "
                 "intervals describe this run, not run-to-run variation",
                 "metrics": summary,
-                "errors": self._error_counts(),
+                "errors": errors,
             },
         )
         verdicts = evaluate(self.topology.slas, summary) + self._builtin_verdicts()
         self.results.write(results.VERDICTS, {"passed": all(v["passed"] for v in verdicts), "verdicts": verdicts})
         exit_code = EXIT_PASS if all(v["passed"] for v in verdicts) else EXIT_SLA_FAILED
-        return RunOutcome(self.results.path, status, exit_code, summary, verdicts, self.errors)
+        return RunOutcome(self.results.path, status, exit_code, summary, verdicts, errors)
 
     def _builtin_verdicts(self) -> list[dict[str, Any]]:
         """The lab's own conditions for a trustworthy run, reported beside the topology's SLAs."""
@@ -263,12 +265,13 @@ class Run:
         ]
 
     def _error_counts(self) -> dict[str, Any]:
+        """Failed operations by cause, the lab's own errors, and what peers logged."""
         by_op: dict[str, dict[str, int]] = {}
         for event in self.events:
             if not event["ok"]:
                 errors = by_op.setdefault(event["op"], {})
                 errors[event["error"]] = errors.get(event["error"], 0) + 1
-        return {"operations": by_op, "lab": self.errors}
+        return {"operations": by_op, "lab": self.errors, "peer_logs": count_levels(self.results.log_dir)}
 
 
 async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -> RunOutcome:

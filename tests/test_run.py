@@ -76,6 +76,12 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     resources = read_jsonl(out / "resources.jsonl")
     assert {r["peer"] for r in resources if r["role"] == "peer"} == set(range(10))
     assert summary["memory_rss_mib"]["n"] == summary["memory_uss_mib"]["n"] == 10
+    errors = json.loads((out / "summary.json").read_text())["errors"]
+    failed = sum(1 for e in events if not e["ok"])
+    assert sum(sum(causes.values()) for causes in errors["operations"].values()) == failed
+    assert f"failed operations: {failed}" in done.stdout
+    logged = errors["peer_logs"]["levels"]
+    assert f"peer logs: {logged.get('ERROR', 0) + logged.get('CRITICAL', 0)} errors" in done.stdout
     assert leftovers(manifest["run_id"]) == []
 
 

@@ -1,8 +1,11 @@
-"""Verdicts and metric derivation on hand-made events."""
+"""Verdicts, metric derivation and peer-log counting on hand-made records."""
+
+from pathlib import Path
 
 import pytest
 
 from lab.metrics import all_metrics, delivery_ratio, latency_metrics, resource_metrics, unit_of
+from lab.peerlogs import count_levels
 from lab.sla import evaluate
 from lab.stats import summarize
 from lab.topology import Sla
@@ -72,3 +75,22 @@ def test_memory_is_each_peers_peak_in_mib() -> None:
 def test_all_metrics_drops_empty_ones() -> None:
     metrics = all_metrics([event("get", 1)], [], ready_peers=2)
     assert set(metrics) == {"get"}
+
+
+def test_peer_log_lines_are_counted_with_variable_parts_masked(tmp_path: Path) -> None:
+    (tmp_path / "peer-0000.stderr").write_text(
+        "2026-11-22 04:58:08,032 libp2p.transport.tcp.tcp ERROR Failed to open TCP stream: 198.18.0.91:4001 failed\n"
+        "2026-11-22 04:58:09,032 libp2p.transport.tcp.tcp ERROR Failed to open TCP stream: 198.18.0.7:4001 failed\n"
+        "Traceback (most recent call last):\n"
+        "2026-11-22 04:58:10,000 libp2p.host.basic_host WARNING slow stream to 12D3KooWBFoF8MR2Qrdwwrm5dx\n"
+    )
+    (tmp_path / "peer-0001.stderr").write_text("2026-11-22 04:58:11,000 nodes.peer WARNING retry 3\n")
+    counted = count_levels(tmp_path)
+    assert counted["levels"] == {"ERROR": 2, "WARNING": 2}
+    assert counted["peers_with_errors"] == 1
+    assert counted["top"][0] == {
+        "level": "ERROR",
+        "logger": "libp2p.transport.tcp.tcp",
+        "message": "Failed to open TCP stream: <addr> failed",
+        "count": 2,
+    }
