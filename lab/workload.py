@@ -59,7 +59,8 @@ class Workload:
     topology: Topology
     fleet: Fleet
     catalogue: list[dict[str, Any]] = field(default_factory=list)
-    holdings: dict[int, set[str]] = field(default_factory=dict)
+    published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
+    holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
 
     def peers(self) -> list[PeerProcess]:
         return self.fleet.alive
@@ -139,6 +140,7 @@ class Workload:
         for number, package in enumerate(self.catalogue):
             publisher = order[number % len(order)]
             plan.setdefault(publisher.index, []).append(package)
+            self.published.setdefault(publisher.index, []).append(package["id"])
             self.holdings.setdefault(publisher.index, set()).add(package["id"])
         size = int(quantities.convert(phase.body_size, "byte"))
         by_index = {p.index: p for p in peers}
@@ -172,7 +174,8 @@ class Workload:
             remote = self._not_held(peer)
             queries = []
             for number in range(phase.queries_per_peer):
-                pool = held if number % 2 and held else remote or held
+                # Alternate: a package held elsewhere (remote search), then one held here (local index).
+                pool = (remote, held)[number % 2] or held or remote
                 if pool:
                     queries.append(query_for(rng.choice(pool)))
             calls.append((peer, "search", {"queries": queries + queries, "fanout": phase.fanout}))
@@ -180,14 +183,14 @@ class Workload:
 
     async def _gossip(self, phase: GossipPhase, report: PhaseReport) -> None:
         rng = self.topology.rng("gossip")
-        publishers = [p for p in self.peers() if self.holdings.get(p.index)]
+        publishers = [p for p in self.peers() if self.published.get(p.index)]
         timeout = quantities.seconds(phase.timeout)
         for number in range(phase.announcements):
             if not publishers:
                 report.errors.append({"phase": report.phase, "error": "no peer holds a package to announce"})
                 break
             peer = rng.choice(publishers)
-            package = sorted(self.holdings[peer.index])[0]
+            package = self.published[peer.index][0]
             await self._calls(report, timeout, [(peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})])
             await asyncio.sleep(quantities.seconds(phase.interval))
         await asyncio.sleep(quantities.seconds(phase.settle))
