@@ -23,6 +23,7 @@ from lab.fleet import CallFailed, Fleet, PeerLost
 from lab.metrics import all_metrics
 from lab.network import LoopbackNetwork, NamespaceNetwork
 from lab.peerlogs import count_levels
+from lab.progress import Ticker
 from lab.results import ResultsDir
 from lab.sla import evaluate
 from lab.stats import summarize
@@ -165,7 +166,7 @@ class Run:
             await fleet.open()
             collecting = asyncio.create_task(collector.run())
             await self._start_peers(fleet, slots)
-            workload = Workload(topology, fleet)
+            workload = Workload(topology, fleet, self.echo)
             for number, phase in enumerate(topology.workload, 1):
                 report = await workload.run(phase)
                 self.errors.extend(report.errors)
@@ -185,15 +186,18 @@ class Run:
         settings = peer_settings(self.topology)
         started = time.monotonic()
 
-        async def start(slot: Any) -> None:
+        async def start(slot: Any, ticker: Ticker) -> None:
             async with limit:
                 try:
                     await fleet.start(slot, settings, SPAWN_TIMEOUT_S)
                     self.ready += 1
                 except (PeerLost, CallFailed) as exc:
                     self.errors.append({"phase": "start", "peer": slot.index, "error": str(exc)})
+                finally:
+                    ticker.done += 1
 
-        await asyncio.gather(*(start(slot) for slot in slots))
+        async with Ticker(self.echo, "peers started", len(slots)) as ticker:
+            await asyncio.gather(*(start(slot, ticker) for slot in slots))
         self.echo(f"[peers] {self.ready}/{len(slots)} ready in {time.monotonic() - started:.1f}s")
         if self.ready < len(slots):
             for error in self.errors[:5]:

@@ -17,6 +17,7 @@ import psutil
 from lab import quantities
 from lab.catalogue import make_catalogue, query_for
 from lab.fleet import CallFailed, Fleet, PeerLost, PeerProcess
+from lab.progress import Ticker
 from lab.topology import (
     BootstrapPhase,
     ConcurrentSearchPhase,
@@ -58,6 +59,7 @@ def cpu_busy_since(before: Any) -> float:
 class Workload:
     topology: Topology
     fleet: Fleet
+    echo: Callable[[str], None]
     catalogue: list[dict[str, Any]] = field(default_factory=list)
     published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
     holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
@@ -85,7 +87,7 @@ class Workload:
         it is sent. Every failure is kept in the report with the peer and its cause."""
         limit = asyncio.Semaphore(concurrency or max(len(calls), 1))
 
-        async def one(peer: PeerProcess, op: str, args: dict[str, Any]) -> Any:
+        async def one(peer: PeerProcess, op: str, args: dict[str, Any], ticker: Ticker) -> Any:
             async with limit:
                 try:
                     return await self.fleet.call(peer, op, args, timeout)
@@ -93,9 +95,12 @@ class Workload:
                     report.failed += 1
                     report.errors.append({"phase": report.phase, "peer": peer.index, "op": op, "error": str(exc)})
                     return None
+                finally:
+                    ticker.done += 1
 
         report.calls += len(calls)
-        return await asyncio.gather(*(one(peer, op, args) for peer, op, args in calls))
+        async with Ticker(self.echo, f"{report.phase} calls", len(calls)) as ticker:
+            return await asyncio.gather(*(one(peer, op, args, ticker) for peer, op, args in calls))
 
     # -- phases ------------------------------------------------------------------------------
 
