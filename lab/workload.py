@@ -122,14 +122,16 @@ class Workload:
         joined = len(seeds)
         limit = asyncio.Semaphore(phase.concurrency)
 
-        async def join(peer: PeerProcess) -> None:
+        async def join(peer: PeerProcess, ticker: Ticker) -> None:
             nonlocal joined
             async with limit:
                 floor = min(settings.min_routing_table, joined)
                 await self._calls(report, timeout, [(peer, "bootstrap", self._join_args(dial_plans[peer.index], floor))])
                 joined += 1
+                ticker.done += 1
 
-        await asyncio.gather(*(join(peer) for peer in joiners))
+        async with Ticker(self.echo, "peers joined", len(joiners)) as ticker:
+            await asyncio.gather(*(join(peer, ticker) for peer in joiners))
 
     @staticmethod
     def _join_args(dial: list[PeerProcess], floor: int) -> dict[str, Any]:
@@ -198,6 +200,7 @@ class Workload:
             package = self.published[peer.index][0]
             await self._calls(report, timeout, [(peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})])
             await asyncio.sleep(quantities.seconds(phase.interval))
+        self.echo(f"  gossip: {phase.announcements} announced, waiting {quantities.seconds(phase.settle):g}s for deliveries")
         await asyncio.sleep(quantities.seconds(phase.settle))
 
     async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseReport) -> None:
