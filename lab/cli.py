@@ -18,8 +18,10 @@ from lab.orchestrator import (
     SetupError,
     choose_mode,
     default_out,
+    run_repeated,
     run_topology,
 )
+from lab.repeats import REPEAT_FILE
 from lab.topology import TopologyError, load_topology
 
 EXIT_CRASH = 3
@@ -42,7 +44,8 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Results directory (default results/<name>-<UTC time>).")
 @click.option("--seed", type=int, help="Override the topology's seed.")
 @click.option("--quick", is_flag=True, help="Smaller workload: fewer packages, lookups and announcements.")
-def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool) -> None:
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Fresh runs into OUT/run-N.")
+def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, repeat: int) -> None:
     """Run TOPOLOGY; exit 0 if every SLA held, 1 if any failed, 2 on bad input or setup error."""
     try:
         topology = load_topology(topology_file)
@@ -53,8 +56,12 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool) ->
     if quick:
         topology = topology.quick()
     out = out or default_out(topology)
+    source = topology_file.read_text()
     try:
-        outcome = asyncio.run(run_topology(topology, topology_file.read_text(), out, click.echo))
+        if repeat > 1:
+            outcomes = asyncio.run(run_repeated(topology, source, out, click.echo, repeat))
+        else:
+            outcomes = [asyncio.run(run_topology(topology, source, out, click.echo))]
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         click.echo(f"interrupted: partial results in {out}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -64,6 +71,7 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool) ->
         traceback.print_exc()
         click.echo(f"lab crashed; partial results in {out}; run `lab clean` if anything was left", err=True)
         sys.exit(EXIT_CRASH)
+    outcome = outcomes[-1]
     click.echo("")
     for line in console.metrics_table(outcome.summary):
         click.echo(line)
@@ -72,8 +80,12 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool) ->
         click.echo(line)
     for line in console.error_lines(outcome.errors):
         click.echo(line)
-    click.echo(f"results: {outcome.path}")
-    sys.exit(outcome.exit_code)
+    if repeat > 1:
+        click.echo("")
+        for line in console.repeat_lines(results.read_json(out / REPEAT_FILE), outcomes):
+            click.echo(line)
+    click.echo(f"results: {out}")
+    sys.exit(max(o.exit_code for o in outcomes))
 
 
 @main.command()

@@ -80,3 +80,23 @@ def error_lines(errors: dict[str, Any]) -> list[str]:
     ]
     lines += [f"  {top['count']:6d}x {top['level']} {top['logger']}: {top['message']}" for top in logs["top"][:3]]
     return lines
+
+
+def repeat_lines(repeat: dict[str, Any], outcomes: list[Any]) -> list[str]:
+    """Each run's verdict, then the between-run table: the run is the independent unit."""
+    lines = [f"run-{n}: {'all SLAs held' if o.exit_code == 0 else 'an SLA failed'}" for n, o in enumerate(outcomes, 1)]
+    header = ["metric", "unit", "runs", "median of run medians", "95% CI", "min", "max", "cv"]
+    rows = [
+        [
+            name,
+            m["unit"],
+            str(m["runs"]),
+            _cell(m["median_of_medians"]),
+            "-" if m["ci95"][0] is None else f"[{_cell(m['ci95'][0])}, {_cell(m['ci95'][1])}]",
+            _cell(m["min"]),
+            _cell(m["max"]),
+            "-" if m["cv"] is None else f"{m['cv']:.1%}",
+        ]
+        for name, m in repeat["metrics"].items()
+    ]
+    return lines + [""] + _aligned([header, *rows])

@@ -24,6 +24,7 @@ from lab.metrics import all_metrics
 from lab.network import LoopbackNetwork, NamespaceNetwork
 from lab.peerlogs import count_levels
 from lab.progress import Ticker
+from lab.repeats import REPEAT_FILE, between_runs
 from lab.results import ResultsDir
 from lab.sla import evaluate
 from lab.stats import summarize
@@ -289,3 +290,24 @@ async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     return await run.execute()
+
+
+async def run_repeated(topology: Topology, source: str, out: Path, echo: Echo, repeat: int) -> list[RunOutcome]:
+    """K fresh runs (new network, new processes, same seed) into out/run-1 .. out/run-K, then
+    repeat.json with the between-run figures."""
+    outcomes = []
+    for number in range(1, repeat + 1):
+        echo(f"=== repeat {number}/{repeat}")
+        outcomes.append(await run_topology(topology, source, out / f"run-{number}", echo))
+    results.write_json(
+        out / REPEAT_FILE,
+        {
+            "topology_name": topology.name,
+            "repeats": repeat,
+            "seeds": [topology.seed] * repeat,
+            "runs": [{"dir": o.path.name, "status": o.status, "exit_code": o.exit_code} for o in outcomes],
+            "note": "the run is the independent unit: compare run medians, not pooled samples",
+            "metrics": between_runs([o.summary for o in outcomes]),
+        },
+    )
+    return outcomes

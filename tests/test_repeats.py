@@ -1,0 +1,54 @@
+"""Repeated runs: between-run figures from known run medians, and a real `--repeat 2`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, leftovers, needs_root, run_lab
+from lab.repeats import between_runs
+
+
+def summary(p50: float) -> dict:
+    return {"get": {"unit": "millisecond", "p50": p50}}
+
+
+def test_median_of_run_medians_with_its_interval() -> None:
+    runs = [summary(x) for x in (12.0, 10.0, 11.0, 14.0, 13.0, 9.0, 15.0)]
+    figures = between_runs(runs)["get"]
+    assert figures["run_medians"] == [12.0, 10.0, 11.0, 14.0, 13.0, 9.0, 15.0]
+    assert figures["median_of_medians"] == 12.0
+    # n = 7: the distribution-free 95% interval is [x(1), x(7)] (P = 1 - 2/128 = 0.984;
+    # [x(2), x(6)] covers only 0.875).
+    assert figures["ci95"] == [9.0, 15.0]
+    assert (figures["min"], figures["max"]) == (9.0, 15.0)
+    assert figures["cv"] == pytest.approx(2.1602 / 12.0, rel=1e-3)
+
+
+def test_too_few_runs_give_no_interval_and_missing_metrics_are_skipped() -> None:
+    figures = between_runs([summary(1.0), summary(2.0), {"get": {"unit": "millisecond", "p50": None}}])
+    assert figures["get"]["runs"] == 2
+    assert figures["get"]["ci95"] == [None, None]
+
+
+@needs_root
+@pytest.mark.slow
+def test_repeat_two_runs_fresh_networks(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = run_lab("run", str(TINY), "--repeat", "2", "--out", str(out))
+    repeat = json.loads((out / "repeat.json").read_text())
+    runs = [out / "run-1", out / "run-2"]
+    manifests = [json.loads((r / "manifest.json").read_text()) for r in runs]
+    assert manifests[0]["run_id"] != manifests[1]["run_id"], "each repeat builds its own network"
+    assert [m["status"] for m in manifests] == ["complete", "complete"]
+    assert repeat["repeats"] == 2 and repeat["seeds"] == [7, 7]
+    codes = [r["exit_code"] for r in repeat["runs"]]
+    assert done.returncode == max(codes), done.stdout + done.stderr
+    for name, figures in repeat["metrics"].items():
+        medians = [json.loads((r / "summary.json").read_text())["metrics"].get(name, {}).get("p50") for r in runs]
+        assert figures["run_medians"] == [m for m in medians if m is not None], name
+    assert "median of run medians" in done.stdout
+    for manifest in manifests:
+        assert leftovers(manifest["run_id"]) == []
