@@ -104,16 +104,23 @@ def compare(
         noise_share = quantities.fraction(noise)
     except ValueError as exc:
         raise LabError(f"--noise: {exc}") from None
+    unknown = [m for m in metrics if unit_of(m) is None]
+    if unknown:
+        raise LabError(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
     sides = []
     for label, run_dir in (("BASELINE", baseline), ("CANDIDATE", candidate)):
-        if not (run_dir / results.MANIFEST).is_file() or not (run_dir / results.EVENTS).is_file():
-            raise LabError(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl)")
+        single = (run_dir / results.MANIFEST).is_file() and (run_dir / results.EVENTS).is_file()
+        if not single and not compare_runs.is_repeat(run_dir):
+            raise LabError(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl, no repeat.json)")
         samples = compare_runs.run_samples(run_dir)
-        unknown = [m for m in metrics if unit_of(m) is None]
-        if unknown:
-            raise LabError(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
         sides.append({name: m for name, m in samples.items() if not metrics or name in metrics})
-    comparisons = compare_runs.compare_samples(sides[0], sides[1], noise_share, alpha)
+    repeated = [compare_runs.is_repeat(d) for d in (baseline, candidate)]
+    if repeated[0] != repeated[1]:
+        raise LabError("cannot compare a repeated run (--repeat) with a single run: repeat both or neither")
+    minimum = compare_runs.MIN_RUNS if repeated[0] else compare_runs.MIN_SAMPLES
+    if repeated[0] and output != "json":
+        click.echo("run level: each value is one run's median")
+    comparisons = compare_runs.compare_samples(sides[0], sides[1], noise_share, alpha, min_samples=minimum)
     for line in console.comparison_lines(comparisons, output):
         click.echo(line)
     if strict and any(c.verdict == "regressed" for c in comparisons):

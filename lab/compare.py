@@ -30,8 +30,10 @@ from scipy import stats
 
 from lab import results
 from lab.metrics import Metric, all_metrics, higher_is_better
+from lab.repeats import REPEAT_FILE
 
 MIN_SAMPLES = 8
+MIN_RUNS = 4  # Mann-Whitney U can reach p < 0.05 from 4 against 4 (p = 0.029)
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -66,8 +68,20 @@ class Comparison:
         return asdict(self)
 
 
+def is_repeat(run_dir: Path) -> bool:
+    return (run_dir / REPEAT_FILE).is_file()
+
+
 def run_samples(run_dir: Path) -> dict[str, Metric]:
-    """Every metric's samples, derived again from the raw records (not from the summary)."""
+    """Every metric's samples. A single run: derived again from its raw records (not from its
+    summary). A repeated run (`--repeat K`): one value per run, that run's median, because the
+    run is the independent unit."""
+    if is_repeat(run_dir):
+        repeat = results.read_json(run_dir / REPEAT_FILE)
+        return {
+            name: Metric(name, figures["unit"], list(figures["run_medians"]), figures["runs"])
+            for name, figures in repeat["metrics"].items()
+        }
     manifest = results.read_json(run_dir / results.MANIFEST)
     return all_metrics(
         results.read_jsonl(run_dir / results.EVENTS),
@@ -124,7 +138,12 @@ def _judge(comparison: Comparison, alpha: float, noise: float) -> None:
 
 
 def compare_samples(
-    baseline: dict[str, Metric], candidate: dict[str, Metric], noise: float, alpha: float, seed: int = 0
+    baseline: dict[str, Metric],
+    candidate: dict[str, Metric],
+    noise: float,
+    alpha: float,
+    seed: int = 0,
+    min_samples: int = MIN_SAMPLES,
 ) -> list[Comparison]:
     comparisons = []
     for name in sorted(set(baseline) | set(candidate)):
@@ -133,9 +152,9 @@ def compare_samples(
         comparison = Comparison(name, unit, Side.of(base.values if base else []), Side.of(cand.values if cand else []))
         if base is None or cand is None:
             comparison.verdict = "only in baseline" if cand is None else "only in candidate"
-        elif min(len(base.values), len(cand.values)) < MIN_SAMPLES:
+        elif min(len(base.values), len(cand.values)) < min_samples:
             comparison.verdict = "not enough samples"
-            comparison.reason = f"{len(base.values)} vs {len(cand.values)} samples; at least {MIN_SAMPLES} per side"
+            comparison.reason = f"{len(base.values)} vs {len(cand.values)} samples; at least {min_samples} per side"
         else:
             _measure(comparison, base.values, cand.values, seed)
         comparisons.append(comparison)

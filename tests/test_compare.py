@@ -134,3 +134,35 @@ def test_cli_bad_input(tmp_path: Path) -> None:
     assert noise.exit_code == 2 and "--noise" in noise.output
     metric = runner.invoke(main, ["compare", str(run), str(run), "--metric", "nope"])
     assert metric.exit_code == 2 and "unknown metric 'nope'" in metric.output
+
+
+def write_repeat(path: Path, run_medians: list[float]) -> Path:
+    path.mkdir()
+    metrics = {"get": {"unit": "millisecond", "runs": len(run_medians), "run_medians": run_medians}}
+    (path / "repeat.json").write_text(json.dumps({"repeats": len(run_medians), "metrics": metrics}))
+    return path
+
+
+def test_repeated_runs_are_compared_run_by_run(tmp_path: Path) -> None:
+    medians = [10.0, 11.0, 10.5, 10.2, 10.8, 10.4]
+    base = write_repeat(tmp_path / "base", medians)
+    slower = write_repeat(tmp_path / "slower", [m * 1.3 for m in medians])
+    few = write_repeat(tmp_path / "few", medians[:3])
+    runner = CliRunner()
+    result = runner.invoke(main, ["compare", str(base), str(slower), "--format", "json"])
+    assert result.exit_code == 0
+    (get,) = json.loads(result.output)
+    assert (get["baseline"]["n"], get["candidate"]["n"]) == (6, 6)
+    assert get["verdict"] == "regressed"
+    assert json.loads(runner.invoke(main, ["compare", str(base), str(few), "--format", "json"]).output)[0]["verdict"] == (
+        "not enough samples"
+    )
+    table = runner.invoke(main, ["compare", str(base), str(base)])
+    assert table.output.splitlines()[0] == "run level: each value is one run's median"
+
+
+def test_a_repeated_run_is_not_compared_with_a_single_run(tmp_path: Path) -> None:
+    single = write_run(tmp_path / "single", [1.0] * 10)
+    repeated = write_repeat(tmp_path / "repeated", [1.0] * 6)
+    result = CliRunner().invoke(main, ["compare", str(single), str(repeated)])
+    assert result.exit_code == 2 and "repeat both or neither" in result.output
