@@ -19,6 +19,7 @@ from typing import Any
 
 from lab import doctor, provenance, quantities, results, runid
 from lab.collector import Collector
+from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
 from lab.fleet import CallFailed, Fleet, PeerLost
 from lab.metrics import all_metrics
 from lab.network import LoopbackNetwork, NamespaceNetwork
@@ -253,6 +254,12 @@ class Run:
                 "metrics": summary,
                 "errors": errors,
             },
+        )
+        write_samples_csv(self.results.path / SAMPLES_CSV, metrics)
+        write_openmetrics(
+            self.results.path / SUMMARY_PROM,
+            summary,
+            {"topology": self.topology.name, "run_id": self.run_id.value, "status": status},
         )
         verdicts = evaluate(self.topology.slas, summary) + self._builtin_verdicts()
         self.results.write(results.VERDICTS, {"passed": all(v["passed"] for v in verdicts), "verdicts": verdicts})

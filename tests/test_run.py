@@ -76,6 +76,12 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     resources = read_jsonl(out / "resources.jsonl")
     assert {r["peer"] for r in resources if r["role"] == "peer"} == set(range(10))
     assert summary["memory_rss_mib"]["n"] == summary["memory_uss_mib"]["n"] == 10
+    with (out / "samples.csv").open() as handle:
+        csv_rows = Counter(row.split(",")[0] for row in handle.read().splitlines()[1:])
+    assert all(csv_rows[name] == metric["successes"] for name, metric in summary.items())
+    prom = (out / "summary.prom").read_text()
+    assert f'p2p_lab_milliseconds{{metric="get",run_id="{manifest["run_id"]}",stat="n"' in prom
+    assert prom.endswith("# EOF\n")
     errors = json.loads((out / "summary.json").read_text())["errors"]
     failed = sum(1 for e in events if not e["ok"])
     assert sum(sum(causes.values()) for causes in errors["operations"].values()) == failed
