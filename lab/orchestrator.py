@@ -225,6 +225,7 @@ class Run:
             self.run_id.state_file.unlink(missing_ok=True)
             self.results.close()
         self.lost = len(lost)
+        groups = self.topology.peer_groups()
         self.echo(f"[cleanup] stopped {len(fleet.peers)} peers, removed {len(removed)} namespaces")
         self.results.update_manifest(
             status=status,
@@ -236,7 +237,15 @@ class Run:
             phases=self.phase_reports,
             collector={"sweeps": collector.sweeps, "seconds": collector.sweep_seconds},
             peers=[
-                {"index": p.index, "peer_id": p.peer_id, "ip": p.slot.ip, "netns": p.slot.netns, "pid": p.pid, "lost": p.lost}
+                {
+                    "index": p.index,
+                    "group": groups[p.index].name,
+                    "peer_id": p.peer_id,
+                    "ip": p.slot.ip,
+                    "netns": p.slot.netns,
+                    "pid": p.pid,
+                    "lost": p.lost,
+                }
                 for p in fleet.peers
             ],
         )

@@ -48,7 +48,7 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     assert manifest["machine"]["kernel"] and "commit" in manifest["source"]
     assert manifest["peers_ready"] == 10 and manifest["peers_lost"] == 0
     assert len({p["peer_id"] for p in manifest["peers"]}) == 10
-    assert all(p["ip"].startswith("198.18.") and p["netns"] for p in manifest["peers"])
+    assert all(p["ip"].startswith("198.18.") and p["netns"] and p["group"] == "peers" for p in manifest["peers"])
     assert len(list((out / "logs").glob("peer-*.stderr"))) == 10
     assert [p["phase"] for p in manifest["phases"]] == [p["phase"] for p in manifest["topology"]["workload"]]
 
