@@ -209,10 +209,12 @@ class Run:
         self, fleet: Fleet, network: Any, collector: Collector, collecting: asyncio.Task[None] | None, status: str, seconds: float
     ) -> None:
         """Cleanup first (it must happen even if writing results fails), then the results."""
+        # Lost during the run: peers that became ready (have a peer id) and then died; those
+        # that never started are already reported by _start_peers.
         lost = [
             {"phase": "run", "peer": p.index, "error": p.lost, "stderr_tail": p.stderr_tail()}
             for p in fleet.peers
-            if p.lost is not None and not any(e.get("peer") == p.index and e.get("phase") == "start" for e in self.errors)
+            if p.lost is not None and p.peer_id
         ]
         self.errors.extend(lost)
         try:

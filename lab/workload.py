@@ -76,6 +76,17 @@ class Workload:
         report.cpu_busy = cpu_busy_since(cpu_before)
         return report
 
+    async def _call(self, report: PhaseReport, timeout: float, peer: PeerProcess, op: str, args: dict[str, Any]) -> Any:
+        """One call; its timeout starts when it is sent. A failure is kept in the report with
+        the peer and its cause, and the call's result is None."""
+        report.calls += 1
+        try:
+            return await self.fleet.call(peer, op, args, timeout)
+        except (PeerLost, CallFailed) as exc:
+            report.failed += 1
+            report.errors.append({"phase": report.phase, "peer": peer.index, "op": op, "error": str(exc)})
+            return None
+
     async def _calls(
         self,
         report: PhaseReport,
@@ -83,22 +94,16 @@ class Workload:
         calls: list[tuple[PeerProcess, str, dict[str, Any]]],
         concurrency: int | None = None,
     ) -> list[Any]:
-        """Calls, at most `concurrency` at once (all if None); each call's timeout starts when
-        it is sent. Every failure is kept in the report with the peer and its cause."""
+        """Calls, at most `concurrency` at once (all if None), with a progress line while pending."""
         limit = asyncio.Semaphore(concurrency or max(len(calls), 1))
 
         async def one(peer: PeerProcess, op: str, args: dict[str, Any], ticker: Ticker) -> Any:
             async with limit:
                 try:
-                    return await self.fleet.call(peer, op, args, timeout)
-                except (PeerLost, CallFailed) as exc:
-                    report.failed += 1
-                    report.errors.append({"phase": report.phase, "peer": peer.index, "op": op, "error": str(exc)})
-                    return None
+                    return await self._call(report, timeout, peer, op, args)
                 finally:
                     ticker.done += 1
 
-        report.calls += len(calls)
         async with Ticker(self.echo, f"{report.phase} calls", len(calls)) as ticker:
             return await asyncio.gather(*(one(peer, op, args, ticker) for peer, op, args in calls))
 
@@ -118,7 +123,7 @@ class Workload:
         dial_plans = {peer.index: rng.sample(seeds, min(settings.dials, len(seeds))) for peer in joiners}
         for i, peer in enumerate(seeds):
             floor = min(settings.min_routing_table, i)
-            await self._calls(report, timeout, [(peer, "bootstrap", self._join_args(seeds[:i], floor))])
+            await self._call(report, timeout, peer, "bootstrap", self._join_args(seeds[:i], floor))
         joined = len(seeds)
         limit = asyncio.Semaphore(phase.concurrency)
 
@@ -126,7 +131,7 @@ class Workload:
             nonlocal joined
             async with limit:
                 floor = min(settings.min_routing_table, joined)
-                await self._calls(report, timeout, [(peer, "bootstrap", self._join_args(dial_plans[peer.index], floor))])
+                await self._call(report, timeout, peer, "bootstrap", self._join_args(dial_plans[peer.index], floor))
                 joined += 1
                 ticker.done += 1
 
@@ -198,7 +203,7 @@ class Workload:
                 break
             peer = rng.choice(publishers)
             package = self.published[peer.index][0]
-            await self._calls(report, timeout, [(peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})])
+            await self._call(report, timeout, peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})
             await asyncio.sleep(quantities.seconds(phase.interval))
         self.echo(f"  gossip: {phase.announcements} announced, waiting {quantities.seconds(phase.settle):g}s for deliveries")
         await asyncio.sleep(quantities.seconds(phase.settle))
