@@ -2,7 +2,8 @@
 # Installs p2p-lab and everything it needs into ./.venv on a fresh Debian/Ubuntu machine.
 #   ./install.sh          the lab
 #   ./install.sh --test   the lab and its test tools
-# As root it also installs the system tools the lab drives (iproute2, iptables).
+# As root it also installs the system tools the lab drives (iproute2, iptables) and the
+# library the userspace impairment backend's NetfilterQueue binding builds against.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,6 +15,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v iptables >/dev/null 2>&1 || missing+=(iptables)
     command -v git >/dev/null 2>&1 || missing+=(git)
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+    dpkg -s libnetfilter-queue-dev >/dev/null 2>&1 || missing+=(libnetfilter-queue-dev)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "install.sh: apt-get install ${missing[*]}"
         apt-get update -qq

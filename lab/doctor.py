@@ -113,12 +113,20 @@ PROBES: dict[str, Callable[[], str]] = {
 }
 
 
+def problem(probe: str) -> str | None:
+    """None if the named probe passes on this machine, else its one-line reason."""
+    try:
+        PROBES[probe]()
+    except Exception as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
 def run_checks() -> list[Check]:
     checks = []
     for name, probe in PROBES.items():
         try:
             checks.append(Check(name, True, probe()))
         except Exception as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            checks.append(Check(name, False, detail))
+            checks.append(Check(name, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
     return checks

@@ -48,6 +48,11 @@ class PeerSlot:
     netns: str | None
 
     @property
+    def hub_port(self) -> str:
+        """The hub's end of this peer's veth pair: what the peer sends arrives here."""
+        return f"p{self.index:04d}"
+
+    @property
     def listen(self) -> str:
         port = PEER_PORT if self.netns else 0
         return f"/ip4/{self.ip}/tcp/{port}"
@@ -109,7 +114,7 @@ class NamespaceNetwork:
         assert slot.netns is not None
         netns.create(slot.netns)
         self.created.append(slot.netns)
-        port, hub_mac, peer_mac = f"p{slot.index:04d}", _mac(0, slot.index), _mac(1, slot.index)
+        port, hub_mac, peer_mac = slot.hub_port, _mac(0, slot.index), _mac(1, slot.index)
         hub.link(
             "add",
             ifname=port,

@@ -55,12 +55,18 @@ Percent = Annotated[str | int | float, AfterValidator(_valid_percent), Field(des
 
 
 class Link(Strict):
-    """Impairment of every packet a peer of the group sends (applied by the impairment backend)."""
+    """Impairment of every packet a peer of the group sends, in netem's terms (one-way)."""
 
     delay: Duration = "0ms"
     jitter: Duration = "0ms"
+    distribution: Literal["uniform", "normal"] = Field(default="uniform", description="of the jitter around delay")
     loss: Percent = "0%"
+    loss_correlation: Percent = "0%"
+    duplicate: Percent = "0%"
+    reorder: Percent = Field(default="0%", description="share of packets sent at once, ahead of delayed ones")
+    corrupt: Percent = "0%"
     rate: str | None = None
+    limit: int = Field(default=1000, ge=1, description="packets a link may hold back (netem's limit)")
 
     @field_validator("rate")
     @classmethod
@@ -69,15 +75,50 @@ class Link(Strict):
             raise ValueError("must be a positive rate such as 10Mbit/s")
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Link:
+        if _percent(self.loss_correlation) and not _percent(self.loss):
+            raise ValueError("loss_correlation: needs loss")
+        if _percent(self.reorder) and not _duration(self.delay):
+            raise ValueError("reorder: needs delay (reordered packets skip it)")
+        if _duration(self.jitter) > _duration(self.delay) and self.distribution == "uniform":
+            raise ValueError("jitter: uniform jitter larger than delay would need negative delays")
+        return self
+
     @property
     def is_impaired(self) -> bool:
-        return bool(_duration(self.delay) or _duration(self.jitter) or _percent(self.loss) or self.rate)
+        shares = (self.loss, self.duplicate, self.reorder, self.corrupt)
+        return bool(_duration(self.delay) or _duration(self.jitter) or any(map(_percent, shares)) or self.rate)
+
+
+class Regions(Strict):
+    """Per-destination shaping: one-way latency from a region (row) to a region (column),
+    added to the sending group's own link delay."""
+
+    latency: dict[str, dict[str, Duration]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _square(self) -> Regions:
+        names = set(self.latency)
+        for source, row in self.latency.items():
+            if set(row) != names:
+                raise ValueError(f"latency.{source}: needs exactly the regions {sorted(names)}")
+        return self
+
+
+class Impairment(Strict):
+    backend: Literal["auto", "netem", "userspace"] = Field(
+        default="auto", description="auto probes the kernel for sch_netem and falls back to userspace"
+    )
+    verify: bool = Field(default=True, description="measure links before the workload; fail the run on disagreement")
+    probes: int = Field(default=400, ge=50, le=100_000, description="packets per measured pair")
 
 
 class Group(Strict):
     name: str = Field(min_length=1)
     count: int | None = Field(default=None, ge=1)
     percent: float | None = Field(default=None, gt=0, le=100)
+    region: str | None = None
     link: Link = Link()
 
     @model_validator(mode="after")
@@ -188,6 +229,16 @@ class GossipPhase(Strict):
     timeout: Duration = "120s"
 
 
+class ImpairPhase(Strict):
+    """Changes the links of some groups; with a duration, restores them afterwards while the
+    next phases run, so statistics can be split before/during/after."""
+
+    phase: Literal["impair"]
+    groups: list[str] = Field(min_length=1)
+    link: Link
+    duration: Duration | None = None
+
+
 class ConcurrentSearchPhase(Strict):
     phase: Literal["concurrent_search"]
     levels: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 10, 50, 100], min_length=1)
@@ -199,7 +250,7 @@ class ConcurrentSearchPhase(Strict):
 NEEDS_PACKAGES = ("lookup", "search", "gossip", "concurrent_search")
 
 Phase = Annotated[
-    BootstrapPhase | PublishPhase | LookupPhase | SearchPhase | GossipPhase | ConcurrentSearchPhase,
+    BootstrapPhase | PublishPhase | LookupPhase | SearchPhase | GossipPhase | ConcurrentSearchPhase | ImpairPhase,
     Field(discriminator="phase"),
 ]
 
@@ -233,6 +284,8 @@ class Topology(Strict):
     description: str = ""
     total: int | None = Field(default=None, ge=1, description="peer count when groups use percent")
     groups: list[Group] = Field(min_length=1)
+    regions: Regions | None = None
+    impairment: Impairment = Impairment()
     bootstrap: Bootstrap = Bootstrap()
     libp2p: Libp2p = Libp2p()
     network: Network = Network()
@@ -247,6 +300,15 @@ class Topology(Strict):
         names = [g.name for g in self.groups]
         if len(set(names)) != len(names):
             raise ValueError("groups: group names must be unique")
+        for number, group in enumerate(self.groups):
+            if self.regions and group.region not in self.regions.latency:
+                raise ValueError(f"groups[{number}].region: must be one of {sorted(self.regions.latency)}")
+            if not self.regions and group.region is not None:
+                raise ValueError(f"groups[{number}].region: no regions are defined")
+        for number, phase in enumerate(self.workload):
+            unknown = set(getattr(phase, "groups", [])) - set(names)
+            if unknown:
+                raise ValueError(f"workload[{number}].groups: unknown groups {sorted(unknown)}")
         if self.workload[0].phase != "bootstrap":
             raise ValueError("workload[0].phase: the first phase must be bootstrap")
         published = False
@@ -292,6 +354,13 @@ class Topology(Strict):
     def peer_groups(self) -> list[Group]:
         """The group of each peer, by peer index."""
         return [group for group, size in zip(self.groups, self.group_sizes(), strict=True) for _ in range(size)]
+
+    @property
+    def is_impaired(self) -> bool:
+        """Whether anything asks for link impairment (groups, regions or a workload phase)."""
+        return bool(self.regions) or any(g.link.is_impaired for g in self.groups) or any(
+            p.phase == "impair" for p in self.workload
+        )
 
     def rng(self, purpose: str) -> random.Random:
         """A random stream per purpose, so adding a phase never reshuffles another."""

@@ -1,0 +1,205 @@
+"""The userspace backend's delay line: holds each queued packet and releases it on schedule.
+
+One process serves every peer namespace of a run. For each namespace it opens a netfilter
+queue from inside that namespace (setns, then nfq_open: the netlink socket stays bound to
+the namespace it was made in), so the peers' `-j NFQUEUE` rules all feed this one select
+loop. A packet's release time is its arrival plus the sender's delay, plus the region
+latency to its destination, plus jitter; reordered packets go at once. Verdicts are given
+later than the callback, which libnetfilter_queue allows.
+
+Control: one JSON request per line on a Unix socket (`configure`, `stats`), answered once
+the change is in force. Run as `python -m lab.shaping.delayer --control SOCKET --seed N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import heapq
+import itertools
+import json
+import os
+import random
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from netfilterqueue import NetfilterQueue, Packet
+
+from lab.netlink import inside
+from lab.shaping.plan import LinkPlan
+
+QUEUE_NUM = 0
+KERNEL_QUEUE_MAX = 65536  # the kernel's own cap on unverdicted packets; `limit` is enforced here
+LATENESS_KEPT = 200_000
+FINE_WINDOW_S = 0.001
+FINE_STEP_S = 0.0002
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class PeerQueue:
+    """One peer namespace's netfilter queue and the plan its packets follow."""
+
+    index: int
+    nfq: NetfilterQueue
+    plan: LinkPlan
+    rng: random.Random
+    held: int = 0
+    packets: int = 0
+    dropped_limit: int = 0
+
+
+@dataclass(order=True)
+class Held:
+    due: float
+    seq: int
+    packet: Packet = field(compare=False)
+    queue: PeerQueue = field(compare=False)
+
+
+class Delayer:
+    def __init__(self, control: str, seed: int) -> None:
+        self.seed = seed
+        self.selector = selectors.DefaultSelector()
+        self.queues: dict[int, PeerQueue] = {}
+        self.region_of: dict[bytes, str] = {}
+        self.heap: list[Held] = []
+        self.seq = itertools.count()
+        self.lateness: list[float] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(control)
+        self.server.listen(4)
+        self.selector.register(self.server, selectors.EVENT_READ, self._accept)
+
+    # -- packets -----------------------------------------------------------------------------
+
+    def _on_packet(self, queue: PeerQueue, packet: Packet) -> None:
+        now = time.monotonic()
+        plan, rng = queue.plan, queue.rng
+        queue.packets += 1
+        payload = packet.get_payload()
+        if plan.corrupt and len(payload) > 20 and rng.random() < plan.corrupt:
+            bit = rng.randrange(20 * 8, len(payload) * 8)  # past the IP header, as the packet must still route
+            corrupted = bytearray(payload)
+            corrupted[bit // 8] ^= 1 << (bit % 8)
+            packet.set_payload(bytes(corrupted))
+        delay = plan.delay_to(self.region_of.get(payload[16:20]))
+        if plan.jitter_s:
+            spread = rng.uniform(-1, 1) if plan.distribution == "uniform" else rng.gauss(0, 1)
+            delay = max(0.0, delay + spread * plan.jitter_s)
+        if plan.reorder and rng.random() < plan.reorder:
+            delay = 0.0
+        if queue.held >= plan.limit:
+            queue.dropped_limit += 1
+            packet.drop()
+            return
+        queue.held += 1
+        heapq.heappush(self.heap, Held(now + delay, next(self.seq), packet, queue))
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        while self.heap and self.heap[0].due <= now:
+            held = heapq.heappop(self.heap)
+            held.packet.accept()
+            held.queue.held -= 1
+            if len(self.lateness) < LATENESS_KEPT:
+                self.lateness.append(now - held.due)
+            now = time.monotonic()
+
+    # -- control -----------------------------------------------------------------------------
+
+    def _bind(self, index: int, namespace: str, plan: LinkPlan) -> None:
+        with inside(namespace):
+            nfq = NetfilterQueue()
+            queue = PeerQueue(index, nfq, plan, random.Random(f"{self.seed}:delay:{index}"))
+            nfq.bind(QUEUE_NUM, lambda packet: self._on_packet(queue, packet), max_len=KERNEL_QUEUE_MAX)
+        self.queues[index] = queue
+        self.selector.register(nfq.get_fd(), selectors.EVENT_READ, lambda: nfq.run(block=False))
+
+    def _configure(self, request: dict[str, Any]) -> dict[str, Any]:
+        for ip, region in request.get("regions", {}).items():
+            self.region_of[socket.inet_aton(ip)] = region
+        for peer in request["peers"]:
+            plan = LinkPlan(**peer["plan"])
+            if peer["index"] in self.queues:
+                self.queues[peer["index"]].plan = plan
+            else:
+                self._bind(peer["index"], peer["netns"], plan)
+        return {"ok": True, "queues": len(self.queues)}
+
+    def _stats(self) -> dict[str, Any]:
+        late = sorted(self.lateness)
+        self.lateness.clear()
+
+        def quantile(q: float) -> float | None:
+            return late[min(len(late) - 1, int(q * len(late)))] if late else None
+
+        return {
+            "ok": True,
+            "released": len(late),
+            "lateness_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": late[-1] if late else None},
+            "held": len(self.heap),
+            "peers": {q.index: {"packets": q.packets, "dropped_limit": q.dropped_limit} for q in self.queues.values()},
+        }
+
+    def _accept(self) -> None:
+        connection, _ = self.server.accept()
+        reader = connection.makefile("r")
+        self.selector.register(connection, selectors.EVENT_READ, lambda: self._answer(connection, reader))
+
+    def _answer(self, connection: socket.socket, reader: Any) -> None:
+        line = reader.readline()
+        if not line:
+            self.selector.unregister(connection)
+            connection.close()
+            return
+        request = json.loads(line)
+        try:
+            reply = self._configure(request) if request["op"] == "configure" else self._stats()
+        except Exception as exc:  # the reply carries it to the orchestrator, which reports it
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        connection.sendall(json.dumps(reply).encode() + b"\n")
+
+    def run(self) -> None:
+        """epoll waits in whole milliseconds (rounded up), which alone made releases ~0.5 ms
+        late: wait until 1 ms before the next release, then poll and sleep in short steps."""
+        while True:
+            wait = self.heap[0].due - time.monotonic() if self.heap else None
+            events = self.selector.select(None if wait is None else max(0.0, wait - FINE_WINDOW_S))
+            for key, _ in events:
+                key.data()
+            if not events and self.heap:
+                remaining = self.heap[0].due - time.monotonic()
+                if remaining > 0:
+                    time.sleep(min(remaining, FINE_STEP_S))
+            self._release_due()
+
+
+def _realtime_priority() -> str:
+    """Keeping time matters more than anything else this process does: ask for SCHED_FIFO so a
+    CPU-saturated machine of peers delays our releases as little as possible."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        return "SCHED_FIFO 10"
+    except OSError:
+        return "SCHED_OTHER (no realtime priority allowed)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    delayer = Delayer(args.control, args.seed)
+    print(json.dumps({"ready": True, "priority": _realtime_priority()}), flush=True)
+    delayer.run()
+
+
+if __name__ == "__main__":
+    main()

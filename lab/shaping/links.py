@@ -1,0 +1,103 @@
+"""The links of one run: the backend in use, each peer's plan now, and changes to them.
+
+One object serves the topology's initial impairment, the workload's `impair` phases and live
+`lab netem` requests, so all three are applied, checked and recorded the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lab.network import PeerSlot
+from lab.runid import RunId
+from lab.shaping import plan as plans
+from lab.shaping.backend import Backend, ShapingError
+from lab.shaping.netem import NetemBackend
+from lab.shaping.plan import LinkPlan
+from lab.shaping.userspace import UserspaceBackend
+from lab.shaping.verify import PairReport, verify
+from lab.topology import Link, Topology
+
+
+def make_backend(name: str, prefixes: dict[str, list[str]], run: RunId, seed: int) -> Backend:
+    return NetemBackend(prefixes) if name == "netem" else UserspaceBackend(prefixes, run.value, seed, run.hub_netns)
+
+
+@dataclass
+class Change:
+    """One change of impairment, as recorded in the run's events."""
+
+    peers: list[int]
+    link: dict[str, Any] | None  # None: impairment removed (region latency included)
+    source: str
+    at_ns: int
+
+    def event(self) -> dict[str, Any]:
+        return {"op": "impairment", "ok": True, "start_ns": self.at_ns, "end_ns": self.at_ns,
+                "peers": self.peers, "link": self.link, "source": self.source}
+
+
+class Links:
+    def __init__(self, backend: Backend, slots: list[PeerSlot], topology: Topology) -> None:
+        self.backend = backend
+        self.slots = slots
+        self.groups = [group.name for group in topology.peer_groups()]
+        self.regions = plans.regions_of(topology)
+        self.initial = plans.plans_for(topology)
+        self.current = [LinkPlan(to_region=p.to_region) for p in self.initial]  # nothing applied yet
+
+    def peers_of(self, groups: list[str] | None = None, peers: list[int] | None = None) -> list[int]:
+        if peers:
+            unknown = [p for p in peers if not 0 <= p < len(self.slots)]
+            if unknown:
+                raise ShapingError(f"--peers: no peer {unknown[0]} (peers are 0..{len(self.slots) - 1})")
+            return sorted(set(peers))
+        if groups:
+            unknown = sorted(set(groups) - set(self.groups))
+            if unknown:
+                raise ShapingError(f"--group: no group {unknown[0]!r} (groups: {sorted(set(self.groups))})")
+            return [i for i, g in enumerate(self.groups) if g in groups]
+        return list(range(len(self.slots)))
+
+    def _apply(self, new: dict[int, LinkPlan]) -> None:
+        for index, plan in new.items():
+            if problem := self.backend.unsupported(plan):
+                raise ShapingError(f"group {self.groups[index]!r} link.{problem}")
+        self.backend.apply([(self.slots[i], p) for i, p in new.items()])
+        for index, plan in new.items():
+            self.current[index] = plan
+
+    def apply_initial(self) -> Change | None:
+        new = {i: p for i, p in enumerate(self.initial) if p.is_impaired}
+        if not new:
+            return None
+        self._apply(new)
+        return Change(sorted(new), {"topology": True}, "topology", time.monotonic_ns())
+
+    def set_link(self, peers: list[int], link: Link, source: str) -> Change:
+        self._apply({i: self.initial[i].with_link(link) for i in peers})
+        return Change(peers, link.model_dump(mode="json"), source, time.monotonic_ns())
+
+    def restore(self, peers: list[int], source: str) -> Change:
+        """Back to the topology's own impairment for these peers (end of a timed change)."""
+        self._apply({i: self.initial[i] for i in peers})
+        return Change(peers, {"topology": True}, source, time.monotonic_ns())
+
+    def clear(self, peers: list[int], source: str) -> Change:
+        self._apply({i: LinkPlan() for i in peers})
+        return Change(peers, None, source, time.monotonic_ns())
+
+    def show(self, peers: list[int]) -> list[dict[str, Any]]:
+        return [
+            {"peer": i, "group": self.groups[i], "configured": self.current[i].describe(),
+             "kernel": self.backend.kernel_state(self.slots[i])}
+            for i in peers
+        ]
+
+    def verify(self, probes: int) -> list[PairReport]:
+        return verify(self.slots, self.current, self.regions, self.groups, probes)
+
+    def close(self) -> None:
+        self.backend.close()

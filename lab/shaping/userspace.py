@@ -1,0 +1,169 @@
+"""The userspace backend, for kernels without sch_netem: loss in the kernel (iptables
+`statistic`), rate in the kernel (TBF), and delay, jitter, reorder, corruption and the
+region matrix in a delay line that holds packets from an NFQUEUE (lab/shaping/delayer.py).
+
+Loss is applied where the peer's packets enter the hub (its FORWARD chain, matched on the
+peer's hub port), not in the peer's own OUTPUT chain: a DROP there fails the sender's
+send() with EPERM, so TCP would learn of each loss at once instead of by timeout, which no
+real network does. The netem backend's loss is equally silent to the sender.
+
+What it cannot do: duplicate packets (a verdict passes one packet, not two) and correlated
+loss (the statistic match draws each packet independently); asking for either is an error.
+The queue has no bypass: if the delay line dies, the peers' packets stop, loudly, rather
+than flowing unimpaired.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from lab.netlink import NetlinkError, NetNS
+from lab.network import PeerSlot
+from lab.runid import ENV_VAR
+from lab.shaping import tc
+from lab.shaping.backend import Backend, ShapingError
+from lab.shaping.delayer import QUEUE_NUM
+from lab.shaping.plan import LinkPlan
+
+CHAIN = "PLAB"
+START_TIMEOUT_S = 30.0
+
+
+def needs_delay_line(plan: LinkPlan) -> bool:
+    return bool(plan.delay_s or plan.jitter_s or plan.reorder or plan.corrupt or any(plan.to_region.values()))
+
+
+def peer_rules(plan: LinkPlan) -> str:
+    """A peer namespace's whole filter table (iptables-restore replaces it atomically)."""
+    lines = ["*filter", ":OUTPUT ACCEPT [0:0]", f":{CHAIN} - [0:0]", f"-A OUTPUT -o eth0 -j {CHAIN}"]
+    if needs_delay_line(plan):
+        lines.append(f"-A {CHAIN} -j NFQUEUE --queue-num {QUEUE_NUM}")
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def hub_rules(loss_by_port: dict[str, float]) -> str:
+    """The hub's whole filter table: one random-drop rule per lossy peer port."""
+    lines = ["*filter", ":FORWARD ACCEPT [0:0]", f":{CHAIN} - [0:0]", f"-A FORWARD -j {CHAIN}"]
+    for port, loss in sorted(loss_by_port.items()):
+        lines.append(f"-A {CHAIN} -i {port} -m statistic --mode random --probability {loss:.6f} -j DROP")
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def _in_netns(netns: str, command: list[str], stdin: str | None = None) -> str:
+    done = subprocess.run(["ip", "netns", "exec", netns, *command], input=stdin, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise ShapingError(f"{command[0]} in {netns} failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+class DelayLine:
+    """The delayer process and a connection to its control socket."""
+
+    def __init__(self, run: str, seed: int) -> None:
+        self.directory = tempfile.mkdtemp(prefix=f"plab-{run}-delayer-")
+        control = os.path.join(self.directory, "control.sock")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lab.shaping.delayer", "--control", control, "--seed", str(seed)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, ENV_VAR: run},
+            text=True,
+        )
+        assert self.process.stdout is not None
+        hello = self.process.stdout.readline()
+        if not hello:
+            raise ShapingError(f"delay line exited at start (status {self.process.wait()}); see its stderr above")
+        self.priority = json.loads(hello)["priority"]
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket.settimeout(START_TIMEOUT_S)
+        self.socket.connect(control)
+        self.reader = self.socket.makefile("r")
+
+    def request(self, message: dict[str, object]) -> dict[str, object]:
+        self.socket.sendall(json.dumps(message).encode() + b"\n")
+        line = self.reader.readline()
+        if not line:
+            raise ShapingError(f"delay line died (status {self.process.poll()})")
+        reply: dict[str, object] = json.loads(line)
+        if not reply.get("ok"):
+            raise ShapingError(f"delay line refused: {reply.get('error')}")
+        return reply
+
+    def close(self) -> None:
+        self.socket.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        for leftover in Path(self.directory).iterdir():
+            leftover.unlink()
+        os.rmdir(self.directory)
+
+
+class UserspaceBackend(Backend):
+    name = "userspace"
+
+    def __init__(self, prefixes: dict[str, list[str]], run: str, seed: int, hub_netns: str) -> None:
+        super().__init__(prefixes)
+        self.run, self.seed, self.hub_netns = run, seed, hub_netns
+        self.delay_line: DelayLine | None = None
+        self.loss_by_port: dict[str, float] = {}
+
+    def unsupported(self, plan: LinkPlan) -> str | None:
+        if plan.duplicate:
+            return "duplicate: the userspace backend cannot duplicate packets; it needs the netem backend (kernel sch_netem)"
+        if plan.loss_correlation:
+            return "loss_correlation: the userspace backend draws loss per packet; correlated loss needs the netem backend"
+        return None
+
+    def _region_of_ip(self) -> dict[str, str]:
+        return {
+            str(ip): region for region, prefixes in self.prefixes.items() for prefix in prefixes for ip in ipaddress.IPv4Network(prefix)
+        }
+
+    def apply(self, changes: list[tuple[PeerSlot, LinkPlan]]) -> None:
+        delayed = [(slot, plan) for slot, plan in changes if needs_delay_line(plan)]
+        if delayed and self.delay_line is None:
+            self.delay_line = DelayLine(self.run, self.seed)
+            self.delay_line.request({"op": "configure", "peers": [], "regions": self._region_of_ip()})
+        if self.delay_line is not None:  # bind queues before any rule sends packets to them
+            peers = [{"index": s.index, "netns": s.netns, "plan": p.as_dict()} for s, p in changes]
+            self.delay_line.request({"op": "configure", "peers": peers})
+        for slot, plan in changes:
+            self.loss_by_port.pop(slot.hub_port, None)
+            if plan.loss:
+                self.loss_by_port[slot.hub_port] = plan.loss
+        _in_netns(self.hub_netns, ["iptables-restore"], hub_rules(self.loss_by_port))
+        for slot, plan in changes:
+            assert slot.netns is not None
+            _in_netns(slot.netns, ["iptables-restore"], peer_rules(plan))
+            try:
+                with NetNS(slot.netns) as ns:
+                    eth0 = ns.link_lookup(ifname="eth0")[0]
+                    tc.remove_root(ns, eth0)
+                    if plan.rate_bps:
+                        tc.install_tbf(ns, eth0, plan.rate_bps)
+            except NetlinkError as exc:
+                raise ShapingError(f"peer {slot.index}: tc refused rate {plan.rate_bps} bit/s ({exc})") from exc
+
+    def kernel_state(self, slot: PeerSlot) -> list[str]:
+        assert slot.netns is not None
+        with NetNS(slot.netns) as ns:
+            lines = tc.describe(ns, ns.link_lookup(ifname="eth0")[0])
+        peer = _in_netns(slot.netns, ["iptables", "-S"]).splitlines()
+        hub = _in_netns(self.hub_netns, ["iptables", "-S"]).splitlines()
+        return lines + [f"iptables {rule}" for rule in peer if rule.startswith(f"-A {CHAIN}")] + [
+            f"hub iptables {rule}" for rule in hub if rule.startswith(f"-A {CHAIN} -i {slot.hub_port} ")
+        ]
+
+    def delay_line_stats(self) -> dict[str, object] | None:
+        return self.delay_line.request({"op": "stats"}) if self.delay_line else None
+
+    def close(self) -> None:
+        if self.delay_line is not None:
+            self.delay_line.close()
+            self.delay_line = None
