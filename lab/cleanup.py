@@ -36,6 +36,18 @@ def _orchestrator_alive(state_file: Path) -> bool:
     return pid != os.getpid() and psutil.pid_exists(pid)
 
 
+def live_runs() -> list[dict[str, str]]:
+    """State of the runs whose orchestrator is alive, oldest first."""
+    states = []
+    for state_file in sorted(runid.state_dir().glob("*.json"), key=lambda path: path.stat().st_mtime):
+        if _orchestrator_alive(state_file):
+            try:
+                states.append(json.loads(state_file.read_text()))
+            except (OSError, ValueError):
+                continue
+    return states
+
+
 def find_leftovers() -> dict[str, Leftovers]:
     found: dict[str, Leftovers] = {}
 

@@ -22,6 +22,8 @@ from lab.orchestrator import (
     run_topology,
 )
 from lab.repeats import REPEAT_FILE
+from lab.shaping import live
+from lab.shaping.backend import ShapingError, choose_backend
 from lab.topology import TopologyError, load_topology
 
 EXIT_CRASH = 3
@@ -127,6 +129,60 @@ def compare(
         sys.exit(1)
 
 
+def _running_run(run_dir: Path | None) -> dict[str, str]:
+    """The state of a live run: the one whose results are RUN_DIR, else the newest."""
+    alive = [state for state in cleanup.live_runs() if run_dir is None or Path(state["results"]) == run_dir.resolve()]
+    if not alive:
+        where = f" writing to {run_dir}" if run_dir else ""
+        raise LabError(f"no running lab run{where}: start one with `lab run TOPOLOGY` (lab netem changes a live run)")
+    return alive[-1]
+
+
+@main.command()
+@click.option("--delay", help="One-way delay added to every packet the peers send, e.g. 50ms.")
+@click.option("--jitter", help="Spread around the delay, e.g. 5ms.")
+@click.option("--distribution", type=click.Choice(["uniform", "normal"]), help="Of the jitter (default uniform).")
+@click.option("--loss", help="Share of packets dropped, e.g. 5%.")
+@click.option("--duplicate", help="Share of packets duplicated (netem backend only).")
+@click.option("--reorder", help="Share of packets sent at once, ahead of delayed ones.")
+@click.option("--corrupt", help="Share of packets with one bit flipped.")
+@click.option("--rate", help="Bandwidth, e.g. 10mbit or 10Mbit/s.")
+@click.option("--limit", type=click.IntRange(min=1), help="Packets a link may hold back.")
+@click.option("--group", "groups", multiple=True, help="Only this group's peers (repeatable).")
+@click.option("--peers", help="Only these peer indexes, e.g. 0,3,7.")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="The run's results directory (default: newest live run).")
+@click.option("--show", is_flag=True, help="Print what each link does now, read back from the kernel.")
+@click.option("--clear", is_flag=True, help="Remove all impairment (region latency too) from the selected peers.")
+@click.option("--verify", is_flag=True, help="Measure the links between sample peers against their configuration.")
+def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show: bool, clear: bool, verify: bool,
+          **link: str | int | None) -> None:
+    """Change, show, clear or verify the link impairment of a running lab; returns once the change is in force."""
+    given = {name: value for name, value in link.items() if value is not None}
+    if sum((bool(given), show, clear)) > 1:
+        raise LabError("give link parameters, --show or --clear, not several")
+    if not (given or show or clear or verify):
+        raise LabError("nothing to do: give link parameters (e.g. --loss 5% --delay 50ms), --show, --clear or --verify")
+    try:
+        indexes = [int(p) for p in peers.split(",")] if peers else None
+    except ValueError:
+        raise LabError(f"--peers: expected comma-separated peer indexes, not {peers!r}") from None
+    op = "set" if given else "clear" if clear else "show" if show else "verify"
+    request = {"op": op, "groups": list(groups), "peers": indexes, "link": given, "verify": verify}
+    state = _running_run(run_dir)
+    try:
+        reply = live.send(Path(state["impairment"]), request)
+    except OSError as exc:
+        raise LabError(f"cannot reach the run writing to {state['results']} ({exc}); is it still building its network?") from None
+    except ShapingError as exc:
+        raise LabError(str(exc)) from None
+    if not reply["ok"]:
+        raise LabError(reply["error"])
+    for line in console.netem_lines(op, reply):
+        click.echo(line)
+    if reply.get("passed") is False:
+        sys.exit(1)
+
+
 @main.command()
 def clean() -> None:
     """Remove namespaces, processes and sockets that killed runs left behind."""
@@ -143,3 +199,8 @@ def doctor_command() -> None:
     except SetupError as exc:
         raise LabError(str(exc)) from None
     click.echo(f"lab run will use: {mode} ({why})")
+    try:
+        backend, reason = choose_backend("auto")
+        click.echo(f"link impairment backend: {backend} ({reason})")
+    except ShapingError as exc:
+        click.echo(f"link impairment backend: none ({exc})")

@@ -100,3 +100,29 @@ def repeat_lines(repeat: dict[str, Any], outcomes: list[Any]) -> list[str]:
         for name, m in repeat["metrics"].items()
     ]
     return lines + [""] + _aligned([header, *rows])
+
+
+def verification_lines(reports: list[dict[str, Any]]) -> list[str]:
+    rows = [["pair", "check", "configured", "measured", "allowed", "ok"]]
+    for report in reports:
+        for check in report["checks"]:
+            rows.append([
+                f"{report['source']}->{report['dest']}", check["name"], f"{check['configured']:.4g}", f"{check['measured']:.4g}",
+                f"{check['low']:.4g}..{check['high']:.4g}", "yes" if check["passed"] else "NO",
+            ])
+    return _aligned(rows)
+
+
+def netem_lines(op: str, reply: dict[str, Any]) -> list[str]:
+    """`lab netem`'s answer: what changed or what the links do, and any measurement."""
+    lines = []
+    if op in ("set", "clear"):
+        done = "cleared" if op == "clear" else "applied to"
+        lines.append(f"{done} {reply['peers']} peers (backend {reply['backend']}), in force now")
+    for link in reply.get("links", []):
+        lines.append(f"peer {link['peer']} ({link['group']}): {link['configured']}")
+        lines.extend(f"    {line}" for line in link["kernel"] or ["(nothing in the kernel)"])
+    if "verification" in reply:
+        lines.extend(verification_lines(reply["verification"]))
+        lines.append("links match their configuration" if reply["passed"] else "links DISAGREE with their configuration")
+    return lines

@@ -52,6 +52,8 @@ class Metric:
 def latency_metrics(events: list[dict[str, Any]]) -> dict[str, Metric]:
     metrics: dict[str, Metric] = {}
     for event in events:
+        if unit_of(event["op"]) != "millisecond":
+            continue  # impairment changes and verifications are events, not operations
         metric = metrics.setdefault(event["op"], Metric(event["op"], "millisecond"))
         metric.attempts += 1
         if event["ok"]:

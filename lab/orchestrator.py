@@ -27,6 +27,10 @@ from lab.peerlogs import count_levels
 from lab.progress import Ticker
 from lab.repeats import REPEAT_FILE, between_runs
 from lab.results import ResultsDir
+from lab.shaping import plan as plans
+from lab.shaping.backend import ShapingError, choose_backend
+from lab.shaping.links import Links, make_backend, topology_problem
+from lab.shaping.live import LiveLinks
 from lab.sla import evaluate
 from lab.stats import summarize
 from lab.topology import Topology
@@ -75,6 +79,25 @@ def choose_mode(requested: str) -> tuple[str, str]:
     return "loopback", f"falling back to loopback (127.0.0.0/8): {problem}"
 
 
+def choose_impairment(topology: Topology, mode: str) -> tuple[str | None, str]:
+    """(backend or None, why). Refuses, before anything is built, impairment the machine or
+    the backend cannot give; without impairment in the topology a missing backend only means
+    `lab netem` will not work on this run."""
+    if mode != "netns":
+        if topology.is_impaired:
+            raise SetupError("the topology impairs links, which needs network namespaces: run as root (see `lab doctor`)")
+        return None, "loopback mode has no links to impair"
+    try:
+        name, why = choose_backend(topology.impairment.backend)
+    except ShapingError as exc:
+        if topology.is_impaired or topology.impairment.backend != "auto":
+            raise SetupError(str(exc)) from None
+        return None, str(exc)
+    if problem := topology_problem(name, topology):
+        raise SetupError(f"{problem}; set impairment.backend or change the link")
+    return name, why
+
+
 def peer_settings(topology: Topology) -> dict[str, Any]:
     libp2p = topology.libp2p
     return {
@@ -95,11 +118,15 @@ def default_out(topology: Topology) -> Path:
 
 
 class Run:
-    def __init__(self, topology: Topology, source: str, out: Path, echo: Echo, mode: str, why: str) -> None:
+    def __init__(
+        self, topology: Topology, source: str, out: Path, echo: Echo, mode: tuple[str, str], backend: tuple[str | None, str]
+    ) -> None:
         self.topology = topology
         self.source = source
         self.echo = echo
-        self.mode, self.why = mode, why
+        self.mode, self.why = mode
+        self.backend, self.backend_why = backend
+        self.live: LiveLinks | None = None
         self.run_id = runid.RunId.new()
         self.results = ResultsDir.create(out)
         self.events: list[dict[str, Any]] = []
@@ -141,10 +168,7 @@ class Run:
             topology=topology.model_dump(mode="json"),
             topology_source=self.source,
         )
-        impaired = [g.name for g in topology.groups if g.link.is_impaired]
-        if impaired:
-            self.echo(f"warning: link parameters of groups {impaired} are recorded but not applied (no impairment backend yet)")
-        self.results.update_manifest(impairment={"applied": False, "groups_with_link_parameters": impaired})
+        self.results.update_manifest(impairment={"backend": self.backend, "reason": self.backend_why, "applied": False})
         network = (
             NamespaceNetwork(self.run_id, topology.peer_count)
             if mode == "netns"
@@ -158,17 +182,25 @@ class Run:
             lambda: {p.index: p.pid for p in fleet.alive if p.pid is not None},
             self.on_sample,
         )
-        state = {"orchestrator_pid": os.getpid(), "results": str(self.results.path.resolve()), "control": str(control.resolve())}
+        impair_socket = self.results.path / "impairment.sock"
+        state = {
+            "orchestrator_pid": os.getpid(),
+            "results": str(self.results.path.resolve()),
+            "control": str(control.resolve()),
+            "impairment": str(impair_socket.resolve()),
+        }
         self.run_id.state_file.write_text(json.dumps(state))
         status, collecting = "failed", None
         started = time.monotonic()
         try:
             slots = await in_thread_to_completion(network.build)
             self.echo(f"[network] {len(slots)} peer slots built in {time.monotonic() - started:.1f}s")
+            if self.backend is not None:
+                await self._open_links(slots, impair_socket)
             await fleet.open()
             collecting = asyncio.create_task(collector.run())
             await self._start_peers(fleet, slots)
-            workload = Workload(topology, fleet, self.echo)
+            workload = Workload(topology, fleet, self.echo, self.live)
             for number, phase in enumerate(topology.workload, 1):
                 report = await workload.run(phase)
                 self.errors.extend(report.errors)
@@ -182,6 +214,36 @@ class Run:
             await self._finish(fleet, network, collector, collecting, status, time.monotonic() - started)
             outcome = self._outcome(status)
         return outcome
+
+    async def _open_links(self, slots: list[Any], socket_path: Path) -> None:
+        """Applies the topology's impairment, measures it before any peer starts, and opens
+        the socket `lab netem` uses."""
+        assert self.backend is not None
+        prefixes = plans.prefixes_by_region([s.ip for s in slots], plans.regions_of(self.topology))
+        links = Links(make_backend(self.backend, prefixes, self.run_id, self.topology.seed), slots, self.topology)
+        self.live = LiveLinks(links, self.on_event, self.topology.impairment.probes)
+        await self.live.serve(socket_path)
+        self.echo(f"[links] backend {self.backend} ({self.backend_why})")
+        change = await in_thread_to_completion(links.apply_initial)
+        if change is None:
+            return
+        self.on_event(change.event())
+        matrix = plans.region_latency(self.topology)
+        groups = {g.name: plans.LinkPlan.of(g.link, matrix.get(g.region or "")).describe() for g in self.topology.groups}
+        manifest: dict[str, Any] = {"backend": self.backend, "reason": self.backend_why, "applied": True, "groups": groups}
+        self.results.update_manifest(impairment=manifest)
+        for name, text in groups.items():
+            self.echo(f"[links] {name}: {text}")
+        if not self.topology.impairment.verify:
+            return
+        reports = await in_thread_to_completion(lambda: links.verify(self.topology.impairment.probes))
+        failures = [line for r in reports for line in r.failures()]
+        manifest.update(verified=not failures, verification=[r.as_dict() for r in reports])
+        self.results.update_manifest(impairment=manifest)
+        verdict = f"{len(failures)} checks disagree" if failures else "all match the configuration"
+        self.echo(f"[links] measured {len(reports)} peer pairs: {verdict}")
+        if failures:
+            raise SetupError(f"links do not do what the topology says: {failures[0]} (see manifest.json impairment.verification)")
 
     async def _start_peers(self, fleet: Fleet, slots: list[Any]) -> None:
         limit = asyncio.Semaphore(self.topology.network.spawn_concurrency)
@@ -223,6 +285,8 @@ class Run:
                 collecting.cancel()
             await fleet.stop()
         finally:
+            if self.live is not None:
+                await self.live.close()
             removed = await in_thread_to_completion(network.teardown)
             self.run_id.state_file.unlink(missing_ok=True)
             self.results.close()
@@ -299,9 +363,10 @@ class Run:
 
 async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -> RunOutcome:
     """Checks the machine before creating anything, so a setup error leaves nothing behind."""
-    mode, why = await asyncio.to_thread(choose_mode, topology.network.mode)
+    mode = await asyncio.to_thread(choose_mode, topology.network.mode)
+    backend = await asyncio.to_thread(choose_impairment, topology, mode[0])
     try:
-        run = Run(topology, source, out, echo, mode, why)
+        run = Run(topology, source, out, echo, mode, backend)
     except FileExistsError as exc:
         raise SetupError(str(exc)) from None
     task = asyncio.current_task()

@@ -4,6 +4,7 @@ One unit registry for the whole lab, so a threshold of "2s" compares correctly w
 metric summarised in milliseconds.
 """
 
+import re
 from functools import cache
 
 import pint
@@ -41,3 +42,15 @@ def seconds(text: str | int | float) -> float:
 def fraction(text: str | int | float) -> float:
     """"5%" -> 0.05; a bare number is taken as a fraction already."""
     return convert(text, "dimensionless")
+
+
+TC_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)bit\s*$", re.IGNORECASE)
+
+
+def bits_per_second(text: str | int | float) -> float:
+    """A rate in bit/s. tc's spellings mean what tc means ("10mbit" is 10 megabit/s, where
+    pint would read millibit); anything else goes through pint ("10Mbit/s", "1.5MB/s")."""
+    match = TC_RATE.match(str(text))
+    if match:
+        return float(match.group(1)) * 1000 ** " kmgt".index(match.group(2).lower() or " ")
+    return convert(text, "bit/s")

@@ -71,8 +71,8 @@ class Link(Strict):
     @field_validator("rate")
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
-        if value is not None and quantities.convert(value, "bit/s") <= 0:
-            raise ValueError("must be a positive rate such as 10Mbit/s")
+        if value is not None and quantities.bits_per_second(value) <= 0:
+            raise ValueError("must be a positive rate such as 10mbit or 10Mbit/s")
         return value
 
     @model_validator(mode="after")

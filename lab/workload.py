@@ -18,10 +18,12 @@ from lab import quantities
 from lab.catalogue import make_catalogue, query_for
 from lab.fleet import CallFailed, Fleet, PeerLost, PeerProcess
 from lab.progress import Ticker
+from lab.shaping.live import LiveLinks
 from lab.topology import (
     BootstrapPhase,
     ConcurrentSearchPhase,
     GossipPhase,
+    ImpairPhase,
     LookupPhase,
     Phase,
     PublishPhase,
@@ -60,6 +62,7 @@ class Workload:
     topology: Topology
     fleet: Fleet
     echo: Callable[[str], None]
+    live: LiveLinks | None = None
     catalogue: list[dict[str, Any]] = field(default_factory=list)
     published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
     holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
@@ -218,3 +221,15 @@ class Workload:
                 queries = [query_for(rng.choice(pool)) for _ in range(level)]
                 calls.append((peer, "concurrent_search", {"queries": queries, "fanout": phase.fanout}))
             await self._calls(report, quantities.seconds(phase.timeout), calls)
+
+    async def _impair(self, phase: ImpairPhase, report: PhaseReport) -> None:
+        """Changes the groups' links now; with a duration, restores them later while the next
+        phases run. Both moments are events with timestamps."""
+        assert self.live is not None, "impairment needs network namespaces (checked before the run)"
+        peers = self.live.links.peers_of(groups=phase.groups)
+        duration = quantities.seconds(phase.duration) if phase.duration is not None else None
+        change = await self.live.set_link(peers, phase.link, f"workload phase impair {phase.groups}", duration)
+        report.calls += 1
+        for_how_long = f" for {duration:g}s" if duration is not None else ""
+        now = self.live.links.current[peers[0]].describe()
+        self.echo(f"[impair] {len(change.peers)} peers of {phase.groups}: {now}{for_how_long}")

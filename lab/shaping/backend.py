@@ -23,8 +23,9 @@ class Backend(ABC):
     def __init__(self, prefixes: dict[str, list[str]]) -> None:
         self.prefixes = prefixes  # destination prefixes of each region, for per-destination shaping
 
+    @staticmethod
     @abstractmethod
-    def unsupported(self, plan: LinkPlan) -> str | None:
+    def unsupported(plan: LinkPlan) -> str | None:
         """Why this backend cannot apply `plan` (naming the field), or None."""
 
     @abstractmethod
@@ -35,7 +36,7 @@ class Backend(ABC):
     def kernel_state(self, slot: PeerSlot) -> list[str]:
         """What the kernel (and delay line) do to the peer's packets now, read back, not remembered."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: only the userspace backend has helpers)
         """Stops helpers; links go with their namespaces."""
 
 

@@ -1,11 +1,13 @@
 """The userspace backend's delay line: holds each queued packet and releases it on schedule.
 
-One process serves every peer namespace of a run. For each namespace it opens a netfilter
-queue from inside that namespace (setns, then nfq_open: the netlink socket stays bound to
-the namespace it was made in), so the peers' `-j NFQUEUE` rules all feed this one select
-loop. A packet's release time is its arrival plus the sender's delay, plus the region
-latency to its destination, plus jitter; reordered packets go at once. Verdicts are given
-later than the callback, which libnetfilter_queue allows.
+It serves one netfilter queue in the run's hub namespace (opened from inside it: setns, then
+nfq_open; the netlink socket stays bound to the namespace it was made in), fed by the hub's
+FORWARD rules for the peers whose links delay. Packets are held in the network, not in the
+sender: a packet held in the sender's own OUTPUT path stays charged to its socket buffer, which
+capped a 20 Mbit/s link with 30 ms delay at 17 Mbit/s. The sender is known by the source
+address. A packet's release time is its arrival plus the sender's delay, plus the region latency
+to its destination, plus jitter; reordered packets go at once. Verdicts are given after the
+callback returns, which libnetfilter_queue allows.
 
 Control: one JSON request per line on a Unix socket (`configure`, `stats`), answered once
 the change is in force. Run as `python -m lab.shaping.delayer --control SOCKET --seed N`.
@@ -41,11 +43,10 @@ PR_SET_PDEATHSIG = 1
 
 
 @dataclass
-class PeerQueue:
-    """One peer namespace's netfilter queue and the plan its packets follow."""
+class Sender:
+    """One peer's outgoing link as the delay line sees it."""
 
     index: int
-    nfq: NetfilterQueue
     plan: LinkPlan
     rng: random.Random
     held: int = 0
@@ -58,18 +59,20 @@ class Held:
     due: float
     seq: int
     packet: Packet = field(compare=False)
-    queue: PeerQueue = field(compare=False)
+    sender: Sender = field(compare=False)
 
 
 class Delayer:
     def __init__(self, control: str, seed: int) -> None:
         self.seed = seed
         self.selector = selectors.DefaultSelector()
-        self.queues: dict[int, PeerQueue] = {}
+        self.senders: dict[bytes, Sender] = {}  # by source address
         self.region_of: dict[bytes, str] = {}
+        self.nfq: NetfilterQueue | None = None
         self.heap: list[Held] = []
         self.seq = itertools.count()
         self.lateness: list[float] = []
+        self.unplanned = 0
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(control)
         self.server.listen(4)
@@ -77,11 +80,16 @@ class Delayer:
 
     # -- packets -----------------------------------------------------------------------------
 
-    def _on_packet(self, queue: PeerQueue, packet: Packet) -> None:
+    def _on_packet(self, packet: Packet) -> None:
         now = time.monotonic()
-        plan, rng = queue.plan, queue.rng
-        queue.packets += 1
         payload = packet.get_payload()
+        sender = self.senders.get(payload[12:16])
+        if sender is None:  # a rule without a plan would be a lab bug: let the packet through, counted
+            self.unplanned += 1
+            packet.accept()
+            return
+        plan, rng = sender.plan, sender.rng
+        sender.packets += 1
         if plan.corrupt and len(payload) > 20 and rng.random() < plan.corrupt:
             bit = rng.randrange(20 * 8, len(payload) * 8)  # past the IP header, as the packet must still route
             corrupted = bytearray(payload)
@@ -93,43 +101,44 @@ class Delayer:
             delay = max(0.0, delay + spread * plan.jitter_s)
         if plan.reorder and rng.random() < plan.reorder:
             delay = 0.0
-        if queue.held >= plan.limit:
-            queue.dropped_limit += 1
+        if sender.held >= plan.limit:
+            sender.dropped_limit += 1
             packet.drop()
             return
-        queue.held += 1
-        heapq.heappush(self.heap, Held(now + delay, next(self.seq), packet, queue))
+        sender.held += 1
+        heapq.heappush(self.heap, Held(now + delay, next(self.seq), packet, sender))
 
     def _release_due(self) -> None:
         now = time.monotonic()
         while self.heap and self.heap[0].due <= now:
             held = heapq.heappop(self.heap)
             held.packet.accept()
-            held.queue.held -= 1
+            held.sender.held -= 1
             if len(self.lateness) < LATENESS_KEPT:
                 self.lateness.append(now - held.due)
             now = time.monotonic()
 
     # -- control -----------------------------------------------------------------------------
 
-    def _bind(self, index: int, namespace: str, plan: LinkPlan) -> None:
+    def _bind(self, namespace: str) -> None:
         with inside(namespace):
             nfq = NetfilterQueue()
-            queue = PeerQueue(index, nfq, plan, random.Random(f"{self.seed}:delay:{index}"))
-            nfq.bind(QUEUE_NUM, lambda packet: self._on_packet(queue, packet), max_len=KERNEL_QUEUE_MAX)
-        self.queues[index] = queue
+            nfq.bind(QUEUE_NUM, self._on_packet, max_len=KERNEL_QUEUE_MAX)
+        self.nfq = nfq
         self.selector.register(nfq.get_fd(), selectors.EVENT_READ, lambda: nfq.run(block=False))
 
     def _configure(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.nfq is None:
+            self._bind(request["netns"])
         for ip, region in request.get("regions", {}).items():
             self.region_of[socket.inet_aton(ip)] = region
         for peer in request["peers"]:
-            plan = LinkPlan(**peer["plan"])
-            if peer["index"] in self.queues:
-                self.queues[peer["index"]].plan = plan
+            address, plan = socket.inet_aton(peer["ip"]), LinkPlan(**peer["plan"])
+            if address in self.senders:
+                self.senders[address].plan = plan
             else:
-                self._bind(peer["index"], peer["netns"], plan)
-        return {"ok": True, "queues": len(self.queues)}
+                self.senders[address] = Sender(peer["index"], plan, random.Random(f"{self.seed}:delay:{peer['index']}"))
+        return {"ok": True, "senders": len(self.senders)}
 
     def _stats(self) -> dict[str, Any]:
         late = sorted(self.lateness)
@@ -143,7 +152,8 @@ class Delayer:
             "released": len(late),
             "lateness_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": late[-1] if late else None},
             "held": len(self.heap),
-            "peers": {q.index: {"packets": q.packets, "dropped_limit": q.dropped_limit} for q in self.queues.values()},
+            "unplanned": self.unplanned,
+            "peers": {s.index: {"packets": s.packets, "dropped_limit": s.dropped_limit} for s in self.senders.values()},
         }
 
     def _accept(self) -> None:

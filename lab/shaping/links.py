@@ -18,7 +18,20 @@ from lab.shaping.netem import NetemBackend
 from lab.shaping.plan import LinkPlan
 from lab.shaping.userspace import UserspaceBackend
 from lab.shaping.verify import PairReport, verify
-from lab.topology import Link, Topology
+from lab.topology import ImpairPhase, Link, Topology
+
+BACKENDS: dict[str, type[Backend]] = {"netem": NetemBackend, "userspace": UserspaceBackend}
+
+
+def topology_problem(backend: str, topology: Topology) -> str | None:
+    """The first link in the topology the backend cannot apply, named by its field path, so
+    the run refuses before building anything."""
+    links = [(f"groups[{i}].link", g.link) for i, g in enumerate(topology.groups)]
+    links += [(f"workload[{i}].link", p.link) for i, p in enumerate(topology.workload) if isinstance(p, ImpairPhase)]
+    for where, link in links:
+        if problem := BACKENDS[backend].unsupported(LinkPlan.of(link)):
+            return f"{where}.{problem}"
+    return None
 
 
 def make_backend(name: str, prefixes: dict[str, list[str]], run: RunId, seed: int) -> Backend:
@@ -50,9 +63,9 @@ class Links:
 
     def peers_of(self, groups: list[str] | None = None, peers: list[int] | None = None) -> list[int]:
         if peers:
-            unknown = [p for p in peers if not 0 <= p < len(self.slots)]
-            if unknown:
-                raise ShapingError(f"--peers: no peer {unknown[0]} (peers are 0..{len(self.slots) - 1})")
+            missing = [p for p in peers if not 0 <= p < len(self.slots)]
+            if missing:
+                raise ShapingError(f"--peers: no peer {missing[0]} (peers are 0..{len(self.slots) - 1})")
             return sorted(set(peers))
         if groups:
             unknown = sorted(set(groups) - set(self.groups))

@@ -12,7 +12,8 @@ from lab.shaping.plan import LinkPlan
 class NetemBackend(Backend):
     name = "netem"
 
-    def unsupported(self, plan: LinkPlan) -> str | None:
+    @staticmethod
+    def unsupported(plan: LinkPlan) -> str | None:
         if plan.jitter_s and plan.distribution != "uniform":
             return "distribution: the netem backend has uniform jitter only (pyroute2 cannot load netem's distribution tables)"
         return None

@@ -44,7 +44,7 @@ class LinkPlan:
             duplicate=share(link.duplicate),
             reorder=share(link.reorder),
             corrupt=share(link.corrupt),
-            rate_bps=quantities.convert(link.rate, "bit/s") if link.rate else None,
+            rate_bps=quantities.bits_per_second(link.rate) if link.rate else None,
             limit=link.limit,
             to_region=dict(to_region or {}),
         )
@@ -71,9 +71,8 @@ class LinkPlan:
         if self.delay_s or self.jitter_s:
             jitter = f" ±{self.jitter_s * 1e3:g}ms {self.distribution}" if self.jitter_s else ""
             parts.append(f"delay {self.delay_s * 1e3:g}ms{jitter}")
-        for name, value in (("loss", self.loss), ("duplicate", self.duplicate), ("reorder", self.reorder), ("corrupt", self.corrupt)):
-            if value:
-                parts.append(f"{name} {value * 100:g}%")
+        shares = {"loss": self.loss, "duplicate": self.duplicate, "reorder": self.reorder, "corrupt": self.corrupt}
+        parts.extend(f"{name} {value * 100:g}%" for name, value in shares.items() if value)
         if self.loss_correlation:
             parts.append(f"loss correlation {self.loss_correlation * 100:g}%")
         if self.rate_bps:

@@ -19,6 +19,7 @@ import ipaddress
 from typing import Any
 
 from pyroute2.netlink.rtnl import TC_H_ROOT
+from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
 
 from lab.netlink import NetNS
 from lab.shaping.plan import UNLIMITED_BPS, LinkPlan
@@ -38,11 +39,11 @@ def _rate(bps: float) -> str:
 
 
 def remove_root(ns: NetNS, index: int) -> None:
-    """Removes whatever root qdisc the lab put on the interface (pyroute2 needs its kind)."""
+    """Removes whatever root qdisc the lab put on the interface. Without a kind pyroute2 sends
+    no options (with "tbf" it insists on a rate), and the kernel matches handle and parent."""
     for qdisc in ns.get_qdiscs(index=index):
-        kind = qdisc.get_attr("TCA_KIND")
-        if qdisc["parent"] == TC_H_ROOT and kind in ("htb", "tbf", "netem"):
-            ns.tc("del", kind, index, qdisc["handle"])
+        if qdisc["parent"] == TC_H_ROOT and qdisc.get_attr("TCA_KIND") in ("htb", "tbf", "netem"):
+            ns.tc("del", index=index, handle=qdisc["handle"], parent=TC_H_ROOT)
 
 
 def netem_options(plan: LinkPlan, region: str | None) -> dict[str, Any]:
@@ -99,6 +100,8 @@ def describe(ns: NetNS, index: int) -> list[str]:
         options = qdisc.get_attr("TCA_OPTIONS")
         detail = ""
         if kind == "netem" and options is not None:
-            detail = f" delay {options['delay']}tick jitter {options['jitter']}tick loss {options['loss'] / (2**32 - 1):.2%}"
+            delay_ms, jitter_ms = (options[key] / tick_in_usec / 1000 for key in ("delay", "jitter"))
+            loss = options["loss"] / (2**32 - 1)
+            detail = f" delay {delay_ms:g}ms jitter {jitter_ms:g}ms loss {loss:.2%} limit {options['limit']}"
         lines.append(f"qdisc {kind} {qdisc['handle'] >> 16:x}: parent {qdisc['parent']:#x}{detail}")
     return lines

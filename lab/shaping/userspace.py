@@ -2,10 +2,11 @@
 `statistic`), rate in the kernel (TBF), and delay, jitter, reorder, corruption and the
 region matrix in a delay line that holds packets from an NFQUEUE (lab/shaping/delayer.py).
 
-Loss is applied where the peer's packets enter the hub (its FORWARD chain, matched on the
-peer's hub port), not in the peer's own OUTPUT chain: a DROP there fails the sender's
-send() with EPERM, so TCP would learn of each loss at once instead of by timeout, which no
-real network does. The netem backend's loss is equally silent to the sender.
+Rate is the peer's access link (TBF on its eth0). Loss and delay happen in the network:
+where the peer's packets enter the hub (its FORWARD chain, matched on the peer's hub port).
+In the peer's own OUTPUT chain a DROP fails the sender's send() with EPERM, so TCP would
+learn of each loss at once, and a held packet stays charged to the sender's socket buffer;
+no real network does either.
 
 What it cannot do: duplicate packets (a verdict passes one packet, not two) and correlated
 loss (the statistic match draws each packet independently); asking for either is an error.
@@ -40,19 +41,19 @@ def needs_delay_line(plan: LinkPlan) -> bool:
     return bool(plan.delay_s or plan.jitter_s or plan.reorder or plan.corrupt or any(plan.to_region.values()))
 
 
-def peer_rules(plan: LinkPlan) -> str:
-    """A peer namespace's whole filter table (iptables-restore replaces it atomically)."""
-    lines = ["*filter", ":OUTPUT ACCEPT [0:0]", f":{CHAIN} - [0:0]", f"-A OUTPUT -o eth0 -j {CHAIN}"]
+def port_rules(port: str, plan: LinkPlan) -> list[str]:
+    rules = []
+    if plan.loss:
+        rules.append(f"-A {CHAIN} -i {port} -m statistic --mode random --probability {plan.loss:.6f} -j DROP")
     if needs_delay_line(plan):
-        lines.append(f"-A {CHAIN} -j NFQUEUE --queue-num {QUEUE_NUM}")
-    return "\n".join([*lines, "COMMIT", ""])
+        rules.append(f"-A {CHAIN} -i {port} -j NFQUEUE --queue-num {QUEUE_NUM}")
+    return rules
 
 
-def hub_rules(loss_by_port: dict[str, float]) -> str:
-    """The hub's whole filter table: one random-drop rule per lossy peer port."""
+def hub_rules(rules_by_port: dict[str, list[str]]) -> str:
+    """The hub's whole filter table (iptables-restore replaces it atomically)."""
     lines = ["*filter", ":FORWARD ACCEPT [0:0]", f":{CHAIN} - [0:0]", f"-A FORWARD -j {CHAIN}"]
-    for port, loss in sorted(loss_by_port.items()):
-        lines.append(f"-A {CHAIN} -i {port} -m statistic --mode random --probability {loss:.6f} -j DROP")
+    lines += [rule for _, rules in sorted(rules_by_port.items()) for rule in rules]
     return "\n".join([*lines, "COMMIT", ""])
 
 
@@ -111,9 +112,10 @@ class UserspaceBackend(Backend):
         super().__init__(prefixes)
         self.run, self.seed, self.hub_netns = run, seed, hub_netns
         self.delay_line: DelayLine | None = None
-        self.loss_by_port: dict[str, float] = {}
+        self.rules_by_port: dict[str, list[str]] = {}
 
-    def unsupported(self, plan: LinkPlan) -> str | None:
+    @staticmethod
+    def unsupported(plan: LinkPlan) -> str | None:
         if plan.duplicate:
             return "duplicate: the userspace backend cannot duplicate packets; it needs the netem backend (kernel sch_netem)"
         if plan.loss_correlation:
@@ -122,25 +124,25 @@ class UserspaceBackend(Backend):
 
     def _region_of_ip(self) -> dict[str, str]:
         return {
-            str(ip): region for region, prefixes in self.prefixes.items() for prefix in prefixes for ip in ipaddress.IPv4Network(prefix)
+            str(ip): region
+            for region, prefixes in self.prefixes.items()
+            for prefix in prefixes
+            for ip in ipaddress.IPv4Network(prefix)
         }
 
     def apply(self, changes: list[tuple[PeerSlot, LinkPlan]]) -> None:
         delayed = [(slot, plan) for slot, plan in changes if needs_delay_line(plan)]
         if delayed and self.delay_line is None:
             self.delay_line = DelayLine(self.run, self.seed)
-            self.delay_line.request({"op": "configure", "peers": [], "regions": self._region_of_ip()})
-        if self.delay_line is not None:  # bind queues before any rule sends packets to them
-            peers = [{"index": s.index, "netns": s.netns, "plan": p.as_dict()} for s, p in changes]
+            self.delay_line.request({"op": "configure", "netns": self.hub_netns, "peers": [], "regions": self._region_of_ip()})
+        if self.delay_line is not None:  # plans in the delay line before any rule sends packets to it
+            peers = [{"index": s.index, "ip": s.ip, "plan": p.as_dict()} for s, p in changes]
             self.delay_line.request({"op": "configure", "peers": peers})
         for slot, plan in changes:
-            self.loss_by_port.pop(slot.hub_port, None)
-            if plan.loss:
-                self.loss_by_port[slot.hub_port] = plan.loss
-        _in_netns(self.hub_netns, ["iptables-restore"], hub_rules(self.loss_by_port))
+            self.rules_by_port[slot.hub_port] = port_rules(slot.hub_port, plan)
+        _in_netns(self.hub_netns, ["iptables-restore"], hub_rules(self.rules_by_port))
         for slot, plan in changes:
             assert slot.netns is not None
-            _in_netns(slot.netns, ["iptables-restore"], peer_rules(plan))
             try:
                 with NetNS(slot.netns) as ns:
                     eth0 = ns.link_lookup(ifname="eth0")[0]
@@ -154,11 +156,8 @@ class UserspaceBackend(Backend):
         assert slot.netns is not None
         with NetNS(slot.netns) as ns:
             lines = tc.describe(ns, ns.link_lookup(ifname="eth0")[0])
-        peer = _in_netns(slot.netns, ["iptables", "-S"]).splitlines()
-        hub = _in_netns(self.hub_netns, ["iptables", "-S"]).splitlines()
-        return lines + [f"iptables {rule}" for rule in peer if rule.startswith(f"-A {CHAIN}")] + [
-            f"hub iptables {rule}" for rule in hub if rule.startswith(f"-A {CHAIN} -i {slot.hub_port} ")
-        ]
+        hub = _in_netns(self.hub_netns, ["iptables", "-S", CHAIN]).splitlines()
+        return lines + [f"hub: iptables {rule}" for rule in hub if rule.startswith(f"-A {CHAIN} -i {slot.hub_port} ")]
 
     def delay_line_stats(self) -> dict[str, object] | None:
         return self.delay_line.request({"op": "stats"}) if self.delay_line else None

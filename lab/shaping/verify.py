@@ -51,7 +51,7 @@ class Check:
 
     @property
     def passed(self) -> bool:
-        return self.low <= self.measured <= self.high
+        return bool(self.low <= self.measured <= self.high)
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _delay_checks(plan: LinkPlan, region: str | None, delays: list[float]) -> li
 def _loss_check(plan: LinkPlan, sent: int, received: int) -> Check:
     expected = 1 - (1 - plan.loss) * (1 - plan.corrupt)
     low, high = binom.interval(LOSS_CONFIDENCE, sent, expected)
-    return Check("loss", expected, (sent - received) / sent, low / sent, high / sent)
+    return Check("loss", expected, (sent - received) / sent, float(low) / sent, float(high) / sent)
 
 
 def _rate_check(plan: LinkPlan, source: PeerSlot, dest: PeerSlot) -> Check:
@@ -177,8 +177,8 @@ def sample_pairs(groups: list[str]) -> list[tuple[int, int]]:
     for index, group in enumerate(groups):
         members.setdefault(group, []).append(index)
     pairs = []
-    for source_group, sources in members.items():
-        for dest_group, dests in members.items():
+    for sources in members.values():
+        for dests in members.values():
             candidates = [d for d in reversed(dests) if d != sources[0]]
             if candidates:
                 pairs.append((sources[0], candidates[0]))
