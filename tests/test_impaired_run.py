@@ -1,0 +1,80 @@
+"""A whole `lab run` with impaired links: measured before the workload, changed by a phase and
+by `lab netem` from outside while it runs, every change in the events, nothing left after."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import ROOT, lab_command, leftovers, needs_root, run_lab, write_topology
+from lab.cli import main
+from lab.results import read_jsonl
+from lab.shaping.backend import choose_backend
+
+pytestmark = [pytest.mark.slow, needs_root]
+IMPAIRED = ROOT / "tests" / "topologies" / "impaired.yaml"
+
+
+def wait_for_restore(out: Path, run: subprocess.Popen[str]) -> None:
+    """The impair phase's 1 s change has ended and the last phase waits 25 s for gossip: the
+    window for live changes."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and run.poll() is None:
+        events = out / "events.jsonl"
+        if events.exists() and any("end of duration" in e.get("source", "") for e in read_jsonl(events)):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the impair phase's change never ended (exit {run.poll()})")
+
+
+def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run = subprocess.Popen(lab_command("run", str(IMPAIRED), "--out", str(out)), cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_restore(out, run)
+        cli = CliRunner()
+        changed = cli.invoke(main, ["netem", "--loss", "10%", "--delay", "30ms", "--group", "b", "--run", str(out), "--verify"])
+        assert changed.exit_code == 0 and "applied to 2 peers" in changed.output, changed.output
+        assert "links match their configuration" in changed.output
+        shown = cli.invoke(main, ["netem", "--show", "--peers", "2", "--run", str(out)])
+        assert "peer 2 (b): delay 30ms, loss 10%" in shown.output, shown.output
+        cleared = cli.invoke(main, ["netem", "--clear", "--run", str(out)])
+        assert cleared.exit_code == 0 and "cleared 4 peers" in cleared.output
+        bad = cli.invoke(main, ["netem", "--loss", "150%", "--run", str(out)])
+        assert bad.exit_code == 2 and "loss" in bad.output
+        output, _ = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, output
+    manifest = json.loads((out / "manifest.json").read_text())
+    impairment = manifest["impairment"]
+    assert impairment["applied"] and impairment["verified"] is True and len(impairment["verification"]) == 4
+    assert impairment["backend"] == choose_backend("auto")[0]
+    sources = [e["source"] for e in read_jsonl(out / "events.jsonl") if e["op"] == "impairment"]
+    assert sources == ["topology", "workload phase impair ['a']", "workload phase impair ['a'] (end of duration)",
+                       "lab netem", "lab netem --clear"]
+    assert leftovers(manifest["run_id"]) == []
+
+
+def test_netem_without_a_running_lab_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["netem", "--loss", "5%", "--run", str(tmp_path)])
+    assert result.exit_code == 2 and "no running lab run" in result.output
+
+
+@pytest.mark.skipif(choose_backend("auto")[0] != "userspace", reason="netem can duplicate")
+def test_impairment_the_backend_cannot_give_refuses_before_building(tmp_path: Path) -> None:
+    link = {"delay": "5ms", "duplicate": "1%"}
+    topology = write_topology(tmp_path / "dup.yaml", groups=[{"name": "peers", "count": 6, "link": link}])
+    done = run_lab("run", str(topology), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "Error: groups[0].link.duplicate: the userspace backend cannot duplicate packets; it needs the netem backend "
+        "(kernel sch_netem); set impairment.backend or change the link"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,114 @@
+"""Link impairment for real: a namespaced network, the backend this kernel has (or the one
+LAB_TEST_BACKEND names: the qemu harness sets netem), packets measured between peers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import yaml
+
+from conftest import needs_root
+from lab.network import NamespaceNetwork
+from lab.runid import ENV_VAR, RunId
+from lab.shaping import plan as plans
+from lab.shaping.backend import ShapingError, choose_backend
+from lab.shaping.links import Links, make_backend
+from lab.topology import Link, Topology, parse_topology
+
+pytestmark = [pytest.mark.impairment, needs_root]
+
+REGIONS = """
+name: shaped
+seed: 3
+regions:
+  latency:
+    near: {near: 2ms, far: 25ms}
+    far: {near: 25ms, far: 2ms}
+groups:
+  - {name: a, count: 2, region: near, link: {delay: 10ms, jitter: 3ms, loss: 5%}}
+  - {name: b, count: 2, region: far, link: {delay: 5ms, rate: 20mbit}}
+workload: [{phase: bootstrap}]
+"""
+
+
+def backend_name() -> str:
+    return os.environ.get("LAB_TEST_BACKEND") or choose_backend("auto")[0]
+
+
+@pytest.fixture
+def shaped() -> Iterator[tuple[Links, Topology, RunId]]:
+    topology = parse_topology(yaml.safe_load(REGIONS))
+    run = RunId.new()
+    network = NamespaceNetwork(run, topology.peer_count)
+    slots = network.build()
+    prefixes = plans.prefixes_by_region([s.ip for s in slots], plans.regions_of(topology))
+    links = Links(make_backend(backend_name(), prefixes, run, topology.seed), slots, topology)
+    try:
+        yield links, topology, run
+    finally:
+        links.close()
+        network.teardown()
+        assert not [p for p in psutil.process_iter(["pid"]) if _run_of(p) == run.value], "delay line left running"
+
+
+def _run_of(process: psutil.Process) -> str | None:
+    try:
+        return process.environ().get(ENV_VAR)
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def _measured(links: Links, source: int, dest: int, name: str) -> float:
+    report = next(r for r in links.verify(400) if (r.source, r.dest) == (source, dest))
+    return next(c.measured for c in report.checks if c.name == name)
+
+
+def test_delay_jitter_loss_rate_and_region_matrix_measure_as_configured(shaped: tuple) -> None:
+    links, _, _ = shaped
+    links.apply_initial()
+    reports = links.verify(400)
+    assert reports and all(r.passed for r in reports), [f for r in reports for f in r.failures()]
+    checked = {(r.source, r.dest): {c.name for c in r.checks} for r in reports}
+    assert checked[(0, 3)] == {"delay_s", "jitter_sd_s", "loss"}  # group a -> region far
+    assert "rate_bps" in checked[(2, 1)] or "rate_bps" in checked[(2, 3)]
+    delays = {(r.source, r.dest): next(c.measured for c in r.checks if c.name == "delay_s") for r in reports}
+    assert delays[(0, 3)] - delays[(0, 1)] == pytest.approx(0.023, abs=0.002)  # 25 ms vs 2 ms region latency
+
+
+def test_verification_fails_when_the_kernel_does_something_else(shaped: tuple) -> None:
+    links, _, _ = shaped
+    links.apply_initial()
+    applied = links.current[0]
+    links.current[0] = plans.LinkPlan(delay_s=applied.delay_s + 0.005, loss=0.0, to_region=applied.to_region)
+    failures = [f for r in links.verify(400) if r.source == 0 for f in r.failures()]
+    assert any("delay_s" in f for f in failures) and any("loss" in f for f in failures), failures
+
+
+def test_live_change_then_clear_leaves_nothing_in_the_kernel(shaped: tuple) -> None:
+    links, _, _ = shaped
+    links.apply_initial()
+    change = links.set_link([2, 3], Link(delay="30ms", loss="10%"), "test")
+    assert change.peers == [2, 3] and change.event()["op"] == "impairment"
+    assert _measured(links, 2, 3, "delay_s") == pytest.approx(0.032, abs=0.0016)
+    links.clear(links.peers_of(), "test")
+    assert all(not row["kernel"] for row in links.show(links.peers_of()))
+    assert _measured(links, 0, 3, "delay_s") < 0.001
+
+
+def test_peer_and_group_selection_errors_name_the_option(shaped: tuple) -> None:
+    links, _, _ = shaped
+    assert links.peers_of(groups=["b"]) == [2, 3]
+    with pytest.raises(ShapingError, match="--group: no group 'z'"):
+        links.peers_of(groups=["z"])
+    with pytest.raises(ShapingError, match="--peers: no peer 9"):
+        links.peers_of(peers=[9])
+
+
+@pytest.mark.skipif(backend_name() != "userspace", reason="what only the userspace backend refuses")
+def test_userspace_backend_refuses_duplication_by_name(shaped: tuple) -> None:
+    links, _, _ = shaped
+    with pytest.raises(ShapingError, match="link.duplicate: the userspace backend cannot duplicate"):
+        links.set_link([0], Link(delay="5ms", duplicate="1%"), "test")
