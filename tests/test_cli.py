@@ -42,10 +42,12 @@ def test_doctor_reports_checks_and_mode() -> None:
     result = CliRunner().invoke(main, ["doctor"])
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    names = {line[5:25].strip() for line in lines[:-1]}
+    names = {line[5:25].strip() for line in lines[:-2]}
     assert {"root", "netns+veth", "sch_netem", "htb", "tbf", "iptables statistic", "nfqueue", "open files"} <= names
-    assert lines[-1].startswith("lab run will use: netns")
-    assert all(line[:3] in ("yes", "no ") for line in lines[:-1])
+    assert lines[-2].startswith("lab run will use: netns")
+    netem = next(line for line in lines if "sch_netem" in line).startswith("yes")
+    assert lines[-1].startswith(f"link impairment backend: {'netem' if netem else 'userspace'} (")
+    assert all(line[:3] in ("yes", "no ") for line in lines[:-2])
 
 
 def test_clean_removes_a_dead_runs_state_and_socket(tmp_path: Path) -> None:
