@@ -30,7 +30,10 @@ CACHE = Path("/var/cache/p2p-lab/vm")
 KERNEL_PACKAGE = "linux-image-amd64"
 # Loaded at boot, in this order after their dependencies: 9p root, then what the lab uses.
 MODULES = ["9p", "9pnet_virtio", "virtio_pci", "veth", "sch_netem", "sch_htb", "sch_tbf", "cls_u32"]
-DEFAULT_COMMAND = [".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "impairment", "tests/test_shaping.py"]
+DEFAULT_COMMAND = [
+    ".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "impairment", "tests/test_shaping.py",
+]
+GUEST_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "LAB_TEST_BACKEND": "netem"}
 EXIT_MARK = "LAB-VM-EXIT="
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -40,6 +43,7 @@ mkdir -p /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot || poweroff -f
 mount -t proc proc /newroot/proc; mount -t sysfs sys /newroot/sys; mount -t devtmpfs dev /newroot/dev
 mount -t tmpfs tmp /newroot/tmp; mount -t tmpfs run /newroot/run; mkdir -p /newroot/dev/shm; mount -t tmpfs shm /newroot/dev/shm
+mount -t 9p -o trans=virtio,version=9p2000.L share /newroot/mnt 2>/dev/null
 chroot /newroot /bin/sh -c "$(cat /command)"
 echo "LAB-VM-EXIT=$?"
 poweroff -f
@@ -120,13 +124,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory", default="3072", help="guest memory in MiB")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds before the guest is killed")
+    parser.add_argument("--share", type=Path, help="host directory the guest may write, mounted at /mnt (LAB_VM_SHARE)")
     parser.add_argument("command", nargs="*", help="command to run in the project directory (after --)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("netem_vm: run as root (it installs qemu and unpacks a kernel)")
     tree, busybox = prepare()
-    environment = f"PATH={ROOT / '.venv' / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp PYTHONDONTWRITEBYTECODE=1 LAB_TEST_BACKEND=netem"
-    command = f"cd {shlex.quote(str(ROOT))} && env {environment} {shlex.join(args.command or DEFAULT_COMMAND)}"
+    environment = {"PATH": f"{ROOT / '.venv' / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", **GUEST_ENV}
+    if args.share:
+        environment["LAB_VM_SHARE"] = "/mnt"
+    assignments = " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items())
+    command = f"cd {shlex.quote(str(ROOT))} && env {assignments} {shlex.join(args.command or DEFAULT_COMMAND)}"
     with tempfile.TemporaryDirectory() as work:
         image = Path(work) / "initramfs.cpio"
         initramfs(tree, busybox, command, image)
@@ -136,6 +144,9 @@ def main() -> int:
             "-append", "console=ttyS0 quiet panic=-1",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap", "-nic", "none",
         ]
+        if args.share:
+            args.share.mkdir(parents=True, exist_ok=True)
+            qemu += ["-virtfs", f"local,path={args.share.resolve()},mount_tag=share,security_model=none"]
         guest = subprocess.Popen(qemu, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
         status = None
         assert guest.stdout is not None

@@ -1,0 +1,128 @@
+"""How exactly a backend adds delay, and up to which packet rate it keeps time.
+
+Two peers in namespaces; peer 0's link gets a fixed delay; UDP probes at a given packet rate
+measure one-way delay (kernel receive timestamp minus send time, one clock) and loss. The
+error is measured minus configured. Writes JSON and a markdown table with the machine and
+commit:
+
+    .venv/bin/python bench/impairment_accuracy.py                       # backend this kernel has
+    .venv/bin/python tests/vm/netem_vm.py --share bench/results -- \\
+        .venv/bin/python bench/impairment_accuracy.py --backend netem     # netem, emulated kernel
+
+"Keeps time" means p99 error under 1 ms and loss under 1%; the ceiling is the first rate that
+does not. The sender is one Python thread: the achieved rate is reported beside the asked one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab import provenance
+from lab.network import NamespaceNetwork
+from lab.runid import RunId
+from lab.shaping.backend import choose_backend
+from lab.shaping.links import Links, make_backend
+from lab.shaping.userspace import UserspaceBackend
+from lab.shaping.verify import PROBE, _send_and_collect
+from lab.topology import Link, parse_topology
+
+TOPOLOGY = "{name: bench, seed: 1, groups: [{name: a, count: 2}], workload: [{phase: bootstrap}]}"
+DELAYS_MS = (10, 50)
+RATES_PPS = (100, 1000, 5000, 10000, 20000, 40000, 80000)
+SECONDS_PER_POINT = 3.0
+MAX_PROBES = 40_000
+ERROR_LIMIT_S, LOSS_LIMIT = 0.001, 0.01
+HELD_LIMIT = 100_000  # packets a link may hold: high, so the ceiling found is timekeeping, not the queue limit
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
+    slots = links.slots
+    links.set_link([0], Link(delay=f"{delay_ms}ms", limit=HELD_LIMIT), "bench")
+    count = min(MAX_PROBES, int(rate * SECONDS_PER_POINT))
+    sent, arrivals = _send_and_collect(slots[0], slots[1], count, 1 / rate, PROBE.size, 1.0 + 2 * delay_ms / 1000)
+    stamps = [(PROBE.unpack_from(data)[1], received) for data, received in arrivals]
+    errors = [(received - sent_ns) / 1e9 - delay_ms / 1000 for sent_ns, received in stamps]
+    sends = sorted(sent_ns for sent_ns, _ in stamps)
+    achieved = (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else 0.0
+    point = {
+        "delay_ms": delay_ms, "rate_pps": rate, "achieved_pps": round(achieved), "sent": sent, "received": len(arrivals),
+        "loss": 1 - len(arrivals) / sent,
+        "error_p50_ms": statistics.median(errors) * 1e3 if errors else None,
+        "error_p99_ms": quantile(errors, 0.99) * 1e3 if errors else None,
+        "error_max_ms": max(errors) * 1e3 if errors else None,
+    }
+    point["keeps_time"] = bool(errors) and quantile(errors, 0.99) < ERROR_LIMIT_S and point["loss"] < LOSS_LIMIT
+    if isinstance(links.backend, UserspaceBackend):
+        point["delay_line"] = links.backend.delay_line_stats()
+    return point
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"backend {result['backend']} · kernel {result['kernel']} · commit {result['commit']} · {result['cpus']} CPUs",
+        "",
+        "| delay | asked pps | achieved pps | loss | error p50 | error p99 | error max | keeps time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in result["points"]:
+        lines.append(
+            f"| {p['delay_ms']} ms | {p['rate_pps']} | {p['achieved_pps']} | {p['loss']:.2%} | {p['error_p50_ms']:.3f} ms "
+            f"| {p['error_p99_ms']:.3f} ms | {p['error_max_ms']:.3f} ms | {'yes' if p['keeps_time'] else 'no'} |"
+        )
+    kept, fails = result["kept_time_up_to_pps"], result["first_failure_pps"]
+    lines += ["", f"keeps time up to {kept} packets/s" + (f"; fails at {fails} packets/s" if fails else " (every rate tried)")]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["auto", "netem", "userspace"], default="auto")
+    parser.add_argument("--out", type=Path, help="directory for the JSON and markdown (default bench/results, or LAB_VM_SHARE)")
+    args = parser.parse_args()
+    backend = choose_backend(args.backend)[0]
+    out = args.out or Path(os.environ.get("LAB_VM_SHARE") or Path(__file__).parent / "results")
+    topology = parse_topology(yaml.safe_load(TOPOLOGY))
+    run = RunId.new()
+    network = NamespaceNetwork(run, 2)
+    links = Links(make_backend(backend, {}, run, 1), network.build(), topology)
+    points = []
+    try:
+        for delay_ms in DELAYS_MS:
+            for rate in RATES_PPS:
+                points.append(measure(links, delay_ms, rate))
+                print(json.dumps({k: v for k, v in points[-1].items() if k != "delay_line"}), flush=True)
+    finally:
+        links.close()
+        network.teardown()
+    failing = [p["achieved_pps"] for p in points if not p["keeps_time"]]
+    first_failure = min(failing) if failing else None
+    below = [p for p in points if first_failure is None or p["achieved_pps"] < first_failure]
+    kept = max((p["achieved_pps"] for p in below if p["keeps_time"]), default=0)
+    result = {
+        "backend": backend, "kernel": platform.release(), "machine": provenance.machine(),
+        "commit": provenance.git_commit().get("commit"), "cpus": os.cpu_count(),
+        "kept_time_up_to_pps": kept, "first_failure_pps": first_failure, "points": points,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"impairment-{backend}.json").write_text(json.dumps(result, indent=2))
+    (out / f"impairment-{backend}.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
