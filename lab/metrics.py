@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,8 +50,8 @@ class Metric:
     attempts: int = 0
 
 
-def latency_metrics(events: list[dict[str, Any]]) -> dict[str, Metric]:
-    metrics: dict[str, Metric] = {}
+def latency_metrics(events: list[dict[str, Any]], into: dict[str, Metric] | None = None) -> dict[str, Metric]:
+    metrics: dict[str, Metric] = {} if into is None else into
     for event in events:
         if unit_of(event["op"]) != "millisecond":
             continue  # impairment changes and verifications are events, not operations
@@ -59,6 +60,33 @@ def latency_metrics(events: list[dict[str, Any]]) -> dict[str, Metric]:
         if event["ok"]:
             metric.values.append((event["end_ns"] - event["start_ns"]) / 1e6)
     return metrics
+
+
+@dataclass
+class Period:
+    """A stretch of the run between two impairment changes (the first starts at the run's start)."""
+
+    label: str
+    start_ns: int | None
+    metrics: dict[str, Metric] = field(default_factory=dict)
+
+
+def impairment_periods(events: list[dict[str, Any]]) -> list[Period]:
+    """Latency metrics split at every impairment change made during the run (workload phases,
+    `lab netem`), so an effect can be read before, during and after. Operations belong to the
+    period in which they started. Empty when the links never changed during the run."""
+    changes = sorted((e for e in events if e["op"] == "impairment" and e.get("source") != "topology"),
+                     key=lambda e: e["start_ns"])
+    if not changes:
+        return []
+    periods = [Period("before any change", None)]
+    periods += [Period(f"after {c['source']} (peers {c['peers'][0]}..{c['peers'][-1]})", c["start_ns"]) for c in changes]
+    starts = [c["start_ns"] for c in changes]
+    for event in events:
+        if unit_of(event["op"]) == "millisecond":
+            period = periods[bisect.bisect_right(starts, event["start_ns"])]
+            period.metrics.update(latency_metrics([event], period.metrics))
+    return periods
 
 
 def announced_messages(events: list[dict[str, Any]]) -> set[str]:

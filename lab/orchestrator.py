@@ -21,7 +21,7 @@ from lab import doctor, provenance, quantities, results, runid
 from lab.collector import Collector
 from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
 from lab.fleet import CallFailed, Fleet, PeerLost
-from lab.metrics import all_metrics
+from lab.metrics import Metric, all_metrics, impairment_periods
 from lab.network import LoopbackNetwork, NamespaceNetwork
 from lab.peerlogs import count_levels
 from lab.progress import Ticker
@@ -110,6 +110,10 @@ def peer_settings(topology: Topology) -> dict[str, Any]:
         "dht": libp2p.dht.model_dump(),
         "gossipsub": {**libp2p.gossipsub.model_dump(), "heartbeat_s": quantities.seconds(libp2p.gossipsub.heartbeat)},
     }
+
+
+def summarize_metrics(metrics: dict[str, Metric]) -> dict[str, dict[str, Any]]:
+    return {name: {"unit": m.unit, **summarize(m.values, m.attempts)} for name, m in metrics.items()}
 
 
 def default_out(topology: Topology) -> Path:
@@ -318,7 +322,11 @@ class Run:
 
     def _outcome(self, status: str) -> RunOutcome:
         metrics = all_metrics(self.events, self.samples, self.ready)
-        summary = {name: {"unit": m.unit, **summarize(m.values, m.attempts)} for name, m in metrics.items()}
+        summary = summarize_metrics(metrics)
+        periods = [
+            {"period": p.label, "start_ns": p.start_ns, "metrics": summarize_metrics(dict(sorted(p.metrics.items())))}
+            for p in impairment_periods(self.events)
+        ]
         errors = self._error_counts()
         self.results.write(
             results.SUMMARY,
@@ -327,6 +335,7 @@ class Run:
                 "note": "samples within one run are not independent (shared network, shared CPU); "
                 "intervals describe this run, not run-to-run variation",
                 "metrics": summary,
+                "impairment_periods": periods,
                 "errors": errors,
             },
         )

@@ -59,6 +59,11 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
     sources = [e["source"] for e in read_jsonl(out / "events.jsonl") if e["op"] == "impairment"]
     assert sources == ["topology", "workload phase impair ['a']", "workload phase impair ['a'] (end of duration)",
                        "lab netem", "lab netem --clear"]
+    periods = json.loads((out / "summary.json").read_text())["impairment_periods"]
+    assert [p["period"].split(" (")[0] for p in periods] == [
+        "before any change", "after workload phase impair ['a']", "after workload phase impair ['a'] (end of duration)",
+        "after lab netem", "after lab netem --clear",
+    ]
     assert leftovers(manifest["run_id"]) == []
 
 

@@ -94,3 +94,21 @@ def test_peer_log_lines_are_counted_with_variable_parts_masked(tmp_path: Path) -
         "message": "Failed to open TCP stream: <addr> failed",
         "count": 2,
     }
+
+
+def test_latency_is_split_at_impairment_changes_made_during_the_run() -> None:
+    from lab.metrics import impairment_periods
+
+    def op(start: int, ok: bool = True) -> dict:
+        return {"op": "get", "peer": 0, "start_ns": start, "end_ns": start + 1_000_000, "ok": ok, "error": None if ok else "x"}
+
+    def change(at: int, source: str) -> dict:
+        return {"op": "impairment", "ok": True, "start_ns": at, "end_ns": at, "peers": [2, 3], "source": source}
+
+    assert impairment_periods([change(0, "topology"), op(5)]) == []  # the topology's own links are not a change
+    periods = impairment_periods([change(0, "topology"), op(5), op(6), change(10, "lab netem"), op(11, ok=False), op(12),
+                                  change(20, "lab netem --clear"), op(25)])
+    assert [p.label for p in periods] == [
+        "before any change", "after lab netem (peers 2..3)", "after lab netem --clear (peers 2..3)",
+    ]
+    assert [(p.metrics["get"].attempts, len(p.metrics["get"].values)) for p in periods] == [(2, 2), (2, 1), (1, 1)]
