@@ -73,7 +73,8 @@ def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"backend {result['backend']} · kernel {result['kernel']} · commit {result['commit']} · {result['cpus']} CPUs",
+        f"backend {result['backend']} · kernel {result['kernel']} · CPU {result['machine']['cpu_model']} "
+        f"({result['cpus']} cores) · commit {result['commit']}",
         "",
         "| delay | asked pps | achieved pps | loss | error p50 | error p99 | error max | keeps time |",
         "|---|---|---|---|---|---|---|---|",
