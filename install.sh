@@ -17,10 +17,14 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     command -v git >/dev/null 2>&1 || missing+=(git)
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
     dpkg -s libnetfilter-queue-dev >/dev/null 2>&1 || missing+=(libnetfilter-queue-dev)
+    if [ -n "$extras" ]; then  # the report test opens report.html in Debian's chromium
+        command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+        command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    fi
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "install.sh: apt-get install ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 fi
 

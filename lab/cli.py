@@ -22,6 +22,7 @@ from lab.orchestrator import (
     run_topology,
 )
 from lab.repeats import REPEAT_FILE
+from lab.report import REPORT_NEEDS, write_report
 from lab.shaping import live
 from lab.shaping.backend import ShapingError, choose_backend
 from lab.topology import TopologyError, load_topology
@@ -47,7 +48,8 @@ def main() -> None:
 @click.option("--seed", type=int, help="Override the topology's seed.")
 @click.option("--quick", is_flag=True, help="Smaller workload: fewer packages, lookups and announcements.")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Fresh runs into OUT/run-N.")
-def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, repeat: int) -> None:
+@click.option("--report/--no-report", default=True, show_default=True, help="Write report.html and plots/ into each run.")
+def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, repeat: int, report: bool) -> None:
     """Run TOPOLOGY; exit 0 if every SLA held, 1 if any failed, 2 on bad input or setup error."""
     try:
         topology = load_topology(topology_file)
@@ -64,6 +66,9 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
             outcomes = asyncio.run(run_repeated(topology, source, out, click.echo, repeat))
         else:
             outcomes = [asyncio.run(run_topology(topology, source, out, click.echo))]
+        if report:
+            for outcome in outcomes:
+                click.echo(f"report: {write_report(outcome.path)}")
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         click.echo(f"interrupted: partial results in {out}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -94,8 +99,11 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--metric", "metrics", multiple=True, help="Compare only these metrics (repeatable).")
-@click.option("--noise", default="3%", show_default=True, help="Changes inside ±noise are 'within noise'.")
-@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--noise", default=f"{compare_runs.DEFAULT_NOISE:.0%}", show_default=True, help="Changes inside ±noise are noise.")
+@click.option(
+    "--alpha", default=compare_runs.DEFAULT_ALPHA, show_default=True, help="Significance level after correction.",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+)
 @click.option("--strict", is_flag=True, help="Exit 1 if any metric regressed (for nightly runners).")
 @click.option("--format", "output", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
 def compare(
@@ -181,6 +189,17 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
         click.echo(line)
     if reply.get("passed") is False:
         sys.exit(1)
+
+
+@main.command(name="report")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False), metavar="RUN_DIR")
+@click.option("--compare", "baseline", type=click.Path(path_type=Path, file_okay=False), help="Baseline results directory.")
+def report_command(run_dir: Path, baseline: Path | None) -> None:
+    """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/ (PNG and SVG)."""
+    for label, directory in (("RUN_DIR", run_dir), ("--compare", baseline)):
+        if directory is not None and not all((directory / name).is_file() for name in REPORT_NEEDS):
+            raise LabError(f"{label} {directory} is not a finished run's results directory (needs {', '.join(REPORT_NEEDS)})")
+    click.echo(f"report: {write_report(run_dir, baseline)}")
 
 
 @main.command()

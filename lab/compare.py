@@ -35,6 +35,8 @@ from lab.repeats import REPEAT_FILE
 MIN_SAMPLES = 8
 MIN_RUNS = 4  # Mann-Whitney U can reach p < 0.05 from 4 against 4 (p = 0.029)
 BOOTSTRAP_RESAMPLES = 2000
+DEFAULT_NOISE = 0.03  # the seed documents' threshold; see docs/compare.md
+DEFAULT_ALPHA = 0.05
 
 
 @dataclass

@@ -33,6 +33,7 @@ from lab.shaping.links import Links, make_backend, topology_problem
 from lab.shaping.live import LiveLinks
 from lab.sla import evaluate
 from lab.stats import summarize
+from lab.threads import in_thread_to_completion
 from lab.topology import Topology
 from lab.workload import Workload
 
@@ -54,17 +55,6 @@ class RunOutcome:
     summary: dict[str, Any]
     verdicts: list[dict[str, Any]]
     errors: dict[str, Any]
-
-
-async def in_thread_to_completion(function: Callable[[], Any]) -> Any:
-    """Runs blocking network work in a thread; a cancel waits for the thread to finish, so
-    cleanup never races a half-built network."""
-    future = asyncio.get_running_loop().run_in_executor(None, function)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait([future])
-        raise
 
 
 def choose_mode(requested: str) -> tuple[str, str]:

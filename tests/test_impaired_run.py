@@ -16,7 +16,7 @@ from lab.cli import main
 from lab.results import read_jsonl
 from lab.shaping.backend import choose_backend
 
-pytestmark = [pytest.mark.slow, needs_root]
+pytestmark = [pytest.mark.slow, pytest.mark.impairment, needs_root]
 IMPAIRED = ROOT / "tests" / "topologies" / "impaired.yaml"
 
 
@@ -60,7 +60,7 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
     assert sources == ["topology", "workload phase impair ['a']", "workload phase impair ['a'] (end of duration)",
                        "lab netem", "lab netem --clear"]
     periods = json.loads((out / "summary.json").read_text())["impairment_periods"]
-    assert [p["period"].split(" (")[0] for p in periods] == [
+    assert [p["period"].rsplit(" (peers", 1)[0] for p in periods] == [
         "before any change", "after workload phase impair ['a']", "after workload phase impair ['a'] (end of duration)",
         "after lab netem", "after lab netem --clear",
     ]

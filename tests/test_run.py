@@ -199,3 +199,31 @@ def test_lab_clean_removes_what_a_killed_orchestrator_left(tmp_path: Path) -> No
     assert done.returncode == 0
     assert f"run {run}: removed namespace {runid.RunId(run).hub_netns}" in done.stdout
     assert leftovers(run) == []
+
+
+@needs_root
+def test_report_opens_in_a_real_browser_with_every_image_and_the_runs_verdicts(netns_run: tuple) -> None:
+    """lab run wrote report.html; Debian's chromium (installed by install.sh --test) loads it
+    from disk, with no server, and shows what verdicts.json says."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    _, out = netns_run
+    assert {p.name for p in (out / "plots").iterdir()} >= {"latency_cdf.png", "latency_cdf.svg", "memory_over_time.png"}
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        browser.get((out / "report.html").resolve().as_uri())
+        images = browser.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#verdicts tr")[1:]
+        shown = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")[:2]] for row in rows]
+    finally:
+        browser.quit()
+    assert len(images) >= 5 and all(complete and width > 0 for complete, width in images), images
+    verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
+    assert shown == [["PASS" if v["passed"] else "FAIL", v["metric"]] for v in verdicts]

@@ -81,6 +81,8 @@ def test_verification_rules() -> None:
     assert [c.passed for c in _delay_checks(plans.LinkPlan(delay_s=0.01), None, [0.0109])] == [True]  # 1 ms floor
     assert _loss_check(plan, 400, 380).passed and not _loss_check(plan, 400, 400).passed
     assert not _loss_check(plans.LinkPlan(), 400, 399).passed  # no loss configured: one lost packet is a failure
+    # 34 of 400 lost at 5%: outside one check's 99% interval (10..32), inside ten checks' (7..36, Bonferroni)
+    assert not _loss_check(plan, 400, 366).passed and _loss_check(plan, 400, 366, pairs=10).passed
 
 
 def test_sample_pairs_cover_every_ordered_pair_of_groups() -> None:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from lab.shaping.backend import ShapingError
 from lab.shaping.links import Change, Links
+from lab.threads import in_thread_to_completion
 from lab.topology import Link
 
 Record = Callable[[dict[str, Any]], None]
@@ -36,7 +37,7 @@ class LiveLinks:
 
     async def _change(self, work: Callable[[], Change]) -> Change:
         async with self.lock:
-            change = await asyncio.to_thread(work)
+            change = await in_thread_to_completion(work)
         self.record(change.event())
         return change
 
@@ -67,10 +68,10 @@ class LiveLinks:
             await self._change(lambda: self.links.clear(peers, "lab netem --clear"))
         reply: dict[str, Any] = {"ok": True, "backend": self.links.backend.name, "peers": len(peers)}
         if op == "show":
-            reply["links"] = await asyncio.to_thread(self.links.show, peers)
+            reply["links"] = await in_thread_to_completion(lambda: self.links.show(peers))
         if op == "verify" or request.get("verify"):
             async with self.lock:
-                reports = await asyncio.to_thread(self.links.verify, self.probes)
+                reports = await in_thread_to_completion(lambda: self.links.verify(self.probes))
             reply["verification"] = [r.as_dict() for r in reports]
             reply["passed"] = all(r.passed for r in reports)
             self.record({"op": "impairment_verification", "ok": reply["passed"], "reports": reply["verification"],
@@ -85,6 +86,8 @@ class LiveLinks:
                     reply = await self.handle(request)
                 except ShapingError as exc:
                     reply = {"ok": False, "error": str(exc)}
+                except asyncio.CancelledError:  # the run is ending; the request's kernel work has finished
+                    reply = {"ok": False, "error": "the run ended before the request finished"}
                 except Exception as exc:  # a lab bug: the run goes on, the caller and the log see it
                     traceback.print_exc()
                     reply = {"ok": False, "error": f"lab error ({type(exc).__name__}: {exc}); the run goes on, see its output"}
@@ -97,13 +100,15 @@ class LiveLinks:
         self.path = path
 
     async def close(self) -> None:
-        """Stops timed restores and the socket, then the backend's helpers (the delay line)."""
+        """Stops timed restores and the socket, waits for a change or measurement in flight,
+        then stops the backend's helpers (the delay line)."""
         for task in list(self.restores):
             task.cancel()
         if self.server is not None:
             self.server.close()
             self.path.unlink(missing_ok=True)
-        await asyncio.to_thread(self.links.close)
+        async with self.lock:
+            await in_thread_to_completion(self.links.close)
 
 
 def send(path: Path, request: dict[str, Any]) -> dict[str, Any]:

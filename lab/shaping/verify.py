@@ -8,8 +8,9 @@ a round trip). Rules, stated in docs/impairment.md:
 
 - delay: median one-way delay within max(1 ms, 5%) of the configured delay to that destination;
 - jitter: standard deviation within max(1 ms, 25%) of the configured distribution's;
-- loss: the lost count inside the 99% binomial interval of the configured loss (and corruption,
-  which the receiver's checksum turns into loss);
+- loss: the lost count inside the binomial interval of the configured loss (and corruption,
+  which the receiver's checksum turns into loss); 99% for the whole verification, so each of
+  k pairs gets 1 - 0.01/k (Bonferroni): a correct link fails a run by chance at most 1% of runs;
 - rate: a 1 s UDP stream at 1.25x the rate arrives at between 90% of rate x (1 - loss) and 110%
   of rate.
 """
@@ -139,9 +140,9 @@ def _delay_checks(plan: LinkPlan, region: str | None, delays: list[float]) -> li
     return checks
 
 
-def _loss_check(plan: LinkPlan, sent: int, received: int) -> Check:
+def _loss_check(plan: LinkPlan, sent: int, received: int, pairs: int = 1) -> Check:
     expected = 1 - (1 - plan.loss) * (1 - plan.corrupt)
-    low, high = binom.interval(LOSS_CONFIDENCE, sent, expected)
+    low, high = binom.interval(1 - (1 - LOSS_CONFIDENCE) / pairs, sent, expected)
     return Check("loss", expected, (sent - received) / sent, float(low) / sent, float(high) / sent)
 
 
@@ -159,14 +160,15 @@ def _rate_check(plan: LinkPlan, source: PeerSlot, dest: PeerSlot) -> Check:
     return Check("rate_bps", plan.rate_bps, measured, 0.9 * plan.rate_bps * (1 - plan.loss), 1.1 * plan.rate_bps)
 
 
-def measure_pair(source: PeerSlot, dest: PeerSlot, plan: LinkPlan, dest_region: str | None, probes: int) -> PairReport:
+def measure_pair(source: PeerSlot, dest: PeerSlot, plan: LinkPlan, dest_region: str | None, probes: int, pairs: int
+                 ) -> PairReport:
     drain = 1.0 + 2 * (plan.delay_to(dest_region) + plan.jitter_s)
     sent, arrivals = _send_and_collect(source, dest, probes, PROBE_INTERVAL_S, PROBE.size, drain)
     delays = [(received - PROBE.unpack_from(data)[1]) / 1e9 for data, received in arrivals]
     report = PairReport(source.index, dest.index, sent, len(arrivals))
     if delays:
         report.checks.extend(_delay_checks(plan, dest_region, delays))
-    report.checks.append(_loss_check(plan, sent, len(arrivals)))
+    report.checks.append(_loss_check(plan, sent, len(arrivals), pairs))
     return report
 
 
@@ -191,7 +193,7 @@ def verify(slots: list[PeerSlot], plans: list[LinkPlan], regions: list[str | Non
     then the rate of each rate-limited source, one stream per source link at a time."""
     pairs = sample_pairs(groups)
     with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
-        futures = [pool.submit(measure_pair, slots[s], slots[d], plans[s], regions[d], probes) for s, d in pairs]
+        futures = [pool.submit(measure_pair, slots[s], slots[d], plans[s], regions[d], probes, len(pairs)) for s, d in pairs]
         reports = [future.result() for future in futures]
         first_of_source = {r.source: r for r in reversed(reports) if plans[r.source].rate_bps}
         rates = {src: pool.submit(_rate_check, plans[src], slots[src], slots[r.dest]) for src, r in first_of_source.items()}

@@ -31,7 +31,7 @@ KERNEL_PACKAGE = "linux-image-amd64"
 # Loaded at boot, in this order after their dependencies: 9p root, then what the lab uses.
 MODULES = ["9p", "9pnet_virtio", "virtio_pci", "veth", "sch_netem", "sch_htb", "sch_tbf", "cls_u32"]
 DEFAULT_COMMAND = [
-    ".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "impairment", "tests/test_shaping.py",
+    ".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "impairment", "tests",
 ]
 GUEST_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "LAB_TEST_BACKEND": "netem"}
 EXIT_MARK = "LAB-VM-EXIT="
@@ -43,7 +43,7 @@ mkdir -p /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot || poweroff -f
 mount -t proc proc /newroot/proc; mount -t sysfs sys /newroot/sys; mount -t devtmpfs dev /newroot/dev
 mount -t tmpfs tmp /newroot/tmp; mount -t tmpfs run /newroot/run; mkdir -p /newroot/dev/shm; mount -t tmpfs shm /newroot/dev/shm
-mount -t 9p -o trans=virtio,version=9p2000.L share /newroot/mnt 2>/dev/null
+[ -f /share ] && mount -t 9p -o trans=virtio,version=9p2000.L share /newroot/mnt
 chroot /newroot /bin/sh -c "$(cat /command)"
 echo "LAB-VM-EXIT=$?"
 poweroff -f
@@ -101,7 +101,7 @@ def module_order(tree: Path, wanted: list[str]) -> list[Path]:
     return ordered
 
 
-def initramfs(tree: Path, busybox: Path, command: str, target: Path) -> None:
+def initramfs(tree: Path, busybox: Path, command: str, share: bool, target: Path) -> None:
     with tempfile.TemporaryDirectory() as staging:
         root = Path(staging)
         for directory in ("bin", "proc", "sys", "dev", "modules"):
@@ -112,6 +112,8 @@ def initramfs(tree: Path, busybox: Path, command: str, target: Path) -> None:
             shutil.copy(module, root / "modules" / module.name)
         (root / "modules.order").write_text("\n".join(m.name.removesuffix(".ko") for m in modules) + "\n")
         (root / "command").write_text(command)
+        if share:
+            (root / "share").touch()
         (root / "init").write_text(INIT)
         (root / "init").chmod(0o755)
         listing = subprocess.run(["find", ".", "-mindepth", "1"], cwd=root, check=True, capture_output=True).stdout
@@ -137,7 +139,7 @@ def main() -> int:
     command = f"cd {shlex.quote(str(ROOT))} && env {assignments} {shlex.join(args.command or DEFAULT_COMMAND)}"
     with tempfile.TemporaryDirectory() as work:
         image = Path(work) / "initramfs.cpio"
-        initramfs(tree, busybox, command, image)
+        initramfs(tree, busybox, command, args.share is not None, image)
         qemu = [
             "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", args.memory, "-smp", "2", "-nographic", "-no-reboot",
             "-kernel", str(next(tree.glob("boot/vmlinuz-*"))), "-initrd", str(image),

@@ -1,0 +1,113 @@
+"""The report's figures, each a function from a run's records to a matplotlib Figure.
+
+Agg backend: no display is needed and nothing opens a window.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from lab.metrics import MEMORY_FIELDS, MIB, Metric  # noqa: E402
+
+BAND = (5, 50, 95)
+
+
+def _figure(width: float = 8, height: float = 4.5) -> tuple[Figure, Any]:
+    figure, axes = plt.subplots(figsize=(width, height), layout="constrained")
+    return figure, axes
+
+
+def latency_cdfs(
+    metrics: dict[str, Metric], other: dict[str, Metric] | None = None, labels: tuple[str, str] = ("", "")
+) -> Figure:
+    """Empirical CDF per operation on a log time axis; with `other`, both runs overlaid (dashed)."""
+    figure, axes = _figure(9, 5)
+    colours = plt.colormaps["tab10"]
+    for number, (name, metric) in enumerate(sorted(metrics.items())):
+        others = (other or {}).get(name, Metric(name, "")).values
+        for values, style, label in ((metric.values, "-", labels[0]), (others, "--", labels[1])):
+            if values:
+                ordered = np.sort(values)
+                axes.step(ordered, np.arange(1, ordered.size + 1) / ordered.size, style, where="post",
+                          color=colours(number % 10), label=f"{name} {label}".strip())
+    axes.set_xscale("log")
+    axes.set_xlabel("latency (ms, log scale)")
+    axes.set_ylabel("share of operations")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    return figure
+
+
+def latency_violins(metrics: dict[str, Metric]) -> Figure:
+    names = [name for name, metric in sorted(metrics.items()) if len(metric.values) > 1]
+    figure, axes = _figure(9, 0.9 + 0.45 * max(len(names), 1))
+    if names:
+        axes.violinplot([np.log10(metrics[name].values) for name in names], vert=False, showmedians=True)
+        axes.set_yticks(range(1, len(names) + 1), names)
+        ticks = np.arange(np.floor(min(min(np.log10(metrics[n].values)) for n in names)),
+                          np.ceil(max(max(np.log10(metrics[n].values)) for n in names)) + 1)
+        axes.set_xticks(ticks, [f"{10 ** t:g}" for t in ticks])
+    axes.set_xlabel("latency (ms, log scale)")
+    axes.grid(True, axis="x", alpha=0.3)
+    return figure
+
+
+def delivery_curve(events: list[dict[str, Any]], ready_peers: int) -> Figure:
+    """Per announced message: share of the other ready peers that had it, against time since it was sent."""
+    figure, axes = _figure()
+    delays: dict[str, list[float]] = defaultdict(list)
+    for event in events:
+        if event["op"] == "gossip_delivery" and event["ok"]:
+            delays[event["msg"]].append((event["end_ns"] - event["start_ns"]) / 1e6)
+    expected = max(ready_peers - 1, 1)
+    for message, values in sorted(delays.items()):
+        ordered = np.sort(values)
+        axes.step(np.concatenate([[0], ordered]), np.arange(ordered.size + 1) / expected, where="post", alpha=0.6, label=message)
+    axes.set_xlabel("time since the message was sent (ms)")
+    axes.set_ylabel("share of peers reached")
+    axes.set_ylim(0, 1.05)
+    axes.grid(True, alpha=0.3)
+    if len(delays) <= 12:
+        axes.legend(fontsize=7)
+    return figure
+
+
+def memory_over_time(samples: list[dict[str, Any]]) -> Figure:
+    """RSS across peers per collector sweep: median and the 5-95 percentile band."""
+    figure, axes = _figure()
+    peers = [s for s in samples if s.get("role") == "peer"]
+    if peers:
+        start = min(s["t_ns"] for s in peers)
+        sweeps: dict[int, list[float]] = defaultdict(list)
+        for sample in peers:
+            sweeps[round((sample["t_ns"] - start) / 1e9)].append(sample["rss"] / MIB)
+        seconds = sorted(sweeps)
+        low, mid, high = (np.array([np.percentile(sweeps[t], q) for t in seconds]) for q in BAND)
+        axes.fill_between(seconds, low, high, alpha=0.3, label="p5-p95 of peers")
+        axes.plot(seconds, mid, label="median peer")
+        axes.legend()
+    axes.set_xlabel("time since the first sample (s)")
+    axes.set_ylabel("RSS per peer (MiB)")
+    axes.grid(True, alpha=0.3)
+    return figure
+
+
+def memory_per_peer(metrics: dict[str, Metric]) -> Figure:
+    """Each peer's peak RSS, USS and PSS."""
+    figure, axes = _figure()
+    names = [name for name in MEMORY_FIELDS if metrics.get(name) and metrics[name].values]
+    if names:
+        axes.hist([metrics[name].values for name in names], bins=20, label=[MEMORY_FIELDS[name].upper() for name in names])
+        axes.legend()
+    axes.set_xlabel("peak memory per peer (MiB)")
+    axes.set_ylabel("peers")
+    axes.grid(True, alpha=0.3)
+    return figure

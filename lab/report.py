@@ -1,0 +1,80 @@
+"""`lab report`: one self-contained report.html per run (figures embedded), the figures also
+as PNG and SVG files in the run's plots/ directory."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from lab import plots, results
+from lab.compare import DEFAULT_ALPHA, DEFAULT_NOISE, compare_samples, run_samples
+from lab.metrics import all_metrics
+
+REPORT = "report.html"
+PLOTS = "plots"
+REPORT_NEEDS = (results.MANIFEST, results.EVENTS, results.RESOURCES, results.SUMMARY, results.VERDICTS)
+
+
+def _save(figure: Figure, directory: Path, name: str) -> str:
+    """Writes NAME.png and NAME.svg; returns the PNG as a data URI for the page."""
+    directory.mkdir(exist_ok=True)
+    figure.savefig(directory / f"{name}.svg")
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110)
+    (directory / f"{name}.png").write_bytes(png.getvalue())
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+
+
+def _figures(run_dir: Path, baseline: Path | None) -> list[dict[str, str]]:
+    manifest = results.read_json(run_dir / results.MANIFEST)
+    events = results.read_jsonl(run_dir / results.EVENTS)
+    samples = results.read_jsonl(run_dir / results.RESOURCES)
+    metrics = all_metrics(events, samples, manifest.get("peers_ready") or 0)
+    latency = {name: m for name, m in metrics.items() if m.unit == "millisecond"}
+    wanted: list[tuple[str, str, Figure]] = [
+        ("latency_cdf", "Latency per operation (empirical CDF)", plots.latency_cdfs(latency)),
+        ("latency_violin", "Latency distributions", plots.latency_violins(latency)),
+    ]
+    if any(e["op"] == "gossip_delivery" for e in events):
+        wanted.append(("gossip_delivery", "Gossip delivery: share of peers reached over time",
+                       plots.delivery_curve(events, manifest.get("peers_ready") or 0)))
+    wanted += [
+        ("memory_over_time", "Memory per peer over time (RSS)", plots.memory_over_time(samples)),
+        ("memory_per_peer", "Peak memory per peer", plots.memory_per_peer(metrics)),
+    ]
+    if baseline is not None:
+        base = {name: m for name, m in run_samples(baseline).items() if m.unit == "millisecond"}
+        wanted.append(("compare_cdf", f"This run (solid) against {baseline.name} (dashed)",
+                       plots.latency_cdfs(latency, base, ("", "(baseline)"))))
+    return [{"name": name, "title": title, "src": _save(figure, run_dir / PLOTS, name)} for name, title, figure in wanted]
+
+
+def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
+    """Renders RUN_DIR/report.html from the run's own files; with a baseline, adds the
+    comparison table and overlaid distributions."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("lab", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    comparisons = None
+    if baseline is not None:
+        comparisons = compare_samples(run_samples(baseline), run_samples(run_dir), DEFAULT_NOISE, DEFAULT_ALPHA)
+    context: dict[str, Any] = {
+        "manifest": results.read_json(run_dir / results.MANIFEST),
+        "summary": results.read_json(run_dir / results.SUMMARY),
+        "verdicts": results.read_json(run_dir / results.VERDICTS),
+        "figures": _figures(run_dir, baseline),
+        "baseline": baseline,
+        "comparisons": comparisons,
+    }
+    context["manifest_text"] = json.dumps(context["manifest"], indent=2)
+    path = run_dir / REPORT
+    path.write_text(environment.get_template("report.html").render(**context))
+    return path
