@@ -11,6 +11,7 @@ import click
 
 from lab import cleanup, console, doctor, quantities, results
 from lab import compare as compare_runs
+from lab import sweep as sweeps
 from lab.metrics import unit_of
 from lab.network import NetworkError
 from lab.orchestrator import (
@@ -189,6 +190,37 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
         click.echo(line)
     if reply.get("passed") is False:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("topology_file", type=click.Path(path_type=Path), metavar="TOPOLOGY")
+@click.option("--set", "settings", multiple=True, required=True, metavar="NAME=V1,V2",
+              help="A swept setting: peers, a link field (loss, delay, ...) or a dotted path (repeatable: a grid).")
+@click.option("--out", type=click.Path(path_type=Path), help="Sweep directory (default results/<name>-sweep-<UTC time>).")
+@click.option("--quick", is_flag=True, help="Smaller workload at every point.")
+def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quick: bool) -> None:
+    """Run TOPOLOGY at every point of a grid of settings; write sweep.json, sweep.md and scaling curves."""
+    try:
+        topology = load_topology(topology_file)
+        parsed = [sweeps.Setting.parse(text) for text in settings]
+        points = sweeps.grid(topology.model_dump(mode="json", exclude_defaults=True), parsed, str(topology_file))
+    except TopologyError as exc:
+        raise LabError(str(exc)) from None
+    if quick:
+        points = [(chosen, point.quick()) for chosen, point in points]
+    out = out or default_out(topology, "-sweep")
+    click.echo(f"sweep: {len(points)} points into {out}")
+    try:
+        done = asyncio.run(sweeps.run_sweep(points, parsed, topology_file.read_text(), out, click.echo))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        click.echo(f"interrupted: the points measured so far are in {out / sweeps.SWEEP_FILE}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (SetupError, NetworkError) as exc:
+        raise LabError(str(exc)) from None
+    click.echo("")
+    click.echo((out / "sweep.md").read_text())
+    click.echo(f"sweep: {out}")
+    sys.exit(max(p["exit_code"] for p in done))
 
 
 @main.command(name="report")

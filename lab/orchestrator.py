@@ -106,9 +106,9 @@ def summarize_metrics(metrics: dict[str, Metric]) -> dict[str, dict[str, Any]]:
     return {name: {"unit": m.unit, **summarize(m.values, m.attempts)} for name, m in metrics.items()}
 
 
-def default_out(topology: Topology) -> Path:
+def default_out(topology: Topology, kind: str = "") -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Path("results") / f"{topology.name}-{stamp}"
+    return Path("results") / f"{topology.name}{kind}-{stamp}"
 
 
 class Run:

@@ -111,3 +111,37 @@ def memory_per_peer(metrics: dict[str, Metric]) -> Figure:
     axes.set_ylabel("peers")
     axes.grid(True, alpha=0.3)
     return figure
+
+
+def _interval_arms(figures: dict[str, Any]) -> tuple[float, float]:
+    """Distances from the median down and up to its 95% interval (0 where there is none)."""
+    low, high = figures["p50_ci95"] or (None, None)
+    return (figures["p50"] - low if low is not None else 0.0, high - figures["p50"] if high is not None else 0.0)
+
+
+def scaling_curve(points: list[dict[str, Any]], x_name: str, metric: str) -> Figure:
+    """p50 (with its 95% interval) and p95 of one metric against the first swept setting; one
+    line per combination of the other settings."""
+    figure, axes = _figure()
+    lines: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+    for point in points:
+        figures = point["metrics"].get(metric)
+        x = point["x"]
+        if figures is None or figures["p50"] is None or x is None:
+            continue
+        rest = ", ".join(f"{k}={v}" for k, v in point["settings"].items() if k != x_name)
+        lines[rest].append((x, figures))
+    unit = ""
+    for label, series in sorted(lines.items()):
+        series.sort(key=lambda item: item[0])
+        xs = [x for x, _ in series]
+        p50 = [f["p50"] for _, f in series]
+        errors = np.array([_interval_arms(f) for _, f in series]).T
+        bars = axes.errorbar(xs, p50, yerr=errors, marker="o", capsize=3, label=f"p50 {label}".strip())
+        axes.plot(xs, [f["p95"] for _, f in series], "--", marker="x", color=bars[0].get_color(), label=f"p95 {label}".strip())
+        unit = series[0][1]["unit"]
+    axes.set_xlabel(x_name)
+    axes.set_ylabel(f"{metric} ({unit})")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return figure
