@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ class Leftovers:
     pids: list[int] = field(default_factory=list)
     state_file: Path | None = None
     control: Path | None = None
+    directories: list[Path] = field(default_factory=list)
 
 
 def _orchestrator_alive(state_file: Path) -> bool:
@@ -56,11 +59,11 @@ def find_leftovers() -> dict[str, Leftovers]:
 
     namespaces = netns.listnetns() if os.geteuid() == 0 else []
     for name in namespaces:
-        if (run := runid.run_of_netns(name)) is not None:
+        if (run := runid.run_of_name(name)) is not None:
             entry(run).namespaces.append(name)
     if namespaces:
         for name, pids in netns.ns_pids().items():
-            if (run := runid.run_of_netns(name)) is not None:
+            if (run := runid.run_of_name(name)) is not None:
                 entry(run).pids.extend(pids)
     for process in psutil.process_iter(["pid"]):
         try:
@@ -69,6 +72,9 @@ def find_leftovers() -> dict[str, Leftovers]:
             continue
         if run and process.pid not in entry(run).pids:
             entry(run).pids.append(process.pid)
+    for directory in Path(tempfile.gettempdir()).glob(f"{runid.PREFIX}-*-delayer-*"):  # the delay line's socket
+        if (run := runid.run_of_name(directory.name)) is not None:
+            entry(run).directories.append(directory)
     for state_file in runid.state_dir().glob("*.json"):
         leftover = entry(state_file.stem)
         leftover.state_file = state_file
@@ -97,6 +103,10 @@ def clean(echo: Callable[[str], None]) -> int:
         for name in leftover.namespaces:
             netns.remove(name)
             echo(f"run {run}: removed namespace {name}")
+            removed += 1
+        for directory in leftover.directories:
+            shutil.rmtree(directory, ignore_errors=True)
+            echo(f"run {run}: removed {directory}")
             removed += 1
         for path in (leftover.control, leftover.state_file):
             if path is not None and path.exists():

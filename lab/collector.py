@@ -46,12 +46,19 @@ def sample_process(process: psutil.Process, role: str, peer: int | None, detaile
 
 class Collector:
     def __init__(
-        self, interval_s: float, detail_every: int, targets: Callable[[], dict[int, int]], sink: Callable[[Sample], None]
+        self,
+        interval_s: float,
+        detail_every: int,
+        targets: Callable[[], dict[int, int]],
+        sink: Callable[[Sample], None],
+        helpers: Callable[[], dict[str, int]] = dict,
     ) -> None:
-        """`targets` returns {peer index: pid} of the peers alive now."""
+        """`targets` returns {peer index: pid} of the peers alive now; `helpers` {role: pid} of
+        the lab's own helper processes (the delay line), sampled so the lab's cost is known."""
         self.interval_s = interval_s
         self.detail_every = detail_every
         self.targets = targets
+        self.helpers = helpers
         self.sink = sink
         self._processes: dict[int, psutil.Process] = {}
         self._self = psutil.Process(os.getpid())
@@ -61,12 +68,14 @@ class Collector:
     def sweep(self, detailed: bool) -> list[Sample]:
         started = time.monotonic()
         samples = []
-        for peer, pid in self.targets().items():
+        targets: list[tuple[str, int | None, int]] = [("peer", peer, pid) for peer, pid in self.targets().items()]
+        targets += [(role, None, pid) for role, pid in self.helpers().items()]
+        for role, peer, pid in targets:
             try:
                 process = self._processes.get(pid) or self._processes.setdefault(pid, psutil.Process(pid))
             except psutil.NoSuchProcess:
                 continue
-            sample = sample_process(process, "peer", peer, detailed)
+            sample = sample_process(process, role, peer, detailed)
             if sample is not None:
                 samples.append(sample)
         own = sample_process(self._self, "orchestrator", None, detailed)

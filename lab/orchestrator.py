@@ -21,7 +21,7 @@ from lab import doctor, provenance, quantities, results, runid
 from lab.collector import Collector
 from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
 from lab.fleet import CallFailed, Fleet, PeerLost
-from lab.metrics import Metric, all_metrics, impairment_periods
+from lab.metrics import MIB, Metric, all_metrics, impairment_periods
 from lab.network import LoopbackNetwork, NamespaceNetwork
 from lab.peerlogs import count_levels
 from lab.progress import Ticker
@@ -175,6 +175,7 @@ class Run:
             topology.collector.detail_every,
             lambda: {p.index: p.pid for p in fleet.alive if p.pid is not None},
             self.on_sample,
+            lambda: self.live.links.backend.helper_pids() if self.live else {},
         )
         impair_socket = self.results.path / "impairment.sock"
         state = {
@@ -287,6 +288,8 @@ class Run:
         self.lost = len(lost)
         groups = self.topology.peer_groups()
         self.echo(f"[cleanup] stopped {len(fleet.peers)} peers, removed {len(removed)} namespaces")
+        costs = self._lab_costs()
+        self.echo("[lab] own CPU: " + ", ".join(f"{role} {c['cpu_seconds']:.1f}s" for role, c in sorted(costs.items())))
         self.results.update_manifest(
             status=status,
             partial=status != "complete",
@@ -296,6 +299,7 @@ class Run:
             peers_lost=self.lost,
             phases=self.phase_reports,
             collector={"sweeps": collector.sweeps, "seconds": collector.sweep_seconds},
+            lab_processes=costs,
             peers=[
                 {
                     "index": p.index,
@@ -309,6 +313,17 @@ class Run:
                 for p in fleet.peers
             ],
         )
+
+    def _lab_costs(self) -> dict[str, dict[str, float]]:
+        """CPU seconds and peak RSS of the lab's own processes (orchestrator, delay line): the
+        share of the machine the measurement itself took."""
+        costs: dict[str, dict[str, float]] = {}
+        for sample in self.samples:
+            if sample.get("role") != "peer":
+                cost = costs.setdefault(sample["role"], {"cpu_seconds": 0.0, "max_rss_mib": 0.0})
+                cost["cpu_seconds"] = max(cost["cpu_seconds"], sample["cpu_user"] + sample["cpu_system"])
+                cost["max_rss_mib"] = max(cost["max_rss_mib"], sample["rss"] / MIB)
+        return costs
 
     def _outcome(self, status: str) -> RunOutcome:
         metrics = all_metrics(self.events, self.samples, self.ready)

@@ -45,9 +45,9 @@ class RunId:
         return state_dir() / f"{self.value}.json"
 
 
-def run_of_netns(name: str) -> str | None:
-    """The run id in a namespace name made by `RunId`, else None."""
+def run_of_name(name: str) -> str | None:
+    """The run id in a name made from `RunId.prefix` (namespaces, the delay line's directory), else None."""
     parts = name.split("-")
-    if len(parts) == 3 and parts[0] == PREFIX and len(parts[1]) == 6:
+    if len(parts) >= 3 and parts[0] == PREFIX and len(parts[1]) == 6:
         return parts[1]
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -39,7 +40,7 @@ def write_topology(path: Path, base: Path = TINY, **changes: object) -> Path:
 
 def leftovers(run: str) -> list[str]:
     """Namespaces and processes of one run still present."""
-    found = [name for name in netns.listnetns() if runid.run_of_netns(name) == run]
+    found = [name for name in netns.listnetns() if runid.run_of_name(name) == run]
     for process in psutil.process_iter(["pid"]):
         try:
             if process.environ().get(runid.ENV_VAR) == run:
@@ -48,4 +49,5 @@ def leftovers(run: str) -> list[str]:
             continue
     if (runid.state_dir() / f"{run}.json").exists():
         found.append("state file")
+    found += [str(d) for d in Path(tempfile.gettempdir()).glob(f"{runid.RunId(run).prefix}-delayer-*")]
     return found

@@ -56,6 +56,10 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
     impairment = manifest["impairment"]
     assert impairment["applied"] and impairment["verified"] is True and len(impairment["verification"]) == 4
     assert impairment["backend"] == choose_backend("auto")[0]
+    costs = manifest["lab_processes"]
+    assert costs["orchestrator"]["cpu_seconds"] > 0
+    if impairment["backend"] == "userspace":  # the delay line's own CPU time is measured, not hidden
+        assert costs["delay_line"]["cpu_seconds"] > 0 and costs["delay_line"]["max_rss_mib"] > 0
     sources = [e["source"] for e in read_jsonl(out / "events.jsonl") if e["op"] == "impairment"]
     assert sources == ["topology", "workload phase impair ['a']", "workload phase impair ['a'] (end of duration)",
                        "lab netem", "lab netem --clear"]
@@ -83,3 +87,25 @@ def test_impairment_the_backend_cannot_give_refuses_before_building(tmp_path: Pa
         "(kernel sch_netem); set impairment.backend or change the link"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_lab_clean_after_a_killed_impaired_run_leaves_nothing(tmp_path: Path) -> None:
+    """SIGKILL the orchestrator mid-run: the delay line dies with it (PDEATHSIG); lab clean
+    removes the namespaces (and with them every qdisc and rule) and the delay line's directory."""
+    out = tmp_path / "run"
+    run = subprocess.Popen(lab_command("run", str(IMPAIRED), "--out", str(out)), cwd=ROOT, text=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_restore(out, run)
+    finally:
+        run.kill()
+        run.wait(timeout=30)
+    run_id = json.loads((out / "manifest.json").read_text())["run_id"]
+    deadline = time.monotonic() + 15
+    while any(item.startswith("pid") for item in leftovers(run_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = leftovers(run_id)
+    assert not any(item.startswith("pid") for item in left), left
+    assert any("-delayer-" in item for item in left) and any(item.startswith("plab-") for item in left), left
+    assert run_lab("clean").returncode == 0
+    assert leftovers(run_id) == []

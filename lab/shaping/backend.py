@@ -36,6 +36,10 @@ class Backend(ABC):
     def kernel_state(self, slot: PeerSlot) -> list[str]:
         """What the kernel (and delay line) do to the peer's packets now, read back, not remembered."""
 
+    def helper_pids(self) -> dict[str, int]:
+        """{role: pid} of helper processes, for the collector (only the userspace backend has one)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 (optional hook: only the userspace backend has helpers)
         """Stops helpers; links go with their namespaces."""
 

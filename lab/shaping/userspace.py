@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lab.netlink import NetlinkError, NetNS
 from lab.network import PeerSlot
-from lab.runid import ENV_VAR
+from lab.runid import ENV_VAR, RunId
 from lab.shaping import tc
 from lab.shaping.backend import Backend, ShapingError
 from lab.shaping.delayer import QUEUE_NUM
@@ -68,7 +68,7 @@ class DelayLine:
     """The delayer process and a connection to its control socket."""
 
     def __init__(self, run: str, seed: int) -> None:
-        self.directory = tempfile.mkdtemp(prefix=f"plab-{run}-delayer-")
+        self.directory = tempfile.mkdtemp(prefix=f"{RunId(run).prefix}-delayer-")
         control = os.path.join(self.directory, "control.sock")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lab.shaping.delayer", "--control", control, "--seed", str(seed)],
@@ -158,6 +158,9 @@ class UserspaceBackend(Backend):
             lines = tc.describe(ns, ns.link_lookup(ifname="eth0")[0])
         hub = _in_netns(self.hub_netns, ["iptables", "-S", CHAIN]).splitlines()
         return lines + [f"hub: iptables {rule}" for rule in hub if rule.startswith(f"-A {CHAIN} -i {slot.hub_port} ")]
+
+    def helper_pids(self) -> dict[str, int]:
+        return {"delay_line": self.delay_line.process.pid} if self.delay_line else {}
 
     def delay_line_stats(self) -> dict[str, object] | None:
         return self.delay_line.request({"op": "stats"}) if self.delay_line else None
