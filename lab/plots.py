@@ -50,7 +50,7 @@ def latency_violins(metrics: dict[str, Metric]) -> Figure:
     names = [name for name, metric in sorted(metrics.items()) if len(metric.values) > 1]
     figure, axes = _figure(9, 0.9 + 0.45 * max(len(names), 1))
     if names:
-        axes.violinplot([np.log10(metrics[name].values) for name in names], vert=False, showmedians=True)
+        axes.violinplot([np.log10(metrics[name].values) for name in names], orientation="horizontal", showmedians=True)
         axes.set_yticks(range(1, len(names) + 1), names)
         ticks = np.arange(np.floor(min(min(np.log10(metrics[n].values)) for n in names)),
                           np.ceil(max(max(np.log10(metrics[n].values)) for n in names)) + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -227,3 +228,20 @@ def test_report_opens_in_a_real_browser_with_every_image_and_the_runs_verdicts(n
     assert len(images) >= 5 and all(complete and width > 0 for complete, width in images), images
     verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
     assert shown == [["PASS" if v["passed"] else "FAIL", v["metric"]] for v in verdicts]
+
+
+@needs_root
+def test_report_with_compare_adds_the_table_and_overlaid_distributions(netns_run: tuple, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lab.cli import main
+
+    _, out = netns_run
+    run = shutil.copytree(out, tmp_path / "run")
+    result = CliRunner().invoke(main, ["report", str(run), "--compare", str(out)])
+    assert result.exit_code == 0, result.output
+    page = (run / "report.html").read_text()
+    assert 'id="comparison"' in page and 'id="figure-compare_cdf"' in page and (run / "plots" / "compare_cdf.svg").exists()
+    assert "unchanged" in page  # a run against itself changes nothing
+    bad = CliRunner().invoke(main, ["report", str(run), "--compare", str(tmp_path)])
+    assert bad.exit_code == 2 and "is not a finished run's results directory" in bad.output
