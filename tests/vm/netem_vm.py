@@ -1,9 +1,10 @@
 """Run tests under a kernel that has sch_netem, on a machine whose own kernel does not.
 
 Boots Debian's stock kernel (linux-image-amd64) under qemu's software emulation with a
-busybox initramfs; the guest mounts this machine's root filesystem read-only over 9p and
-runs the given command there (by default the impairment tests with LAB_TEST_BACKEND=netem),
-then powers off. The command's exit status is this script's.
+busybox initramfs; the guest mounts this machine's root filesystem read-only over 9p
+(scratch space: a tmpfs at /run/tmp) and runs the given command there (by default the
+impairment tests with LAB_TEST_BACKEND=netem), then powers off. The command's exit status
+is this script's.
 
     python tests/vm/netem_vm.py                     # the impairment tests, netem backend
     python tests/vm/netem_vm.py -- lab doctor        # any command, from the project directory
@@ -33,7 +34,8 @@ MODULES = ["9p", "9pnet_virtio", "virtio_pci", "veth", "sch_netem", "sch_htb", "
 DEFAULT_COMMAND = [
     ".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "impairment", "tests",
 ]
-GUEST_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "LAB_TEST_BACKEND": "netem"}
+# The host's /tmp stays visible (read-only; a checkout may live there); scratch space is /run/tmp.
+GUEST_ENV = {"HOME": "/run/tmp", "TMPDIR": "/run/tmp", "PYTHONDONTWRITEBYTECODE": "1", "LAB_TEST_BACKEND": "netem"}
 EXIT_MARK = "LAB-VM-EXIT="
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -42,7 +44,7 @@ for module in $(cat /modules.order); do insmod /modules/$module.ko || echo "insm
 mkdir -p /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot || poweroff -f
 mount -t proc proc /newroot/proc; mount -t sysfs sys /newroot/sys; mount -t devtmpfs dev /newroot/dev
-mount -t tmpfs tmp /newroot/tmp; mount -t tmpfs run /newroot/run; mkdir -p /newroot/dev/shm; mount -t tmpfs shm /newroot/dev/shm
+mount -t tmpfs run /newroot/run; mkdir -p /newroot/run/tmp /newroot/dev/shm; mount -t tmpfs shm /newroot/dev/shm
 [ -f /share ] && mount -t 9p -o trans=virtio,version=9p2000.L share /newroot/mnt
 chroot /newroot /bin/sh -c "$(cat /command)"
 echo "LAB-VM-EXIT=$?"
