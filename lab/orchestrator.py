@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab import doctor, provenance, quantities, results, runid
+from lab import doctor, limits, provenance, quantities, results, runid
 from lab.collector import Collector
 from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
 from lab.fleet import CallFailed, Fleet, PeerLost
@@ -379,6 +379,14 @@ async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -
     """Checks the machine before creating anything, so a setup error leaves nothing behind."""
     mode = await asyncio.to_thread(choose_mode, topology.network.mode)
     backend = await asyncio.to_thread(choose_impairment, topology, mode[0])
+    try:
+        raised = limits.raise_open_files(topology.peer_count)
+        if mode[0] == "netns":
+            limits.check_namespaces(topology.peer_count)
+    except limits.LimitError as exc:
+        raise SetupError(str(exc)) from None
+    if raised:
+        echo(f"[limits] {raised}")
     try:
         run = Run(topology, source, out, echo, mode, backend)
     except FileExistsError as exc:
