@@ -67,9 +67,7 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
             outcomes = asyncio.run(run_repeated(topology, source, out, click.echo, repeat))
         else:
             outcomes = [asyncio.run(run_topology(topology, source, out, click.echo))]
-        if report:
-            for outcome in outcomes:
-                click.echo(f"report: {write_report(outcome.path)}")
+        reports = [write_report(outcome.path) for outcome in outcomes] if report else []
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         click.echo(f"interrupted: partial results in {out}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -93,6 +91,8 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
         for line in console.repeat_lines(results.read_json(out / REPEAT_FILE), outcomes):
             click.echo(line)
     click.echo(f"results: {out}")
+    for path in reports:
+        click.echo(f"report: {path}")
     sys.exit(max(o.exit_code for o in outcomes))
 
 
