@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.forkserver import ForkedProcess, ForkServer
 from lab.network import PeerSlot
 from lab.runid import ENV_VAR
 from nodes import wire
@@ -37,7 +38,7 @@ class CallFailed(RuntimeError):
 class PeerProcess:
     slot: PeerSlot
     log_path: Path
-    process: asyncio.subprocess.Process | None = None
+    process: asyncio.subprocess.Process | ForkedProcess | None = None
     writer: asyncio.StreamWriter | None = None
     peer_id: str = ""
     addrs: list[str] = field(default_factory=list)
@@ -77,8 +78,11 @@ class PeerProcess:
 class Fleet:
     """Spawns, drives and stops the peer processes of one run."""
 
-    def __init__(self, run_id: str, control_path: Path, log_dir: Path, on_event: EventSink) -> None:
+    def __init__(self, run_id: str, control_path: Path, log_dir: Path, on_event: EventSink, hosting: str = "spawn") -> None:
+        """`hosting`: "spawn" starts a fresh interpreter per peer; "fork" forks peers from a
+        fork server that imported py-libp2p once (docs/design.md, Peers)."""
         self.run_id = run_id
+        self.forks = ForkServer(self._environment()) if hosting == "fork" else None
         self.control_path = control_path
         self.log_dir = log_dir
         self.on_event = on_event
@@ -88,8 +92,13 @@ class Fleet:
         self._call_ids = itertools.count(1)
         self._watchers: list[asyncio.Task[None]] = []
 
+    def _environment(self) -> dict[str, str]:
+        return {**os.environ, ENV_VAR: self.run_id, "PYTHONUNBUFFERED": "1"}
+
     async def open(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.control_path), limit=wire.MAX_LINE)
+        if self.forks is not None:
+            await self.forks.open()
 
     @property
     def peers(self) -> list[PeerProcess]:
@@ -105,18 +114,21 @@ class Fleet:
         """Spawns one peer and waits until it listens; raises PeerLost if it does not."""
         peer = PeerProcess(slot, self.log_dir / f"peer-{slot.index:04d}.stderr")
         self._peers[slot.index] = peer
-        command = [sys.executable, "-m", "nodes.peer", "--index", str(slot.index), "--control", str(self.control_path)]
-        if slot.netns:
-            command += ["--netns", slot.netns]
-        with peer.log_path.open("wb") as log:
-            peer.process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, ENV_VAR: self.run_id, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,  # a Ctrl-C reaches the orchestrator, which stops peers in order
-            )
+        if self.forks is not None:
+            peer.process = await self.forks.spawn(slot.index, self.control_path, slot.netns, peer.log_path)
+        else:
+            command = [sys.executable, "-m", "nodes.peer", "--index", str(slot.index), "--control", str(self.control_path)]
+            if slot.netns:
+                command += ["--netns", slot.netns]
+            with peer.log_path.open("wb") as log:
+                peer.process = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=self._environment(),
+                    start_new_session=True,  # a Ctrl-C reaches the orchestrator, which stops peers in order
+                )
         self._watchers.append(asyncio.create_task(self._watch(peer)))
         try:
             async with asyncio.timeout(timeout):
@@ -239,3 +251,5 @@ class Fleet:
             self._server.close()
             await self._server.wait_closed()
         self.control_path.unlink(missing_ok=True)
+        if self.forks is not None:
+            await self.forks.close()

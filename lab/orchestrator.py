@@ -169,7 +169,7 @@ class Run:
             else LoopbackNetwork(topology.peer_count)
         )
         control = self.results.path / "control.sock"
-        fleet = Fleet(self.run_id.value, control, self.results.log_dir, self.on_event)
+        fleet = Fleet(self.run_id.value, control, self.results.log_dir, self.on_event, topology.network.peer_hosting)
         collector = Collector(
             quantities.seconds(topology.collector.interval),
             topology.collector.detail_every,

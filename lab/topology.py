@@ -180,6 +180,11 @@ class Libp2p(Strict):
 class Network(Strict):
     mode: Literal["auto", "netns", "loopback"] = "auto"
     spawn_concurrency: int = Field(default=8, ge=1, description="peer processes starting at once")
+    peer_hosting: Literal["spawn", "fork"] = Field(
+        default="spawn",
+        description="spawn: a fresh interpreter per peer (~59 MB USS); fork: peers forked from a server that "
+        "imported py-libp2p once (~19 MB USS, the rest shared copy-on-write; PSS counts the sharing fairly)",
+    )
 
 
 Concurrency = Annotated[int, Field(ge=1, description="peers acting at once; more loads the machine, not the protocol")]

@@ -245,3 +245,22 @@ def test_report_with_compare_adds_the_table_and_overlaid_distributions(netns_run
     assert "unchanged" in page  # a run against itself changes nothing
     bad = CliRunner().invoke(main, ["report", str(run), "--compare", str(tmp_path)])
     assert bad.exit_code == 2 and "is not a finished run's results directory" in bad.output
+
+
+@needs_root
+def test_forked_peers_run_and_a_killed_one_is_reported(tmp_path: Path) -> None:
+    """network.peer_hosting: fork: the peers are children of one fork server, and the fleet
+    still learns each exit status from it."""
+    topology = write_topology(tmp_path / "fork.yaml", network={"peer_hosting": "fork"})
+    out = tmp_path / "results"
+    process, run = start_run(out, topology)
+    wait_for_line(process, "[1/6]")
+    servers = [p for p in map(psutil.Process, peer_pids(run)) if p.children()]
+    assert len(servers) == 1 and len(servers[0].children()) == 6, servers
+    os.kill(servers[0].children()[-1].pid, signal.SIGKILL)
+    rest, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, rest
+    lab_errors = json.loads((out / "summary.json").read_text())["errors"]["lab"]
+    assert any("exited with status -9" in str(e["error"]) for e in lab_errors), lab_errors
+    assert json.loads((out / "manifest.json").read_text())["peers_ready"] == 6
+    assert leftovers(run) == []
