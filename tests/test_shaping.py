@@ -29,7 +29,7 @@ regions:
     far: {near: 25ms, far: 2ms}
 groups:
   - {name: a, count: 2, region: near, link: {delay: 10ms, jitter: 3ms, loss: 5%}}
-  - {name: b, count: 2, region: far, link: {delay: 5ms, rate: 20mbit}}
+  - {name: b, count: 2, region: far, link: {delay: 5ms, rate: 10mbit}}
 workload: [{phase: bootstrap}]
 """
 
