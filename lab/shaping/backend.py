@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from lab import doctor
+from lab.netlink import NetlinkError, NetNS
 from lab.network import PeerSlot
+from lab.shaping import tc
 from lab.shaping.plan import LinkPlan
+
+Install = Callable[[NetNS, int], None]  # puts a qdisc tree on an interface (namespace, ifindex)
 
 NETEM_NEEDS = ("sch_netem", "htb")
 USERSPACE_NEEDS = ("iptables statistic", "nfqueue", "tbf")
@@ -32,9 +37,24 @@ class Backend(ABC):
     def apply(self, changes: list[tuple[PeerSlot, LinkPlan]]) -> None:
         """Puts each plan in force on its peer's link; returns once the kernel has it."""
 
-    @abstractmethod
     def kernel_state(self, slot: PeerSlot) -> list[str]:
         """What the kernel (and delay line) do to the peer's packets now, read back, not remembered."""
+        assert slot.netns is not None
+        with NetNS(slot.netns) as ns:
+            return tc.describe(ns, ns.link_lookup(ifname="eth0")[0])
+
+    @staticmethod
+    def replace_root(slot: PeerSlot, install: Install | None, what: str) -> None:
+        """Swaps the qdisc tree on the peer's eth0 for `install`'s (none when None)."""
+        assert slot.netns is not None
+        try:
+            with NetNS(slot.netns) as ns:
+                eth0 = ns.link_lookup(ifname="eth0")[0]
+                tc.remove_root(ns, eth0)
+                if install is not None:
+                    install(ns, eth0)
+        except NetlinkError as exc:
+            raise ShapingError(f"peer {slot.index}: tc refused {what} ({exc})") from exc
 
     def helper_pids(self) -> dict[str, int]:
         """{role: pid} of helper processes, for the collector (only the userspace backend has one)."""

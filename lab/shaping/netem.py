@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from lab.netlink import NetlinkError, NetNS
+from functools import partial
+
 from lab.network import PeerSlot
 from lab.shaping import tc
-from lab.shaping.backend import Backend, ShapingError
+from lab.shaping.backend import Backend
 from lab.shaping.plan import LinkPlan
 
 
@@ -20,17 +21,5 @@ class NetemBackend(Backend):
 
     def apply(self, changes: list[tuple[PeerSlot, LinkPlan]]) -> None:
         for slot, plan in changes:
-            assert slot.netns is not None
-            try:
-                with NetNS(slot.netns) as ns:
-                    eth0 = ns.link_lookup(ifname="eth0")[0]
-                    tc.remove_root(ns, eth0)
-                    if plan.is_impaired:
-                        tc.install_netem_tree(ns, eth0, plan, self.prefixes)
-            except NetlinkError as exc:
-                raise ShapingError(f"peer {slot.index}: tc refused {plan.describe()} ({exc})") from exc
-
-    def kernel_state(self, slot: PeerSlot) -> list[str]:
-        assert slot.netns is not None
-        with NetNS(slot.netns) as ns:
-            return tc.describe(ns, ns.link_lookup(ifname="eth0")[0])
+            install = partial(tc.install_netem_tree, plan=plan, prefixes=self.prefixes) if plan.is_impaired else None
+            self.replace_root(slot, install, plan.describe())

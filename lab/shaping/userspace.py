@@ -23,9 +23,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
-from lab.netlink import NetlinkError, NetNS
 from lab.network import PeerSlot
 from lab.runid import ENV_VAR, RunId
 from lab.shaping import tc
@@ -142,20 +142,11 @@ class UserspaceBackend(Backend):
             self.rules_by_port[slot.hub_port] = port_rules(slot.hub_port, plan)
         _in_netns(self.hub_netns, ["iptables-restore"], hub_rules(self.rules_by_port))
         for slot, plan in changes:
-            assert slot.netns is not None
-            try:
-                with NetNS(slot.netns) as ns:
-                    eth0 = ns.link_lookup(ifname="eth0")[0]
-                    tc.remove_root(ns, eth0)
-                    if plan.rate_bps:
-                        tc.install_tbf(ns, eth0, plan.rate_bps)
-            except NetlinkError as exc:
-                raise ShapingError(f"peer {slot.index}: tc refused rate {plan.rate_bps} bit/s ({exc})") from exc
+            install = partial(tc.install_tbf, rate_bps=plan.rate_bps) if plan.rate_bps else None
+            self.replace_root(slot, install, f"rate {plan.rate_bps} bit/s")
 
     def kernel_state(self, slot: PeerSlot) -> list[str]:
-        assert slot.netns is not None
-        with NetNS(slot.netns) as ns:
-            lines = tc.describe(ns, ns.link_lookup(ifname="eth0")[0])
+        lines = super().kernel_state(slot)
         hub = _in_netns(self.hub_netns, ["iptables", "-S", CHAIN]).splitlines()
         return lines + [f"hub: iptables {rule}" for rule in hub if rule.startswith(f"-A {CHAIN} -i {slot.hub_port} ")]
 
