@@ -113,20 +113,19 @@ PROBES: dict[str, Callable[[], str]] = {
 }
 
 
-def problem(probe: str) -> str | None:
-    """None if the named probe passes on this machine, else its one-line reason."""
+def check(name: str) -> Check:
+    """Runs one probe; a failure's detail is the first line of its reason."""
     try:
-        PROBES[probe]()
+        return Check(name, True, PROBES[name]())
     except Exception as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return None
+        return Check(name, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def problem(name: str) -> str | None:
+    """None if the named probe passes on this machine, else its one-line reason."""
+    result = check(name)
+    return None if result.ok else result.detail
 
 
 def run_checks() -> list[Check]:
-    checks = []
-    for name, probe in PROBES.items():
-        try:
-            checks.append(Check(name, True, probe()))
-        except Exception as exc:
-            checks.append(Check(name, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-    return checks
+    return [check(name) for name in PROBES]

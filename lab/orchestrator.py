@@ -223,8 +223,7 @@ class Run:
         if change is None:
             return
         self.on_event(change.event())
-        matrix = plans.region_latency(self.topology)
-        groups = {g.name: plans.LinkPlan.of(g.link, matrix.get(g.region or "")).describe() for g in self.topology.groups}
+        groups = {name: plan.describe() for name, plan in plans.group_plans(self.topology).items()}
         manifest: dict[str, Any] = {"backend": self.backend, "reason": self.backend_why, "applied": True, "groups": groups}
         self.results.update_manifest(impairment=manifest)
         for name, text in groups.items():

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from lab import plots, results
 from lab.compare import DEFAULT_ALPHA, DEFAULT_NOISE, compare_samples, run_samples
-from lab.metrics import all_metrics
+from lab.metrics import Metric, all_metrics
 
 REPORT = "report.html"
 PLOTS = "plots"
@@ -33,12 +33,13 @@ def _save(figure: Figure, directory: Path, name: str) -> str:
     return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
 
 
-def _figures(run_dir: Path, baseline: Path | None) -> list[dict[str, str]]:
-    manifest = results.read_json(run_dir / results.MANIFEST)
-    events = results.read_jsonl(run_dir / results.EVENTS)
-    samples = results.read_jsonl(run_dir / results.RESOURCES)
-    metrics = all_metrics(events, samples, manifest.get("peers_ready") or 0)
-    latency = {name: m for name, m in metrics.items() if m.unit == "millisecond"}
+def _latency(metrics: dict[str, Metric]) -> dict[str, Metric]:
+    return {name: m for name, m in metrics.items() if m.unit == "millisecond"}
+
+
+def _figures(run_dir: Path, manifest: dict[str, Any], metrics: dict[str, Metric], events: list[dict[str, Any]],
+             samples: list[dict[str, Any]], baseline: tuple[Path, dict[str, Metric]] | None) -> list[dict[str, str]]:
+    latency = _latency(metrics)
     wanted: list[tuple[str, str, Figure]] = [
         ("latency_cdf", "Latency per operation (empirical CDF)", plots.latency_cdfs(latency)),
         ("latency_violin", "Latency distributions", plots.latency_violins(latency)),
@@ -51,30 +52,32 @@ def _figures(run_dir: Path, baseline: Path | None) -> list[dict[str, str]]:
         ("memory_per_peer", "Peak memory per peer", plots.memory_per_peer(metrics)),
     ]
     if baseline is not None:
-        base = {name: m for name, m in run_samples(baseline).items() if m.unit == "millisecond"}
-        wanted.append(("compare_cdf", f"This run (solid) against {baseline.name} (dashed)",
-                       plots.latency_cdfs(latency, base, ("", "(baseline)"))))
+        base_dir, base_metrics = baseline
+        wanted.append(("compare_cdf", f"This run (solid) against {base_dir.name} (dashed)",
+                       plots.latency_cdfs(latency, _latency(base_metrics), ("", "(baseline)"))))
     return [{"name": name, "title": title, "src": _save(figure, run_dir / PLOTS, name)} for name, title, figure in wanted]
 
 
 def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
-    """Renders RUN_DIR/report.html from the run's own files; with a baseline, adds the
-    comparison table and overlaid distributions."""
+    """Renders RUN_DIR/report.html from the run's own files, each read once; with a baseline,
+    adds the comparison table and overlaid distributions."""
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("lab", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
-    comparisons = None
-    if baseline is not None:
-        comparisons = compare_samples(run_samples(baseline), run_samples(run_dir), DEFAULT_NOISE, DEFAULT_ALPHA)
+    manifest = results.read_json(run_dir / results.MANIFEST)
+    events = results.read_jsonl(run_dir / results.EVENTS)
+    samples = results.read_jsonl(run_dir / results.RESOURCES)
+    metrics = all_metrics(events, samples, manifest.get("peers_ready") or 0)
+    base = (baseline, run_samples(baseline)) if baseline is not None else None
     context: dict[str, Any] = {
-        "manifest": results.read_json(run_dir / results.MANIFEST),
+        "manifest": manifest,
+        "manifest_text": json.dumps(manifest, indent=2),
         "summary": results.read_json(run_dir / results.SUMMARY),
         "verdicts": results.read_json(run_dir / results.VERDICTS),
-        "figures": _figures(run_dir, baseline),
+        "figures": _figures(run_dir, manifest, metrics, events, samples, base),
         "baseline": baseline,
-        "comparisons": comparisons,
+        "comparisons": compare_samples(base[1], metrics, DEFAULT_NOISE, DEFAULT_ALPHA) if base else None,
     }
-    context["manifest_text"] = json.dumps(context["manifest"], indent=2)
     path = run_dir / REPORT
     path.write_text(environment.get_template("report.html").render(**context))
     return path

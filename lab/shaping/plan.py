@@ -90,10 +90,16 @@ def region_latency(topology: Topology) -> dict[str, dict[str, float]]:
     }
 
 
+def group_plans(topology: Topology) -> dict[str, LinkPlan]:
+    """Each group's plan, by group name."""
+    matrix = region_latency(topology)
+    return {group.name: LinkPlan.of(group.link, matrix.get(group.region or "")) for group in topology.groups}
+
+
 def plans_for(topology: Topology) -> list[LinkPlan]:
     """Each peer's plan, by peer index."""
-    matrix = region_latency(topology)
-    return [LinkPlan.of(group.link, matrix.get(group.region or "")) for group in topology.peer_groups()]
+    by_group = group_plans(topology)
+    return [by_group[group.name] for group in topology.peer_groups()]
 
 
 def regions_of(topology: Topology) -> list[str | None]:
