@@ -22,16 +22,19 @@ import psutil
 Sample = dict[str, Any]
 
 
-def sample_process(process: psutil.Process, role: str, peer: int | None, detailed: bool) -> Sample | None:
-    """One sample, or None if the process has gone (its loss is reported by the fleet)."""
+def sample_process(process: psutil.Process, role: str, peers: list[int], detailed: bool, sweep: int) -> Sample | None:
+    """One sample, or None if the process has gone (its loss is reported by the fleet).
+    `peers`: the peers the process hosts (none for the lab's own processes)."""
     try:
         with process.oneshot():
             memory = process.memory_full_info() if detailed else process.memory_info()
             cpu = process.cpu_times()
             return {
                 "t_ns": time.monotonic_ns(),
+                "sweep": sweep,
                 "role": role,
-                "peer": peer,
+                "peer": peers[0] if peers else None,
+                "peers": peers,
                 "pid": process.pid,
                 "rss": memory.rss,
                 "uss": getattr(memory, "uss", None),
@@ -49,11 +52,11 @@ class Collector:
         self,
         interval_s: float,
         detail_every: int,
-        targets: Callable[[], dict[int, int]],
+        targets: Callable[[], dict[int, list[int]]],
         sink: Callable[[Sample], None],
         helpers: Callable[[], dict[str, int]] = dict,
     ) -> None:
-        """`targets` returns {peer index: pid} of the peers alive now; `helpers` {role: pid} of
+        """`targets` returns {pid: [peer index, ...]} of the host processes alive now; `helpers` {role: pid} of
         the lab's own helper processes (the delay line), sampled so the lab's cost is known."""
         self.interval_s = interval_s
         self.detail_every = detail_every
@@ -68,17 +71,17 @@ class Collector:
     def sweep(self, detailed: bool) -> list[Sample]:
         started = time.monotonic()
         samples = []
-        targets: list[tuple[str, int | None, int]] = [("peer", peer, pid) for peer, pid in self.targets().items()]
-        targets += [(role, None, pid) for role, pid in self.helpers().items()]
-        for role, peer, pid in targets:
+        targets: list[tuple[str, list[int], int]] = [("peer", peers, pid) for pid, peers in self.targets().items()]
+        targets += [(role, [], pid) for role, pid in self.helpers().items()]
+        for role, peers, pid in targets:
             try:
                 process = self._processes.get(pid) or self._processes.setdefault(pid, psutil.Process(pid))
             except psutil.NoSuchProcess:
                 continue
-            sample = sample_process(process, role, peer, detailed)
+            sample = sample_process(process, role, peers, detailed, self.sweeps)
             if sample is not None:
                 samples.append(sample)
-        own = sample_process(self._self, "orchestrator", None, detailed)
+        own = sample_process(self._self, "orchestrator", [], detailed, self.sweeps)
         if own is not None:
             samples.append(own)
         self.sweeps += 1

@@ -1,9 +1,10 @@
 """The peer processes of one run and the orchestrator's end of the control plane.
 
-Each peer is a real OS process (`python -m nodes.peer`) entering its own namespace. It dials
-the run's Unix socket, says hello, and then answers calls. A peer that exits, closes its
-socket, or misses a deadline is marked lost with its exit status and stderr tail; calls to it
-fail at once, so a dead peer never makes a run hang.
+Peers live in host processes (`python -m nodes.peer`, one per host, `network.peers_per_host`
+peers each) that enter their host's namespace. Each peer dials the run's Unix socket, says
+hello, and then answers calls. A peer that exits, closes its socket, or misses a deadline is
+marked lost with its exit status and stderr tail; calls to it fail at once, so a dead peer
+never makes a run hang.
 """
 
 from __future__ import annotations
@@ -110,18 +111,32 @@ class Fleet:
 
     # -- starting --------------------------------------------------------------------------
 
-    async def start(self, slot: PeerSlot, settings: dict[str, Any], timeout: float) -> PeerProcess:
-        """Spawns one peer and waits until it listens; raises PeerLost if it does not."""
-        peer = PeerProcess(slot, self.log_dir / f"peer-{slot.index:04d}.stderr")
-        self._peers[slot.index] = peer
+    def processes(self) -> dict[int, list[int]]:
+        """{pid: indices of its live peers}: what the collector samples."""
+        hosted: dict[int, list[int]] = {}
+        for peer in self.alive:
+            if peer.pid is not None:
+                hosted.setdefault(peer.pid, []).append(peer.index)
+        return hosted
+
+    async def start_host(self, slots: list[PeerSlot], settings: dict[str, Any], timeout: float) -> dict[int, str]:
+        """Starts one host process for `slots` and waits until each peer listens; returns
+        {peer index: why} for the peers that did not start (they take no part in the run)."""
+        log_path = self.log_dir / f"host-{slots[0].host:04d}.stderr"
+        peers = [PeerProcess(slot, log_path) for slot in slots]
+        for peer in peers:
+            self._peers[peer.index] = peer
+        indices = [slot.index for slot in slots]
+        netns = slots[0].netns
+        process: asyncio.subprocess.Process | ForkedProcess
         if self.forks is not None:
-            peer.process = await self.forks.spawn(slot.index, self.control_path, slot.netns, peer.log_path)
+            process = await self.forks.spawn(indices, self.control_path, netns, log_path)
         else:
-            command = [sys.executable, "-m", "nodes.peer", "--index", str(slot.index), "--control", str(self.control_path)]
-            if slot.netns:
-                command += ["--netns", slot.netns]
-            with peer.log_path.open("wb") as log:
-                peer.process = await asyncio.create_subprocess_exec(
+            command = [sys.executable, "-m", "nodes.peer", "--index", *map(str, indices), "--control", str(self.control_path)]
+            if netns:
+                command += ["--netns", netns]
+            with log_path.open("wb") as log:
+                process = await asyncio.create_subprocess_exec(
                     *command,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
@@ -129,20 +144,26 @@ class Fleet:
                     env=self._environment(),
                     start_new_session=True,  # a Ctrl-C reaches the orchestrator, which stops peers in order
                 )
-        self._watchers.append(asyncio.create_task(self._watch(peer)))
+        for peer in peers:
+            peer.process = process
+        self._watchers.append(asyncio.create_task(self._watch(process, peers)))
+        reasons = await asyncio.gather(*(self._start_peer(p, settings, timeout) for p in peers))
+        failures = {peer.index: reason for peer, reason in zip(peers, reasons, strict=True) if reason is not None}
+        if len(failures) == len(peers) and process.returncode is None:
+            process.kill()
+        return failures
+
+    async def _start_peer(self, peer: PeerProcess, settings: dict[str, Any], timeout: float) -> str | None:
         try:
             async with asyncio.timeout(timeout):
                 await self._wait_hello(peer)
-            identity = await self.call(peer, "start", {**settings, "listen": slot.listen}, timeout)
+            identity = await self.call(peer, "start", {**settings, "listen": peer.slot.listen}, timeout)
         except (TimeoutError, PeerLost, CallFailed) as exc:
-            # A peer that never became ready takes no part in the run.
             reason = f"no hello within {timeout:.0f}s" if isinstance(exc, TimeoutError) else str(exc)
             peer.mark_lost(f"did not start: {reason}")
-            if peer.process.returncode is None:
-                peer.process.kill()
-            raise PeerLost(f"peer {slot.index}: did not start: {reason}") from None
+            return f"peer {peer.index}: did not start: {reason}"
         peer.peer_id, peer.addrs = identity["peer_id"], identity["addrs"]
-        return peer
+        return None
 
     async def _wait_hello(self, peer: PeerProcess) -> None:
         hello = asyncio.create_task(peer.hello.wait())
@@ -154,10 +175,10 @@ class Fleet:
         if peer.lost is not None or not peer.hello.is_set():
             raise PeerLost(f"peer {peer.index}: {peer.lost or 'exited before hello'}")
 
-    async def _watch(self, peer: PeerProcess) -> None:
-        assert peer.process is not None
-        await peer.process.wait()
-        await self._lose(peer, "exited")
+    async def _watch(self, process: asyncio.subprocess.Process | ForkedProcess, peers: list[PeerProcess]) -> None:
+        await process.wait()
+        for peer in peers:
+            await self._lose(peer, "exited")
 
     async def _lose(self, peer: PeerProcess, what: str) -> None:
         """Marks the peer lost with the best cause known: its exit status and last stderr line
@@ -234,7 +255,8 @@ class Fleet:
                 pass  # escalated below: terminate, then kill
 
         await asyncio.gather(*(polite(p) for p in self.alive))
-        running = [p.process for p in self.peers if p.process and p.process.returncode is None]
+        processes = {id(p.process): p.process for p in self.peers if p.process is not None}
+        running = [process for process in processes.values() if process.returncode is None]
         for process in running:
             process.terminate()
         try:

@@ -76,12 +76,13 @@ class ForkServer:
             if not exited.done():
                 exited.set_result(-signal.SIGKILL)
 
-    async def spawn(self, index: int, control: Path, netns: str | None, log: Path) -> ForkedProcess:
+    async def spawn(self, peers: list[int], control: Path, netns: str | None, log: Path) -> ForkedProcess:
+        """Forks a host process for `peers` (nodes/peer.py); returns once it exists."""
         assert self.process is not None and self.process.stdin is not None
         async with self._lock:  # replies come in request order
             reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._replies.append(reply)
-            request = {"index": index, "control": str(control), "netns": netns, "log": str(log)}
+            request = {"peers": peers, "control": str(control), "netns": netns, "log": str(log)}
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
             await self.process.stdin.drain()
         pid = await reply

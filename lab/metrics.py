@@ -4,7 +4,11 @@
   (failed operations count as attempts, not as samples);
 - `gossip_delivery_ratio`: per announced message, the share of other ready peers that got it;
 - `memory_rss_mib`, `memory_uss_mib`, `memory_pss_mib`: each peer's peak, from psutil samples;
-- `cpu_seconds`: each peer's user+system CPU time at its last sample.
+  a host process's figure is split evenly among the peers it hosts (`network.peers_per_host`);
+- `memory_run_pss_mib`: the peak, over the collector's detailed sweeps, of the PSS of every
+  process of the run (peers and the lab itself) added up: the run's footprint on the machine,
+  shared pages counted once;
+- `cpu_seconds`: each peer's user+system CPU time at its last sample (split like memory).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 MIB = 1024 * 1024
 MEMORY_FIELDS = {"memory_rss_mib": "rss", "memory_uss_mib": "uss", "memory_pss_mib": "pss"}
+RUN_PSS = "memory_run_pss_mib"
 # Operations the peers report (nodes/), each a latency metric.
 OPERATIONS = (
     "bootstrap", "connect", "publish", "get", "dht_lookup", "dht_lookup_local", "dht_find_providers", "fetch",
@@ -28,7 +33,7 @@ def unit_of(metric: str) -> str | None:
     """The unit a metric is summarised in, or None for a name the lab never produces."""
     if metric in OPERATIONS or (metric.startswith(CONCURRENT_SEARCH) and metric[len(CONCURRENT_SEARCH):].isdigit()):
         return "millisecond"
-    if metric in MEMORY_FIELDS:
+    if metric in MEMORY_FIELDS or metric == RUN_PSS:
         return "mebibyte"
     if metric == "cpu_seconds":
         return "second"
@@ -113,21 +118,31 @@ def delivery_ratio(events: list[dict[str, Any]], ready_peers: int) -> Metric:
     return metric
 
 
+def per_peer(sample: dict[str, Any], key: str) -> float:
+    """A host process's figure divided among the peers it hosted at that sample."""
+    return float(sample[key]) / max(len(sample.get("peers") or [sample["peer"]]), 1)
+
+
 def resource_metrics(samples: list[dict[str, Any]]) -> dict[str, Metric]:
     peaks: dict[str, dict[int, float]] = {name: {} for name in MEMORY_FIELDS}
     cpu: dict[int, float] = {}
+    run_pss: dict[int, float] = defaultdict(float)
     for sample in samples:
+        if sample.get("pss") is not None and "sweep" in sample:
+            run_pss[sample["sweep"]] += sample["pss"] / MIB
         if sample.get("role") != "peer":
             continue
-        peer = sample["peer"]
-        for name, key in MEMORY_FIELDS.items():
-            if sample.get(key) is not None:
-                peaks[name][peer] = max(peaks[name].get(peer, 0.0), sample[key] / MIB)
-        cpu[peer] = sample["cpu_user"] + sample["cpu_system"]
+        for peer in sample.get("peers") or [sample["peer"]]:
+            for name, key in MEMORY_FIELDS.items():
+                if sample.get(key) is not None:
+                    peaks[name][peer] = max(peaks[name].get(peer, 0.0), per_peer(sample, key) / MIB)
+            cpu[peer] = per_peer(sample, "cpu_user") + per_peer(sample, "cpu_system")
     metrics = {
         name: Metric(name, "mebibyte", list(by_peer.values()), len(by_peer)) for name, by_peer in peaks.items()
     }
     metrics["cpu_seconds"] = Metric("cpu_seconds", "second", list(cpu.values()), len(cpu))
+    if run_pss:
+        metrics[RUN_PSS] = Metric(RUN_PSS, "mebibyte", [max(run_pss.values())], 1)
     return metrics
 
 

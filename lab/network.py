@@ -1,14 +1,18 @@
-"""The network builder: one namespace per peer, each joined to a router in a hub namespace.
+"""The network builder: one namespace per host, each joined to a router in a hub namespace.
 
-    peer ns plab-<run>-p0007                     hub ns plab-<run>-hub  (ip_forward=1)
-    eth0 198.18.0.9/32  <------ veth ------>  p0007  route 198.18.0.9/32 dev p0007
+    host ns plab-<run>-h0007                     hub ns plab-<run>-hub  (ip_forward=1)
+    eth0 198.18.0.9/32 (one /32 per peer)  <-- veth -->  h0007  route 198.18.0.9/32 dev h0007
     default via 198.18.0.1 (onlink)
+
+A host is one peer process and its namespace; with `network.peers_per_host` > 1 several peers
+share it, each on its own address of the host's eth0, so they share one link (and reach each
+other inside the namespace, not through the hub).
 
 Point-to-point links into a routed hub, not a shared bridge: with a bridge, every peer keeps
 an ARP entry per peer it talks to, and the kernel's neighbour table is one table for all
 namespaces (gc_thresh3 = 1024 entries by default, settable only in the host namespace). At 100
 bridged peers it overflowed ("neighbor table overflow!" in dmesg) and connects timed out. Here
-every neighbour entry is static (NUD_PERMANENT, exempt from gc_thresh): one per peer for its
+every neighbour entry is static (NUD_PERMANENT, exempt from gc_thresh): one per host for its
 gateway, one per peer in the hub. No ARP, no broadcast, no bridge port limit, and the host's
 own namespace is never touched. Addresses come from 198.18.0.0/15, reserved for benchmarking.
 In loopback mode (no root or no namespaces) peers share the host namespace on distinct
@@ -41,16 +45,18 @@ class NetworkError(RuntimeError):
 
 @dataclass(frozen=True)
 class PeerSlot:
-    """Where one peer lives: its namespace (None on loopback), address and listen multiaddr."""
+    """Where one peer lives: its host (process and namespace; None on loopback), address and
+    listen multiaddr."""
 
     index: int
     ip: str
     netns: str | None
+    host: int
 
     @property
     def hub_port(self) -> str:
-        """The hub's end of this peer's veth pair: what the peer sends arrives here."""
-        return f"p{self.index:04d}"
+        """The hub's end of this peer's host's veth pair: what the peer sends arrives here."""
+        return f"h{self.host:04d}"
 
     @property
     def listen(self) -> str:
@@ -82,15 +88,13 @@ def _write_sysctl_in(netns_name: str, key: str, value: str) -> None:
 class NamespaceNetwork:
     """Builds and removes the namespaced fabric of one run."""
 
-    def __init__(self, run: RunId, peers: int) -> None:
+    def __init__(self, run: RunId, hosts: list[list[int]]) -> None:
+        peers = sum(map(len, hosts))
         if peers > MAX_PEERS:
             raise NetworkError(f"198.18.0.0/15 holds at most {MAX_PEERS} peers, not {peers}")
         self.run = run
-        self.peers = peers
+        self.hosts = hosts
         self.created: list[str] = []
-
-    def slot(self, index: int) -> PeerSlot:
-        return PeerSlot(index, str(FABRIC.network_address + 2 + index), self.run.peer_netns(index))
 
     def build(self, progress: Progress | None = None) -> list[PeerSlot]:
         try:
@@ -100,39 +104,41 @@ class NamespaceNetwork:
             slots = []
             with NetNS(self.run.hub_netns) as hub:
                 hub.link("set", index=hub.link_lookup(ifname="lo")[0], state="up")
-                for index in range(self.peers):
-                    slot = self.slot(index)
-                    self._add_peer(hub, slot)
-                    slots.append(slot)
+                for host, peers in enumerate(self.hosts):
+                    name = self.run.host_netns(host)
+                    host_slots = [PeerSlot(i, str(FABRIC.network_address + 2 + i), name, host) for i in peers]
+                    self._add_host(hub, host, name, host_slots)
+                    slots += host_slots
                     if progress:
-                        progress(index + 1, self.peers)
+                        progress(host + 1, len(self.hosts))
             return slots
         except NetlinkError as exc:
             raise NetworkError(f"netlink refused building the network: {exc}") from exc
 
-    def _add_peer(self, hub: NetNS, slot: PeerSlot) -> None:
-        assert slot.netns is not None
-        netns.create(slot.netns)
-        self.created.append(slot.netns)
-        port, hub_mac, peer_mac = slot.hub_port, _mac(0, slot.index), _mac(1, slot.index)
+    def _add_host(self, hub: NetNS, host: int, name: str, slots: list[PeerSlot]) -> None:
+        netns.create(name)
+        self.created.append(name)
+        port, hub_mac, host_mac = slots[0].hub_port, _mac(0, host), _mac(1, host)
         hub.link(
             "add",
             ifname=port,
             kind="veth",
             address=hub_mac,
-            peer={"ifname": "eth0", "address": peer_mac, "net_ns_fd": slot.netns},
+            peer={"ifname": "eth0", "address": host_mac, "net_ns_fd": name},
         )
         hub_port = hub.link_lookup(ifname=port)[0]
         hub.link("set", index=hub_port, state="up")
-        hub.route("add", dst=f"{slot.ip}/32", oif=hub_port, scope="link")
-        hub.neigh("add", dst=slot.ip, lladdr=peer_mac, ifindex=hub_port, state=NUD_PERMANENT)
-        with NetNS(slot.netns) as ns:
+        for slot in slots:
+            hub.route("add", dst=f"{slot.ip}/32", oif=hub_port, scope="link")
+            hub.neigh("add", dst=slot.ip, lladdr=host_mac, ifindex=hub_port, state=NUD_PERMANENT)
+        with NetNS(name) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             eth0 = ns.link_lookup(ifname="eth0")[0]
-            ns.addr("add", index=eth0, address=slot.ip, prefixlen=32)
+            for slot in slots:
+                ns.addr("add", index=eth0, address=slot.ip, prefixlen=32)
             ns.link("set", index=eth0, state="up")
             ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link")
-            ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0)
+            ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, prefsrc=slots[0].ip)
             ns.neigh("add", dst=GATEWAY, lladdr=hub_mac, ifindex=eth0, state=NUD_PERMANENT)
 
     def teardown(self) -> list[str]:
@@ -153,14 +159,14 @@ class NamespaceNetwork:
 class LoopbackNetwork:
     """No namespaces: every peer on its own 127.18.x.y address in the host namespace."""
 
-    def __init__(self, peers: int) -> None:
-        self.peers = peers
+    def __init__(self, hosts: list[list[int]]) -> None:
+        self.hosts = hosts
 
     def build(self, progress: Progress | None = None) -> list[PeerSlot]:
-        hosts = LOOPBACK.hosts()
-        slots = [PeerSlot(index, str(next(hosts)), None) for index in range(self.peers)]
+        addresses = LOOPBACK.hosts()
+        slots = [PeerSlot(i, str(next(addresses)), None, host) for host, peers in enumerate(self.hosts) for i in peers]
         if progress:
-            progress(self.peers, self.peers)
+            progress(len(self.hosts), len(self.hosts))
         return slots
 
     def teardown(self) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 from lab import doctor, limits, provenance, quantities, results, runid
 from lab.collector import Collector
 from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
-from lab.fleet import CallFailed, Fleet, PeerLost
+from lab.fleet import Fleet
 from lab.metrics import MIB, Metric, all_metrics, impairment_periods
 from lab.network import LoopbackNetwork, NamespaceNetwork
 from lab.peerlogs import count_levels
@@ -129,6 +129,7 @@ class Run:
         self.ready = 0
         self.lost = 0
         self.phase_reports: list[dict[str, Any]] = []
+        self.started = time.monotonic()
 
     # -- sinks for the fleet and the collector -------------------------------------------------
 
@@ -163,17 +164,13 @@ class Run:
             topology_source=self.source,
         )
         self.results.update_manifest(impairment={"backend": self.backend, "reason": self.backend_why, "applied": False})
-        network = (
-            NamespaceNetwork(self.run_id, topology.peer_count)
-            if mode == "netns"
-            else LoopbackNetwork(topology.peer_count)
-        )
+        network = NamespaceNetwork(self.run_id, topology.hosts()) if mode == "netns" else LoopbackNetwork(topology.hosts())
         control = self.results.path / "control.sock"
         fleet = Fleet(self.run_id.value, control, self.results.log_dir, self.on_event, topology.network.peer_hosting)
         collector = Collector(
             quantities.seconds(topology.collector.interval),
             topology.collector.detail_every,
-            lambda: {p.index: p.pid for p in fleet.alive if p.pid is not None},
+            fleet.processes,
             self.on_sample,
             lambda: self.live.links.backend.helper_pids() if self.live else {},
         )
@@ -186,10 +183,10 @@ class Run:
         }
         self.run_id.state_file.write_text(json.dumps(state))
         status, collecting = "failed", None
-        started = time.monotonic()
         try:
             slots = await in_thread_to_completion(network.build)
-            self.echo(f"[network] {len(slots)} peer slots built in {time.monotonic() - started:.1f}s")
+            self.echo(f"[network] {len(slots)} peer slots in {len(topology.hosts())} hosts built in "
+                      f"{time.monotonic() - self.started:.1f}s")
             if self.backend is not None:
                 await self._open_links(slots, impair_socket)
             await fleet.open()
@@ -199,14 +196,15 @@ class Run:
             for number, phase in enumerate(topology.workload, 1):
                 report = await workload.run(phase)
                 self.errors.extend(report.errors)
-                self.phase_reports.append({k: v for k, v in asdict(report).items() if k != "errors"})
+                since_start = {"ended_s": time.monotonic() - self.started}  # e.g. bootstrap's: time to a ready network
+                self.phase_reports.append({k: v for k, v in asdict(report).items() if k != "errors"} | since_start)
                 self.echo(f"[{number}/{len(topology.workload)}] {report.line()}")
             status = "complete"
         except asyncio.CancelledError:
             status = "interrupted"
             raise
         finally:
-            await self._finish(fleet, network, collector, collecting, status, time.monotonic() - started)
+            await self._finish(fleet, network, collector, collecting, status, time.monotonic() - self.started)
             outcome = self._outcome(status)
         return outcome
 
@@ -240,23 +238,25 @@ class Run:
             raise SetupError(f"links do not do what the topology says: {failures[0]} (see manifest.json impairment.verification)")
 
     async def _start_peers(self, fleet: Fleet, slots: list[Any]) -> None:
+        """Starts the host processes, `network.spawn_concurrency` at a time."""
         limit = asyncio.Semaphore(self.topology.network.spawn_concurrency)
         settings = peer_settings(self.topology)
         started = time.monotonic()
+        hosts: dict[int, list[Any]] = {}
+        for slot in slots:
+            hosts.setdefault(slot.host, []).append(slot)
 
-        async def start(slot: Any, ticker: Ticker) -> None:
+        async def start(host: list[Any], ticker: Ticker) -> None:
             async with limit:
-                try:
-                    await fleet.start(slot, settings, SPAWN_TIMEOUT_S)
-                    self.ready += 1
-                except (PeerLost, CallFailed) as exc:
-                    self.errors.append({"phase": "start", "peer": slot.index, "error": str(exc)})
-                finally:
-                    ticker.done += 1
+                failures = await fleet.start_host(host, settings, SPAWN_TIMEOUT_S)
+            self.ready += len(host) - len(failures)
+            self.errors += [{"phase": "start", "peer": index, "error": why} for index, why in failures.items()]
+            ticker.done += len(host)
 
         async with Ticker(self.echo, "peers started", len(slots)) as ticker:
-            await asyncio.gather(*(start(slot, ticker) for slot in slots))
-        self.echo(f"[peers] {self.ready}/{len(slots)} ready in {time.monotonic() - started:.1f}s")
+            await asyncio.gather(*(start(host, ticker) for host in hosts.values()))
+        self.echo(f"[peers] {self.ready}/{len(slots)} ready in {len(hosts)} host processes in {time.monotonic() - started:.1f}s")
+        self.results.update_manifest(peers_ready_s=time.monotonic() - self.started)
         if self.ready < len(slots):
             for error in self.errors[:5]:
                 self.echo(f"  peer {error['peer']}: {error['error']}")

@@ -1,8 +1,9 @@
 """Counting what the peers wrote to stderr: warnings and errors are results too.
 
-Lines look like `2026-11-22 04:58:08,032 libp2p.transport.tcp.tcp ERROR Failed to open ...`
-(the format nodes/peer.py configures). Messages are grouped after masking what varies
-between occurrences (peer ids, addresses, numbers), so "the same error at 40 peers" is one row.
+Lines look like `2026-11-22 04:58:08,032 peer 7 libp2p.transport.tcp.tcp ERROR Failed to open ...`
+(the format nodes/peer.py configures; one log per host process, each line naming its peer).
+Messages are grouped after masking what varies between occurrences (peer ids, addresses,
+numbers), so "the same error at 40 peers" is one row.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-LINE = re.compile(r"^\S+ \S+ (?P<logger>\S+) (?P<level>WARNING|ERROR|CRITICAL) (?P<message>.*)$")
+LINE = re.compile(r"^\S+ \S+ peer (?P<peer>\S+) (?P<logger>\S+) (?P<level>WARNING|ERROR|CRITICAL) (?P<message>.*)$")
 VARIABLE = [
     (re.compile(r"12D3Koo\w+|Qm\w{44}"), "<peer>"),
     (re.compile(r"\d+\.\d+\.\d+\.\d+(:\d+)?"), "<addr>"),
@@ -31,7 +32,7 @@ def count_levels(log_dir: Path) -> dict[str, Any]:
     levels: Counter[str] = Counter()
     messages: Counter[tuple[str, str, str]] = Counter()
     peers_with_errors = set()
-    for path in sorted(log_dir.glob("peer-*.stderr")):
+    for path in sorted(log_dir.glob("host-*.stderr")):
         for line in path.read_text(errors="replace").splitlines():
             match = LINE.match(line)
             if match is None:
@@ -40,7 +41,7 @@ def count_levels(log_dir: Path) -> dict[str, Any]:
             levels[level] += 1
             messages[(level, match["logger"], _masked(match["message"]))] += 1
             if level != "WARNING":
-                peers_with_errors.add(path.stem)
+                peers_with_errors.add(match["peer"])
     return {
         "levels": dict(levels),
         "peers_with_errors": len(peers_with_errors),

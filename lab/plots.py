@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lab.metrics import MEMORY_FIELDS, MIB, Metric  # noqa: E402
+from lab.metrics import MEMORY_FIELDS, MIB, Metric, per_peer  # noqa: E402
 
 BAND = (5, 50, 95)
 
@@ -88,7 +88,7 @@ def memory_over_time(samples: list[dict[str, Any]]) -> Figure:
         start = min(s["t_ns"] for s in peers)
         sweeps: dict[int, list[float]] = defaultdict(list)
         for sample in peers:
-            sweeps[round((sample["t_ns"] - start) / 1e9)].append(sample["rss"] / MIB)
+            sweeps[round((sample["t_ns"] - start) / 1e9)].append(per_peer(sample, "rss") / MIB)
         seconds = sorted(sweeps)
         low, mid, high = (np.array([np.percentile(sweeps[t], q) for t in seconds]) for q in BAND)
         axes.fill_between(seconds, low, high, alpha=0.3, label="p5-p95 of peers")

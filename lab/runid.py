@@ -37,8 +37,8 @@ class RunId:
     def hub_netns(self) -> str:
         return f"{self.prefix}-hub"
 
-    def peer_netns(self, index: int) -> str:
-        return f"{self.prefix}-p{index:04d}"
+    def host_netns(self, host: int) -> str:
+        return f"{self.prefix}-h{host:04d}"
 
     @property
     def state_file(self) -> Path:

@@ -182,8 +182,15 @@ class Network(Strict):
     spawn_concurrency: int = Field(default=8, ge=1, description="peer processes starting at once")
     peer_hosting: Literal["spawn", "fork"] = Field(
         default="spawn",
-        description="spawn: a fresh interpreter per peer (~59 MB USS); fork: peers forked from a server that "
-        "imported py-libp2p once (~19 MB USS, the rest shared copy-on-write; PSS counts the sharing fairly)",
+        description="spawn: a fresh interpreter per host process (~59 MB USS); fork: host processes forked from a "
+        "server that imported py-libp2p once (~19 MB USS, the rest shared copy-on-write; PSS counts the sharing fairly)",
+    )
+    peers_per_host: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="peers sharing one process, one trio loop and one namespace (each with its own address) "
+        "behind one link; 1 isolates every peer, more is what fits 1000 peers in memory (docs/design.md, Hosts)",
     )
 
 
@@ -321,6 +328,9 @@ class Topology(Strict):
             if phase.phase in NEEDS_PACKAGES and not published:
                 raise ValueError(f"workload[{number}].phase: {phase.phase} needs an earlier publish phase")
             published = published or phase.phase == "publish"
+        if self.network.peers_per_host > 1 and self.is_impaired:
+            raise ValueError("network.peers_per_host: link impairment shapes one link per host, which its peers "
+                             "share; use peers_per_host: 1 with impaired links")
         if self.bootstrap.peers > self.peer_count:
             raise ValueError(f"bootstrap.peers: {self.bootstrap.peers} exceeds the {self.peer_count} peers")
         return self
@@ -359,6 +369,17 @@ class Topology(Strict):
     def peer_groups(self) -> list[Group]:
         """The group of each peer, by peer index."""
         return [group for group, size in zip(self.groups, self.group_sizes(), strict=True) for _ in range(size)]
+
+    def hosts(self) -> list[list[int]]:
+        """Peer indices of each host process, in order: up to `peers_per_host` consecutive peers
+        of one group (a host never spans groups, so a group's link is its hosts' links)."""
+        hosts: list[list[int]] = []
+        first = 0
+        for size in self.group_sizes():
+            for start in range(first, first + size, self.network.peers_per_host):
+                hosts.append(list(range(start, min(start + self.network.peers_per_host, first + size))))
+            first += size
+        return hosts
 
     @property
     def is_impaired(self) -> bool:

@@ -3,7 +3,7 @@
 A fresh interpreter with py-libp2p costs ~0.5 s and ~59 MB USS; a child forked from a parent
 that has already imported it (trio started only after the fork) costs ~19 MB USS, because the
 imported code and data stay shared copy-on-write. The orchestrator writes one JSON request
-per line on stdin ({"index", "control", "netns", "log"}); the server answers {"index", "pid"}
+per host process per line on stdin ({"peers", "control", "netns", "log"}); the server answers {"pid"}
 and, when a child ends, {"exit": pid, "status": code} (negative code: killed by that signal).
 It is single-threaded (children of a threaded process can inherit held locks): a select loop
 over stdin and a SIGCHLD wakeup pipe.
@@ -36,7 +36,7 @@ def _child(request: dict[str, Any], wakeup: tuple[int, int]) -> None:
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        argv = ["--index", str(request["index"]), "--control", request["control"]]
+        argv = ["--index", *map(str, request["peers"]), "--control", request["control"]]
         peer.main(argv + (["--netns", request["netns"]] if request.get("netns") else []))
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
@@ -91,7 +91,7 @@ def main() -> None:
                 pid = os.fork()
                 if pid == 0:
                     _child(request, wakeup)
-                _say({"index": request["index"], "pid": pid})
+                _say({"pid": pid})
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""Entry point of one peer process: enter the namespace, start the host, obey the orchestrator.
+"""Entry point of one host process: enter the namespace, start its peers, obey the orchestrator.
 
-Started by the orchestrator as `python -m nodes.peer --index N --control SOCK [--netns NAME]`.
-Everything else (listen address, keys, library settings) arrives in the first control call,
-so the command line stays short and the topology stays the one source of settings.
+Started by the orchestrator as `python -m nodes.peer --index N [N ...] --control SOCK [--netns NAME]`:
+one peer per index, all in one trio loop (`network.peers_per_host`), each with its own control
+connection, so the orchestrator drives and loses peers one by one. Everything else (listen
+address, keys, library settings) arrives in each peer's first control call, so the command
+line stays short and the topology stays the one source of settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
 import ctypes
 import hashlib
 import logging
@@ -37,6 +40,8 @@ from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
 PR_SET_PDEATHSIG = 1
 # A warning py-libp2p 0.8.1 logs for every clean end of a DHT stream: noise, not a failure.
 _DHT_STREAM_NOISE = "Failed to read DHT message from stream"
+# The peer a log line comes from: trio tasks inherit it from the peer's task that started them.
+_peer_index: contextvars.ContextVar[int | None] = contextvars.ContextVar("peer", default=None)
 
 
 def die_with_parent() -> None:
@@ -203,26 +208,41 @@ class Peer:
         }
 
 
-async def run(index: int, control: str) -> None:
-    channel = await ControlChannel.connect(control)
-    await channel.send({"type": "hello", "index": index})
-    start = await channel.receive()
-    if start is None or start.get("op") != "start":
-        raise SystemExit(f"peer {index}: expected a start call, got {start!r}")
-    peer = Peer(index, channel, start["args"])
-    async with peer.running():
-        await channel.reply(start, peer.identity())
-        await peer.serve()
+async def run_peer(index: int, control: str) -> None:
+    """One peer from hello to shutdown. A crash is logged with its traceback and ends only this
+    peer: its control connection closes, and the orchestrator reports it lost with that cause."""
+    _peer_index.set(index)
+    try:
+        channel = await ControlChannel.connect(control)
+        await channel.send({"type": "hello", "index": index})
+        start = await channel.receive()
+        if start is None or start.get("op") != "start":
+            raise RuntimeError(f"expected a start call, got {start!r}")
+        peer = Peer(index, channel, start["args"])
+        async with peer.running():
+            await channel.reply(start, peer.identity())
+            await peer.serve()
+    except Exception:
+        logging.getLogger("nodes.peer").exception("peer %d crashed", index)
+
+
+async def run(indices: list[int], control: str) -> None:
+    async with trio.open_nursery() as nursery:
+        for index in indices:
+            nursery.start_soon(run_peer, index, control)
 
 
 class _DropNoise(logging.Filter):
+    """Drops the library's noise and stamps each line with the peer it comes from."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        record.peer = _peer_index.get()
         return not record.getMessage().startswith(_DHT_STREAM_NOISE)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nodes.peer")
-    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--index", type=int, nargs="+", required=True, help="the peers this process hosts")
     parser.add_argument("--control", required=True, help="Unix socket of the orchestrator")
     parser.add_argument("--netns", help="network namespace to enter before any socket is made")
     args = parser.parse_args(argv)
@@ -231,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         from pyroute2 import netns
 
         netns.setns(args.netns, flags=0)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_format = "%(asctime)s peer %(peer)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=log_format)
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.WARNING)  # some py-libp2p modules set their own loggers to INFO
         handler.addFilter(_DropNoise())

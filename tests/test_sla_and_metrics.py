@@ -78,16 +78,16 @@ def test_all_metrics_drops_empty_ones() -> None:
 
 
 def test_peer_log_lines_are_counted_with_variable_parts_masked(tmp_path: Path) -> None:
-    (tmp_path / "peer-0000.stderr").write_text(
-        "2026-11-22 04:58:08,032 libp2p.transport.tcp.tcp ERROR Failed to open TCP stream: 198.18.0.91:4001 failed\n"
-        "2026-11-22 04:58:09,032 libp2p.transport.tcp.tcp ERROR Failed to open TCP stream: 198.18.0.7:4001 failed\n"
+    (tmp_path / "host-0000.stderr").write_text(
+        "2026-11-22 04:58:08,032 peer 0 libp2p.transport.tcp.tcp ERROR Failed to open TCP stream: 198.18.0.91:4001 failed\n"
+        "2026-11-22 04:58:09,032 peer 1 libp2p.transport.tcp.tcp ERROR Failed to open TCP stream: 198.18.0.7:4001 failed\n"
         "Traceback (most recent call last):\n"
-        "2026-11-22 04:58:10,000 libp2p.host.basic_host WARNING slow stream to 12D3KooWBFoF8MR2Qrdwwrm5dx\n"
+        "2026-11-22 04:58:10,000 peer 1 libp2p.host.basic_host WARNING slow stream to 12D3KooWBFoF8MR2Qrdwwrm5dx\n"
     )
-    (tmp_path / "peer-0001.stderr").write_text("2026-11-22 04:58:11,000 nodes.peer WARNING retry 3\n")
+    (tmp_path / "host-0001.stderr").write_text("2026-11-22 04:58:11,000 peer 2 nodes.peer WARNING retry 3\n")
     counted = count_levels(tmp_path)
     assert counted["levels"] == {"ERROR": 2, "WARNING": 2}
-    assert counted["peers_with_errors"] == 1
+    assert counted["peers_with_errors"] == 2  # peers 0 and 1 of host 0 logged errors; peer 2 only a warning
     assert counted["top"][0] == {
         "level": "ERROR",
         "logger": "libp2p.transport.tcp.tcp",
