@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -39,7 +40,7 @@ def _orchestrator_alive(state_file: Path) -> bool:
     return pid != os.getpid() and psutil.pid_exists(pid)
 
 
-def live_runs() -> list[dict[str, str]]:
+def live_runs() -> list[dict[str, Any]]:
     """State of the runs whose orchestrator is alive, oldest first."""
     states = []
     for state_file in sorted(runid.state_dir().glob("*.json"), key=lambda path: path.stat().st_mtime):

@@ -6,6 +6,7 @@ import asyncio
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -138,7 +139,7 @@ def compare(
         sys.exit(1)
 
 
-def _running_run(run_dir: Path | None) -> dict[str, str]:
+def _running_run(run_dir: Path | None) -> dict[str, Any]:
     """The state of a live run: the one whose results are RUN_DIR, else the newest."""
     alive = [state for state in cleanup.live_runs() if run_dir is None or Path(state["results"]) == run_dir.resolve()]
     if not alive:
@@ -178,6 +179,8 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
     op = "set" if given else "clear" if clear else "show" if show else "verify"
     request = {"op": op, "groups": list(groups), "peers": indexes, "link": given, "verify": verify}
     state = _running_run(run_dir)
+    if state["impairment"] is None:
+        raise LabError(f"the run writing to {state['results']} has no impairment backend: {state['impairment_reason']}")
     try:
         reply = live.send(Path(state["impairment"]), request)
     except OSError as exc:

@@ -44,6 +44,7 @@ class PeerProcess:
     peer_id: str = ""
     addrs: list[str] = field(default_factory=list)
     lost: str | None = None
+    final: dict[str, Any] | None = None  # what it held when asked to shut down (routing table, connections, ...)
     pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     hello: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -250,7 +251,7 @@ class Fleet:
         self._stopping = True
         async def polite(peer: PeerProcess) -> None:
             try:
-                await self.call(peer, "shutdown", {}, grace)
+                peer.final = await self.call(peer, "shutdown", {}, grace)
             except (PeerLost, CallFailed):
                 pass  # escalated below: terminate, then kill
 

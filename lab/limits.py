@@ -3,10 +3,15 @@ line naming the limit and the fix where it may not, before anything is built.
 
 The orchestrator holds per peer a control connection, a child-process handle and pipes
 (about 4 descriptors; 6 are reserved), plus a base for the collector, results files and
-netlink sockets. Each peer needs its own network namespace, counted against the user
-namespace's max_net_namespaces. The kernel's neighbour table needs nothing: every entry the
-fabric makes is static (docs/design.md). Root in a container may lack CAP_SYS_RESOURCE and so
-be unable to raise a hard limit: then the message says to raise it before starting the lab.
+netlink sockets. A host process inherits the limit and holds a socket per connection of each
+of its peers: at most one to every other peer (`connections.max_per_peer: 1`; py-libp2p never
+trims a connection with an open stream, and every GossipSub peer has one). Each host needs
+its own network namespace, counted against the user namespace's max_net_namespaces.
+
+Two limits the field's tools hit at this size do not apply: the kernel's neighbour table
+(gc_thresh) counts no entry the fabric makes, all being static, and there is no bridge, so
+no port limit (docs/design.md). Root in a container may lack CAP_SYS_RESOURCE and so be
+unable to raise a hard limit: then the message says to raise it before starting the lab.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ class LimitError(RuntimeError):
     """A limit the run needs cannot be had; the message names it and the fix."""
 
 
-def needed_open_files(peers: int) -> int:
-    return BASE_FDS + FDS_PER_PEER * peers
+def needed_open_files(peers: int, peers_per_host: int = 1) -> int:
+    """The larger of the orchestrator's need and a fully connected host's."""
+    return BASE_FDS + max(FDS_PER_PEER * peers, peers_per_host * (peers - 1))
 
 
-def raise_open_files(peers: int) -> str | None:
+def raise_open_files(peers: int, peers_per_host: int = 1) -> str | None:
     """Raises RLIMIT_NOFILE to what `peers` need; returns what it did, None if nothing was needed."""
-    need = needed_open_files(peers)
+    need = needed_open_files(peers, peers_per_host)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need:
         return None
@@ -41,10 +47,10 @@ def raise_open_files(peers: int) -> str | None:
     return f"open-file limit raised from {soft} to {need}"
 
 
-def check_namespaces(peers: int) -> None:
+def check_namespaces(hosts: int) -> None:
     if not MAX_NET_NAMESPACES.exists():
         return
     allowed = int(MAX_NET_NAMESPACES.read_text())
-    if allowed < peers + 2:  # peers, the hub, a probe
-        raise LimitError(f"network namespaces: {peers} peers need {peers + 2}, user.max_net_namespaces is {allowed}; "
-                         f"raise it with `sysctl user.max_net_namespaces={peers + 2}`")
+    if allowed < hosts + 2:  # hosts, the hub, a probe
+        raise LimitError(f"network namespaces: {hosts} hosts need {hosts + 2}, user.max_net_namespaces is {allowed}; "
+                         f"raise it with `sysctl user.max_net_namespaces={hosts + 2}`")

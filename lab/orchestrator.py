@@ -73,6 +73,8 @@ def choose_impairment(topology: Topology, mode: str) -> tuple[str | None, str]:
     """(backend or None, why). Refuses, before anything is built, impairment the machine or
     the backend cannot give; without impairment in the topology a missing backend only means
     `lab netem` will not work on this run."""
+    if topology.network.peers_per_host > 1:  # the topology refuses impaired links with shared hosts
+        return None, "network.peers_per_host > 1: a host's peers share its link, so links cannot be shaped per peer"
     if mode != "netns":
         if topology.is_impaired:
             raise SetupError("the topology impairs links, which needs network namespaces: run as root (see `lab doctor`)")
@@ -179,7 +181,8 @@ class Run:
             "orchestrator_pid": os.getpid(),
             "results": str(self.results.path.resolve()),
             "control": str(control.resolve()),
-            "impairment": str(impair_socket.resolve()),
+            "impairment": str(impair_socket.resolve()) if self.backend is not None else None,
+            "impairment_reason": self.backend_why,
         }
         self.run_id.state_file.write_text(json.dumps(state))
         status, collecting = "failed", None
@@ -287,6 +290,11 @@ class Run:
         self.lost = len(lost)
         groups = self.topology.peer_groups()
         self.echo(f"[cleanup] stopped {len(fleet.peers)} peers, removed {len(removed)} namespaces")
+        finals = [p.final for p in fleet.peers if p.final]
+        if finals:
+            held = {key: sorted(f[key] for f in finals) for key in ("connections", "routing_table")}
+            self.echo("[peers] at the end, per peer: " + ", ".join(
+                f"{key} median {values[len(values) // 2]} max {values[-1]}" for key, values in held.items()))
         costs = self._lab_costs()
         self.echo("[lab] own CPU: " + ", ".join(f"{role} {c['cpu_seconds']:.1f}s" for role, c in sorted(costs.items())))
         self.results.update_manifest(
@@ -308,6 +316,7 @@ class Run:
                     "netns": p.slot.netns,
                     "pid": p.pid,
                     "lost": p.lost,
+                    "final": p.final,
                 }
                 for p in fleet.peers
             ],
@@ -379,9 +388,9 @@ async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -
     mode = await asyncio.to_thread(choose_mode, topology.network.mode)
     backend = await asyncio.to_thread(choose_impairment, topology, mode[0])
     try:
-        raised = limits.raise_open_files(topology.peer_count)
+        raised = limits.raise_open_files(topology.peer_count, topology.network.peers_per_host)
         if mode[0] == "netns":
-            limits.check_namespaces(topology.peer_count)
+            limits.check_namespaces(len(topology.hosts()))
     except limits.LimitError as exc:
         raise SetupError(str(exc)) from None
     if raised:

@@ -144,6 +144,12 @@ class Connections(Strict):
 
 class Dht(Strict):
     mode: Literal["server", "client"] = "server"
+    join: Literal["refresh", "self_lookup"] = Field(
+        default="refresh",
+        description="after the bootstrap dials: refresh = the library's routing-table refresh (a lookup for "
+        "itself and one per non-empty bucket: ~5 lookups, ~70 queries at 100 peers); self_lookup = only the "
+        "lookup for its own id (Kademlia's join), about a fifth of the work",
+    )
     get_quorum: int = Field(default=1, ge=0, description="0 = library default: query every candidate")
     random_walk: bool = False
     max_peers_per_subnet: int | None = Field(

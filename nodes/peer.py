@@ -27,7 +27,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
@@ -147,12 +147,25 @@ class Peer:
             for address in dial:
                 async with self.recorder.operation("connect", to=address.rsplit("/", 1)[-1]):
                     await self.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
-            await self.dht.refresh_routing_table()
+            await self.join_dht()
             size = self.dht.get_routing_table_size()
             details["routing_table"] = size
             if size < min_routing_table:
                 raise OpFailed(f"routing table holds {size} peers, fewer than {min_routing_table}")
         return self.stats()
+
+    async def join_dht(self) -> None:
+        """Fills the routing table after the bootstrap dials, as `dht.join` says."""
+        if self.settings["dht"]["join"] == "refresh":
+            await self.dht.refresh_routing_table()
+            return
+        # The first half of the library's refresh: look itself up, keep the closest peers found.
+        closest = await self.dht.peer_routing.find_closest_peers_network(self.host.get_id().to_bytes())
+        peerstore = self.host.get_peerstore()
+        dialable = set(peerstore.peers_with_addrs())
+        for peer_id in closest:
+            if peer_id in dialable:
+                await self.dht.routing_table.add_peer(PeerInfo(peer_id, peerstore.addrs(peer_id)))
 
     async def op_publish(self, packages: list[dict[str, Any]], size: int) -> int:
         return await self._each(packages, lambda p: self.market.publish(p, size))

@@ -43,5 +43,10 @@ def test_too_few_network_namespaces_is_refused(tmp_path: Path, monkeypatch: pyte
     setting.write_text("500\n")
     monkeypatch.setattr(limits, "MAX_NET_NAMESPACES", setting)
     limits.check_namespaces(498)
-    with pytest.raises(limits.LimitError, match=r"sysctl user.max_net_namespaces=1002"):
+    with pytest.raises(limits.LimitError, match=r"1000 hosts need 1002, .*sysctl user.max_net_namespaces=1002"):
         limits.check_namespaces(1000)
+
+
+def test_hosts_of_many_peers_need_a_descriptor_per_possible_connection() -> None:
+    assert limits.needed_open_files(1000) == 256 + 6 * 1000  # the orchestrator's handles dominate
+    assert limits.needed_open_files(1000, peers_per_host=10) == 256 + 10 * 999  # a fully connected host's

@@ -32,6 +32,12 @@ def base(**changes: object) -> dict:
         ),
         ({"colour": "blue"}, "colour: unknown field"),
         ({"seed": -1}, "seed: must be >= 0"),
+        ({"network": {"peers_per_host": 0}}, "network.peers_per_host: must be >= 1"),
+        (
+            {"network": {"peers_per_host": 2}, "groups": [{"name": "a", "count": 3, "link": {"delay": "5ms"}}]},
+            "network.peers_per_host: link impairment shapes one link per host",
+        ),
+        ({"libp2p": {"dht": {"join": "walk"}}}, "libp2p.dht.join"),
     ],
 )
 def test_errors_name_the_field(changes: dict, message: str) -> None:
@@ -81,3 +87,10 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
     with pytest.raises(TopologyError, match="not valid YAML"):
         load_topology(tmp_path / "bad.yaml")
+
+
+def test_hosts_hold_consecutive_peers_of_one_group() -> None:
+    groups = [{"name": "a", "count": 5}, {"name": "b", "count": 4}]
+    topology = parse_topology(base(groups=groups, network={"peers_per_host": 3}))
+    assert topology.hosts() == [[0, 1, 2], [3, 4], [5, 6, 7], [8]]  # a host never spans groups a and b
+    assert parse_topology(base(groups=groups)).hosts() == [[i] for i in range(9)]  # default: a host per peer
