@@ -177,8 +177,17 @@ class Gossipsub(Strict):
         return self
 
 
+class Yamux(Strict):
+    rtt_interval: Duration = Field(
+        default="30s",
+        description="seconds between the RTT pings py-libp2p's Yamux sends on every connection (its module "
+        "constant RTT_MEASURE_INTERVAL, 30 s); idle peers spend their CPU answering them",
+    )
+
+
 class Libp2p(Strict):
     connections: Connections = Connections()
+    yamux: Yamux = Yamux()
     dht: Dht = Dht()
     gossipsub: Gossipsub = Gossipsub()
 

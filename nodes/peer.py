@@ -30,6 +30,7 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.stream_muxer.yamux import yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from nodes.control import ControlChannel
@@ -47,6 +48,12 @@ _peer_index: contextvars.ContextVar[int | None] = contextvars.ContextVar("peer",
 def die_with_parent() -> None:
     """If the orchestrator is killed outright, the kernel kills this peer too."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def tune_library(settings: dict[str, Any]) -> None:
+    """Settings py-libp2p keeps as module constants, read where they are used: set per process
+    (all peers of a host share the topology's settings)."""
+    yamux.RTT_MEASURE_INTERVAL = settings["yamux"]["rtt_interval_s"]
 
 
 def connection_config(settings: dict[str, Any]) -> ConnectionConfig:
@@ -81,6 +88,7 @@ class Peer:
         self.index = index
         self.channel = channel
         self.settings = settings
+        tune_library(settings)
         seed = settings["seed"]
         key_seed = hashlib.sha256(f"{seed}:key:{index}".encode()).digest()
         self.host = new_host(key_pair=create_new_key_pair(key_seed), connection_config=connection_config(settings))
@@ -150,6 +158,7 @@ class Peer:
             await self.join_dht()
             size = self.dht.get_routing_table_size()
             details["routing_table"] = size
+            details["connections"] = len(self.host.get_connected_peers())
             if size < min_routing_table:
                 raise OpFailed(f"routing table holds {size} peers, fewer than {min_routing_table}")
         return self.stats()
