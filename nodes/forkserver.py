@@ -11,6 +11,7 @@ over stdin and a SIGCHLD wakeup pipe.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -66,6 +67,10 @@ def _reap() -> None:
 
 def main() -> None:
     peer.die_with_parent()  # the children die with this server (their parent), it with the orchestrator
+    # Everything imported so far moves to a generation the cyclic GC never scans, so a child's
+    # collections do not write to (and so copy) the pages it shares with this server.
+    gc.collect()
+    gc.freeze()
     wakeup = os.pipe()
     os.set_blocking(wakeup[1], False)
     signal.set_wakeup_fd(wakeup[1])
