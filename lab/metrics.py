@@ -8,7 +8,9 @@
 - `memory_run_pss_mib`: the peak, over the collector's detailed sweeps, of the PSS of every
   process of the run (peers and the lab itself) added up: the run's footprint on the machine,
   shared pages counted once;
-- `cpu_seconds`: each peer's user+system CPU time at its last sample (split like memory).
+- `cpu_seconds`: each peer's user+system CPU time at its last sample (split like memory);
+- `time_to_ready`: seconds from the run's start (its `run_started` event) to the end of the
+  last bootstrap: how long the lab took to give a listening, bootstrapped network.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 MIB = 1024 * 1024
 MEMORY_FIELDS = {"memory_rss_mib": "rss", "memory_uss_mib": "uss", "memory_pss_mib": "pss"}
 RUN_PSS = "memory_run_pss_mib"
+TIME_TO_READY = "time_to_ready"
+RUN_STARTED = "run_started"  # the orchestrator's event at the start of a run
 # Operations the peers report (nodes/), each a latency metric.
 OPERATIONS = (
     "bootstrap", "connect", "publish", "get", "dht_lookup", "dht_lookup_local", "dht_find_providers", "fetch",
@@ -35,7 +39,7 @@ def unit_of(metric: str) -> str | None:
         return "millisecond"
     if metric in MEMORY_FIELDS or metric == RUN_PSS:
         return "mebibyte"
-    if metric == "cpu_seconds":
+    if metric in ("cpu_seconds", TIME_TO_READY):
         return "second"
     if metric == "gossip_delivery_ratio":
         return "dimensionless"
@@ -146,8 +150,20 @@ def resource_metrics(samples: list[dict[str, Any]]) -> dict[str, Metric]:
     return metrics
 
 
+def time_to_ready(events: list[dict[str, Any]]) -> Metric:
+    metric = Metric(TIME_TO_READY, "second")
+    started = [e["start_ns"] for e in events if e["op"] == RUN_STARTED]
+    joined = [e["end_ns"] for e in events if e["op"] == "bootstrap"]
+    if started and joined:
+        metric.attempts = 1
+        if all(e["ok"] for e in events if e["op"] == "bootstrap"):
+            metric.values.append((max(joined) - started[0]) / 1e9)
+    return metric
+
+
 def all_metrics(events: list[dict[str, Any]], samples: list[dict[str, Any]], ready_peers: int) -> dict[str, Metric]:
     metrics = latency_metrics(events)
+    metrics[TIME_TO_READY] = time_to_ready(events)
     metrics.update(resource_metrics(samples))
     ratio = delivery_ratio(events, ready_peers)
     if ratio.attempts:

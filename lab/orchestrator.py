@@ -21,7 +21,7 @@ from lab import doctor, limits, provenance, quantities, results, runid
 from lab.collector import Collector
 from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
 from lab.fleet import Fleet
-from lab.metrics import MIB, Metric, all_metrics, impairment_periods
+from lab.metrics import MIB, RUN_STARTED, Metric, all_metrics, impairment_periods
 from lab.network import LoopbackNetwork, NamespaceNetwork
 from lab.peerlogs import count_levels
 from lab.progress import Ticker
@@ -187,6 +187,8 @@ class Run:
         }
         self.run_id.state_file.write_text(json.dumps(state))
         status, collecting = "failed", None
+        now = time.monotonic_ns()
+        self.on_event({"op": RUN_STARTED, "ok": True, "start_ns": now, "end_ns": now, "peer": None, "error": None})
         try:
             slots = await in_thread_to_completion(network.build)
             self.echo(f"[network] {len(slots)} peer slots in {len(topology.hosts())} hosts built in "

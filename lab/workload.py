@@ -39,12 +39,13 @@ class PhaseReport:
     failed: int = 0
     seconds: float = 0.0
     cpu_busy: float = 0.0  # share of the machine's CPU time not idle during the phase
+    lab_cpu: float = 0.0  # share of the machine's CPU the orchestrator (collector included) took
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def line(self) -> str:
         return (
             f"{self.phase}: {self.calls - self.failed}/{self.calls} calls ok in {self.seconds:.1f}s"
-            f" (machine CPU {self.cpu_busy:.0%} busy)"
+            f" (machine CPU {self.cpu_busy:.0%} busy, the lab's own {self.lab_cpu:.1%})"
         )
 
 
@@ -55,6 +56,12 @@ def cpu_busy_since(before: Any) -> float:
     total = sum(after) - sum(before)
     idle = (after.idle + after.iowait) - (before.idle + before.iowait)
     return 1 - idle / total if total > 0 else 0.0
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process, all threads: the orchestrator and its collector thread."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
 
 
 @dataclass
@@ -72,11 +79,12 @@ class Workload:
 
     async def run(self, phase: Phase) -> PhaseReport:
         report = PhaseReport(phase.phase)
-        started, cpu_before = time.monotonic(), psutil.cpu_times()
+        started, cpu_before, lab_before = time.monotonic(), psutil.cpu_times(), _own_cpu_seconds()
         runner: Callable[[Any, PhaseReport], Awaitable[None]] = getattr(self, f"_{phase.phase}")
         await runner(phase, report)
         report.seconds = time.monotonic() - started
         report.cpu_busy = cpu_busy_since(cpu_before)
+        report.lab_cpu = (_own_cpu_seconds() - lab_before) / (report.seconds * (psutil.cpu_count() or 1))
         return report
 
     async def _call(self, report: PhaseReport, timeout: float, peer: PeerProcess, op: str, args: dict[str, Any]) -> Any:

@@ -112,3 +112,37 @@ def test_latency_is_split_at_impairment_changes_made_during_the_run() -> None:
         "before any change", "after lab netem (peers 2..3)", "after lab netem --clear (peers 2..3)",
     ]
     assert [(p.metrics["get"].attempts, len(p.metrics["get"].values)) for p in periods] == [(2, 2), (2, 1), (1, 1)]
+
+
+MIB = 1024 * 1024
+
+
+def host_sample(sweep: int, pid: int, peers: list[int], rss_mib: float, pss_mib: float | None, cpu: float) -> dict:
+    pss = None if pss_mib is None else pss_mib * MIB
+    return {"t_ns": sweep, "sweep": sweep, "role": "peer", "peer": peers[0], "peers": peers, "pid": pid,
+            "rss": rss_mib * MIB, "uss": pss, "pss": pss, "cpu_user": cpu, "cpu_system": 0.0, "fds": 3}
+
+
+def test_a_host_process_figures_are_split_evenly_among_its_peers() -> None:
+    samples = [
+        host_sample(0, 100, [0, 1, 2, 3], rss_mib=40, pss_mib=20, cpu=2.0),
+        host_sample(0, 101, [4], rss_mib=30, pss_mib=25, cpu=1.0),
+        host_sample(1, 100, [0, 1, 2, 3], rss_mib=80, pss_mib=None, cpu=8.0),  # a cheap sweep: RSS only
+        {"t_ns": 0, "sweep": 0, "role": "orchestrator", "peer": None, "peers": [], "pid": 1, "rss": 50 * MIB,
+         "uss": 5 * MIB, "pss": 5 * MIB, "cpu_user": 9.0, "cpu_system": 0.0, "fds": 9},
+    ]
+    metrics = resource_metrics(samples)
+    assert sorted(metrics["memory_rss_mib"].values) == [20.0, 20.0, 20.0, 20.0, 30.0]  # peak 80 MiB / 4 peers
+    assert sorted(metrics["memory_pss_mib"].values) == [5.0, 5.0, 5.0, 5.0, 25.0]
+    assert sorted(metrics["cpu_seconds"].values) == [1.0, 2.0, 2.0, 2.0, 2.0]  # last sample, split
+    # The run's footprint: every process's PSS in the one detailed sweep, the lab's own included.
+    assert metrics["memory_run_pss_mib"].values == [20.0 + 25.0 + 5.0]
+
+
+def test_time_to_ready_runs_from_the_run_start_to_the_last_join() -> None:
+    started = {"op": "run_started", "peer": None, "start_ns": 1_000_000_000, "end_ns": 1_000_000_000, "ok": True, "error": None}
+    joins = [{**event("bootstrap", 0), "start_ns": 2e9, "end_ns": 4e9}, {**event("bootstrap", 0), "start_ns": 3e9, "end_ns": 6e9}]
+    metrics = all_metrics([started, *joins], [], ready_peers=2)
+    assert metrics["time_to_ready"].values == [5.0] and unit_of("time_to_ready") == "second"
+    failed_join = {**joins[1], "ok": False}
+    assert all_metrics([started, joins[0], failed_join], [], ready_peers=2)["time_to_ready"].values == []  # never ready
