@@ -98,7 +98,7 @@ def main() -> int:
     out = args.out or Path(os.environ.get("LAB_VM_SHARE") or Path(__file__).parent / "results")
     topology = parse_topology(yaml.safe_load(TOPOLOGY))
     run = RunId.new()
-    network = NamespaceNetwork(run, 2)
+    network = NamespaceNetwork(run, [[0], [1]])
     links = Links(make_backend(backend, {}, run, 1), network.build(), topology)
     points = []
     try:

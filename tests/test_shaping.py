@@ -42,7 +42,7 @@ def backend_name() -> str:
 def shaped() -> Iterator[tuple[Links, Topology, RunId]]:
     topology = parse_topology(yaml.safe_load(REGIONS))
     run = RunId.new()
-    network = NamespaceNetwork(run, topology.peer_count)
+    network = NamespaceNetwork(run, topology.hosts())
     slots = network.build()
     prefixes = plans.prefixes_by_region([s.ip for s in slots], plans.regions_of(topology))
     links = Links(make_backend(backend_name(), prefixes, run, topology.seed), slots, topology)

@@ -69,9 +69,9 @@ def test_tc_and_iptables_texts() -> None:
     assert netem_options(plan, "us") == {"delay": 60000, "jitter": 2000, "loss": 5.0, "duplicate": 0.0, "limit": 1000,
                                          "prob_reorder": 10.0}
     assert u32_destination_key("198.18.0.4/31") == "0xc6120004/0xfffffffe+16"
-    rules = hub_rules({"p0001": port_rules("p0001", plan), "p0002": port_rules("p0002", plans.LinkPlan(rate_bps=1e6))})
-    assert "-A PLAB -i p0001 -m statistic --mode random --probability 0.050000 -j DROP" in rules
-    assert "-A PLAB -i p0001 -j NFQUEUE --queue-num 0" in rules and "p0002" not in rules  # rate alone is TBF on eth0
+    rules = hub_rules({"h0001": port_rules("h0001", plan), "h0002": port_rules("h0002", plans.LinkPlan(rate_bps=1e6))})
+    assert "-A PLAB -i h0001 -m statistic --mode random --probability 0.050000 -j DROP" in rules
+    assert "-A PLAB -i h0001 -j NFQUEUE --queue-num 0" in rules and "h0002" not in rules  # rate alone is TBF on eth0
 
 
 def test_verification_rules() -> None:

@@ -1,0 +1,192 @@
+"""How the cost of a run grows with the network: one workload at 10, 50, 100, 500 and 1000 peers.
+
+Runs `lab sweep TOPOLOGY --set peers=...` (each point a full run: fresh namespaces, fresh peer
+processes) into results/, then reads every point's manifest.json and summary.json and writes,
+with the machine and the commit they came from:
+
+    OUT/scaling.json   per size: time to ready, run wall time, peak memory of the run, memory
+                       and CPU per peer, connections per peer, lookup and gossip latency, the
+                       lab's own CPU share during the workload
+    OUT/scaling.md     the same as a table
+    OUT/scaling.png|svg  the figures against network size, with a linear reference line
+
+    .venv/bin/python bench/scaling.py                                  # the whole benchmark (~45 min here)
+    .venv/bin/python bench/scaling.py --sizes 10,50 --out /tmp/s       # a short look
+    .venv/bin/python bench/scaling.py --from results/scaling-sweep     # tables from a finished sweep
+
+"Linear" means the per-peer figure stays flat; where it rises with size, the cost grows faster
+than linearly, which docs/scaling.md explains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lab import provenance  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = "10,50,100,500,1000"
+WORKLOAD_PHASES = ("publish", "lookup", "search", "gossip", "concurrent_search")
+MIB = 1024 * 1024
+
+
+def figure(summary: dict[str, Any], metric: str, stat: str) -> float | None:
+    value = summary.get(metric, {}).get(stat)
+    return float(value) if value is not None else None
+
+
+def point_row(directory: Path) -> dict[str, Any]:
+    """One network size's figures, from the files its run wrote."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    summary = json.loads((directory / "summary.json").read_text())["metrics"]
+    phases = {p["phase"]: p for p in manifest["phases"]}
+    workload = [phases[name] for name in WORKLOAD_PHASES if name in phases]
+    workload_s = sum(p["seconds"] for p in workload)
+    finals = [p["final"] for p in manifest["peers"] if p.get("final")]
+    peers = manifest["peers_ready"]
+    return {
+        "peers": len(manifest["peers"]),
+        "hosts": len({p["pid"] for p in manifest["peers"]}),
+        "peers_ready": peers,
+        "peers_lost": manifest["peers_lost"],
+        "status": manifest["status"],
+        "peers_listening_s": manifest.get("peers_ready_s"),
+        "time_to_ready_s": figure(summary, "time_to_ready", "max"),
+        "workload_s": workload_s,
+        "run_s": manifest["duration_s"],
+        "run_pss_peak_mib": figure(summary, "memory_run_pss_mib", "max"),
+        "pss_per_peer_p50_mib": figure(summary, "memory_pss_mib", "p50"),
+        "uss_per_peer_p50_mib": figure(summary, "memory_uss_mib", "p50"),
+        "rss_per_peer_p50_mib": figure(summary, "memory_rss_mib", "p50"),
+        "cpu_s_per_peer_p50": figure(summary, "cpu_seconds", "p50"),
+        "cpu_s_total": figure(summary, "cpu_seconds", "mean") * peers if peers else None,
+        "connections_per_peer_p50": statistics.median(f["connections"] for f in finals) if finals else None,
+        "routing_table_p50": statistics.median(f["routing_table"] for f in finals) if finals else None,
+        "bootstrap_p50_ms": figure(summary, "bootstrap", "p50"),
+        "dht_lookup_p50_ms": figure(summary, "dht_lookup", "p50"),
+        "dht_lookup_p95_ms": figure(summary, "dht_lookup", "p95"),
+        "dht_lookup_success": figure(summary, "dht_lookup", "success_ratio"),
+        "get_success": figure(summary, "get", "success_ratio"),
+        "gossip_delivery_p95_ms": figure(summary, "gossip_delivery", "p95"),
+        "gossip_delivery_ratio_min": figure(summary, "gossip_delivery_ratio", "min"),
+        "machine_cpu_busy_workload": sum(p["cpu_busy"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
+        "lab_cpu_share_workload": sum(p["lab_cpu"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
+        "commit": manifest["source"],
+    }
+
+
+COLUMNS = [
+    ("peers", "peers", "{:.0f}"),
+    ("hosts", "host processes", "{:.0f}"),
+    ("peers_lost", "lost", "{:.0f}"),
+    ("time_to_ready_s", "time to ready (s)", "{:.1f}"),
+    ("workload_s", "workload (s)", "{:.0f}"),
+    ("run_pss_peak_mib", "run PSS peak (MiB)", "{:.0f}"),
+    ("pss_per_peer_p50_mib", "PSS/peer p50 (MiB)", "{:.1f}"),
+    ("uss_per_peer_p50_mib", "USS/peer p50 (MiB)", "{:.1f}"),
+    ("rss_per_peer_p50_mib", "RSS/peer p50 (MiB)", "{:.1f}"),
+    ("cpu_s_per_peer_p50", "CPU-s/peer p50", "{:.2f}"),
+    ("connections_per_peer_p50", "connections/peer p50", "{:.0f}"),
+    ("dht_lookup_p50_ms", "lookup p50 (ms)", "{:.0f}"),
+    ("dht_lookup_p95_ms", "lookup p95 (ms)", "{:.0f}"),
+    ("dht_lookup_success", "lookup success", "{:.3f}"),
+    ("gossip_delivery_p95_ms", "gossip p95 (ms)", "{:.0f}"),
+    ("gossip_delivery_ratio_min", "gossip ratio min", "{:.3f}"),
+    ("machine_cpu_busy_workload", "machine CPU busy", "{:.0%}"),
+    ("lab_cpu_share_workload", "lab's own CPU", "{:.2%}"),
+]
+
+
+def markdown(rows: list[dict[str, Any]], origin: dict[str, Any]) -> str:
+    machine = origin["machine"]
+    lines = [
+        f"Measured {origin['measured_utc']} on {machine['cpus']} CPUs ({machine['cpu_model']}), "
+        f"{machine['memory_total_bytes'] / 2**30:.0f} GiB, kernel {machine['kernel']}; "
+        f"commit {origin['commit']['commit']}{' (dirty tree)' if origin['commit']['dirty'] else ''}; "
+        f"topology {origin['topology']} scaled by `--set peers=`.",
+        "",
+        "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+        "|" + "---:|" * len(COLUMNS),
+    ]
+    for row in rows:
+        cells = ["-" if row.get(key) is None else form.format(row[key]) for key, _, form in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PANELS = [
+    ("time to a ready network (s)", [("time_to_ready_s", "time to ready")], False),
+    ("memory (MiB)", [("run_pss_peak_mib", "whole run, PSS peak")], False),
+    ("per peer: memory (MiB)", [("pss_per_peer_p50_mib", "PSS p50"), ("uss_per_peer_p50_mib", "USS p50")], True),
+    ("per peer: CPU seconds, connections",
+     [("cpu_s_per_peer_p50", "CPU-s p50"), ("connections_per_peer_p50", "connections p50")], True),
+    ("DHT lookup (ms)", [("dht_lookup_p50_ms", "p50"), ("dht_lookup_p95_ms", "p95")], True),
+    ("gossip delivery p95 (ms)", [("gossip_delivery_p95_ms", "p95")], True),
+]
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Each figure against network size (log-log). Whole-run panels get a line proportional to
+    size through the smallest point: above it, the cost grows faster than linearly."""
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8), constrained_layout=True)
+    sizes = [row["peers"] for row in rows]
+    for axis, (title, series, per_peer) in zip(axes.flat, PANELS, strict=True):
+        for key, label in series:
+            points = [(row["peers"], row[key]) for row in rows if row.get(key) is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", label=label)
+        if not per_peer and rows and rows[0].get(series[0][0]):
+            first = rows[0][series[0][0]]
+            axis.plot(sizes, [first * size / sizes[0] for size in sizes], linestyle=":", color="grey", label="linear")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("peers")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    fig.savefig(out / "scaling.png", dpi=100)
+    fig.savefig(out / "scaling.svg")
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--topology", default="topologies/1000-peers.yaml")
+    parser.add_argument("--sizes", default=SIZES, help="comma-separated peer counts")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scaling")
+    parser.add_argument("--from", dest="sweep", type=Path, help="a finished `lab sweep --set peers=...` directory")
+    args = parser.parse_args()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    sweep = args.sweep or ROOT / "results" / f"scaling-sweep-{stamp}"
+    if args.sweep is None:
+        command = [sys.executable, "-m", "lab", "sweep", args.topology, "--set", f"peers={args.sizes}", "--out", str(sweep)]
+        done = subprocess.run(command, cwd=ROOT)
+        if done.returncode not in (0, 1):  # 1: an SLA failed, which is a measurement, not a failure
+            raise SystemExit(f"lab sweep exited {done.returncode}")
+    points = json.loads((sweep / "sweep.json").read_text())["points"]
+    rows = sorted((point_row(sweep / p["dir"]) for p in points), key=lambda row: row["peers"])
+    first = json.loads((sweep / points[0]["dir"] / "manifest.json").read_text())
+    origin = {"measured_utc": first["started_utc"][:16].replace("T", " ") + " UTC", "machine": first["machine"],
+              "commit": first["source"], "topology": first["topology_source"],
+              "written_utc": datetime.now(UTC).isoformat(), "by": provenance.git_commit()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scaling.json").write_text(json.dumps({"origin": origin, "rows": rows}, indent=2) + "\n")
+    (args.out / "scaling.md").write_text(markdown(rows, origin))
+    plot(rows, args.out)
+    print((args.out / "scaling.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
