@@ -39,8 +39,10 @@ def sample_process(process: psutil.Process, role: str, peers: list[int], detaile
                 "rss": memory.rss,
                 "uss": getattr(memory, "uss", None),
                 "pss": getattr(memory, "pss", None),
-                "cpu_user": cpu.user + cpu.children_user,
-                "cpu_system": cpu.system + cpu.children_system,
+                # Its own time only: children's is added when they are reaped, which for the
+                # orchestrator would charge it with a sweep's earlier fork servers and their hosts.
+                "cpu_user": cpu.user,
+                "cpu_system": cpu.system,
                 "fds": process.num_fds(),
             }
     except (psutil.NoSuchProcess, psutil.ZombieProcess):

@@ -50,7 +50,7 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     assert manifest["peers_ready"] == 10 and manifest["peers_lost"] == 0
     assert len({p["peer_id"] for p in manifest["peers"]}) == 10
     assert all(p["ip"].startswith("198.18.") and p["netns"] and p["group"] == "peers" for p in manifest["peers"])
-    assert len(list((out / "logs").glob("peer-*.stderr"))) == 10
+    assert len(list((out / "logs").glob("host-*.stderr"))) == 10
     assert [p["phase"] for p in manifest["phases"]] == [p["phase"] for p in manifest["topology"]["workload"]]
 
     events = read_jsonl(out / "events.jsonl")
@@ -263,4 +263,28 @@ def test_forked_peers_run_and_a_killed_one_is_reported(tmp_path: Path) -> None:
     lab_errors = json.loads((out / "summary.json").read_text())["errors"]["lab"]
     assert any("exited with status -9" in str(e["error"]) for e in lab_errors), lab_errors
     assert json.loads((out / "manifest.json").read_text())["peers_ready"] == 6
+    assert leftovers(run) == []
+
+
+@needs_root
+def test_a_killed_host_loses_its_peers_and_only_them(tmp_path: Path) -> None:
+    """network.peers_per_host: 3: six peers in two forked hosts; one host killed, its three
+    peers are reported lost with the exit status, the other three finish the workload."""
+    topology = write_topology(tmp_path / "hosts.yaml", network={"peer_hosting": "fork", "peers_per_host": 3})
+    out = tmp_path / "results"
+    process, run = start_run(out, topology)
+    wait_for_line(process, "[1/6]")
+    server = next(p for p in map(psutil.Process, peer_pids(run)) if p.children())
+    hosts = server.children()
+    assert len(hosts) == 2, hosts
+    os.kill(hosts[-1].pid, signal.SIGKILL)
+    rest, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, rest
+    manifest = json.loads((out / "manifest.json").read_text())
+    killed = [p for p in manifest["peers"] if p["pid"] == hosts[-1].pid]
+    assert len(killed) == 3 and all("exited with status -9" in p["lost"] for p in killed), manifest["peers"]
+    survivors = [p for p in manifest["peers"] if p["pid"] != hosts[-1].pid]
+    assert len({p["netns"] for p in survivors}) == 1 and all(p["lost"] is None for p in survivors)
+    assert manifest["peers_ready"] == 6 and manifest["peers_lost"] == 3 and manifest["status"] == "complete"
+    assert len(list((out / "logs").glob("host-*.stderr"))) == 2
     assert leftovers(run) == []
