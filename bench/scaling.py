@@ -52,7 +52,7 @@ def point_row(directory: Path) -> dict[str, Any]:
     manifest = json.loads((directory / "manifest.json").read_text())
     summary = json.loads((directory / "summary.json").read_text())["metrics"]
     phases = {p["phase"]: p for p in manifest["phases"]}
-    workload = [phases[name] for name in WORKLOAD_PHASES if name in phases]
+    workload = [phases[name] for name in WORKLOAD_PHASES if name in phases]  # the phases it finished
     workload_s = sum(p["seconds"] for p in workload)
     finals = [p["final"] for p in manifest["peers"] if p.get("final")]
     peers = manifest["peers_ready"]
@@ -90,6 +90,7 @@ def point_row(directory: Path) -> dict[str, Any]:
 COLUMNS = [
     ("peers", "peers", "{:.0f}"),
     ("hosts", "host processes", "{:.0f}"),
+    ("status", "run", "{}"),
     ("peers_lost", "lost", "{:.0f}"),
     ("time_to_ready_s", "time to ready (s)", "{:.1f}"),
     ("workload_s", "workload (s)", "{:.0f}"),
@@ -115,7 +116,7 @@ def markdown(rows: list[dict[str, Any]], origin: dict[str, Any]) -> str:
         f"Measured {origin['measured_utc']} on {machine['cpus']} CPUs ({machine['cpu_model']}), "
         f"{machine['memory_total_bytes'] / 2**30:.0f} GiB, kernel {machine['kernel']}; "
         f"commit {origin['commit']['commit']}{' (dirty tree)' if origin['commit']['dirty'] else ''}; "
-        f"topology {origin['topology']} scaled by `--set peers=`.",
+        f"topology {origin['topology']} scaled by `--set peers=` (`{' '.join(origin['command'])}`).",
         "",
         "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|" + "---:|" * len(COLUMNS),
@@ -175,11 +176,13 @@ def main() -> None:
         done = subprocess.run(command, cwd=ROOT)
         if done.returncode not in (0, 1):  # 1: an SLA failed, which is a measurement, not a failure
             raise SystemExit(f"lab sweep exited {done.returncode}")
-    points = json.loads((sweep / "sweep.json").read_text())["points"]
-    rows = sorted((point_row(sweep / p["dir"]) for p in points), key=lambda row: row["peers"])
-    first = json.loads((sweep / points[0]["dir"] / "manifest.json").read_text())
+    # Every point's directory, finished or not: an interrupted run (status in the table) still
+    # wrote its summary of what it measured, but sweep.json lists only finished points.
+    runs = sorted(path.parent for path in sweep.glob("*/summary.json"))
+    rows = sorted((point_row(run) for run in runs), key=lambda row: row["peers"])
+    first = json.loads((runs[0] / "manifest.json").read_text())
     origin = {"measured_utc": first["started_utc"][:16].replace("T", " ") + " UTC", "machine": first["machine"],
-              "commit": first["source"], "topology": first["topology_source"],
+              "commit": first["source"], "topology": first["topology_name"], "command": first["machine"]["argv"],
               "written_utc": datetime.now(UTC).isoformat(), "by": provenance.git_commit()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps({"origin": origin, "rows": rows}, indent=2) + "\n")

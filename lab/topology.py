@@ -183,6 +183,11 @@ class Yamux(Strict):
         description="seconds between the RTT pings py-libp2p's Yamux sends on every connection (its module "
         "constant RTT_MEASURE_INTERVAL, 30 s); idle peers spend their CPU answering them",
     )
+    release_on_read: bool = Field(
+        default=True,
+        description="py-libp2p's PY_YAMUX_RELEASE_ON_READ: true (its default) sends a WINDOW_UPDATE after every "
+        "read, one frame per varint byte of a protocol negotiation; false batches them as go-yamux does",
+    )
 
 
 class Libp2p(Strict):
