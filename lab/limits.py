@@ -4,9 +4,11 @@ line naming the limit and the fix where it may not, before anything is built.
 The orchestrator holds per peer a control connection, a child-process handle and pipes
 (about 4 descriptors; 6 are reserved), plus a base for the collector, results files and
 netlink sockets. A host process inherits the limit and holds a socket per connection of each
-of its peers: at most one to every other peer (`connections.max_per_peer: 1`; py-libp2p never
-trims a connection with an open stream, and every GossipSub peer has one). Each host needs
-its own network namespace, counted against the user namespace's max_net_namespaces.
+of its peers: at most one to every other peer (`connections.max_per_peer: 1`), and no more
+than `connections.max_connections`, which py-libp2p enforces both ways (it never trims a
+connection with an open stream, and every GossipSub peer has one, so the cap, not pruning,
+bounds them). Each host needs its own network namespace, counted against the user
+namespace's max_net_namespaces.
 
 Two limits the field's tools hit at this size do not apply: the kernel's neighbour table
 (gc_thresh) counts no entry the fabric makes, all being static, and there is no bridge, so
@@ -28,14 +30,14 @@ class LimitError(RuntimeError):
     """A limit the run needs cannot be had; the message names it and the fix."""
 
 
-def needed_open_files(peers: int, peers_per_host: int = 1) -> int:
-    """The larger of the orchestrator's need and a fully connected host's."""
-    return BASE_FDS + max(FDS_PER_PEER * peers, peers_per_host * (peers - 1))
+def needed_open_files(peers: int, host_connections: int = 0) -> int:
+    """The larger of the orchestrator's need and a host's whose peers hold `host_connections`."""
+    return BASE_FDS + max(FDS_PER_PEER * peers, host_connections)
 
 
-def raise_open_files(peers: int, peers_per_host: int = 1) -> str | None:
+def raise_open_files(peers: int, host_connections: int = 0) -> str | None:
     """Raises RLIMIT_NOFILE to what `peers` need; returns what it did, None if nothing was needed."""
-    need = needed_open_files(peers, peers_per_host)
+    need = needed_open_files(peers, host_connections)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need:
         return None

@@ -96,6 +96,7 @@ def peer_settings(topology: Topology) -> dict[str, Any]:
         "seed": topology.seed,
         "connections": {
             "max_per_peer": libp2p.connections.max_per_peer,
+            "max_connections": libp2p.connections.max_connections,
             "auto_connect": libp2p.connections.auto_connect,
             "dial_timeout_s": quantities.seconds(libp2p.connections.dial_timeout),
         },
@@ -391,7 +392,8 @@ async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -
     mode = await asyncio.to_thread(choose_mode, topology.network.mode)
     backend = await asyncio.to_thread(choose_impairment, topology, mode[0])
     try:
-        raised = limits.raise_open_files(topology.peer_count, topology.network.peers_per_host)
+        connections = min(topology.peer_count - 1, topology.libp2p.connections.max_connections)
+        raised = limits.raise_open_files(topology.peer_count, topology.network.peers_per_host * connections)
         if mode[0] == "netns":
             limits.check_namespaces(len(topology.hosts()))
     except limits.LimitError as exc:

@@ -138,6 +138,7 @@ class Connections(Strict):
     """py-libp2p connection manager settings; the library defaults distort measurements."""
 
     max_per_peer: int = Field(default=1, ge=1)
+    max_connections: int = Field(default=300, ge=1, description="py-libp2p refuses connections beyond it, both ways")
     auto_connect: bool = Field(default=False, description="library auto-connector tops up to ~100-200 peers")
     dial_timeout: Duration = "10s"
 

@@ -14,6 +14,7 @@ import contextvars
 import ctypes
 import hashlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -54,12 +55,14 @@ def tune_library(settings: dict[str, Any]) -> None:
     """Settings py-libp2p keeps as module constants, read where they are used: set per process
     (all peers of a host share the topology's settings)."""
     yamux.RTT_MEASURE_INTERVAL = settings["yamux"]["rtt_interval_s"]
+    os.environ["PY_YAMUX_RELEASE_ON_READ"] = "1" if settings["yamux"]["release_on_read"] else "0"  # read per call
 
 
 def connection_config(settings: dict[str, Any]) -> ConnectionConfig:
     connections = settings["connections"]
     return ConnectionConfig(
         max_connections_per_peer=connections["max_per_peer"],
+        max_connections=connections["max_connections"],
         dial_timeout=connections["dial_timeout_s"],
     )
 

@@ -49,4 +49,5 @@ def test_too_few_network_namespaces_is_refused(tmp_path: Path, monkeypatch: pyte
 
 def test_hosts_of_many_peers_need_a_descriptor_per_possible_connection() -> None:
     assert limits.needed_open_files(1000) == 256 + 6 * 1000  # the orchestrator's handles dominate
-    assert limits.needed_open_files(1000, peers_per_host=10) == 256 + 10 * 999  # a fully connected host's
+    assert limits.needed_open_files(1000, host_connections=20 * 300) == 256 + 6 * 1000
+    assert limits.needed_open_files(1000, host_connections=40 * 300) == 256 + 40 * 300  # a full host's sockets
