@@ -21,10 +21,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
 LARGE = ROOT / "topologies" / "1000-peers.yaml"
 PEERS, PER_HOST = 200, 20
+# Lookups are left out: at this size each takes tens of seconds of saturated CPU
+# (docs/scaling.md), which is the benchmark's to measure, not CI's.
 WORKLOAD = [
     {"phase": "bootstrap", "concurrency": 8, "timeout": "300s"},
     {"phase": "publish", "packages": 5},
-    {"phase": "lookup", "per_peer": 1, "concurrency": 8, "timeout": "600s"},
     {"phase": "gossip", "announcements": 1, "settle": "10s"},
 ]
 
@@ -49,13 +50,14 @@ def test_200_peers_in_forked_hosts_run_to_the_end_and_leave_nothing(tmp_path: Pa
     assert len(list((out / "logs").glob("host-*.stderr"))) == PEERS // PER_HOST
     assert all(p["final"]["connections"] >= 1 and p["final"]["routing_table"] >= 1 for p in peers)
 
-    # Every peer joined and made its lookup call; bootstrap met the stated routing-table floor.
+    # Every peer joined, meeting the stated routing-table floor, and gossip reached peers of every host.
     events = read_jsonl(out / "events.jsonl")
     joins = [e for e in events if e["op"] == "bootstrap"]
     assert len(joins) == PEERS and all(e["ok"] for e in joins)
     seeds, floor = settings["bootstrap"]["peers"], settings["bootstrap"]["min_routing_table"]
     assert all(e["routing_table"] >= floor for e in joins if e["peer"] >= seeds)
-    assert Counter(e["peer"] for e in events if e["op"] == "get") == Counter(range(PEERS))
+    receivers = {e["peer"] for e in events if e["op"] == "gossip_delivery"}
+    assert {p["pid"] for p in peers if p["index"] in receivers} == set(by_pid)
 
     # The collector sampled processes, each sample naming the peers it hosts; metrics per peer.
     samples = [s for s in read_jsonl(out / "resources.jsonl") if s["role"] == "peer"]
