@@ -72,10 +72,20 @@ def test_quick_shrinks_the_workload_only() -> None:
     assert max(levels) <= 10
 
 
-@pytest.mark.parametrize("name", ["10-peers.yaml", "100-peers.yaml"])
+@pytest.mark.parametrize("name", ["10-peers.yaml", "100-peers.yaml", "1000-peers.yaml"])
 def test_shipped_topologies_load(name: str) -> None:
     topology = load_topology(ROOT / "topologies" / name)
     assert topology.peer_count == int(name.split("-")[0])
+    assert sum(map(len, topology.hosts())) == topology.peer_count
+
+
+def test_the_1000_peer_topology_fits_its_seeds_under_the_librarys_inbound_cap() -> None:
+    """py-libp2p takes at most max_connections - 50 (its min_connections) inbound connections;
+    the joiners' dials to the seeds must leave room for lookups (with 8 seeds, 381 joins failed)."""
+    topology = load_topology(ROOT / "topologies" / "1000-peers.yaml")
+    joiners = topology.peer_count - topology.bootstrap.peers
+    per_seed = joiners * topology.bootstrap.dials / topology.bootstrap.peers
+    assert per_seed < (topology.libp2p.connections.max_connections - 50) / 2
 
 
 def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
