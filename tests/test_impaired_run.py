@@ -29,7 +29,8 @@ def wait_for_restore(out: Path, run: subprocess.Popen[str]) -> None:
         if events.exists() and any("end of duration" in e.get("source", "") for e in read_jsonl(events)):
             return
         time.sleep(0.5)
-    pytest.fail(f"the impair phase's change never ended (exit {run.poll()})")
+    output = run.stdout.read() if run.poll() is not None and run.stdout else "(still running)"
+    pytest.fail(f"the impair phase's change never ended (exit {run.poll()}):\n{output}")
 
 
 def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
