@@ -122,9 +122,14 @@ def delivery_ratio(events: list[dict[str, Any]], ready_peers: int) -> Metric:
     return metric
 
 
+def hosted(sample: dict[str, Any]) -> list[int]:
+    """The peers a process hosted at that sample (results written before hosts: its one peer)."""
+    return sample.get("peers") or [sample["peer"]]
+
+
 def per_peer(sample: dict[str, Any], key: str) -> float:
     """A host process's figure divided among the peers it hosted at that sample."""
-    return float(sample[key]) / max(len(sample.get("peers") or [sample["peer"]]), 1)
+    return float(sample[key]) / max(len(hosted(sample)), 1)
 
 
 def resource_metrics(samples: list[dict[str, Any]]) -> dict[str, Metric]:
@@ -136,11 +141,12 @@ def resource_metrics(samples: list[dict[str, Any]]) -> dict[str, Metric]:
             run_pss[sample["sweep"]] += sample["pss"] / MIB
         if sample.get("role") != "peer":
             continue
-        for peer in sample.get("peers") or [sample["peer"]]:
-            for name, key in MEMORY_FIELDS.items():
-                if sample.get(key) is not None:
-                    peaks[name][peer] = max(peaks[name].get(peer, 0.0), per_peer(sample, key) / MIB)
-            cpu[peer] = per_peer(sample, "cpu_user") + per_peer(sample, "cpu_system")
+        shares = {name: per_peer(sample, key) / MIB for name, key in MEMORY_FIELDS.items() if sample.get(key) is not None}
+        cpu_share = per_peer(sample, "cpu_user") + per_peer(sample, "cpu_system")
+        for peer in hosted(sample):
+            for name, share in shares.items():
+                peaks[name][peer] = max(peaks[name].get(peer, 0.0), share)
+            cpu[peer] = cpu_share
     metrics = {
         name: Metric(name, "mebibyte", list(by_peer.values()), len(by_peer)) for name, by_peer in peaks.items()
     }
