@@ -127,6 +127,9 @@ def start_run(out: Path, topology: Path = TINY) -> tuple[subprocess.Popen[str], 
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C
+        # handler: the run must see SIGINT as a terminal would deliver it, however pytest started.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     return process, run_id_of(process.stdout.readline())
