@@ -6,6 +6,7 @@ Validated completely before anything is built; every error names its field path
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from pathlib import Path
@@ -401,6 +402,13 @@ class Topology(Strict):
                 hosts.append(list(range(start, min(start + self.network.peers_per_host, first + size))))
             first += size
         return hosts
+
+    def join_order(self) -> list[int]:
+        """Peer indices in the order they join: round-robin over the hosts, so the bootstrap peers
+        (the first `bootstrap.peers` of this order) and each batch of concurrent joins are spread
+        over host processes instead of queueing on one process's event loop. With one peer per
+        host it is the index order."""
+        return [i for column in itertools.zip_longest(*self.hosts()) for i in column if i is not None]
 
     @property
     def is_impaired(self) -> bool:

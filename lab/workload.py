@@ -75,7 +75,10 @@ class Workload:
     holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
 
     def peers(self) -> list[PeerProcess]:
-        return self.fleet.alive
+        """The live peers in the topology's join order: one peer from each host process in turn,
+        so a phase's concurrent calls land in different processes, not on one event loop."""
+        position = {index: i for i, index in enumerate(self.topology.join_order())}
+        return sorted(self.fleet.alive, key=lambda p: position[p.index])
 
     async def run(self, phase: Phase) -> PhaseReport:
         report = PhaseReport(phase.phase)

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import ROOT, leftovers, needs_root, run_lab, write_topology
 from lab.results import read_jsonl
+from lab.topology import load_topology
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -32,10 +33,10 @@ WORKLOAD = [
 
 @needs_root
 def test_200_peers_in_forked_hosts_run_to_the_end_and_leave_nothing(tmp_path: Path) -> None:
-    topology = write_topology(tmp_path / "200.yaml", LARGE, total=PEERS, workload=WORKLOAD)
-    settings = yaml.safe_load(LARGE.read_text())
+    path = write_topology(tmp_path / "200.yaml", LARGE, total=PEERS, workload=WORKLOAD)
+    topology, settings = load_topology(path), yaml.safe_load(LARGE.read_text())
     out = tmp_path / "results"
-    done = run_lab("run", str(topology), "--out", str(out), "--no-report", timeout=1200)
+    done = run_lab("run", str(path), "--out", str(out), "--no-report", timeout=1200)
     manifest = json.loads((out / "manifest.json").read_text())
     assert done.returncode in (0, 1) and manifest["status"] == "complete", done.stdout[-3000:] + done.stderr[-3000:]
     assert manifest["peers_ready"] == PEERS and manifest["peers_lost"] == 0
@@ -54,8 +55,11 @@ def test_200_peers_in_forked_hosts_run_to_the_end_and_leave_nothing(tmp_path: Pa
     events = read_jsonl(out / "events.jsonl")
     joins = [e for e in events if e["op"] == "bootstrap"]
     assert len(joins) == PEERS and all(e["ok"] for e in joins)
-    seeds, floor = settings["bootstrap"]["peers"], settings["bootstrap"]["min_routing_table"]
-    assert all(e["routing_table"] >= floor for e in joins if e["peer"] >= seeds)
+    seeds = set(topology.join_order()[: topology.bootstrap.peers])
+    floor = topology.bootstrap.min_routing_table
+    assert all(e["routing_table"] >= floor for e in joins if e["peer"] not in seeds)
+    seeds_per_host = Counter(p["pid"] for p in peers if p["index"] in seeds)
+    assert len(seeds_per_host) == PEERS // PER_HOST and max(seeds_per_host.values()) - min(seeds_per_host.values()) <= 1
     receivers = {e["peer"] for e in events if e["op"] == "gossip_delivery"}
     assert {p["pid"] for p in peers if p["index"] in receivers} == set(by_pid)
 

@@ -79,6 +79,22 @@ def test_shipped_topologies_load(name: str) -> None:
     assert sum(map(len, topology.hosts())) == topology.peer_count
 
 
+def test_join_order_takes_one_peer_from_each_host_in_turn() -> None:
+    hosted = parse_topology(
+        {
+            "name": "t",
+            "seed": 1,
+            "groups": [{"name": "a", "count": 5}, {"name": "b", "count": 2}],
+            "network": {"peer_hosting": "fork", "peers_per_host": 2},
+            "workload": [{"phase": "bootstrap"}],
+        }
+    )
+    assert hosted.hosts() == [[0, 1], [2, 3], [4], [5, 6]]
+    assert hosted.join_order() == [0, 2, 4, 5, 1, 3, 6]
+    single = parse_topology({**hosted.model_dump(mode="json"), "network": {"peers_per_host": 1}})
+    assert single.join_order() == list(range(7))
+
+
 def test_the_1000_peer_topology_fits_its_seeds_under_the_librarys_inbound_cap() -> None:
     """py-libp2p takes at most max_connections - 50 (its min_connections) inbound connections;
     the joiners' dials to the seeds must leave room for lookups (with 8 seeds, 381 joins failed)."""
