@@ -97,6 +97,7 @@ def peer_settings(topology: Topology) -> dict[str, Any]:
         "connections": {
             "max_per_peer": libp2p.connections.max_per_peer,
             "max_connections": libp2p.connections.max_connections,
+            "max_inbound": libp2p.connections.max_inbound,
             "auto_connect": libp2p.connections.auto_connect,
             "dial_timeout_s": quantities.seconds(libp2p.connections.dial_timeout),
         },

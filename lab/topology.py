@@ -140,6 +140,9 @@ class Connections(Strict):
 
     max_per_peer: int = Field(default=1, ge=1)
     max_connections: int = Field(default=300, ge=1, description="py-libp2p refuses connections beyond it, both ways")
+    max_inbound: int = Field(
+        default=256, ge=1, description="py-libp2p's resource manager refuses established inbound connections beyond it"
+    )
     auto_connect: bool = Field(default=False, description="library auto-connector tops up to ~100-200 peers")
     dial_timeout: Duration = "10s"
 

@@ -31,6 +31,8 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.rcmgr import ResourceManager, new_resource_manager
+from libp2p.rcmgr.connection_limits import new_connection_limits_with_defaults
 from libp2p.stream_muxer.yamux import yamux
 from libp2p.tools.anyio_service import background_trio_service
 
@@ -67,6 +69,13 @@ def connection_config(settings: dict[str, Any]) -> ConnectionConfig:
     )
 
 
+def resource_manager(settings: dict[str, Any]) -> ResourceManager:
+    """The library's resource manager with its defaults, but the established-inbound limit the
+    topology states: a bootstrap peer of a large network is dialled by more than its 256."""
+    limits = new_connection_limits_with_defaults().with_max_established_inbound(settings["connections"]["max_inbound"])
+    return new_resource_manager(connection_limits=limits)
+
+
 def gossipsub_router(settings: dict[str, Any]) -> GossipSub:
     gs = settings["gossipsub"]
     router = GossipSub(
@@ -94,7 +103,11 @@ class Peer:
         tune_library(settings)
         seed = settings["seed"]
         key_seed = hashlib.sha256(f"{seed}:key:{index}".encode()).digest()
-        self.host = new_host(key_pair=create_new_key_pair(key_seed), connection_config=connection_config(settings))
+        self.host = new_host(
+            key_pair=create_new_key_pair(key_seed),
+            connection_config=connection_config(settings),
+            resource_manager=resource_manager(settings),
+        )
         mode = DHTMode.SERVER if settings["dht"]["mode"] == "server" else DHTMode.CLIENT
         self.dht = KadDHT(
             self.host,

@@ -291,3 +291,24 @@ def test_a_killed_host_loses_its_peers_and_only_them(tmp_path: Path) -> None:
     assert manifest["peers_ready"] == 6 and manifest["peers_lost"] == 3 and manifest["status"] == "complete"
     assert len(list((out / "logs").glob("host-*.stderr"))) == 2
     assert leftovers(run) == []
+
+
+def test_a_bootstrap_peer_at_its_inbound_limit_refuses_the_next_joiner(tmp_path: Path) -> None:
+    """connections.max_inbound reaches py-libp2p's resource manager: with 1, the one bootstrap
+    peer keeps the first joiner's connection and refuses the second's (the dialler is not told:
+    its connect returns), and the run counts the refusal among the peers' log warnings."""
+    topology = write_topology(
+        tmp_path / "inbound.yaml",
+        groups=[{"name": "peers", "count": 3}],
+        bootstrap={"peers": 1, "dials": 1, "min_routing_table": 0},
+        libp2p={"connections": {"max_inbound": 1}},
+        network={"mode": "loopback"},
+        workload=[{"phase": "bootstrap", "concurrency": 1}],
+        slas=[],
+    )
+    out = tmp_path / "results"
+    done = run_lab("run", str(topology), "--out", str(out), "--no-report")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Established inbound limit exceeded: 1 >= 1" in (out / "logs" / "host-0000.stderr").read_text()
+    warnings = json.loads((out / "summary.json").read_text())["errors"]["peer_logs"]["top"]
+    assert any("Established inbound limit exceeded" in w["message"] and w["count"] >= 1 for w in warnings), warnings
