@@ -101,7 +101,7 @@ def peer_settings(topology: Topology) -> dict[str, Any]:
             "auto_connect": libp2p.connections.auto_connect,
             "dial_timeout_s": quantities.seconds(libp2p.connections.dial_timeout),
         },
-        "dht": libp2p.dht.model_dump(),
+        "dht": {**libp2p.dht.model_dump(), "maintenance_interval_s": quantities.seconds(libp2p.dht.maintenance_interval)},
         "yamux": {**libp2p.yamux.model_dump(), "rtt_interval_s": quantities.seconds(libp2p.yamux.rtt_interval)},
         "gossipsub": {**libp2p.gossipsub.model_dump(), "heartbeat_s": quantities.seconds(libp2p.gossipsub.heartbeat)},
     }

@@ -156,6 +156,11 @@ class Dht(Strict):
         "lookup for its own id (Kademlia's join), about a fifth of the work",
     )
     get_quorum: int = Field(default=1, ge=0, description="0 = library default: query every candidate")
+    maintenance_interval: Duration = Field(
+        default="600s",
+        description="the library's DHT maintenance period (routing-table refresh, record republish), from "
+        "each peer's start: peers started together refresh together",
+    )
     random_walk: bool = False
     max_peers_per_subnet: int | None = Field(
         default=0,

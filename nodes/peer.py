@@ -25,6 +25,7 @@ import multiaddr
 import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.kad_dht import kad_dht
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
@@ -57,6 +58,7 @@ def tune_library(settings: dict[str, Any]) -> None:
     """Settings py-libp2p keeps as module constants, read where they are used: set per process
     (all peers of a host share the topology's settings)."""
     yamux.RTT_MEASURE_INTERVAL = settings["yamux"]["rtt_interval_s"]
+    kad_dht.ROUTING_TABLE_REFRESH_INTERVAL = settings["dht"]["maintenance_interval_s"]
     os.environ["PY_YAMUX_RELEASE_ON_READ"] = "1" if settings["yamux"]["release_on_read"] else "0"  # read per call
 
 
