@@ -86,6 +86,7 @@ def point_row(directory: Path) -> dict[str, Any]:
         "machine_cpu_busy_workload": sum(p["cpu_busy"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
         "lab_cpu_share_workload": sum(p["lab_cpu"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
         "commit": manifest["source"],
+        "commit_short": manifest["source"]["commit"][:7] + ("+" if manifest["source"]["dirty"] else ""),
     }
 
 
@@ -111,6 +112,7 @@ COLUMNS = [
     ("gossip_delivery_ratio_min", "gossip ratio min", "{:.3f}"),
     ("machine_cpu_busy_workload", "machine CPU busy", "{:.0%}"),
     ("lab_cpu_share_workload", "lab's own CPU", "{:.2%}"),
+    ("commit_short", "commit", "{}"),
 ]
 
 
@@ -119,8 +121,8 @@ def markdown(rows: list[dict[str, Any]], origin: dict[str, Any]) -> str:
     lines = [
         f"Measured {origin['measured_utc']} on {machine['cpus']} CPUs ({machine['cpu_model']}), "
         f"{machine['memory_total_bytes'] / 2**30:.0f} GiB, kernel {machine['kernel']}; "
-        f"commit {origin['commit']['commit']}{' (dirty tree)' if origin['commit']['dirty'] else ''}; "
-        f"topology {origin['topology']} scaled by `--set peers=` (`{' '.join(origin['command'])}`).",
+        f"topology {origin['topology']} scaled by `--set peers=` (`{' '.join(origin['command'])}`); "
+        "each row's commit is in the last column (+: uncommitted changes).",
         "",
         "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|" + "---:|" * len(COLUMNS),
