@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import psutil
@@ -74,11 +75,15 @@ class Workload:
     published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
     holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
 
+    @cached_property
+    def _join_position(self) -> dict[int, int]:
+        """Each peer index's place in the topology's join order, which a run never changes."""
+        return {index: i for i, index in enumerate(self.topology.join_order())}
+
     def peers(self) -> list[PeerProcess]:
         """The live peers in the topology's join order: one peer from each host process in turn,
         so a phase's concurrent calls land in different processes, not on one event loop."""
-        position = {index: i for i, index in enumerate(self.topology.join_order())}
-        return sorted(self.fleet.alive, key=lambda p: position[p.index])
+        return sorted(self.fleet.alive, key=lambda p: self._join_position[p.index])
 
     async def run(self, phase: Phase) -> PhaseReport:
         report = PhaseReport(phase.phase)
