@@ -11,13 +11,14 @@ from conftest import ROOT
 
 SCRIPT = """
 import json, os
+from pathlib import Path
 from lab.orchestrator import peer_settings
 from lab.topology import load_topology
 from nodes.peer import resource_manager, tune_library
 from libp2p.kad_dht import kad_dht
 from libp2p.stream_muxer.yamux import yamux
 
-settings = peer_settings(load_topology(__import__("pathlib").Path("topologies/1000-peers.yaml")))
+settings = peer_settings(load_topology(Path("topologies/1000-peers.yaml")))
 tune_library(settings)
 print(json.dumps({
     "rtt_interval": yamux.RTT_MEASURE_INTERVAL,
