@@ -297,7 +297,7 @@ class Run:
         self.echo(f"[cleanup] stopped {len(fleet.peers)} peers, removed {len(removed)} namespaces")
         finals = [p.final for p in fleet.peers if p.final]
         if finals:
-            held = {key: sorted(f[key] for f in finals) for key in ("connections", "routing_table")}
+            held = {key: sorted(f[key] for f in finals) for key in ("connections", "routing_table", "gossip_mesh")}
             self.echo("[peers] at the end, per peer: " + ", ".join(
                 f"{key} median {values[len(values) // 2]} max {values[-1]}" for key, values in held.items()))
         costs = self._lab_costs()

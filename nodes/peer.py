@@ -38,7 +38,7 @@ from libp2p.stream_muxer.yamux import yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from nodes.control import ControlChannel
-from nodes.market import Market
+from nodes.market import ANNOUNCE_TOPIC, Market
 from nodes.oplog import OpFailed, Recorder, install_work_handler
 from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
 
@@ -242,6 +242,8 @@ class Peer:
         return {
             "routing_table": self.dht.get_routing_table_size(),
             "connections": len(self.host.get_connected_peers()),
+            "gossip_mesh": len(self.pubsub.router.mesh.get(ANNOUNCE_TOPIC, ())),
+            "gossip_topic_peers": len(self.pubsub.peer_topics.get(ANNOUNCE_TOPIC, ())),
             "values": self.dht.get_value_store_size(),
             "packages": len(self.market.packages),
             "reputation_peers": len(self.market.reputation.snapshot()),

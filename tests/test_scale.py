@@ -50,6 +50,7 @@ def test_200_peers_in_forked_hosts_run_to_the_end_and_leave_nothing(tmp_path: Pa
     assert len({p["ip"] for p in peers}) == len({p["peer_id"] for p in peers}) == PEERS
     assert len(list((out / "logs").glob("host-*.stderr"))) == PEERS // PER_HOST
     assert all(p["final"]["connections"] >= 1 and p["final"]["routing_table"] >= 1 for p in peers)
+    assert all(p["final"]["gossip_mesh"] >= 1 and p["final"]["gossip_topic_peers"] >= 1 for p in peers)
 
     # Every peer joined, meeting the stated routing-table floor, and gossip reached peers of every host.
     events = read_jsonl(out / "events.jsonl")
