@@ -98,15 +98,19 @@ def impairment_periods(events: list[dict[str, Any]]) -> list[Period]:
     return periods
 
 
+def announced_message(event: dict[str, Any]) -> str | None:
+    """The message an event says was sent: a gossip-phase announcement or a publish's."""
+    if not event["ok"]:
+        return None
+    if event["op"] == "gossip_publish":
+        return str(event["msg"])
+    if event["op"] == "publish":
+        return f"publish:{event['package']}"
+    return None
+
+
 def announced_messages(events: list[dict[str, Any]]) -> set[str]:
-    """Messages that were sent: gossip-phase announcements and publish announcements."""
-    sent = set()
-    for event in events:
-        if event["ok"] and event["op"] == "gossip_publish":
-            sent.add(event["msg"])
-        elif event["ok"] and event["op"] == "publish":
-            sent.add(f"publish:{event['package']}")
-    return sent
+    return {message for event in events if (message := announced_message(event))}
 
 
 def delivery_ratio(events: list[dict[str, Any]], ready_peers: int) -> Metric:

@@ -19,6 +19,7 @@ from typing import Any
 
 from lab import doctor, limits, provenance, quantities, results, runid
 from lab.collector import Collector
+from lab.deliveries import Deliveries
 from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
 from lab.fleet import Fleet
 from lab.metrics import MIB, RUN_STARTED, Metric, all_metrics, impairment_periods
@@ -129,6 +130,7 @@ class Run:
         self.run_id = runid.RunId.new()
         self.results = ResultsDir.create(out)
         self.events: list[dict[str, Any]] = []
+        self.deliveries = Deliveries()
         self.samples: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.ready = 0
@@ -141,6 +143,7 @@ class Run:
     def on_event(self, event: dict[str, Any]) -> None:
         event.pop("type", None)
         self.events.append(event)
+        self.deliveries.record(event)
         self.results.append(results.EVENTS, event)
 
     def on_sample(self, sample: dict[str, Any]) -> None:
@@ -200,7 +203,7 @@ class Run:
             await fleet.open()
             collecting = asyncio.create_task(collector.run())
             await self._start_peers(fleet, slots)
-            workload = Workload(topology, fleet, self.echo, self.live)
+            workload = Workload(topology, fleet, self.echo, self.deliveries, self.live)
             for number, phase in enumerate(topology.workload, 1):
                 report = await workload.run(phase)
                 self.errors.extend(report.errors)

@@ -239,6 +239,11 @@ class PublishPhase(Strict):
     packages: int = Field(default=20, ge=1)
     body_size: str = Field(default="16KiB", description="size of each package body")
     timeout: Duration = "120s"
+    settle: Duration = Field(
+        default="60s",
+        description="after the last publish, at most this long for the announcements to reach every live peer; "
+        "the next phase starts once they have, not while they still load the machine",
+    )
 
     @field_validator("body_size")
     @classmethod
@@ -267,7 +272,9 @@ class GossipPhase(Strict):
     phase: Literal["gossip"]
     announcements: int = Field(default=5, ge=1)
     interval: Duration = "500ms"
-    settle: Duration = Field(default="10s", description="how long receivers have to get the last one")
+    settle: Duration = Field(
+        default="10s", description="after the last announcement, at most this long for every live peer to receive them all"
+    )
     timeout: Duration = "120s"
 
 

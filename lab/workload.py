@@ -17,6 +17,7 @@ import psutil
 
 from lab import quantities
 from lab.catalogue import make_catalogue, query_for
+from lab.deliveries import Deliveries
 from lab.fleet import CallFailed, Fleet, PeerLost, PeerProcess
 from lab.progress import Ticker
 from lab.shaping.live import LiveLinks
@@ -70,6 +71,7 @@ class Workload:
     topology: Topology
     fleet: Fleet
     echo: Callable[[str], None]
+    deliveries: Deliveries  # fed every event of the run by the orchestrator
     live: LiveLinks | None = None
     catalogue: list[dict[str, Any]] = field(default_factory=list)
     published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
@@ -175,12 +177,22 @@ class Workload:
             self.holdings.setdefault(publisher.index, set()).add(package["id"])
         size = int(quantities.convert(phase.body_size, "byte"))
         by_index = {p.index: p for p in peers}
+        first = self.deliveries.mark()
         await self._calls(
             report,
             quantities.seconds(phase.timeout),
             [(by_index[i], "publish", {"packages": packages, "size": size}) for i, packages in sorted(plan.items())],
             phase.concurrency,
         )
+        await self._settle(first, phase.settle)
+
+    async def _settle(self, first: int, settle: str | int | float) -> None:
+        """The phase's barrier: its announcements reach every live peer (or `settle` runs out)."""
+        await self.deliveries.settle(first, self._alive, quantities.seconds(settle), self.echo)
+
+    def _alive(self) -> set[int]:
+        """Re-read on every poll of a wait: peers may be lost meanwhile."""
+        return {p.index for p in self.fleet.alive}
 
     def _not_held(self, peer: PeerProcess) -> list[dict[str, Any]]:
         held = self.holdings.get(peer.index, set())
@@ -216,6 +228,7 @@ class Workload:
         rng = self.topology.rng("gossip")
         publishers = [p for p in self.peers() if self.published.get(p.index)]
         timeout = quantities.seconds(phase.timeout)
+        first = self.deliveries.mark()
         for number in range(phase.announcements):
             if not publishers:
                 report.errors.append({"phase": report.phase, "error": "no peer holds a package to announce"})
@@ -224,8 +237,7 @@ class Workload:
             package = self.published[peer.index][0]
             await self._call(report, timeout, peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})
             await asyncio.sleep(quantities.seconds(phase.interval))
-        self.echo(f"  gossip: {phase.announcements} announced, waiting {quantities.seconds(phase.settle):g}s for deliveries")
-        await asyncio.sleep(quantities.seconds(phase.settle))
+        await self._settle(first, phase.settle)
 
     async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseReport) -> None:
         rng = self.topology.rng("concurrent_search")

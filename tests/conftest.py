@@ -23,6 +23,11 @@ LAB = [sys.executable, "-m", "lab"]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
 
+def event(op: str, ms: float, ok: bool = True, peer: int = 0, **fields: object) -> dict:
+    """A hand-made event as peers report them: `ms` long, started at 0."""
+    return {"op": op, "peer": peer, "start_ns": 0, "end_ns": int(ms * 1e6), "ok": ok, "error": None if ok else "x", **fields}
+
+
 def lab_command(*args: str) -> list[str]:
     return [*LAB, *args]
 

@@ -4,15 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import event
 from lab.metrics import all_metrics, delivery_ratio, latency_metrics, resource_metrics, unit_of
 from lab.peerlogs import count_levels
 from lab.sla import evaluate
 from lab.stats import summarize
 from lab.topology import Sla
-
-
-def event(op: str, ms: float, ok: bool = True, peer: int = 0, **fields: object) -> dict:
-    return {"op": op, "peer": peer, "start_ns": 0, "end_ns": int(ms * 1e6), "ok": ok, "error": None if ok else "x", **fields}
 
 
 def sla(**fields: object) -> Sla:
