@@ -58,14 +58,15 @@ def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
     errors = [(received - sent_ns) / 1e9 - delay_ms / 1000 for sent_ns, received in stamps]
     sends = sorted(sent_ns for sent_ns, _ in stamps)
     achieved = (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else 0.0
+    loss = 1 - len(arrivals) / sent
     point = {
         "delay_ms": delay_ms, "rate_pps": rate, "achieved_pps": round(achieved), "sent": sent, "received": len(arrivals),
-        "loss": 1 - len(arrivals) / sent,
+        "loss": loss,
         "error_p50_ms": statistics.median(errors) * 1e3 if errors else None,
         "error_p99_ms": quantile(errors, 0.99) * 1e3 if errors else None,
         "error_max_ms": max(errors) * 1e3 if errors else None,
     }
-    point["keeps_time"] = bool(errors) and quantile(errors, 0.99) < ERROR_LIMIT_S and point["loss"] < LOSS_LIMIT
+    point["keeps_time"] = bool(errors) and quantile(errors, 0.99) < ERROR_LIMIT_S and loss < LOSS_LIMIT
     if isinstance(links.backend, UserspaceBackend):
         point["delay_line"] = links.backend.delay_line_stats()
     return point

@@ -85,6 +85,7 @@ def point_row(directory: Path) -> dict[str, Any]:
         "gossip_delivery_ratio_min": figure(summary, "gossip_delivery_ratio", "min"),
         "machine_cpu_busy_workload": sum(p["cpu_busy"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
         "lab_cpu_share_workload": sum(p["lab_cpu"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
+        "python_probe_ms": manifest["machine"].get("python_speed", {}).get("best_ms"),
         "commit": manifest["source"],
         "commit_short": manifest["source"]["commit"][:7] + ("+" if manifest["source"]["dirty"] else ""),
     }
@@ -112,6 +113,7 @@ COLUMNS = [
     ("gossip_delivery_ratio_min", "gossip ratio min", "{:.3f}"),
     ("machine_cpu_busy_workload", "machine CPU busy", "{:.0%}"),
     ("lab_cpu_share_workload", "lab's own CPU", "{:.2%}"),
+    ("python_probe_ms", "machine's Python probe (ms)", "{:.1f}"),
     ("commit_short", "commit", "{}"),
 ]
 
@@ -122,7 +124,10 @@ def markdown(rows: list[dict[str, Any]], origin: dict[str, Any]) -> str:
         f"Measured {origin['measured_utc']} on {machine['cpus']} CPUs ({machine['cpu_model']}), "
         f"{machine['memory_total_bytes'] / 2**30:.0f} GiB, kernel {machine['kernel']}; "
         f"topology {origin['topology']} scaled by `--set peers=` (`{' '.join(origin['command'])}`); "
-        "each row's commit is in the last column (+: uncommitted changes).",
+        "each row's commit is in the last column (+: uncommitted changes). Rows may come from different "
+        "machines of this name, which differ in speed: the probe column is the same Python loop "
+        f"(`{provenance.SPEED_PROBE}`, best of 5) timed by each row's run on its machine (lower is faster; "
+        "\"-\" where the run predates the probe).",
         "",
         "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|" + "---:|" * len(COLUMNS),

@@ -54,7 +54,7 @@ class Deliveries:
                 await asyncio.sleep(POLL_S)
         waited = time.monotonic() - started
         if owed:
-            echo(f"  {messages} announcements: {owed} deliveries still missing after {waited:.1f}s (settle {limit_s:g}s)")
+            echo(f"  barrier: {messages} announcements still miss {owed} deliveries after {waited:.1f}s (settle {limit_s:g}s)")
         else:
-            echo(f"  {messages} announcements reached every live peer {waited:.1f}s after the last was sent")
+            echo(f"  barrier: {messages} announcements reached every live peer {waited:.1f}s after the last was sent")
         return owed

@@ -47,6 +47,7 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     assert manifest["seed"] == 42 and manifest["topology"]["name"] == "10-peers"
     assert manifest["versions"]["libp2p"] == "0.8.1"
     assert manifest["machine"]["kernel"] and "commit" in manifest["source"]
+    assert manifest["machine"]["python_speed"]["best_ms"] > 0
     assert manifest["peers_ready"] == 10 and manifest["peers_lost"] == 0
     assert len({p["peer_id"] for p in manifest["peers"]}) == 10
     assert all(p["ip"].startswith("198.18.") and p["netns"] and p["group"] == "peers" for p in manifest["peers"])
@@ -60,6 +61,12 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     assert counts["bootstrap"] == 10
     assert counts["publish"] == quick["publish"]["packages"] == 5  # --quick shrank 20 packages to 5
     assert counts["get"] == 10 * quick["lookup"]["per_peer"]
+    # publish and gossip end at their announcement barrier: it says all arrived exactly when the
+    # events show every other peer received every announcement
+    barriers = [line for line in done.stdout.splitlines() if line.startswith("  barrier: ")]
+    assert len(barriers) == 2, done.stdout
+    all_reached = all("reached every live peer" in line for line in barriers)
+    assert all_reached == (summary["gossip_delivery_ratio"]["min"] == 1.0), barriers
     for name, metric in summary.items():
         if metric["unit"] != "millisecond":
             continue
