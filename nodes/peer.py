@@ -96,9 +96,9 @@ def gossipsub_router(settings: dict[str, Any]) -> GossipSub:
     return router
 
 
-def pubsub(host: IHost, settings: dict[str, Any]) -> Pubsub:
+def pubsub(host: IHost, router: GossipSub, settings: dict[str, Any]) -> Pubsub:
     gs = settings["gossipsub"]
-    return Pubsub(host, gossipsub_router(settings), seen_ttl=round(gs["seen_ttl_s"]), strict_signing=gs["strict_signing"])
+    return Pubsub(host, router, seen_ttl=round(gs["seen_ttl_s"]), strict_signing=gs["strict_signing"])
 
 
 class Peer:
@@ -124,7 +124,8 @@ class Peer:
             max_peers_per_subnet=settings["dht"]["max_peers_per_subnet"],
         )
         self.dht.register_validator(DHT_NAMESPACE, PackageRecordValidator())
-        self.pubsub = pubsub(self.host, settings)
+        self.router = gossipsub_router(settings)
+        self.pubsub = pubsub(self.host, self.router, settings)
         self.recorder = Recorder(channel.send, index)
         self.market = Market(self.host, self.dht, self.pubsub, self.recorder, seed, settings["dht"]["get_quorum"])
 
@@ -140,6 +141,9 @@ class Peer:
                 await network.auto_connector.stop()
             await stack.enter_async_context(background_trio_service(self.dht))
             await stack.enter_async_context(background_trio_service(self.pubsub))
+            # The router is a service of its own: its run() is GossipSub's heartbeat (mesh upkeep,
+            # IHAVE gossip, the message cache's shift). Pubsub alone leaves it unstarted.
+            await stack.enter_async_context(background_trio_service(self.router))
             await self.pubsub.wait_until_ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.market.receive_announcements)
@@ -248,7 +252,7 @@ class Peer:
         return {
             "routing_table": self.dht.get_routing_table_size(),
             "connections": len(self.host.get_connected_peers()),
-            "gossip_mesh": len(self.pubsub.router.mesh.get(ANNOUNCE_TOPIC, ())),
+            "gossip_mesh": len(self.router.mesh.get(ANNOUNCE_TOPIC, ())),
             "gossip_topic_peers": len(self.pubsub.peer_topics.get(ANNOUNCE_TOPIC, ())),
             "values": self.dht.get_value_store_size(),
             "packages": len(self.market.packages),

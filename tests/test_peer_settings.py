@@ -16,7 +16,7 @@ from pathlib import Path
 from lab.orchestrator import peer_settings
 from lab.topology import load_topology
 from libp2p import new_host
-from nodes.peer import pubsub, resource_manager, tune_library
+from nodes.peer import gossipsub_router, pubsub, resource_manager, tune_library
 from libp2p.kad_dht import kad_dht
 from libp2p.stream_muxer.yamux import yamux
 
@@ -27,7 +27,7 @@ print(json.dumps({
     "maintenance_interval": kad_dht.ROUTING_TABLE_REFRESH_INTERVAL,
     "release_on_read": os.environ["PY_YAMUX_RELEASE_ON_READ"],
     "max_inbound": resource_manager(settings).connection_limits.max_established_inbound,
-    "seen_ttl": pubsub(new_host(), settings).seen_messages.ttl,
+    "seen_ttl": pubsub(new_host(), gossipsub_router(settings), settings).seen_messages.ttl,
 }))
 """
 

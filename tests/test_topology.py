@@ -39,7 +39,10 @@ def base(**changes: object) -> dict:
         ),
         ({"libp2p": {"dht": {"join": "walk"}}}, "libp2p.dht.join"),
         ({"libp2p": {"gossipsub": {"seen_ttl": "500ms"}}}, "libp2p.gossipsub.seen_ttl: must be at least 1s"),
-        ({"workload": [{"phase": "bootstrap"}, {"phase": "publish", "settle": "-1s"}]}, "workload[1].settle: must not be negative"),
+        (
+            {"workload": [{"phase": "bootstrap"}, {"phase": "publish", "settle": "-1s"}]},
+            "workload[1].settle: must not be negative",
+        ),
     ],
 )
 def test_errors_name_the_field(changes: dict, message: str) -> None:
