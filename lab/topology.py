@@ -297,6 +297,15 @@ class ImpairPhase(Strict):
     duration: Duration | None = None
 
 
+class IdlePhase(Strict):
+    """Nothing is asked of the peers for `duration`: the phase's CPU figures are what the network
+    costs at rest (heartbeats, RTT pings, DHT maintenance), and `lab netem` can change links at a
+    known point of the run."""
+
+    phase: Literal["idle"]
+    duration: Duration = "30s"
+
+
 class ConcurrentSearchPhase(Strict):
     phase: Literal["concurrent_search"]
     levels: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 10, 50, 100], min_length=1)
@@ -308,7 +317,14 @@ class ConcurrentSearchPhase(Strict):
 NEEDS_PACKAGES = ("lookup", "search", "gossip", "concurrent_search")
 
 Phase = Annotated[
-    BootstrapPhase | PublishPhase | LookupPhase | SearchPhase | GossipPhase | ConcurrentSearchPhase | ImpairPhase,
+    BootstrapPhase
+    | PublishPhase
+    | LookupPhase
+    | SearchPhase
+    | GossipPhase
+    | ConcurrentSearchPhase
+    | ImpairPhase
+    | IdlePhase,
     Field(discriminator="phase"),
 ]
 

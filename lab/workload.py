@@ -25,6 +25,7 @@ from lab.topology import (
     BootstrapPhase,
     ConcurrentSearchPhase,
     GossipPhase,
+    IdlePhase,
     ImpairPhase,
     LookupPhase,
     Phase,
@@ -249,6 +250,10 @@ class Workload:
                 queries = [query_for(rng.choice(pool)) for _ in range(level)]
                 calls.append((peer, "concurrent_search", {"queries": queries, "fanout": phase.fanout}))
             await self._calls(report, quantities.seconds(phase.timeout), calls)
+
+    async def _idle(self, phase: IdlePhase, report: PhaseReport) -> None:
+        """The network at rest: only the collector and the peers' own timers run."""
+        await asyncio.sleep(quantities.seconds(phase.duration))
 
     async def _impair(self, phase: ImpairPhase, report: PhaseReport) -> None:
         """Changes the groups' links now; with a duration, restores them later while the next

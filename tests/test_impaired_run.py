@@ -21,8 +21,8 @@ IMPAIRED = ROOT / "tests" / "topologies" / "impaired.yaml"
 
 
 def wait_for_restore(out: Path, run: subprocess.Popen[str]) -> None:
-    """The impair phase's 1 s change has ended and the last phase waits 25 s for gossip: the
-    window for live changes."""
+    """The impair phase's 1 s change has ended and the last phase is 25 s idle: the window for
+    live changes."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and run.poll() is None:
         events = out / "events.jsonl"
