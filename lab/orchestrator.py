@@ -104,11 +104,7 @@ def peer_settings(topology: Topology) -> dict[str, Any]:
         },
         "dht": {**libp2p.dht.model_dump(), "maintenance_interval_s": quantities.seconds(libp2p.dht.maintenance_interval)},
         "yamux": {**libp2p.yamux.model_dump(), "rtt_interval_s": quantities.seconds(libp2p.yamux.rtt_interval)},
-        "gossipsub": {
-            **libp2p.gossipsub.model_dump(),
-            "heartbeat_s": quantities.seconds(libp2p.gossipsub.heartbeat),
-            "seen_ttl_s": quantities.seconds(libp2p.gossipsub.seen_ttl),
-        },
+        "gossipsub": {**libp2p.gossipsub.model_dump(), "heartbeat_s": quantities.seconds(libp2p.gossipsub.heartbeat)},
     }
 
 

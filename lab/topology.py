@@ -174,13 +174,6 @@ class Gossipsub(Strict):
     degree_low: int = Field(default=4, ge=1)
     degree_high: int = Field(default=12, ge=1)
     heartbeat: Duration = "1s"
-    seen_ttl: Duration = Field(
-        default="120s",
-        description="how long a peer remembers a message it has seen (py-libp2p's 120 s). py-libp2p 0.8.1 replays "
-        "its recent messages to every peer that newly subscribes, i.e. every new connection; a peer that has "
-        "forgotten one takes it as new and forwards it, so while connections keep opening old announcements "
-        "re-flood the network (counted as gossip_duplicate)",
-    )
     scorer: bool = Field(default=False, description="py-libp2p 0.8.1's scorer causes a GRAFT/PRUNE storm")
     adaptive_gossip: bool = False
     spam_protection: bool = False
@@ -191,8 +184,6 @@ class Gossipsub(Strict):
     def _degrees_ordered(self) -> Gossipsub:
         if not self.degree_low <= self.degree <= self.degree_high:
             raise ValueError("need degree_low <= degree <= degree_high")
-        if _duration(self.seen_ttl) < 1:
-            raise ValueError("seen_ttl: must be at least 1s (py-libp2p counts it in whole seconds)")
         return self
 
 

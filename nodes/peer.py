@@ -24,7 +24,6 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht import kad_dht
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
@@ -96,11 +95,6 @@ def gossipsub_router(settings: dict[str, Any]) -> GossipSub:
     return router
 
 
-def pubsub(host: IHost, router: GossipSub, settings: dict[str, Any]) -> Pubsub:
-    gs = settings["gossipsub"]
-    return Pubsub(host, router, seen_ttl=round(gs["seen_ttl_s"]), strict_signing=gs["strict_signing"])
-
-
 class Peer:
     """One libp2p host with Kademlia, GossipSub and the marketplace, answering control calls."""
 
@@ -125,7 +119,7 @@ class Peer:
         )
         self.dht.register_validator(DHT_NAMESPACE, PackageRecordValidator())
         self.router = gossipsub_router(settings)
-        self.pubsub = pubsub(self.host, self.router, settings)
+        self.pubsub = Pubsub(self.host, self.router, strict_signing=settings["gossipsub"]["strict_signing"])
         self.recorder = Recorder(channel.send, index)
         self.market = Market(self.host, self.dht, self.pubsub, self.recorder, seed, settings["dht"]["get_quorum"])
 

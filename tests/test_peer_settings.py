@@ -1,6 +1,5 @@
-"""Topology settings that py-libp2p keeps as module constants, an environment variable, a
-resource-manager limit or a Pubsub argument reach the library in a peer process (not only the
-manifest)."""
+"""Topology settings that py-libp2p keeps as module constants, an environment variable or a
+resource-manager limit reach the library in a peer process (not only the manifest)."""
 
 from __future__ import annotations
 
@@ -15,8 +14,7 @@ import json, os
 from pathlib import Path
 from lab.orchestrator import peer_settings
 from lab.topology import load_topology
-from libp2p import new_host
-from nodes.peer import gossipsub_router, pubsub, resource_manager, tune_library
+from nodes.peer import resource_manager, tune_library
 from libp2p.kad_dht import kad_dht
 from libp2p.stream_muxer.yamux import yamux
 
@@ -27,7 +25,6 @@ print(json.dumps({
     "maintenance_interval": kad_dht.ROUTING_TABLE_REFRESH_INTERVAL,
     "release_on_read": os.environ["PY_YAMUX_RELEASE_ON_READ"],
     "max_inbound": resource_manager(settings).connection_limits.max_established_inbound,
-    "seen_ttl": pubsub(new_host(), gossipsub_router(settings), settings).seen_messages.ttl,
 }))
 """
 
@@ -40,5 +37,4 @@ def test_the_1000_peer_topologys_library_settings_reach_py_libp2p() -> None:
         "maintenance_interval": 7200.0,
         "release_on_read": "0",
         "max_inbound": 550,
-        "seen_ttl": 21600,
     }

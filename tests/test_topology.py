@@ -38,7 +38,6 @@ def base(**changes: object) -> dict:
             "network.peers_per_host: link impairment shapes one link per host",
         ),
         ({"libp2p": {"dht": {"join": "walk"}}}, "libp2p.dht.join"),
-        ({"libp2p": {"gossipsub": {"seen_ttl": "500ms"}}}, "libp2p.gossipsub.seen_ttl: must be at least 1s"),
         (
             {"workload": [{"phase": "bootstrap"}, {"phase": "publish", "settle": "-1s"}]},
             "workload[1].settle: must not be negative",
