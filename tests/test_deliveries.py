@@ -52,3 +52,11 @@ def test_settle_gives_up_after_its_limit_and_says_what_is_missing() -> None:
     lines: list[str] = []
     assert asyncio.run(deliveries.settle(0, lambda: {0, 1, 2, 3}, 0.2, lines.append)) == 2
     assert lines[-1].startswith("  barrier: 1 announcements still miss 2 deliveries")
+
+
+def test_settle_without_sent_messages_returns_at_once_and_says_nothing() -> None:
+    deliveries = Deliveries()
+    deliveries.record(event("gossip_publish", 1, peer=0, msg="gossip:0", ok=False))
+    lines: list[str] = []
+    assert asyncio.run(deliveries.settle(0, lambda: {0, 1}, 600, lines.append)) == 0
+    assert lines == []
