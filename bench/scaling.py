@@ -86,6 +86,7 @@ def point_row(directory: Path) -> dict[str, Any]:
         "machine_cpu_busy_workload": sum(p["cpu_busy"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
         "lab_cpu_share_workload": sum(p["lab_cpu"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
         "python_probe_ms": manifest["machine"].get("python_speed", {}).get("best_ms"),
+        "command": manifest["machine"]["argv"],
         "commit": manifest["source"],
         "commit_short": manifest["source"]["commit"][:7] + ("+" if manifest["source"]["dirty"] else ""),
     }
@@ -123,7 +124,8 @@ def markdown(rows: list[dict[str, Any]], origin: dict[str, Any]) -> str:
     lines = [
         f"Measured {origin['measured_utc']} on {machine['cpus']} CPUs ({machine['cpu_model']}), "
         f"{machine['memory_total_bytes'] / 2**30:.0f} GiB, kernel {machine['kernel']}; "
-        f"topology {origin['topology']} scaled by `--set peers=` (`{' '.join(origin['command'])}`); "
+        f"topology {origin['topology']} scaled by `--set peers=` (first row: `{' '.join(origin['command'])}`; "
+        "each row's own command is in scaling.json); "
         "each row's commit is in the last column (+: uncommitted changes). Rows may come from different "
         "machines of this name, which differ in speed: the probe column is the same Python loop "
         f"(`{provenance.SPEED_PROBE}`, best of 5) timed by each row's run on its machine (lower is faster; "
