@@ -160,7 +160,7 @@ class Fleet:
                 await self._wait_hello(peer)
             identity = await self.call(peer, "start", {**settings, "listen": peer.slot.listen}, timeout)
         except (TimeoutError, PeerLost, CallFailed) as exc:
-            reason = f"no hello within {timeout:.0f}s" if isinstance(exc, TimeoutError) else str(exc)
+            reason = f"no hello within {timeout:g}s" if isinstance(exc, TimeoutError) else str(exc)
             peer.mark_lost(f"did not start: {reason}")
             return f"peer {peer.index}: did not start: {reason}"
         peer.peer_id, peer.addrs = identity["peer_id"], identity["addrs"]

@@ -41,7 +41,6 @@ from lab.workload import Workload
 Echo = Callable[[str], None]
 
 EXIT_PASS, EXIT_SLA_FAILED, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
-SPAWN_TIMEOUT_S = 60.0
 
 
 class SetupError(RuntimeError):
@@ -205,12 +204,17 @@ class Run:
             await self._start_peers(fleet, slots)
             workload = Workload(topology, fleet, self.echo, self.deliveries, self.live)
             for number, phase in enumerate(topology.workload, 1):
+                if not fleet.alive:
+                    self.echo(f"[run] no live peer: phases {number}-{len(topology.workload)} not run (causes above and "
+                              "in manifest.json)")
+                    break
                 report = await workload.run(phase)
                 self.errors.extend(report.errors)
                 since_start = {"ended_s": time.monotonic() - self.started}  # e.g. bootstrap's: time to a ready network
                 self.phase_reports.append({k: v for k, v in asdict(report).items() if k != "errors"} | since_start)
                 self.echo(f"[{number}/{len(topology.workload)}] {report.line()}")
-            status = "complete"
+            else:
+                status = "complete"
         except asyncio.CancelledError:
             status = "interrupted"
             raise
@@ -252,6 +256,7 @@ class Run:
         """Starts the host processes, `network.spawn_concurrency` at a time."""
         limit = asyncio.Semaphore(self.topology.network.spawn_concurrency)
         settings = peer_settings(self.topology)
+        timeout = quantities.seconds(self.topology.network.start_timeout)
         started = time.monotonic()
         hosts: dict[int, list[Any]] = {}
         for slot in slots:
@@ -259,7 +264,7 @@ class Run:
 
         async def start(host: list[Any], ticker: Ticker) -> None:
             async with limit:
-                failures = await fleet.start_host(host, settings, SPAWN_TIMEOUT_S)
+                failures = await fleet.start_host(host, settings, timeout)
             self.ready += len(host) - len(failures)
             self.errors += [{"phase": "start", "peer": index, "error": why} for index, why in failures.items()]
             ticker.done += len(host)

@@ -174,6 +174,14 @@ class Gossipsub(Strict):
     degree_low: int = Field(default=4, ge=1)
     degree_high: int = Field(default=12, ge=1)
     heartbeat: Duration = "1s"
+    gossip_window: int = Field(
+        default=3,
+        ge=1,
+        le=5,
+        description="heartbeats a message id stays in the IHAVE gossip (the library's 3; at most its history of 5). "
+        "Every heartbeat that holds an id, a peer sends IHAVE to max(6, a quarter of its non-mesh topic peers), "
+        "so the IHAVE RPCs per message grow with this window and with connections per peer",
+    )
     scorer: bool = Field(default=False, description="py-libp2p 0.8.1's scorer causes a GRAFT/PRUNE storm")
     adaptive_gossip: bool = False
     spam_protection: bool = False
@@ -210,6 +218,12 @@ class Libp2p(Strict):
 class Network(Strict):
     mode: Literal["auto", "netns", "loopback"] = "auto"
     spawn_concurrency: int = Field(default=8, ge=1, description="peer processes starting at once")
+    start_timeout: Duration = Field(
+        default="60s",
+        description="time a host process gets from launch until each of its peers listens; a peer late past it is "
+        "reported as not started. Importing py-libp2p takes ~0.5 s on a bare machine, a minute or more under "
+        "CPU emulation (tests/vm)",
+    )
     peer_hosting: Literal["spawn", "fork"] = Field(
         default="spawn",
         description="spawn: a fresh interpreter per host process (~59 MB USS); fork: host processes forked from a "

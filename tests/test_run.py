@@ -319,3 +319,18 @@ def test_a_bootstrap_peer_at_its_inbound_limit_refuses_the_next_joiner(tmp_path:
     assert "Established inbound limit exceeded: 1 >= 1" in (out / "logs" / "host-0000.stderr").read_text()
     warnings = json.loads((out / "summary.json").read_text())["errors"]["peer_logs"]["top"]
     assert any("Established inbound limit exceeded" in w["message"] and w["count"] >= 1 for w in warnings), warnings
+
+
+def test_a_run_whose_peers_never_start_stops_with_their_causes(tmp_path: Path) -> None:
+    """network.start_timeout shorter than any interpreter's start: no peer says hello in time,
+    so no phase runs; the run fails with each peer's cause instead of crashing in a phase."""
+    topology = write_topology(tmp_path / "late.yaml", network={"mode": "loopback", "start_timeout": "1ms"})
+    out = tmp_path / "results"
+    done = run_lab("run", str(topology), "--out", str(out), "--no-report")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no hello within" in done.stdout and "[run] no live peer: phases 1-6 not run" in done.stdout, done.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["peers_ready"] == 0 and manifest["phases"] == []
+    verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
+    assert any(v["metric"] == "peers_ready" and not v["passed"] for v in verdicts), verdicts
+    assert leftovers(run_id_of(done.stdout)) == []
