@@ -86,6 +86,7 @@ def gossipsub_router(settings: dict[str, Any]) -> GossipSub:
         degree_low=gs["degree_low"],
         degree_high=gs["degree_high"],
         heartbeat_interval=gs["heartbeat_s"],
+        gossip_window=gs["gossip_window"],
         adaptive_gossip_enabled=gs["adaptive_gossip"],
         spam_protection_enabled=gs["spam_protection"],
         eclipse_protection_enabled=gs["eclipse_protection"],

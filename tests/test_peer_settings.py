@@ -14,7 +14,7 @@ import json, os
 from pathlib import Path
 from lab.orchestrator import peer_settings
 from lab.topology import load_topology
-from nodes.peer import resource_manager, tune_library
+from nodes.peer import gossipsub_router, resource_manager, tune_library
 from libp2p.kad_dht import kad_dht
 from libp2p.stream_muxer.yamux import yamux
 
@@ -25,6 +25,7 @@ print(json.dumps({
     "maintenance_interval": kad_dht.ROUTING_TABLE_REFRESH_INTERVAL,
     "release_on_read": os.environ["PY_YAMUX_RELEASE_ON_READ"],
     "max_inbound": resource_manager(settings).connection_limits.max_established_inbound,
+    "gossip_window": gossipsub_router(settings).mcache.window_size,
 }))
 """
 
@@ -37,4 +38,5 @@ def test_the_1000_peer_topologys_library_settings_reach_py_libp2p() -> None:
         "maintenance_interval": 7200.0,
         "release_on_read": "0",
         "max_inbound": 550,
+        "gossip_window": 3,
     }

@@ -71,6 +71,7 @@ def test_delay_jitter_loss_rate_and_region_matrix_measure_as_configured(shaped: 
     links.apply_initial()
     reports = links.verify(400)
     assert reports and all(r.passed for r in reports), [f for r in reports for f in r.failures()]
+    assert all(r.kernel_stamped == r.received > 0 for r in reports), reports  # send times are the kernel's
     checked = {(r.source, r.dest): {c.name for c in r.checks} for r in reports}
     assert checked[(0, 3)] == {"delay_s", "jitter_sd_s", "loss"}  # group a -> region far
     assert "rate_bps" in checked[(2, 1)] or "rate_bps" in checked[(2, 3)]

@@ -2,9 +2,11 @@
 
 Probes are UDP datagrams from a socket inside the source peer's namespace to one inside the
 destination's. All namespaces share one kernel clock, so each datagram's one-way delay is
-its kernel receive timestamp (SO_TIMESTAMPNS) minus the send time it carries: no round trip
-to halve, no clock sync (Testground's factor-of-two error came from reading one-way delay off
-a round trip). Rules, stated in docs/impairment.md:
+its kernel receive timestamp (SO_TIMESTAMPNS) minus the kernel's send timestamp, taken as it
+reaches the sender's first qdisc (SO_TIMESTAMPING's TX_SCHED, before any impairment): no round
+trip to halve, no clock sync (Testground's factor-of-two error came from reading one-way delay
+off a round trip), and no Python scheduling in the figure (under qemu's CPU emulation the
+sender's own time stamp ran ~1 ms before its datagram left). Rules, stated in docs/impairment.md:
 
 - delay: median one-way delay within max(1 ms, 5%) of the configured delay to that destination;
 - jitter: standard deviation within max(1 ms, 25%) of the configured distribution's;
@@ -33,6 +35,11 @@ from lab.network import PeerSlot
 from lab.shaping.plan import LinkPlan
 
 SO_TIMESTAMPNS = 35  # Linux; the receive time the kernel stamped, in CLOCK_REALTIME
+# Linux uapi (net_tstamp.h, errqueue.h): send timestamps, answered on the socket's error queue.
+SO_TIMESTAMPING = 37  # also the answer's control message type, SCM_TIMESTAMPING
+TX_STAMPS = (1 << 8) | (1 << 4) | (1 << 7) | (1 << 11)  # TX_SCHED, SOFTWARE, OPT_ID (= send number), OPT_TSONLY
+IP_RECVERR = 11
+EXTENDED_ERR = struct.Struct("=IBBBBII")  # sock_extended_err: errno, origin, type, code, pad, info, data (= send number)
 PROBE = struct.Struct("!IQ")  # sequence number, send time (ns, CLOCK_REALTIME)
 PROBE_INTERVAL_S = 0.005
 STREAM_SECONDS = 1.0
@@ -61,6 +68,7 @@ class PairReport:
     dest: int
     sent: int
     received: int
+    kernel_stamped: int = 0  # arrivals whose send time is the kernel's (the rest carry Python's)
     checks: list[Check] = field(default_factory=list)
 
     @property
@@ -79,15 +87,43 @@ class PairReport:
         ]
 
 
+@dataclass(frozen=True)
+class Probe:
+    number: int
+    sent_ns: int  # the kernel's TX_SCHED stamp; the time the datagram carries if the kernel gave none
+    received_ns: int
+    kernel_stamped: bool
+
+
 def _socket_in(slot: PeerSlot, timestamps: bool = False) -> socket.socket:
     assert slot.netns is not None
     with inside(slot.netns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # the receiver's datagrams, the sender's stamps
     if timestamps:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TX_STAMPS)
     sock.bind((slot.ip, 0))
     return sock
+
+
+def _send_stamps(sock: socket.socket, stamps: dict[int, int]) -> None:
+    """Moves what the sender's error queue holds into {send number: kernel ns}."""
+    while True:
+        try:
+            _, ancillary, _, _ = sock.recvmsg(0, 256, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        stamp = number = None
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
+                seconds, nanoseconds = struct.unpack_from("qq", data)
+                stamp = seconds * 1_000_000_000 + nanoseconds
+            elif level == socket.IPPROTO_IP and kind == IP_RECVERR:
+                number = EXTENDED_ERR.unpack_from(data)[6]
+        if stamp and number is not None:
+            stamps[number] = stamp
 
 
 def _receive(sock: socket.socket, until: list[float], arrivals: list[tuple[bytes, int]]) -> None:
@@ -106,9 +142,11 @@ def _receive(sock: socket.socket, until: list[float], arrivals: list[tuple[bytes
 
 
 def _send_and_collect(source: PeerSlot, dest: PeerSlot, payloads: int, interval: float, size: int, drain_s: float
-                      ) -> tuple[int, list[tuple[bytes, int]]]:
+                      ) -> list[Probe]:
+    """Sends `payloads` datagrams `interval` apart; returns those that arrived, in arrival order."""
     receiver, sender = _socket_in(dest, timestamps=True), _socket_in(source)
     arrivals: list[tuple[bytes, int]] = []
+    stamps: dict[int, int] = {}
     until = [float("inf")]
     thread = threading.Thread(target=_receive, args=(receiver, until, arrivals), daemon=True)
     thread.start()
@@ -117,15 +155,21 @@ def _send_and_collect(source: PeerSlot, dest: PeerSlot, payloads: int, interval:
         start = time.monotonic()
         for seq in range(payloads):
             sender.sendto(PROBE.pack(seq, time.time_ns()).ljust(size, b"\0"), target)
+            _send_stamps(sender, stamps)
             pause = start + (seq + 1) * interval - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
         until[0] = time.monotonic() + drain_s
         thread.join()
+        _send_stamps(sender, stamps)
     finally:
         sender.close()
         receiver.close()
-    return payloads, arrivals
+    probes = []
+    for data, received_ns in arrivals:
+        number, carried_ns = PROBE.unpack_from(data)
+        probes.append(Probe(number, stamps.get(number, carried_ns), received_ns, number in stamps))
+    return probes
 
 
 def _delay_checks(plan: LinkPlan, region: str | None, delays: list[float]) -> list[Check]:
@@ -151,12 +195,12 @@ def _rate_check(plan: LinkPlan, source: PeerSlot, dest: PeerSlot) -> Check:
     wire_bits = (STREAM_PAYLOAD + WIRE_OVERHEAD) * 8
     interval = wire_bits / (1.25 * plan.rate_bps)
     count = max(20, int(STREAM_SECONDS / interval))
-    _, arrivals = _send_and_collect(source, dest, count, interval, STREAM_PAYLOAD, drain_s=1.0 + 2 * plan.delay_s)
+    arrivals = _send_and_collect(source, dest, count, interval, STREAM_PAYLOAD, drain_s=1.0 + 2 * plan.delay_s)
     measured = offered = 0.0
     if len(arrivals) >= 2:
-        span_s = (arrivals[-1][1] - arrivals[0][1]) / 1e9
+        span_s = (arrivals[-1].received_ns - arrivals[0].received_ns) / 1e9
         measured = (len(arrivals) - 1) * wire_bits / span_s if span_s > 0 else 0.0
-        sends = sorted(PROBE.unpack_from(data)[1] for data, _ in arrivals)
+        sends = sorted(probe.sent_ns for probe in arrivals)
         send_span_s = (sends[-1] - sends[0]) / 1e9
         offered = (count - 1) * wire_bits / send_span_s if send_span_s > 0 else 0.0
     # A sender slower than the rate (a busy or emulated CPU) cannot fill the link: then the
@@ -168,12 +212,12 @@ def _rate_check(plan: LinkPlan, source: PeerSlot, dest: PeerSlot) -> Check:
 def measure_pair(source: PeerSlot, dest: PeerSlot, plan: LinkPlan, dest_region: str | None, probes: int, pairs: int
                  ) -> PairReport:
     drain = 1.0 + 2 * (plan.delay_to(dest_region) + plan.jitter_s)
-    sent, arrivals = _send_and_collect(source, dest, probes, PROBE_INTERVAL_S, PROBE.size, drain)
-    delays = [(received - PROBE.unpack_from(data)[1]) / 1e9 for data, received in arrivals]
-    report = PairReport(source.index, dest.index, sent, len(arrivals))
+    arrivals = _send_and_collect(source, dest, probes, PROBE_INTERVAL_S, PROBE.size, drain)
+    delays = [(probe.received_ns - probe.sent_ns) / 1e9 for probe in arrivals]
+    report = PairReport(source.index, dest.index, probes, len(arrivals), sum(p.kernel_stamped for p in arrivals))
     if delays:
         report.checks.extend(_delay_checks(plan, dest_region, delays))
-    report.checks.append(_loss_check(plan, sent, len(arrivals), pairs))
+    report.checks.append(_loss_check(plan, probes, len(arrivals), pairs))
     return report
 
 
