@@ -38,5 +38,5 @@ def test_the_1000_peer_topologys_library_settings_reach_py_libp2p() -> None:
         "maintenance_interval": 7200.0,
         "release_on_read": "0",
         "max_inbound": 550,
-        "gossip_window": 3,
+        "gossip_window": 1,
     }
