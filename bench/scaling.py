@@ -1,8 +1,10 @@
 """How the cost of a run grows with the network: one workload at 10, 50, 100, 500 and 1000 peers.
 
-Runs `lab sweep TOPOLOGY --set peers=...` (each point a full run: fresh namespaces, fresh peer
-processes) into results/, then reads every point's manifest.json and summary.json and writes,
-with the machine and the commit they came from:
+Runs `lab sweep TOPOLOGY --set peers=N` for each size N (each a full run: fresh namespaces,
+fresh peer processes) into results/; a size below the topology's `bootstrap.peers` runs with
+every peer a bootstrap peer (`--set bootstrap.peers=N`, the table's seeds column). Then it
+reads every point's manifest.json and summary.json and writes, with the machine and the
+commit they came from:
 
     OUT/scaling.json   per size: time to ready, run wall time, peak memory of the run, memory
                        and CPU per peer, connections per peer, lookup and gossip latency, the
@@ -12,7 +14,7 @@ with the machine and the commit they came from:
 
     .venv/bin/python bench/scaling.py                                  # the whole benchmark (~45 min here)
     .venv/bin/python bench/scaling.py --sizes 10,50 --out /tmp/s       # a short look
-    .venv/bin/python bench/scaling.py --from results/scaling-sweep     # tables from a finished sweep
+    .venv/bin/python bench/scaling.py --from results/scaling-sweep     # tables from finished runs under it
 
 "Linear" means the per-peer figure stays flat; where it rises with size, the cost grows faster
 than linearly, which docs/scaling.md explains.
@@ -35,6 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lab import provenance  # noqa: E402
+from lab.topology import load_topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = "10,50,100,500,1000"
@@ -59,6 +62,7 @@ def point_row(directory: Path) -> dict[str, Any]:
     return {
         "peers": len(manifest["peers"]),
         "hosts": len({p["pid"] for p in manifest["peers"]}),
+        "seeds": manifest["topology"]["bootstrap"]["peers"],
         "peers_ready": peers,
         "peers_lost": manifest["peers_lost"],
         "status": manifest["status"],
@@ -95,6 +99,7 @@ def point_row(directory: Path) -> dict[str, Any]:
 COLUMNS = [
     ("peers", "peers", "{:.0f}"),
     ("hosts", "host processes", "{:.0f}"),
+    ("seeds", "bootstrap peers", "{:.0f}"),
     ("status", "run", "{}"),
     ("phases", "phases done", "{}"),
     ("peers_lost", "lost", "{:.0f}"),
@@ -180,18 +185,23 @@ def main() -> None:
     parser.add_argument("--topology", default="topologies/1000-peers.yaml")
     parser.add_argument("--sizes", default=SIZES, help="comma-separated peer counts")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scaling")
-    parser.add_argument("--from", dest="sweep", type=Path, help="a finished `lab sweep --set peers=...` directory")
+    parser.add_argument("--from", dest="sweep", type=Path, help="a directory of finished runs (searched recursively)")
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     sweep = args.sweep or ROOT / "results" / f"scaling-sweep-{stamp}"
     if args.sweep is None:
-        command = [sys.executable, "-m", "lab", "sweep", args.topology, "--set", f"peers={args.sizes}", "--out", str(sweep)]
-        done = subprocess.run(command, cwd=ROOT)
-        if done.returncode not in (0, 1):  # 1: an SLA failed, which is a measurement, not a failure
-            raise SystemExit(f"lab sweep exited {done.returncode}")
+        seeds = load_topology(ROOT / args.topology).bootstrap.peers
+        for size in map(int, args.sizes.split(",")):
+            command = [sys.executable, "-m", "lab", "sweep", args.topology, "--set", f"peers={size}",
+                       "--out", str(sweep / f"peers={size}")]
+            if size < seeds:
+                command += ["--set", f"bootstrap.peers={size}"]
+            done = subprocess.run(command, cwd=ROOT)
+            if done.returncode not in (0, 1):  # 1: an SLA failed, which is a measurement, not a failure
+                raise SystemExit(f"lab sweep exited {done.returncode}")
     # Every point's directory, finished or not: an interrupted run (status in the table) still
     # wrote its summary of what it measured, but sweep.json lists only finished points.
-    runs = sorted(path.parent for path in sweep.glob("*/summary.json"))
+    runs = sorted(path.parent for path in sweep.glob("**/summary.json"))
     rows = sorted((point_row(run) for run in runs), key=lambda row: row["peers"])
     first = json.loads((runs[0] / "manifest.json").read_text())
     origin = {"measured_utc": first["started_utc"][:16].replace("T", " ") + " UTC", "machine": first["machine"],
