@@ -1,7 +1,7 @@
 """How exactly a backend adds delay, and up to which packet rate it keeps time.
 
 Two peers in namespaces; peer 0's link gets a fixed delay; UDP probes at a given packet rate
-measure one-way delay (kernel receive timestamp minus send time, one clock) and loss. The
+measure one-way delay (kernel receive minus kernel send timestamp, one clock) and loss. The
 error is measured minus configured. Writes JSON and a markdown table with the machine and
 commit:
 
@@ -53,15 +53,14 @@ def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
     slots = links.slots
     links.set_link([0], Link(delay=f"{delay_ms}ms", limit=HELD_LIMIT), "bench")
     count = min(MAX_PROBES, int(rate * SECONDS_PER_POINT))
-    sent, arrivals = _send_and_collect(slots[0], slots[1], count, 1 / rate, PROBE.size, 1.0 + 2 * delay_ms / 1000)
-    stamps = [(PROBE.unpack_from(data)[1], received) for data, received in arrivals]
-    errors = [(received - sent_ns) / 1e9 - delay_ms / 1000 for sent_ns, received in stamps]
-    sends = sorted(sent_ns for sent_ns, _ in stamps)
+    arrivals = _send_and_collect(slots[0], slots[1], count, 1 / rate, PROBE.size, 1.0 + 2 * delay_ms / 1000)
+    errors = [(p.received_ns - p.sent_ns) / 1e9 - delay_ms / 1000 for p in arrivals]
+    sends = sorted(p.sent_ns for p in arrivals)
     achieved = (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else 0.0
-    loss = 1 - len(arrivals) / sent
-    point = {
-        "delay_ms": delay_ms, "rate_pps": rate, "achieved_pps": round(achieved), "sent": sent, "received": len(arrivals),
-        "loss": loss,
+    loss = 1 - len(arrivals) / count
+    point: dict[str, Any] = {
+        "delay_ms": delay_ms, "rate_pps": rate, "achieved_pps": round(achieved), "sent": count, "received": len(arrivals),
+        "kernel_stamped": sum(p.kernel_stamped for p in arrivals), "loss": loss,
         "error_p50_ms": statistics.median(errors) * 1e3 if errors else None,
         "error_p99_ms": quantile(errors, 0.99) * 1e3 if errors else None,
         "error_max_ms": max(errors) * 1e3 if errors else None,

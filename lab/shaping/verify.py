@@ -37,6 +37,8 @@ from lab.shaping.plan import LinkPlan
 SO_TIMESTAMPNS = 35  # Linux; the receive time the kernel stamped, in CLOCK_REALTIME
 # Linux uapi (net_tstamp.h, errqueue.h): send timestamps, answered on the socket's error queue.
 SO_TIMESTAMPING = 37  # also the answer's control message type, SCM_TIMESTAMPING
+SO_RCVBUFFORCE = 33  # root may pass net.core.rmem_max: the stamps wait in the error queue until the sends end
+SEND_STAMP_QUEUE = 64 << 20  # bytes; a stamp costs ~1 KiB of it, a benchmark sends up to 40,000 probes
 TX_STAMPS = (1 << 8) | (1 << 4) | (1 << 7) | (1 << 11)  # TX_SCHED, SOFTWARE, OPT_ID (= send number), OPT_TSONLY
 IP_RECVERR = 11
 EXTENDED_ERR = struct.Struct("=IBBBBII")  # sock_extended_err: errno, origin, type, code, pad, info, data (= send number)
@@ -99,17 +101,19 @@ def _socket_in(slot: PeerSlot, timestamps: bool = False) -> socket.socket:
     assert slot.netns is not None
     with inside(slot.netns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # the receiver's datagrams, the sender's stamps
     if timestamps:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     else:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TX_STAMPS)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SEND_STAMP_QUEUE)
     sock.bind((slot.ip, 0))
     return sock
 
 
 def _send_stamps(sock: socket.socket, stamps: dict[int, int]) -> None:
-    """Moves what the sender's error queue holds into {send number: kernel ns}."""
+    """Moves what the sender's error queue holds into {send number: kernel ns}: once, after the
+    sends, so reading the stamps does not slow the sending."""
     while True:
         try:
             _, ancillary, _, _ = sock.recvmsg(0, 256, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
@@ -155,7 +159,6 @@ def _send_and_collect(source: PeerSlot, dest: PeerSlot, payloads: int, interval:
         start = time.monotonic()
         for seq in range(payloads):
             sender.sendto(PROBE.pack(seq, time.time_ns()).ljust(size, b"\0"), target)
-            _send_stamps(sender, stamps)
             pause = start + (seq + 1) * interval - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
