@@ -91,17 +91,18 @@ class PairReport:
 
 @dataclass(frozen=True)
 class Probe:
-    number: int
     sent_ns: int  # the kernel's TX_SCHED stamp; the time the datagram carries if the kernel gave none
     received_ns: int
     kernel_stamped: bool
 
 
-def _socket_in(slot: PeerSlot, timestamps: bool = False) -> socket.socket:
+def _socket_in(slot: PeerSlot, receiver: bool) -> socket.socket:
+    """A probe socket in the slot's namespace: the receiver asks for receive stamps, the sender
+    for send stamps."""
     assert slot.netns is not None
     with inside(slot.netns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if timestamps:
+    if receiver:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     else:
@@ -148,7 +149,7 @@ def _receive(sock: socket.socket, until: list[float], arrivals: list[tuple[bytes
 def _send_and_collect(source: PeerSlot, dest: PeerSlot, payloads: int, interval: float, size: int, drain_s: float
                       ) -> list[Probe]:
     """Sends `payloads` datagrams `interval` apart; returns those that arrived, in arrival order."""
-    receiver, sender = _socket_in(dest, timestamps=True), _socket_in(source)
+    receiver, sender = _socket_in(dest, receiver=True), _socket_in(source, receiver=False)
     arrivals: list[tuple[bytes, int]] = []
     stamps: dict[int, int] = {}
     until = [float("inf")]
@@ -171,7 +172,7 @@ def _send_and_collect(source: PeerSlot, dest: PeerSlot, payloads: int, interval:
     probes = []
     for data, received_ns in arrivals:
         number, carried_ns = PROBE.unpack_from(data)
-        probes.append(Probe(number, stamps.get(number, carried_ns), received_ns, number in stamps))
+        probes.append(Probe(stamps.get(number, carried_ns), received_ns, number in stamps))
     return probes
 
 
