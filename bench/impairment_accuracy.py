@@ -32,7 +32,7 @@ from lab.runid import RunId
 from lab.shaping.backend import choose_backend
 from lab.shaping.links import Links, make_backend
 from lab.shaping.userspace import UserspaceBackend
-from lab.shaping.verify import PROBE, _send_and_collect
+from lab.shaping.verify import PROBE, send_and_collect
 from lab.topology import Link, parse_topology
 
 TOPOLOGY = "{name: bench, seed: 1, groups: [{name: a, count: 2}], workload: [{phase: bootstrap}]}"
@@ -53,7 +53,7 @@ def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
     slots = links.slots
     links.set_link([0], Link(delay=f"{delay_ms}ms", limit=HELD_LIMIT), "bench")
     count = min(MAX_PROBES, int(rate * SECONDS_PER_POINT))
-    arrivals = _send_and_collect(slots[0], slots[1], count, 1 / rate, PROBE.size, 1.0 + 2 * delay_ms / 1000)
+    arrivals = send_and_collect(slots[0], slots[1], count, 1 / rate, PROBE.size, 1.0 + 2 * delay_ms / 1000).link
     errors = [(p.received_ns - p.sent_ns) / 1e9 - delay_ms / 1000 for p in arrivals]
     sends = sorted(p.sent_ns for p in arrivals)
     achieved = (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9) if len(sends) > 1 and sends[-1] > sends[0] else 0.0
@@ -99,7 +99,7 @@ def main() -> int:
     topology = parse_topology(yaml.safe_load(TOPOLOGY))
     run = RunId.new()
     network = NamespaceNetwork(run, [[0], [1]])
-    links = Links(make_backend(backend, {}, run, 1), network.build(), topology)
+    links = Links(make_backend(backend, {}, run, 1), network.build(), topology, network.reference)
     points = []
     try:
         for delay_ms in DELAYS_MS:

@@ -191,7 +191,7 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
         raise LabError(reply["error"])
     for line in console.netem_lines(op, reply):
         click.echo(line)
-    if reply.get("passed") is False:
+    if reply.get("status") == "failed":
         sys.exit(1)
 
 

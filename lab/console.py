@@ -103,14 +103,19 @@ def repeat_lines(repeat: dict[str, Any], outcomes: list[Any]) -> list[str]:
 
 
 def verification_lines(reports: list[dict[str, Any]]) -> list[str]:
-    rows = [["pair", "check", "configured", "measured", "allowed", "ok"]]
+    rows = [["pair", "check", "configured", "measured", "99% interval", "allowed", "result"]]
+    reasons = []
     for report in reports:
         for check in report["checks"]:
+            interval = check["interval"]
             rows.append([
                 f"{report['source']}->{report['dest']}", check["name"], f"{check['configured']:.4g}", f"{check['measured']:.4g}",
-                f"{check['low']:.4g}..{check['high']:.4g}", "yes" if check["passed"] else "NO",
+                f"{interval[0]:.4g}..{interval[1]:.4g}" if interval else "-", f"{check['low']:.4g}..{check['high']:.4g}",
+                check["status"].upper() if check["status"] != "passed" else "ok",
             ])
-    return _aligned(rows)
+            if check["reason"]:
+                reasons.append(f"  {report['source']}->{report['dest']} {check['name']}: {check['reason']}")
+    return _aligned(rows) + reasons
 
 
 def netem_lines(op: str, reply: dict[str, Any]) -> list[str]:
@@ -124,5 +129,7 @@ def netem_lines(op: str, reply: dict[str, Any]) -> list[str]:
         lines.extend(f"    {line}" for line in link["kernel"] or ["(nothing in the kernel)"])
     if "verification" in reply:
         lines.extend(verification_lines(reply["verification"]))
-        lines.append("links match their configuration" if reply["passed"] else "links DISAGREE with their configuration")
+        outcome = {"passed": "links match their configuration", "failed": "links DISAGREE with their configuration",
+                   "unverified": "links could not be verified: this machine was too noisy to tell (see above)"}
+        lines.append(outcome[reply["status"]])
     return lines

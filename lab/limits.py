@@ -53,6 +53,7 @@ def check_namespaces(hosts: int) -> None:
     if not MAX_NET_NAMESPACES.exists():
         return
     allowed = int(MAX_NET_NAMESPACES.read_text())
-    if allowed < hosts + 2:  # hosts, the hub, a probe
-        raise LimitError(f"network namespaces: {hosts} hosts need {hosts + 2}, user.max_net_namespaces is {allowed}; "
-                         f"raise it with `sysctl user.max_net_namespaces={hosts + 2}`")
+    need = hosts + 3  # hosts, the hub, the reference host (lab/network.py), a probe
+    if allowed < need:
+        raise LimitError(f"network namespaces: {hosts} hosts need {need}, user.max_net_namespaces is {allowed}; "
+                         f"raise it with `sysctl user.max_net_namespaces={need}`")

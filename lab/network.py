@@ -17,6 +17,10 @@ gateway, one per peer in the hub. No ARP, no broadcast, no bridge port limit, an
 own namespace is never touched. Addresses come from 198.18.0.0/15, reserved for benchmarking.
 In loopback mode (no root or no namespaces) peers share the host namespace on distinct
 127.18.0.0/16 addresses.
+
+One more host, the reference (REFERENCE_IP, index REFERENCE), runs no peer: link verification
+sends probes from it through a link of known delay, to learn how late this machine's timers
+release packets at that moment (lab/shaping/verify.py).
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ GATEWAY = str(FABRIC.network_address + 1)
 LOOPBACK = ipaddress.ip_network("127.18.0.0/16")
 PEER_PORT = 4001
 NUD_PERMANENT = 0x80
-MAX_PEERS = FABRIC.num_addresses - 3  # network address, gateway, broadcast
+REFERENCE_IP = str(FABRIC.broadcast_address - 1)
+REFERENCE = -1  # the reference host's slot index: not a peer
+MAX_PEERS = FABRIC.num_addresses - 4  # network address, gateway, reference, broadcast
 
 Progress = Callable[[int, int], None]
 
@@ -95,6 +101,7 @@ class NamespaceNetwork:
         self.run = run
         self.hosts = hosts
         self.created: list[str] = []
+        self.reference: PeerSlot | None = None
 
     def build(self, progress: Progress | None = None) -> list[PeerSlot]:
         try:
@@ -111,6 +118,9 @@ class NamespaceNetwork:
                     slots += host_slots
                     if progress:
                         progress(host + 1, len(self.hosts))
+                host, name = len(self.hosts), self.run.host_netns(len(self.hosts))
+                self._add_host(hub, host, name, [reference := PeerSlot(REFERENCE, REFERENCE_IP, name, host)])
+                self.reference = reference
             return slots
         except NetlinkError as exc:
             raise NetworkError(f"netlink refused building the network: {exc}") from exc
@@ -161,6 +171,7 @@ class LoopbackNetwork:
 
     def __init__(self, hosts: list[list[int]]) -> None:
         self.hosts = hosts
+        self.reference: PeerSlot | None = None  # no links to verify
 
     def build(self, progress: Progress | None = None) -> list[PeerSlot]:
         addresses = LOOPBACK.hosts()

@@ -90,6 +90,26 @@ def test_impairment_the_backend_cannot_give_refuses_before_building(tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_link_the_machine_cannot_verify_is_a_warning_and_strict_refuses_it(tmp_path: Path) -> None:
+    """No Python sender offers 27 Gbit/s, so a 30 Gbit/s link cannot be told from a slower one:
+    the run says so and goes on, marked unverified; `impairment.verify: strict` refuses it."""
+    fields = {"groups": [{"name": "peers", "count": 4, "link": {"rate": "30gbit"}}], "workload": [{"phase": "bootstrap"}],
+              "slas": []}
+    loose = run_lab("run", str(write_topology(tmp_path / "fast.yaml", **fields)), "--out", str(tmp_path / "loose"),
+                    "--no-report")
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    assert "rate_bps: configured 3e+10" in loose.stdout and "the sender offered only" in loose.stdout, loose.stdout
+    impairment = json.loads((tmp_path / "loose" / "manifest.json").read_text())["impairment"]
+    assert impairment["verification_status"] == "unverified" and impairment["verified"] is False
+    strict_file = write_topology(tmp_path / "strict.yaml", **fields, impairment={"verify": "strict"})
+    strict = run_lab("run", str(strict_file), "--out", str(tmp_path / "strict"), "--no-report")
+    assert strict.returncode == 2, strict.stdout + strict.stderr
+    [line] = strict.stderr.strip().splitlines()
+    assert line.startswith("Error: links could not be verified (impairment.verify: strict): peer 0->3 rate_bps"), line
+    for out in (tmp_path / "loose", tmp_path / "strict"):
+        assert leftovers(json.loads((out / "manifest.json").read_text())["run_id"]) == []
+
+
 def test_lab_clean_after_a_killed_impaired_run_leaves_nothing(tmp_path: Path) -> None:
     """SIGKILL the orchestrator mid-run: the delay line dies with it (PDEATHSIG); lab clean
     removes the namespaces (and with them every qdisc and rule) and the delay line's directory."""

@@ -42,8 +42,8 @@ def test_too_few_network_namespaces_is_refused(tmp_path: Path, monkeypatch: pyte
     setting = tmp_path / "max_net_namespaces"
     setting.write_text("500\n")
     monkeypatch.setattr(limits, "MAX_NET_NAMESPACES", setting)
-    limits.check_namespaces(498)
-    with pytest.raises(limits.LimitError, match=r"1000 hosts need 1002, .*sysctl user.max_net_namespaces=1002"):
+    limits.check_namespaces(497)
+    with pytest.raises(limits.LimitError, match=r"1000 hosts need 1003, .*sysctl user.max_net_namespaces=1003"):
         limits.check_namespaces(1000)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psutil
 import pytest
@@ -28,8 +29,8 @@ regions:
     near: {near: 2ms, far: 25ms}
     far: {near: 25ms, far: 2ms}
 groups:
-  - {name: a, count: 2, region: near, link: {delay: 10ms, jitter: 3ms, loss: 5%}}
-  - {name: b, count: 2, region: far, link: {delay: 5ms, rate: 10mbit}}
+  - {name: a, count: 2, region: near, link: {delay: 10ms, loss: 5%}}
+  - {name: b, count: 2, region: far, link: {delay: 20ms, jitter: 10ms, rate: 2mbit}}
 workload: [{phase: bootstrap}]
 """
 
@@ -45,7 +46,7 @@ def shaped() -> Iterator[tuple[Links, Topology, RunId]]:
     network = NamespaceNetwork(run, topology.hosts())
     slots = network.build()
     prefixes = plans.prefixes_by_region([s.ip for s in slots], plans.regions_of(topology))
-    links = Links(make_backend(backend_name(), prefixes, run, topology.seed), slots, topology)
+    links = Links(make_backend(backend_name(), prefixes, run, topology.seed), slots, topology, network.reference)
     try:
         yield links, topology, run
     finally:
@@ -70,22 +71,29 @@ def test_delay_jitter_loss_rate_and_region_matrix_measure_as_configured(shaped: 
     links, _, _ = shaped
     links.apply_initial()
     reports = links.verify(400)
-    assert reports and all(r.passed for r in reports), [f for r in reports for f in r.failures()]
+    assert reports and all(r.passed for r in reports), [r.lines("failed") + r.lines("unverified") for r in reports]
     assert all(r.kernel_stamped == r.received > 0 for r in reports), reports  # send times are the kernel's
+    assert all(r.reference_kernel_stamped == r.reference_received > 300 and r.noise for r in reports), reports
     checked = {(r.source, r.dest): {c.name for c in r.checks} for r in reports}
-    assert checked[(0, 3)] == {"delay_s", "jitter_sd_s", "loss"}  # group a -> region far
+    assert checked[(0, 3)] == {"delay_s", "loss"}  # group a -> region far
+    assert {"delay_s", "jitter_sd_s", "loss"} <= checked[(2, 1)] and {"delay_s", "jitter_sd_s", "loss"} <= checked[(2, 3)]
     assert "rate_bps" in checked[(2, 1)] or "rate_bps" in checked[(2, 3)]
     delays = {(r.source, r.dest): next(c.measured for c in r.checks if c.name == "delay_s") for r in reports}
     assert delays[(0, 3)] - delays[(0, 1)] == pytest.approx(0.023, abs=0.002)  # 25 ms vs 2 ms region latency
 
 
 def test_verification_fails_when_the_kernel_does_something_else(shaped: tuple) -> None:
+    """The configuration says one thing, the kernel is given another: half the delay and no
+    loss for group a, no jitter and twice the rate for group b. Every such check fails, on an
+    idle machine or a busy one: noise never takes delay or jitter away, nor speeds a link up."""
     links, _, _ = shaped
     links.apply_initial()
-    applied = links.current[0]
-    links.current[0] = plans.LinkPlan(delay_s=applied.delay_s + 0.005, loss=0.0, to_region=applied.to_region)
-    failures = [f for r in links.verify(400) if r.source == 0 for f in r.failures()]
-    assert any("delay_s" in f for f in failures) and any("loss" in f for f in failures), failures
+    a, b = links.current[0], links.current[2]
+    links.backend.apply([(links.slots[0], replace(a, delay_s=a.delay_s / 2, loss=0.0)),
+                         (links.slots[2], replace(b, jitter_s=0.0, rate_bps=2 * (b.rate_bps or 0)))])
+    reports = links.verify(400)
+    failed = {(r.source, c.name) for r in reports for c in r.checks if c.status == "failed"}
+    assert {(0, "delay_s"), (0, "loss"), (2, "jitter_sd_s"), (2, "rate_bps")} <= failed, [r.as_dict() for r in reports]
 
 
 def test_live_change_then_clear_leaves_nothing_in_the_kernel(shaped: tuple) -> None:

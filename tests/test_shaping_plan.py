@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from lab.quantities import bits_per_second
 from lab.shaping import plan as plans
 from lab.shaping.tc import netem_options, u32_destination_key
 from lab.shaping.userspace import hub_rules, port_rules
-from lab.shaping.verify import _delay_checks, _loss_check, sample_pairs
+from lab.shaping.verify import delay_checks, judge, loss_check, rate_check, sample_pairs
 from lab.topology import TopologyError, parse_topology
 
 BASE = {"name": "t", "seed": 1, "workload": [{"phase": "bootstrap"}]}
@@ -76,13 +77,82 @@ def test_tc_and_iptables_texts() -> None:
 
 def test_verification_rules() -> None:
     plan = plans.LinkPlan(delay_s=0.1, loss=0.05)
-    assert [c.passed for c in _delay_checks(plan, None, [0.104] * 3)] == [True]  # 5% of 100 ms
-    assert [c.passed for c in _delay_checks(plan, None, [0.106] * 3)] == [False]
-    assert [c.passed for c in _delay_checks(plans.LinkPlan(delay_s=0.01), None, [0.0109])] == [True]  # 1 ms floor
-    assert _loss_check(plan, 400, 380).passed and not _loss_check(plan, 400, 400).passed
-    assert not _loss_check(plans.LinkPlan(), 400, 399).passed  # no loss configured: one lost packet is a failure
+    assert [c.status for c in delay_checks(plan, None, [0.104] * 3, [])] == ["passed"]  # 5% of 100 ms
+    assert [c.status for c in delay_checks(plan, None, [0.106] * 3, [])] == ["failed"]
+    assert [c.status for c in delay_checks(plans.LinkPlan(delay_s=0.01), None, [0.0109] * 3, [])] == ["passed"]  # 1 ms floor
+    assert loss_check(plan, 400, 380).passed and not loss_check(plan, 400, 400).passed
+    assert not loss_check(plans.LinkPlan(), 400, 399).passed  # no loss configured: one lost packet is a failure
     # 34 of 400 lost at 5%: outside one check's 99% interval (10..32), inside ten checks' (7..36, Bonferroni)
-    assert not _loss_check(plan, 400, 366).passed and _loss_check(plan, 400, 366, pairs=10).passed
+    assert not loss_check(plan, 400, 366).passed and loss_check(plan, 400, 366, pairs=10).passed
+
+
+def test_judging_by_the_interval_against_the_band() -> None:
+    assert judge((11.5, 12.5), 11, 13) == "passed"
+    assert judge((12.8, 13.4), 11, 13) == "passed"  # meets the band and is narrower than it
+    assert judge((5.9, 6.1), 11, 13) == "failed"
+    assert judge((13.2, 13.4), 11, 13) == "failed"
+    assert judge((10.0, 16.0), 11, 13) == "unverified"  # consistent with the band, but too wide to tell
+
+
+def _late(rng: np.random.Generator, mean_s: float) -> np.ndarray:
+    """Timer lateness: only ever added, mostly small, sometimes long."""
+    return rng.exponential(mean_s, 400)
+
+
+def test_noise_is_removed_and_a_wrong_link_fails_however_noisy() -> None:
+    rng = np.random.default_rng(7)
+    plan = plans.LinkPlan(delay_s=0.012)
+    right = 0.012 + _late(rng, 0.002)
+    assert np.median(right) - 0.012 > 0.001  # raw, a correct link looks 1.4 ms slow: outside ±1 ms
+    [delay] = delay_checks(plan, None, list(right), list(_late(rng, 0.002)))
+    assert delay.status == "passed" and delay.measured == pytest.approx(0.012, abs=0.0005), delay
+    [half] = delay_checks(plan, None, list(0.006 + _late(rng, 0.002)), list(_late(rng, 0.002)))
+    assert half.status == "failed", half  # 6 ms applied: noise never takes delay away
+    [slow] = delay_checks(plan, None, list(0.016 + _late(rng, 0.002)), list(_late(rng, 0.002)))
+    assert slow.status == "failed", slow  # 16 ms applied: more than the measured noise explains
+    [wild] = delay_checks(plan, None, list(0.012 + _late(rng, 0.05)), list(_late(rng, 0.05)))
+    assert wild.status == "unverified" and "the probe path's own noise was p50" in wild.reason, wild
+    [half_wild] = delay_checks(plan, None, list(0.0 + _late(rng, 0.0005)), list(_late(rng, 0.05)))
+    assert half_wild.status == "failed", half_wild  # no delay at all, however noisy the reference
+
+
+def test_jitter_is_judged_with_the_noise_variance_removed() -> None:
+    rng = np.random.default_rng(3)
+    plan = plans.LinkPlan(delay_s=0.05, jitter_s=0.008)  # uniform ±8 ms: sd 4.6 ms
+    jittered = 0.05 + rng.uniform(-0.008, 0.008, 400) + _late(rng, 0.002)
+    delay, jitter = delay_checks(plan, None, list(jittered), list(_late(rng, 0.002)))
+    assert delay.status == jitter.status == "passed", (delay, jitter)
+    assert jitter.measured == pytest.approx(0.008 / 3**0.5, rel=0.15)
+    _, none = delay_checks(plan, None, list(0.05 + _late(rng, 0.002)), list(_late(rng, 0.002)))
+    assert none.status == "failed", none  # jitter configured, none applied
+
+
+def _arrivals(rate_bps: float, bits: float, count: int, stalls: int, rng: np.random.Generator) -> list[int]:
+    """A backlogged link's departures, `stalls` times held 10 ms (a late timer) without catching up."""
+    gaps = np.full(count, bits / rate_bps)
+    gaps[rng.choice(count, stalls, replace=False)] += 0.010
+    return list(np.cumsum(gaps * 1e9).astype(np.int64))
+
+
+def test_rate_is_the_links_own_despite_late_timers_and_a_slow_sender_is_not_a_wrong_link() -> None:
+    rng = np.random.default_rng(5)
+    bits, plan = 1242 * 8, plans.LinkPlan(rate_bps=10e6)
+    fast_sender = [int(i * bits / 12.5e6 * 1e9) for i in range(1000)]
+    quiet = list(rng.exponential(0.0001, 400))  # timers 0.1 ms late on average
+    stalled = _arrivals(10e6, bits, 1000, 20, rng)  # 20 stalls: the span says 8.3 Mbit/s
+    assert (len(stalled) - 1) * bits / ((stalled[-1] - stalled[0]) / 1e9) < 9e6
+    assert rate_check(plan, stalled, fast_sender, bits, quiet).status == "passed"
+    assert rate_check(plan, _arrivals(20e6, bits, 1000, 0, rng), fast_sender, bits, quiet).status == "failed"
+    assert rate_check(plan, _arrivals(5e6, bits, 1000, 0, rng), fast_sender, bits, quiet).status == "failed"
+    slow_sender = [int(i * bits / 5e6 * 1e9) for i in range(1000)]
+    starved = rate_check(plan, _arrivals(5e6, bits, 1000, 0, rng), slow_sender, bits, quiet)
+    assert starved.status == "unverified" and "sender offered only" in starved.reason
+    assert rate_check(plan, _arrivals(20e6, bits, 1000, 0, rng), slow_sender, bits, quiet).status == "failed"
+    late = list(rng.exponential(0.0015, 400))  # 1.5 ms late on average, against 1 ms per datagram
+    busy = rate_check(plan, _arrivals(8e6, bits, 1000, 0, rng), fast_sender, bits, late)
+    assert busy.status == "unverified" and "ms late on average" in busy.reason, busy
+    assert rate_check(plan, _arrivals(2e6, bits, 1000, 0, rng), fast_sender, bits, late).status == "failed"
+    assert rate_check(plan, _arrivals(20e6, bits, 1000, 0, rng), fast_sender, bits, late).status == "failed"
 
 
 def test_sample_pairs_cover_every_ordered_pair_of_groups() -> None:

@@ -17,7 +17,7 @@ from lab.shaping.backend import Backend, ShapingError
 from lab.shaping.netem import NetemBackend
 from lab.shaping.plan import LinkPlan
 from lab.shaping.userspace import UserspaceBackend
-from lab.shaping.verify import PairReport, verify
+from lab.shaping.verify import REFERENCE_PLAN, PairReport, verify
 from lab.topology import ImpairPhase, Link, Topology
 
 BACKENDS: dict[str, type[Backend]] = {"netem": NetemBackend, "userspace": UserspaceBackend}
@@ -53,9 +53,12 @@ class Change:
 
 
 class Links:
-    def __init__(self, backend: Backend, slots: list[PeerSlot], topology: Topology) -> None:
+    def __init__(self, backend: Backend, slots: list[PeerSlot], topology: Topology, reference: PeerSlot | None) -> None:
+        """`reference`: the network's reference host, whose link verification gives a known delay."""
         self.backend = backend
         self.slots = slots
+        self.reference = reference
+        self.reference_applied = False
         self.groups = [group.name for group in topology.peer_groups()]
         self.regions = plans.regions_of(topology)
         self.initial = plans.plans_for(topology)
@@ -109,8 +112,16 @@ class Links:
             for i in peers
         ]
 
+    def reference_link(self) -> PeerSlot | None:
+        """The reference host, its known delay in force (applied on first use)."""
+        if self.reference is not None and not self.reference_applied:
+            self.backend.apply([(self.reference, REFERENCE_PLAN)])
+            self.reference_applied = True
+        return self.reference
+
     def verify(self, probes: int) -> list[PairReport]:
-        return verify(self.slots, self.current, self.regions, self.groups, probes)
+        """Measures sample pairs, with the reference link beside them."""
+        return verify(self.slots, self.current, self.regions, self.groups, probes, self.reference_link())
 
     def close(self) -> None:
         self.backend.close()

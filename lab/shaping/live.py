@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from lab.shaping.backend import ShapingError
 from lab.shaping.links import Change, Links
+from lab.shaping.verify import worst
 from lab.threads import in_thread_to_completion
 from lab.topology import Link
 
@@ -73,9 +74,11 @@ class LiveLinks:
             async with self.lock:
                 reports = await in_thread_to_completion(lambda: self.links.verify(self.probes))
             reply["verification"] = [r.as_dict() for r in reports]
-            reply["passed"] = all(r.passed for r in reports)
+            reply["status"] = worst(r.status for r in reports)
+            reply["passed"] = reply["status"] == "passed"
+            errors = {"failed": "links measured not doing what is configured", "unverified": "too noisy to verify links"}
             self.record({"op": "impairment_verification", "ok": reply["passed"], "reports": reply["verification"],
-                         **({} if reply["passed"] else {"error": "links measured not doing what is configured"})})
+                         "status": reply["status"], **({"error": errors[reply["status"]]} if not reply["passed"] else {})})
         return reply
 
     async def serve(self, path: Path) -> None:
