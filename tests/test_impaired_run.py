@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from conftest import ROOT, lab_command, leftovers, needs_root, run_lab, write_topology
@@ -20,6 +21,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.impairment, needs_root]
 IMPAIRED = ROOT / "tests" / "topologies" / "impaired.yaml"
 
 
+def start_impaired_run(out: Path) -> subprocess.Popen[str]:
+    """`lab run` of the impaired topology, its output to out.log (read when a test fails)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (out.parent / "out.log").open("w") as log:
+        return subprocess.Popen(lab_command("run", str(IMPAIRED), "--out", str(out)), cwd=ROOT, text=True, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
 def wait_for_restore(out: Path, run: subprocess.Popen[str]) -> None:
     """The impair phase's 1 s change has ended and the last phase is 25 s idle: the window for
     live changes."""
@@ -29,14 +38,13 @@ def wait_for_restore(out: Path, run: subprocess.Popen[str]) -> None:
         if events.exists() and any("end of duration" in e.get("source", "") for e in read_jsonl(events)):
             return
         time.sleep(0.5)
-    output = run.stdout.read() if run.poll() is not None and run.stdout else "(still running)"
-    pytest.fail(f"the impair phase's change never ended (exit {run.poll()}):\n{output}")
+    state = "still running" if run.poll() is None else f"exit {run.poll()}"
+    pytest.fail(f"the impair phase's change never ended ({state}):\n{(out.parent / 'out.log').read_text()}")
 
 
 def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    run = subprocess.Popen(lab_command("run", str(IMPAIRED), "--out", str(out)), cwd=ROOT, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = start_impaired_run(out)
     try:
         wait_for_restore(out, run)
         cli = CliRunner()
@@ -49,9 +57,10 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
         assert cleared.exit_code == 0 and "cleared 4 peers" in cleared.output
         bad = cli.invoke(main, ["netem", "--loss", "150%", "--run", str(out)])
         assert bad.exit_code == 2 and "loss" in bad.output
-        output, _ = run.communicate(timeout=300)
+        run.wait(timeout=300)
     finally:
         run.kill()
+    output = (tmp_path / "out.log").read_text()
     assert run.returncode == 0, output
     manifest = json.loads((out / "manifest.json").read_text())
     impairment = manifest["impairment"]
@@ -94,7 +103,7 @@ def test_a_link_the_machine_cannot_verify_is_a_warning_and_strict_refuses_it(tmp
     """No Python sender offers 27 Gbit/s, so a 30 Gbit/s link cannot be told from a slower one:
     the run says so and goes on, marked unverified; `impairment.verify: strict` refuses it."""
     fields = {"groups": [{"name": "peers", "count": 4, "link": {"rate": "30gbit"}}], "workload": [{"phase": "bootstrap"}],
-              "slas": []}
+              "slas": [], "network": yaml.safe_load(IMPAIRED.read_text())["network"]}  # peers that start under qemu too
     loose = run_lab("run", str(write_topology(tmp_path / "fast.yaml", **fields)), "--out", str(tmp_path / "loose"),
                     "--no-report")
     assert loose.returncode == 0, loose.stdout + loose.stderr
@@ -114,8 +123,7 @@ def test_lab_clean_after_a_killed_impaired_run_leaves_nothing(tmp_path: Path) ->
     """SIGKILL the orchestrator mid-run: the delay line dies with it (PDEATHSIG); lab clean
     removes the namespaces (and with them every qdisc and rule) and the delay line's directory."""
     out = tmp_path / "run"
-    run = subprocess.Popen(lab_command("run", str(IMPAIRED), "--out", str(out)), cwd=ROOT, text=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = start_impaired_run(out)
     try:
         wait_for_restore(out, run)
     finally:

@@ -30,7 +30,7 @@ regions:
     far: {near: 25ms, far: 2ms}
 groups:
   - {name: a, count: 2, region: near, link: {delay: 10ms, loss: 5%}}
-  - {name: b, count: 2, region: far, link: {delay: 20ms, jitter: 10ms, rate: 2mbit}}
+  - {name: b, count: 2, region: far, link: {delay: 30ms, jitter: 20ms, rate: 2mbit}}
 workload: [{phase: bootstrap}]
 """
 

@@ -29,11 +29,12 @@ against the band the configuration allows:
   distribution's standard deviation ± (max(1 ms, 25%) + the sample sd's 99% margin);
   skipped with reorder;
 - loss: the lost count inside the binomial interval of the configured loss (and corruption,
-  which the receiver's checksum turns into loss); 99% for the whole verification, so each of
-  k pairs gets 1 - 0.01/k (Bonferroni): passed or failed, timing noise does not lose packets;
-- rate: a 1 s UDP stream at 1.25x the rate, reference probes beside it; the link's rate is
-  the median over windows of k consecutive arrivals (a late timer stretches a few windows, not
-  the median; k spans 8 jitters), interval from the windows' order statistics; band 90%..110%
+  which the receiver's checksum turns into loss); 99.9% for the whole verification, so each of
+  k pairs gets 1 - 0.001/k (Bonferroni): passed or failed, timing noise does not lose packets;
+- rate: a UDP stream at 1.25x the rate for 1 s (longer if needed for 12 windows), reference
+  probes beside it; the link's rate is the median over windows of k consecutive arrivals (a
+  late timer stretches a few windows, not the median; k spans 8 jitters), interval from the
+  windows' order statistics; band 90%..110%
   of the rate, its low end times (1 - loss). Below the band it is unverified, not failed, when
   the sender could not offer the band's low end (a busy CPU) or when late timers explain the
   shortfall: a shaper that waits for a timer per datagram of T seconds, late by L on average
@@ -76,7 +77,9 @@ STREAM_SECONDS = 1.0
 STREAM_PAYLOAD = 1200
 MAX_STREAM = 20_000  # datagrams: a Python sender offers well under a gigabit, so faster links end unverified
 WIRE_OVERHEAD = 14 + 20 + 8  # Ethernet, IPv4 and UDP headers: what TBF/HTB count besides payload
-CONFIDENCE = 0.99
+CONFIDENCE = 0.99  # of each check's interval
+LOSS_CONFIDENCE = 0.999  # for all loss checks of one verification together: a correct link fails 1 run in 1000
+MIN_WINDOWS = 12  # rate windows per stream
 BOOTSTRAP_RESAMPLES = 1000
 MIN_WINDOW = 8  # arrivals per rate window
 MAX_PAIRS = 32
@@ -206,7 +209,7 @@ def delay_checks(plan: LinkPlan, region: str | None, delays: list[float], noise:
 
 def loss_check(plan: LinkPlan, sent: int, received: int, pairs: int = 1) -> Check:
     expected = 1 - (1 - plan.loss) * (1 - plan.corrupt)
-    low, high = stats.binom.interval(1 - (1 - CONFIDENCE) / pairs, sent, expected)
+    low, high = stats.binom.interval(1 - (1 - LOSS_CONFIDENCE) / pairs, sent, expected)
     lost = (sent - received) / sent
     check = Check("loss", expected, lost, float(low) / sent, float(high) / sent, (lost, lost))
     check.status = "passed" if check.low <= lost <= check.high else "failed"
@@ -221,13 +224,19 @@ def window_rates(times_ns: list[int], bits: float, window: int) -> np.ndarray:
     return window * bits / spans[spans > 0]
 
 
+def rate_window(plan: LinkPlan, bits: float) -> int:
+    """Arrivals per rate window: at least MIN_WINDOW, and spanning 8 jitters, so the jitter of a
+    window's first and last arrival moves its rate by a few percent at most."""
+    assert plan.rate_bps
+    return max(MIN_WINDOW, math.ceil(8 * 2 * plan.jitter_s * plan.rate_bps / bits))
+
+
 def rate_check(plan: LinkPlan, received_ns: list[int], sent_ns: list[int], bits: float, noise: list[float]) -> Check:
     """`received_ns`: kernel receive times of the stream's arrivals; `sent_ns`: kernel send
     times of all its datagrams; `bits`: one datagram on the wire; `noise`: the reference's
     excess over its delay beside the stream (s)."""
     assert plan.rate_bps
-    spacing = bits / plan.rate_bps
-    window = max(MIN_WINDOW, math.ceil(8 * 2 * plan.jitter_s / spacing))
+    spacing, window = bits / plan.rate_bps, rate_window(plan, bits)
     low, high = 0.9 * plan.rate_bps * (1 - plan.loss), 1.1 * plan.rate_bps
     link, offered = window_rates(received_ns, bits, window), window_rates(sent_ns, bits, window)
     if link.size < 3:
@@ -360,7 +369,7 @@ def _rate(plan: LinkPlan, source: PeerSlot, dest: PeerSlot, reference: PeerSlot 
     assert plan.rate_bps
     bits = (STREAM_PAYLOAD + WIRE_OVERHEAD) * 8
     interval = bits / (1.25 * plan.rate_bps)
-    count = min(MAX_STREAM, max(20 * MIN_WINDOW, int(STREAM_SECONDS / interval)))
+    count = min(MAX_STREAM, max(int(STREAM_SECONDS / interval), MIN_WINDOWS * (rate_window(plan, bits) + 1)))
     drain = 1.0 + 2 * max(plan.delay_s + plan.jitter_s, REFERENCE_PLAN.delay_s)
     stream = send_and_collect(source, dest, count, interval, STREAM_PAYLOAD, drain, reference)
     return rate_check(plan, [p.received_ns for p in stream.link], stream.sent_ns, bits, _excess(stream.reference))
