@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab import doctor, limits, provenance, quantities, results, runid
+from lab import doctor, limits, provenance, results, runid
 from lab.collector import Collector
 from lab.deliveries import Deliveries
 from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
@@ -100,11 +100,11 @@ def peer_settings(topology: Topology) -> dict[str, Any]:
             "max_connections": libp2p.connections.max_connections,
             "max_inbound": libp2p.connections.max_inbound,
             "auto_connect": libp2p.connections.auto_connect,
-            "dial_timeout_s": quantities.seconds(libp2p.connections.dial_timeout),
+            "dial_timeout_s": libp2p.connections.dial_timeout,
         },
-        "dht": {**libp2p.dht.model_dump(), "maintenance_interval_s": quantities.seconds(libp2p.dht.maintenance_interval)},
-        "yamux": {**libp2p.yamux.model_dump(), "rtt_interval_s": quantities.seconds(libp2p.yamux.rtt_interval)},
-        "gossipsub": {**libp2p.gossipsub.model_dump(), "heartbeat_s": quantities.seconds(libp2p.gossipsub.heartbeat)},
+        "dht": {**libp2p.dht.model_dump(), "maintenance_interval_s": libp2p.dht.maintenance_interval},
+        "yamux": {**libp2p.yamux.model_dump(), "rtt_interval_s": libp2p.yamux.rtt_interval},
+        "gossipsub": {**libp2p.gossipsub.model_dump(), "heartbeat_s": libp2p.gossipsub.heartbeat},
     }
 
 
@@ -176,7 +176,7 @@ class Run:
         control = self.results.path / "control.sock"
         fleet = Fleet(self.run_id.value, control, self.results.log_dir, self.on_event, topology.network.peer_hosting)
         collector = Collector(
-            quantities.seconds(topology.collector.interval),
+            topology.collector.interval,
             topology.collector.detail_every,
             fleet.processes,
             self.on_sample,
@@ -228,7 +228,7 @@ class Run:
         """Applies the topology's impairment, measures it before any peer starts, and opens
         the socket `lab netem` uses."""
         assert self.backend is not None
-        prefixes = plans.prefixes_by_region([s.ip for s in slots], plans.regions_of(self.topology))
+        prefixes = plans.prefixes_by_region([s.ip for s in slots], self.topology.peer_regions())
         backend = make_backend(self.backend, prefixes, self.run_id, self.topology.seed)
         links = Links(backend, slots, self.topology, reference)
         self.live = LiveLinks(links, self.on_event, self.topology.impairment.probes)
@@ -238,7 +238,7 @@ class Run:
         if change is None:
             return
         self.on_event(change.event())
-        groups = {name: plan.describe() for name, plan in plans.group_plans(self.topology).items()}
+        groups = {name: plan.describe() for name, plan in self.topology.group_plans().items()}
         manifest: dict[str, Any] = {"backend": self.backend, "reason": self.backend_why, "applied": True, "groups": groups}
         self.results.update_manifest(impairment=manifest)
         for name, text in groups.items():
@@ -266,7 +266,7 @@ class Run:
         """Starts the host processes, `network.spawn_concurrency` at a time."""
         limit = asyncio.Semaphore(self.topology.network.spawn_concurrency)
         settings = peer_settings(self.topology)
-        timeout = quantities.seconds(self.topology.network.start_timeout)
+        timeout = self.topology.network.start_timeout
         started = time.monotonic()
         hosts: dict[int, list[Any]] = {}
         for slot in slots:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from lab import quantities
 from lab.topology import Sla
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -25,8 +24,7 @@ def verdict(sla: Sla, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     measured = metric.get(sla.stat)
     if measured is None:
         return {**result, "measured": None, "unit": None, "passed": False, "reason": f"no successful samples for {sla.stat}"}
-    unit = "dimensionless" if sla.stat == "success_ratio" else metric["unit"]
-    threshold = quantities.convert(sla.threshold, unit)
+    unit, threshold = sla.unit, sla.limit
     passed = bool(COMPARE[sla.op](measured, threshold))
     return {
         **result,

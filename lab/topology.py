@@ -13,10 +13,21 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from lab import metrics, quantities
+from lab.shaping.plan import LinkPlan
 
 
 class TopologyError(ValueError):
@@ -27,69 +38,81 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _duration(value: str | int | float) -> float:
+def _seconds(value: str | int | float) -> float:
+    if isinstance(value, int | float):
+        raise ValueError(f"{value!r} needs a unit, e.g. {value}s or {value}ms")
     seconds = quantities.seconds(value)
     if seconds < 0:
         raise ValueError("must not be negative")
     return seconds
 
 
-def _percent(value: str | int | float) -> float:
+def _share(value: str | int | float) -> float:
     share = quantities.fraction(value)
     if not 0 <= share <= 1:
         raise ValueError("must be between 0% and 100%")
     return share
 
 
-def _valid_duration(value: str | int | float) -> str | int | float:
-    _duration(value)
-    return value
+def _bits_per_second(value: str | int | float) -> float:
+    rate = quantities.bits_per_second(value)
+    if rate <= 0:
+        raise ValueError("must be a positive rate such as 10mbit or 10Mbit/s")
+    return rate
 
 
-def _valid_percent(value: str | int | float) -> str | int | float:
-    _percent(value)
-    return value
+def _bytes(value: str | int | float) -> int:
+    if isinstance(value, int | float):
+        raise ValueError(f"{value!r} needs a unit, e.g. {value}B or {value}KiB")
+    return round(quantities.convert(value, "byte"))
 
 
-Duration = Annotated[str | int | float, AfterValidator(_valid_duration), Field(description="e.g. 500ms or 2s")]
-Percent = Annotated[str | int | float, AfterValidator(_valid_percent), Field(description="e.g. 5% or 0.05")]
+# Each quantity is parsed once, here, into a number in one unit; written back (manifest, sweep
+# points) in a form that parses to the same number. The file's own text stays in the manifest.
+Duration = Annotated[float, BeforeValidator(_seconds), PlainSerializer(lambda v: f"{v!r}s", when_used="json"),
+                     Field(description="e.g. 500ms or 2s; seconds once parsed")]
+Percent = Annotated[float, BeforeValidator(_share), Field(description="e.g. 5% or 0.05; a fraction once parsed")]
+Rate = Annotated[float, BeforeValidator(_bits_per_second), PlainSerializer(lambda v: f"{v!r} bit/s", when_used="json"),
+                 Field(description="10mbit (tc's spelling) or 10Mbit/s; bits per second once parsed")]
+Size = Annotated[int, BeforeValidator(_bytes), PlainSerializer(lambda v: f"{v}B", when_used="json"),
+                 Field(description="e.g. 16KiB; bytes once parsed")]
 
 
 class Link(Strict):
     """Impairment of every packet a peer of the group sends, in netem's terms (one-way)."""
 
-    delay: Duration = "0ms"
-    jitter: Duration = "0ms"
+    delay: Duration = 0.0
+    jitter: Duration = 0.0
     distribution: Literal["uniform", "normal"] = Field(default="uniform", description="of the jitter around delay")
-    loss: Percent = "0%"
-    loss_correlation: Percent = "0%"
-    duplicate: Percent = "0%"
-    reorder: Percent = Field(default="0%", description="share of packets sent at once, ahead of delayed ones")
-    corrupt: Percent = "0%"
-    rate: str | None = None
+    loss: Percent = 0.0
+    loss_correlation: Percent = 0.0
+    duplicate: Percent = 0.0
+    reorder: Percent = Field(default=0.0, description="share of packets sent at once, ahead of delayed ones")
+    corrupt: Percent = 0.0
+    rate: Rate | None = None
     limit: int = Field(default=1000, ge=1, description="packets a link may hold back (netem's limit)")
-
-    @field_validator("rate")
-    @classmethod
-    def _check_rate(cls, value: str | None) -> str | None:
-        if value is not None and quantities.bits_per_second(value) <= 0:
-            raise ValueError("must be a positive rate such as 10mbit or 10Mbit/s")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Link:
-        if _percent(self.loss_correlation) and not _percent(self.loss):
+        if self.loss_correlation and not self.loss:
             raise ValueError("loss_correlation: needs loss")
-        if _percent(self.reorder) and not _duration(self.delay):
+        if self.reorder and not self.delay:
             raise ValueError("reorder: needs delay (reordered packets skip it)")
-        if _duration(self.jitter) > _duration(self.delay) and self.distribution == "uniform":
+        if self.jitter > self.delay and self.distribution == "uniform":
             raise ValueError("jitter: uniform jitter larger than delay would need negative delays")
         return self
 
+    def plan(self, to_region: dict[str, float] | None = None) -> LinkPlan:
+        """What the backends apply: this link, plus extra delay by destination region."""
+        return LinkPlan(
+            delay_s=self.delay, jitter_s=self.jitter, distribution=self.distribution, loss=self.loss,
+            loss_correlation=self.loss_correlation, duplicate=self.duplicate, reorder=self.reorder, corrupt=self.corrupt,
+            rate_bps=self.rate, limit=self.limit, to_region=dict(to_region or {}),
+        )
+
     @property
     def is_impaired(self) -> bool:
-        shares = (self.loss, self.duplicate, self.reorder, self.corrupt)
-        return bool(_duration(self.delay) or _duration(self.jitter) or any(map(_percent, shares)) or self.rate)
+        return self.plan().is_impaired
 
 
 class Regions(Strict):
@@ -148,7 +171,7 @@ class Connections(Strict):
         default=256, ge=1, description="py-libp2p's resource manager refuses established inbound connections beyond it"
     )
     auto_connect: bool = Field(default=False, description="library auto-connector tops up to ~100-200 peers")
-    dial_timeout: Duration = "10s"
+    dial_timeout: Duration = 10.0
 
 
 class Dht(Strict):
@@ -161,7 +184,7 @@ class Dht(Strict):
     )
     get_quorum: int = Field(default=1, ge=0, description="0 = library default: query every candidate")
     maintenance_interval: Duration = Field(
-        default="600s",
+        default=600.0,
         description="the library's DHT maintenance period (routing-table refresh, record republish), from "
         "each peer's start: peers started together refresh together",
     )
@@ -177,7 +200,7 @@ class Gossipsub(Strict):
     degree: int = Field(default=6, ge=1)
     degree_low: int = Field(default=4, ge=1)
     degree_high: int = Field(default=12, ge=1)
-    heartbeat: Duration = "1s"
+    heartbeat: Duration = 1.0
     gossip_window: int = Field(
         default=3,
         ge=1,
@@ -201,7 +224,7 @@ class Gossipsub(Strict):
 
 class Yamux(Strict):
     rtt_interval: Duration = Field(
-        default="30s",
+        default=30.0,
         description="seconds between the RTT pings py-libp2p's Yamux sends on every connection (its module "
         "constant RTT_MEASURE_INTERVAL, 30 s); idle peers spend their CPU answering them",
     )
@@ -223,7 +246,7 @@ class Network(Strict):
     mode: Literal["auto", "netns", "loopback"] = "auto"
     spawn_concurrency: int = Field(default=8, ge=1, description="peer processes starting at once")
     start_timeout: Duration = Field(
-        default="60s",
+        default=60.0,
         description="time a host process gets from launch until each of its peers listens; a peer late past it is "
         "reported as not started. Importing py-libp2p takes ~0.5 s on a bare machine, a minute or more under "
         "CPU emulation (tests/vm)",
@@ -248,25 +271,25 @@ Concurrency = Annotated[int, Field(ge=1, description="peers acting at once; more
 class BootstrapPhase(Strict):
     phase: Literal["bootstrap"]
     concurrency: Concurrency = 8
-    timeout: Duration = "60s"
+    timeout: Duration = 60.0
 
 
 class PublishPhase(Strict):
     phase: Literal["publish"]
     concurrency: Concurrency = 8
     packages: int = Field(default=20, ge=1)
-    body_size: str = Field(default="16KiB", description="size of each package body")
-    timeout: Duration = "120s"
+    body_size: Size = Field(default=16 * 1024, description="size of each package body")
+    timeout: Duration = 120.0
     settle: Duration = Field(
-        default="60s",
+        default=60.0,
         description="after the last publish, at most this long for the announcements to reach every live peer; "
         "the next phase starts once they have, not while they still load the machine",
     )
 
     @field_validator("body_size")
     @classmethod
-    def _check_size(cls, value: str) -> str:
-        if not 1 <= quantities.convert(value, "byte") <= 1 << 20:
+    def _check_size(cls, value: int) -> int:
+        if not 1 <= value <= 1 << 20:
             raise ValueError("must be between 1B and 1MiB (the DHT's record limit)")
         return value
 
@@ -275,7 +298,7 @@ class LookupPhase(Strict):
     phase: Literal["lookup"]
     concurrency: Concurrency = 8
     per_peer: int = Field(default=5, ge=1, description="packages each peer fetches that it does not hold")
-    timeout: Duration = "300s"
+    timeout: Duration = 300.0
 
 
 class SearchPhase(Strict):
@@ -283,17 +306,17 @@ class SearchPhase(Strict):
     concurrency: Concurrency = 8
     queries_per_peer: int = Field(default=3, ge=1)
     fanout: int = Field(default=3, ge=1, description="peers asked on a local miss")
-    timeout: Duration = "120s"
+    timeout: Duration = 120.0
 
 
 class GossipPhase(Strict):
     phase: Literal["gossip"]
     announcements: int = Field(default=5, ge=1)
-    interval: Duration = "500ms"
+    interval: Duration = 0.5
     settle: Duration = Field(
-        default="10s", description="after the last announcement, at most this long for every live peer to receive them all"
+        default=10.0, description="after the last announcement, at most this long for every live peer to receive them all"
     )
-    timeout: Duration = "120s"
+    timeout: Duration = 120.0
 
 
 class ImpairPhase(Strict):
@@ -312,7 +335,7 @@ class IdlePhase(Strict):
     known point of the run."""
 
     phase: Literal["idle"]
-    duration: Duration = "30s"
+    duration: Duration = 30.0
 
 
 class ConcurrentSearchPhase(Strict):
@@ -320,7 +343,7 @@ class ConcurrentSearchPhase(Strict):
     levels: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 10, 50, 100], min_length=1)
     peers: int = Field(default=1, ge=1, description="peers that each issue the concurrent searches")
     fanout: int = Field(default=3, ge=1)
-    timeout: Duration = "120s"
+    timeout: Duration = 120.0
 
 
 NEEDS_PACKAGES = ("lookup", "search", "gossip", "concurrent_search")
@@ -341,8 +364,9 @@ class Sla(Strict):
     metric: str = Field(min_length=1)
     stat: Literal["mean", "min", "max", "p50", "p95", "p99", "success_ratio"]
     op: Literal["<", "<=", ">", ">="]
-    threshold: str | int | float
+    threshold: str | int | float = Field(description="as written, with any unit; `limit` is it in the metric's unit")
     description: str = ""
+    _limit: float = PrivateAttr(default=0.0)
 
     @model_validator(mode="after")
     def _known_metric_and_unit(self) -> Sla:
@@ -350,14 +374,24 @@ class Sla(Strict):
         if unit is None:
             raise ValueError(f"metric: unknown metric {self.metric!r} (see docs/topology.md)")
         try:
-            quantities.convert(self.threshold, "dimensionless" if self.stat == "success_ratio" else unit)
+            self._limit = quantities.convert(self.threshold, self.unit or unit)
         except ValueError as exc:
             raise ValueError(f"threshold: {exc}") from None
         return self
 
+    @property
+    def unit(self) -> str | None:
+        """The unit the statistic is judged in: the metric's, or none for a success ratio."""
+        return "dimensionless" if self.stat == "success_ratio" else metrics.unit_of(self.metric)
+
+    @property
+    def limit(self) -> float:
+        """The threshold in `unit`."""
+        return self._limit
+
 
 class Collector(Strict):
-    interval: Duration = "1s"
+    interval: Duration = 1.0
     detail_every: int = Field(default=5, ge=1, description="every Nth sample also reads USS and PSS (smaps)")
 
 
@@ -414,7 +448,7 @@ class Topology(Strict):
             "queries_per_peer": lambda v: 1,
             "announcements": lambda v: min(v, 2),
             "levels": lambda v: [level for level in v if level <= 10] or v[:1],
-            "settle": lambda v: "3s",
+            "settle": lambda v: 3.0,
         }
         workload = []
         for phase in self.workload:
@@ -458,6 +492,19 @@ class Topology(Strict):
         over host processes instead of queueing on one process's event loop. With one peer per
         host it is the index order."""
         return [i for column in itertools.zip_longest(*self.hosts()) for i in column if i is not None]
+
+    def group_plans(self) -> dict[str, LinkPlan]:
+        """Each group's link plan, by group name, with its region's latency to each region."""
+        latency = self.regions.latency if self.regions else {}
+        return {group.name: group.link.plan(latency.get(group.region or "")) for group in self.groups}
+
+    def peer_plans(self) -> list[LinkPlan]:
+        """Each peer's link plan, by peer index."""
+        by_group = self.group_plans()
+        return [by_group[group.name] for group in self.peer_groups()]
+
+    def peer_regions(self) -> list[str | None]:
+        return [group.region for group in self.peer_groups()]
 
     @property
     def is_impaired(self) -> bool:

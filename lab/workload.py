@@ -15,7 +15,6 @@ from typing import Any
 
 import psutil
 
-from lab import quantities
 from lab.catalogue import make_catalogue, query_for
 from lab.deliveries import Deliveries
 from lab.fleet import CallFailed, Fleet, PeerLost, PeerProcess
@@ -138,7 +137,7 @@ class Workload:
         routing-table floor is min(min_routing_table, peers already joined).
         """
         settings = self.topology.bootstrap
-        timeout = quantities.seconds(phase.timeout)
+        timeout = phase.timeout
         peers = self.peers()
         seeds, joiners = peers[: settings.peers], peers[settings.peers :]
         rng = self.topology.rng("bootstrap")
@@ -176,20 +175,19 @@ class Workload:
             plan.setdefault(publisher.index, []).append(package)
             self.published.setdefault(publisher.index, []).append(package["id"])
             self.holdings.setdefault(publisher.index, set()).add(package["id"])
-        size = int(quantities.convert(phase.body_size, "byte"))
         by_index = {p.index: p for p in peers}
         first = self.deliveries.mark()
         await self._calls(
             report,
-            quantities.seconds(phase.timeout),
-            [(by_index[i], "publish", {"packages": packages, "size": size}) for i, packages in sorted(plan.items())],
+            phase.timeout,
+            [(by_index[i], "publish", {"packages": packages, "size": phase.body_size}) for i, packages in sorted(plan.items())],
             phase.concurrency,
         )
         await self._settle(first, phase.settle)
 
-    async def _settle(self, first: int, settle: str | int | float) -> None:
-        """The phase's barrier: its announcements reach every live peer (or `settle` runs out)."""
-        await self.deliveries.settle(first, self._alive, quantities.seconds(settle), self.echo)
+    async def _settle(self, first: int, settle: float) -> None:
+        """The phase's barrier: its announcements reach every live peer (or `settle` seconds run out)."""
+        await self.deliveries.settle(first, self._alive, settle, self.echo)
 
     def _alive(self) -> set[int]:
         """Re-read on every poll of a wait: peers may be lost meanwhile."""
@@ -207,7 +205,7 @@ class Workload:
             chosen = rng.sample(candidates, min(phase.per_peer, len(candidates)))
             self.holdings.setdefault(peer.index, set()).update(p["id"] for p in chosen)
             calls.append((peer, "get", {"ids": [p["id"] for p in chosen]}))
-        await self._calls(report, quantities.seconds(phase.timeout), calls, phase.concurrency)
+        await self._calls(report, phase.timeout, calls, phase.concurrency)
 
     async def _search(self, phase: SearchPhase, report: PhaseReport) -> None:
         """Each query runs twice: the first goes local or remote, the repeat hits the cache."""
@@ -223,12 +221,11 @@ class Workload:
                 if pool:
                     queries.append(query_for(rng.choice(pool)))
             calls.append((peer, "search", {"queries": queries + queries, "fanout": phase.fanout}))
-        await self._calls(report, quantities.seconds(phase.timeout), calls, phase.concurrency)
+        await self._calls(report, phase.timeout, calls, phase.concurrency)
 
     async def _gossip(self, phase: GossipPhase, report: PhaseReport) -> None:
         rng = self.topology.rng("gossip")
         publishers = [p for p in self.peers() if self.published.get(p.index)]
-        timeout = quantities.seconds(phase.timeout)
         first = self.deliveries.mark()
         for number in range(phase.announcements):
             if not publishers:
@@ -236,8 +233,8 @@ class Workload:
                 break
             peer = rng.choice(publishers)
             package = self.published[peer.index][0]
-            await self._call(report, timeout, peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})
-            await asyncio.sleep(quantities.seconds(phase.interval))
+            await self._call(report, phase.timeout, peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})
+            await asyncio.sleep(phase.interval)
         await self._settle(first, phase.settle)
 
     async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseReport) -> None:
@@ -249,20 +246,19 @@ class Workload:
                 pool = self._not_held(peer) or self.catalogue
                 queries = [query_for(rng.choice(pool)) for _ in range(level)]
                 calls.append((peer, "concurrent_search", {"queries": queries, "fanout": phase.fanout}))
-            await self._calls(report, quantities.seconds(phase.timeout), calls)
+            await self._calls(report, phase.timeout, calls)
 
     async def _idle(self, phase: IdlePhase, report: PhaseReport) -> None:
         """The network at rest: only the collector and the peers' own timers run."""
-        await asyncio.sleep(quantities.seconds(phase.duration))
+        await asyncio.sleep(phase.duration)
 
     async def _impair(self, phase: ImpairPhase, report: PhaseReport) -> None:
         """Changes the groups' links now; with a duration, restores them later while the next
         phases run. Both moments are events with timestamps."""
         assert self.live is not None, "impairment needs network namespaces (checked before the run)"
         peers = self.live.links.peers_of(groups=phase.groups)
-        duration = quantities.seconds(phase.duration) if phase.duration is not None else None
-        change = await self.live.set_link(peers, phase.link, f"workload phase impair {phase.groups}", duration)
+        change = await self.live.set_link(peers, phase.link, f"workload phase impair {phase.groups}", phase.duration)
         report.calls += 1
-        for_how_long = f" for {duration:g}s" if duration is not None else ""
+        for_how_long = f" for {phase.duration:g}s" if phase.duration is not None else ""
         now = self.live.links.current[peers[0]].describe()
         self.echo(f"[impair] {len(change.peers)} peers of {phase.groups}: {now}{for_how_long}")

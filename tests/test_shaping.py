@@ -45,7 +45,7 @@ def shaped() -> Iterator[tuple[Links, Topology, RunId]]:
     run = RunId.new()
     network = NamespaceNetwork(run, topology.hosts())
     slots = network.build()
-    prefixes = plans.prefixes_by_region([s.ip for s in slots], plans.regions_of(topology))
+    prefixes = plans.prefixes_by_region([s.ip for s in slots], topology.peer_regions())
     links = Links(make_backend(backend_name(), prefixes, run, topology.seed), slots, topology, network.reference)
     try:
         yield links, topology, run

@@ -54,11 +54,11 @@ def test_plans_add_region_latency_per_destination_and_prefixes_cover_each_region
         regions={"latency": {"eu": {"eu": "5ms", "us": "40ms"}, "us": {"eu": "40ms", "us": "5ms"}}},
         groups=[{"name": "a", "count": 3, "region": "eu", "link": {"delay": "10ms"}}, {"name": "b", "count": 2, "region": "us"}],
     )
-    peer_plans = plans.plans_for(t)
+    peer_plans = t.peer_plans()
     assert peer_plans[0].delay_to("us") == pytest.approx(0.050) and peer_plans[0].delay_to("eu") == pytest.approx(0.015)
     assert peer_plans[4].delay_to("eu") == pytest.approx(0.040) and peer_plans[4].is_impaired
     ips = [f"198.18.0.{i}" for i in range(2, 7)]
-    assert plans.prefixes_by_region(ips, plans.regions_of(t)) == {
+    assert plans.prefixes_by_region(ips, t.peer_regions()) == {
         "eu": ["198.18.0.2/31", "198.18.0.4/32"],
         "us": ["198.18.0.5/32", "198.18.0.6/32"],
     }

@@ -33,8 +33,8 @@ def test_grid_scales_groups_sets_link_fields_and_dotted_paths() -> None:
         {"peers": "12", "loss": "5%", "libp2p.gossipsub.heartbeat": "500ms"},
     ]
     topology = points[1][1]
-    assert topology.group_sizes() == [4, 8] and all(g.link.loss == "5%" for g in topology.groups)
-    assert topology.libp2p.gossipsub.heartbeat == "500ms" and points[0][1].seed == topology.seed
+    assert topology.group_sizes() == [4, 8] and all(g.link.loss == 0.05 for g in topology.groups)
+    assert topology.libp2p.gossipsub.heartbeat == 0.5 and points[0][1].seed == topology.seed
 
 
 def test_a_point_that_makes_no_valid_topology_is_refused_before_any_run() -> None:

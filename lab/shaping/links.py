@@ -12,7 +12,6 @@ from typing import Any
 
 from lab.network import PeerSlot
 from lab.runid import RunId
-from lab.shaping import plan as plans
 from lab.shaping.backend import Backend, ShapingError
 from lab.shaping.netem import NetemBackend
 from lab.shaping.plan import LinkPlan
@@ -29,7 +28,7 @@ def topology_problem(backend: str, topology: Topology) -> str | None:
     links = [(f"groups[{i}].link", g.link) for i, g in enumerate(topology.groups)]
     links += [(f"workload[{i}].link", p.link) for i, p in enumerate(topology.workload) if isinstance(p, ImpairPhase)]
     for where, link in links:
-        if problem := BACKENDS[backend].unsupported(LinkPlan.of(link)):
+        if problem := BACKENDS[backend].unsupported(link.plan()):
             return f"{where}.{problem}"
     return None
 
@@ -60,8 +59,8 @@ class Links:
         self.reference = reference
         self.reference_applied = False
         self.groups = [group.name for group in topology.peer_groups()]
-        self.regions = plans.regions_of(topology)
-        self.initial = plans.plans_for(topology)
+        self.regions = topology.peer_regions()
+        self.initial = topology.peer_plans()
         self.current = [LinkPlan(to_region=p.to_region) for p in self.initial]  # nothing applied yet
 
     def peers_of(self, groups: list[str] | None = None, peers: list[int] | None = None) -> list[int]:
@@ -93,7 +92,7 @@ class Links:
         return Change(sorted(new), {"topology": True}, "topology", time.monotonic_ns())
 
     def set_link(self, peers: list[int], link: Link, source: str) -> Change:
-        self._apply({i: self.initial[i].with_link(link) for i in peers})
+        self._apply({i: self.initial[i].with_link(link.plan()) for i in peers})
         return Change(peers, link.model_dump(mode="json"), source, time.monotonic_ns())
 
     def restore(self, peers: list[int], source: str) -> Change:

@@ -12,9 +12,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from lab import quantities
-from lab.topology import Link, Topology
-
 UNLIMITED_BPS = 10e9  # HTB needs a rate; 10 Gbit/s is beyond what a veth pair here carries
 
 
@@ -32,26 +29,9 @@ class LinkPlan:
     limit: int = 1000
     to_region: dict[str, float] = field(default_factory=dict)  # extra one-way delay by destination region
 
-    @classmethod
-    def of(cls, link: Link, to_region: dict[str, float] | None = None) -> LinkPlan:
-        share = quantities.fraction
-        return cls(
-            delay_s=quantities.seconds(link.delay),
-            jitter_s=quantities.seconds(link.jitter),
-            distribution=link.distribution,
-            loss=share(link.loss),
-            loss_correlation=share(link.loss_correlation),
-            duplicate=share(link.duplicate),
-            reorder=share(link.reorder),
-            corrupt=share(link.corrupt),
-            rate_bps=quantities.bits_per_second(link.rate) if link.rate else None,
-            limit=link.limit,
-            to_region=dict(to_region or {}),
-        )
-
-    def with_link(self, link: Link) -> LinkPlan:
-        """The same destinations with other link parameters (a live or phase change)."""
-        return replace(LinkPlan.of(link), to_region=self.to_region)
+    def with_link(self, link: LinkPlan) -> LinkPlan:
+        """The same destinations with another link's parameters (a live or phase change)."""
+        return replace(link, to_region=self.to_region)
 
     def delay_to(self, region: str | None) -> float:
         return self.delay_s + self.to_region.get(region or "", 0.0)
@@ -79,31 +59,6 @@ class LinkPlan:
             parts.append(f"rate {self.rate_bps / 1e6:g}Mbit/s")
         parts.extend(f"+{extra * 1e3:g}ms to {region}" for region, extra in sorted(self.to_region.items()) if extra)
         return ", ".join(parts)
-
-
-def region_latency(topology: Topology) -> dict[str, dict[str, float]]:
-    if topology.regions is None:
-        return {}
-    return {
-        source: {dest: quantities.seconds(value) for dest, value in row.items()}
-        for source, row in topology.regions.latency.items()
-    }
-
-
-def group_plans(topology: Topology) -> dict[str, LinkPlan]:
-    """Each group's plan, by group name."""
-    matrix = region_latency(topology)
-    return {group.name: LinkPlan.of(group.link, matrix.get(group.region or "")) for group in topology.groups}
-
-
-def plans_for(topology: Topology) -> list[LinkPlan]:
-    """Each peer's plan, by peer index."""
-    by_group = group_plans(topology)
-    return [by_group[group.name] for group in topology.peer_groups()]
-
-
-def regions_of(topology: Topology) -> list[str | None]:
-    return [group.region for group in topology.peer_groups()]
 
 
 def prefixes_by_region(ips: Iterable[str], regions: Iterable[str | None]) -> dict[str, list[str]]:
