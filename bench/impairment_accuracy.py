@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from lab import provenance
-from lab.network import NamespaceNetwork
+from lab.network.fabric import NamespaceNetwork
+from lab.output import provenance
 from lab.runid import RunId
 from lab.shaping.backend import choose_backend
 from lab.shaping.links import Links, make_backend
@@ -51,7 +51,7 @@ def quantile(values: list[float], q: float) -> float:
 
 def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
     slots = links.slots
-    links.set_link([0], Link(delay=f"{delay_ms}ms", limit=HELD_LIMIT), "bench")
+    links.set_link([0], Link(delay=delay_ms / 1000, limit=HELD_LIMIT), "bench")
     count = min(MAX_PROBES, int(rate * SECONDS_PER_POINT))
     arrivals = send_and_collect(slots[0], slots[1], count, 1 / rate, PROBE.size, 1.0 + 2 * delay_ms / 1000).link
     errors = [(p.received_ns - p.sent_ns) / 1e9 - delay_ms / 1000 for p in arrivals]

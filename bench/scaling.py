@@ -36,7 +36,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lab import provenance  # noqa: E402
+from lab.output import provenance  # noqa: E402
 from lab.topology import load_topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lab import provenance
-from lab.network import NamespaceNetwork
+from lab.network.fabric import NamespaceNetwork
+from lab.output import provenance
 from lab.runid import RunId
 from lab.shaping.backend import choose_backend
 from lab.shaping.links import Links, make_backend

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from lab import runid
-from lab.netlink import netns
+from lab.network.netlink import netns
 
 
 @dataclass

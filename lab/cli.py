@@ -10,11 +10,13 @@ from typing import Any
 
 import click
 
-from lab import cleanup, console, doctor, quantities, results
-from lab import compare as compare_runs
+from lab import cleanup, quantities
 from lab import sweep as sweeps
-from lab.metrics import unit_of
-from lab.network import NetworkError
+from lab.analysis import compare as compare_runs
+from lab.analysis.metrics import unit_of
+from lab.analysis.repeats import REPEAT_FILE
+from lab.network import doctor
+from lab.network.fabric import NetworkError
 from lab.orchestrator import (
     EXIT_INTERRUPTED,
     SetupError,
@@ -23,8 +25,9 @@ from lab.orchestrator import (
     run_repeated,
     run_topology,
 )
-from lab.repeats import REPEAT_FILE
-from lab.report import REPORT_NEEDS, write_report
+from lab.output import results
+from lab.output import terminal as console
+from lab.output.report import REPORT_NEEDS, write_report
 from lab.shaping import live
 from lab.shaping.backend import ShapingError, choose_backend
 from lab.topology import TopologyError, load_topology

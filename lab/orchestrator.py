@@ -17,27 +17,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab import doctor, limits, provenance, results, runid
-from lab.collector import Collector
-from lab.deliveries import Deliveries
-from lab.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
-from lab.fleet import Fleet
-from lab.metrics import MIB, RUN_STARTED, Metric, all_metrics, impairment_periods
-from lab.network import LoopbackNetwork, NamespaceNetwork, PeerSlot
-from lab.peerlogs import count_levels
-from lab.progress import Ticker
-from lab.repeats import REPEAT_FILE, between_runs
-from lab.results import ResultsDir
+from lab import runid
+from lab.analysis.metrics import MIB, RUN_STARTED, Metric, all_metrics, impairment_periods
+from lab.analysis.peerlogs import count_levels
+from lab.analysis.repeats import REPEAT_FILE, between_runs
+from lab.analysis.sla import evaluate
+from lab.analysis.stats import summarize
+from lab.blocking import in_thread_to_completion
+from lab.network import doctor, limits
+from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
+from lab.output import provenance, results
+from lab.output.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
+from lab.output.results import ResultsDir
+from lab.peers.collector import Collector
+from lab.peers.fleet import Fleet
 from lab.shaping import plan as plans
 from lab.shaping.backend import ShapingError, choose_backend
 from lab.shaping.links import Links, make_backend, topology_problem
 from lab.shaping.live import LiveLinks
 from lab.shaping.verify import worst
-from lab.sla import evaluate
-from lab.stats import summarize
-from lab.threads import in_thread_to_completion
 from lab.topology import Topology
-from lab.workload import Workload
+from lab.workload.barrier import Deliveries
+from lab.workload.phases import Workload
+from lab.workload.ticker import Ticker
 
 Echo = Callable[[str], None]
 

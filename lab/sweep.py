@@ -19,8 +19,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import yaml
 
-from lab import plots, results
 from lab.orchestrator import run_topology
+from lab.output import plots, results
 from lab.topology import Link, Topology, TopologyError, parse_topology
 
 SWEEP_FILE = "sweep.json"

@@ -26,7 +26,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from lab import metrics, quantities
+from lab import quantities
+from lab.analysis import metrics
 from lab.shaping.plan import LinkPlan
 
 

@@ -20,8 +20,8 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes
 
-from nodes.oplog import OpFailed, Recorder
 from nodes.packages import Package, checksum, dht_key, make_body, query_terms
+from nodes.recorder import OpFailed, Recorder
 from nodes.reputation import Reputation
 
 SEARCH_PROTOCOL = TProtocol("/p2p-lab/market/search/1.0.0")

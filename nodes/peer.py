@@ -39,8 +39,8 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from nodes.control import ControlChannel
 from nodes.market import ANNOUNCE_TOPIC, Market
-from nodes.oplog import OpFailed, Recorder, install_work_handler
 from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
+from nodes.recorder import OpFailed, Recorder, install_work_handler
 
 PR_SET_PDEATHSIG = 1
 # A warning py-libp2p 0.8.1 logs for every clean end of a DHT stream: noise, not a failure.

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lab import runid
-from lab.netlink import netns
+from lab.network.netlink import netns
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "topologies" / "tiny.yaml"

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import TINY, needs_root, write_topology
-from lab import doctor, runid
+from lab import runid
 from lab.cli import main
+from lab.network import doctor
 from lab.orchestrator import choose_mode
 
 

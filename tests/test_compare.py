@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from lab.analysis.compare import MIN_SAMPLES, compare_samples, relative_change_ci
+from lab.analysis.metrics import Metric
 from lab.cli import main
-from lab.compare import MIN_SAMPLES, compare_samples, relative_change_ci
-from lab.metrics import Metric
 
 # The regime the detection promise is made for: n = 500 per side (the 100-peer topology's
 # lookups) and a log-sd of 0.25. With the spread of the 100-peer run's `get` (log-sd ~0.6)

@@ -3,7 +3,7 @@
 import asyncio
 
 from conftest import event
-from lab.deliveries import Deliveries
+from lab.workload.barrier import Deliveries
 
 
 def test_missing_counts_only_the_phases_own_messages_and_live_receivers() -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from lab.export import write_openmetrics, write_samples_csv
-from lab.metrics import Metric
-from lab.stats import summarize
+from lab.analysis.metrics import Metric
+from lab.analysis.stats import summarize
+from lab.output.export import write_openmetrics, write_samples_csv
 
 
 def test_csv_holds_every_sample(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 import asyncio
 
-from lab.progress import Ticker
+from lab.workload.ticker import Ticker
 
 
 def test_ticker_reports_while_work_is_pending_and_stops_after() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, leftovers, needs_root, run_lab
-from lab.repeats import between_runs
+from lab.analysis.repeats import between_runs
 
 
 def summary(p50: float) -> dict:

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import DEFAULT, ROOT, TINY, lab_command, leftovers, needs_root, run_lab, write_topology
 from lab import runid
-from lab.results import read_jsonl
+from lab.output.results import read_jsonl
 
 pytestmark = [pytest.mark.slow]
 

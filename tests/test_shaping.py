@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import needs_root
-from lab.network import NamespaceNetwork
+from lab.network.fabric import NamespaceNetwork
 from lab.runid import ENV_VAR, RunId
 from lab.shaping import plan as plans
 from lab.shaping.backend import ShapingError, choose_backend

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from conftest import event
-from lab.metrics import all_metrics, delivery_ratio, latency_metrics, resource_metrics, unit_of
-from lab.peerlogs import count_levels
-from lab.sla import evaluate
-from lab.stats import summarize
+from lab.analysis.metrics import all_metrics, delivery_ratio, latency_metrics, resource_metrics, unit_of
+from lab.analysis.peerlogs import count_levels
+from lab.analysis.sla import evaluate
+from lab.analysis.stats import summarize
 from lab.topology import Sla
 
 
@@ -94,7 +94,7 @@ def test_peer_log_lines_are_counted_with_variable_parts_masked(tmp_path: Path) -
 
 
 def test_latency_is_split_at_impairment_changes_made_during_the_run() -> None:
-    from lab.metrics import impairment_periods
+    from lab.analysis.metrics import impairment_periods
 
     def op(start: int, ok: bool = True) -> dict:
         return {"op": "get", "peer": 0, "start_ns": start, "end_ns": start + 1_000_000, "ok": ok, "error": None if ok else "x"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lab.stats import median_ci, summarize, tukey_outliers
+from lab.analysis.stats import median_ci, summarize, tukey_outliers
 
 
 def test_percentiles_and_moments_match_numpy() -> None:

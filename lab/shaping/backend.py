@@ -5,9 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from lab import doctor
-from lab.netlink import NetlinkError, NetNS
-from lab.network import PeerSlot
+from lab.network import doctor
+from lab.network.fabric import PeerSlot
+from lab.network.netlink import NetlinkError, NetNS
 from lab.shaping import tc
 from lab.shaping.plan import LinkPlan
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from netfilterqueue import NetfilterQueue, Packet
 
-from lab.netlink import inside
+from lab.network.netlink import inside
 from lab.shaping.plan import LinkPlan
 
 QUEUE_NUM = 0

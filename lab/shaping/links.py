@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lab.network import PeerSlot
+from lab.network.fabric import PeerSlot
 from lab.runid import RunId
 from lab.shaping.backend import Backend, ShapingError
 from lab.shaping.netem import NetemBackend

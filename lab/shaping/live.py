@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lab.blocking import in_thread_to_completion
 from lab.shaping.backend import ShapingError
 from lab.shaping.links import Change, Links
 from lab.shaping.verify import worst
-from lab.threads import in_thread_to_completion
 from lab.topology import Link
 
 Record = Callable[[dict[str, Any]], None]

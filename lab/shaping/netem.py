@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from lab.network import PeerSlot
+from lab.network.fabric import PeerSlot
 from lab.shaping import tc
 from lab.shaping.backend import Backend
 from lab.shaping.plan import LinkPlan

@@ -21,7 +21,7 @@ from typing import Any
 from pyroute2.netlink.rtnl import TC_H_ROOT
 from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
 
-from lab.netlink import NetNS
+from lab.network.netlink import NetNS
 from lab.shaping.plan import UNLIMITED_BPS, LinkPlan
 
 ETH_P_IP = 0x0800

@@ -26,7 +26,7 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-from lab.network import PeerSlot
+from lab.network.fabric import PeerSlot
 from lab.runid import ENV_VAR, RunId
 from lab.shaping import tc
 from lab.shaping.backend import Backend, ShapingError

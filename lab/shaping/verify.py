@@ -9,7 +9,7 @@ trip to halve, no clock sync, and no Python scheduling in the figure.
 The probe path's own noise: a delayed packet leaves when a timer fires (netem's, or the delay
 line's), and on a busy or emulated machine timers fire late, by however long the CPU was
 elsewhere. That lateness is only ever added. It is measured at the same moment, through the
-same backend: beside every pair's probes, the run's reference host (lab/network.py), whose link
+same backend: beside every pair's probes, the run's reference host (lab/network/fabric.py), whose link
 has a known delay and nothing else, sends reference probes to the same receiver, and their
 excess over the known delay is the noise. Measured under qemu's CPU emulation with the host
 loaded (docs/impairment.md): a 12 ms link's excess, median 0.23-0.32 ms and p90 2.5-2.8 ms; the
@@ -59,8 +59,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from lab.netlink import inside
-from lab.network import PeerSlot
+from lab.network.fabric import PeerSlot
+from lab.network.netlink import inside
 from lab.shaping.plan import LinkPlan
 
 SO_TIMESTAMPNS = 35  # Linux; the receive time the kernel stamped, in CLOCK_REALTIME

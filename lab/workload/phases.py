@@ -15,10 +15,7 @@ from typing import Any
 
 import psutil
 
-from lab.catalogue import make_catalogue, query_for
-from lab.deliveries import Deliveries
-from lab.fleet import CallFailed, Fleet, PeerLost, PeerProcess
-from lab.progress import Ticker
+from lab.peers.fleet import CallFailed, Fleet, PeerLost, PeerProcess
 from lab.shaping.live import LiveLinks
 from lab.topology import (
     BootstrapPhase,
@@ -32,6 +29,9 @@ from lab.topology import (
     SearchPhase,
     Topology,
 )
+from lab.workload.barrier import Deliveries
+from lab.workload.catalogue import make_catalogue, query_for
+from lab.workload.ticker import Ticker
 
 
 @dataclass

@@ -13,9 +13,9 @@ import jinja2
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from lab import plots, results
-from lab.compare import DEFAULT_ALPHA, DEFAULT_NOISE, compare_samples, run_samples
-from lab.metrics import Metric, all_metrics
+from lab.analysis.compare import DEFAULT_ALPHA, DEFAULT_NOISE, compare_samples, run_samples
+from lab.analysis.metrics import Metric, all_metrics
+from lab.output import plots, results
 
 REPORT = "report.html"
 PLOTS = "plots"
@@ -62,7 +62,7 @@ def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
     """Renders RUN_DIR/report.html from the run's own files, each read once; with a baseline,
     adds the comparison table and overlaid distributions."""
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("lab", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+        loader=jinja2.PackageLoader("lab.output", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
     manifest = results.read_json(run_dir / results.MANIFEST)
     events = results.read_jsonl(run_dir / results.EVENTS)

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest
 
-from lab.metrics import Metric
+from lab.analysis.metrics import Metric
 
 SAMPLES_CSV = "samples.csv"
 SUMMARY_PROM = "summary.prom"

@@ -53,7 +53,7 @@ def check_namespaces(hosts: int) -> None:
     if not MAX_NET_NAMESPACES.exists():
         return
     allowed = int(MAX_NET_NAMESPACES.read_text())
-    need = hosts + 3  # hosts, the hub, the reference host (lab/network.py), a probe
+    need = hosts + 3  # hosts, the hub, the reference host (lab/network/fabric.py), a probe
     if allowed < need:
         raise LimitError(f"network namespaces: {hosts} hosts need {need}, user.max_net_namespaces is {allowed}; "
                          f"raise it with `sysctl user.max_net_namespaces={need}`")

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lab.metrics import announced_message
-from lab.progress import Ticker
+from lab.analysis.metrics import announced_message
+from lab.workload.ticker import Ticker
 
 POLL_S = 0.5
 

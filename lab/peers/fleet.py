@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.forkserver import ForkedProcess, ForkServer
-from lab.network import PeerSlot
+from lab.network.fabric import PeerSlot
+from lab.peers.forkserver import ForkedProcess, ForkServer
 from lab.runid import ENV_VAR
 from nodes import wire
 

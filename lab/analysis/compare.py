@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lab import results
-from lab.metrics import Metric, all_metrics, higher_is_better
-from lab.repeats import REPEAT_FILE
+from lab.analysis.metrics import Metric, all_metrics, higher_is_better
+from lab.analysis.repeats import REPEAT_FILE
+from lab.output import results
 
 MIN_SAMPLES = 8
 MIN_RUNS = 4  # Mann-Whitney U can reach p < 0.05 from 4 against 4 (p = 0.029)

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lab.netlink import NetlinkError, NetNS, netns
+from lab.network.netlink import NetlinkError, NetNS, netns
 from lab.runid import RunId
 
 FABRIC = ipaddress.ip_network("198.18.0.0/15")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lab.stats import median_ci
+from lab.analysis.stats import median_ci
 
 REPEAT_FILE = "repeat.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lab.compare import Comparison
+from lab.analysis.compare import Comparison
 
 SHOWN = ("n", "success_ratio", "p50", "p95", "p99", "max")
 

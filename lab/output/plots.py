@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lab.metrics import MEMORY_FIELDS, MIB, Metric, per_peer  # noqa: E402
+from lab.analysis.metrics import MEMORY_FIELDS, MIB, Metric, per_peer  # noqa: E402
 
 BAND = (5, 50, 95)
 

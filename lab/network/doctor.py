@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lab.netlink import NetlinkError, NetNS, netns
+from lab.network.netlink import NetlinkError, NetNS, netns
 from lab.runid import RunId
 
 

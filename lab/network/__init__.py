@@ -1,0 +1,1 @@
+"""The network stage: namespaces and links of one run, what the machine allows."""

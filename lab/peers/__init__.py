@@ -1,0 +1,1 @@
+"""The peers stage: host processes, their control plane and their resource samples."""

@@ -1,0 +1,1 @@
+"""The workload stage: phases, the package catalogue, the announcement barrier."""
