@@ -6,39 +6,31 @@ import asyncio
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
-from lab import cleanup, quantities
+from lab import cleanup, exits, quantities
 from lab import sweep as sweeps
 from lab.analysis import compare as compare_runs
 from lab.analysis.metrics import unit_of
+from lab.analysis.records import EVENTS, MANIFEST, RecordsError, read_json
 from lab.analysis.repeats import REPEAT_FILE
 from lab.network import doctor
 from lab.network.fabric import NetworkError
-from lab.orchestrator import (
-    EXIT_INTERRUPTED,
-    SetupError,
-    choose_mode,
-    default_out,
-    run_repeated,
-    run_topology,
-)
-from lab.output import results
-from lab.output import terminal as console
-from lab.output.report import REPORT_NEEDS, write_report
+from lab.orchestrator import SetupError, choose_mode, default_out, run_repeated, run_topology
+from lab.output import terminal
+from lab.output.report import write_report
 from lab.shaping import live
 from lab.shaping.backend import ShapingError, choose_backend
 from lab.topology import TopologyError, load_topology
-
-EXIT_CRASH = 3
+from nodes.protocol import NetemRequest
 
 
 class LabError(click.ClickException):
     """Bad input or an unusable machine: a one-line message and exit code 2."""
 
-    exit_code = 2
+    exit_code = exits.BAD_INPUT
 
 
 @click.group()
@@ -74,25 +66,25 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
         reports = [write_report(outcome.path) for outcome in outcomes] if report else []
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
         click.echo(f"interrupted: partial results in {out}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(exits.INTERRUPTED)
     except (SetupError, NetworkError) as exc:
         raise LabError(str(exc)) from None
     except Exception:
         traceback.print_exc()
         click.echo(f"lab crashed; partial results in {out}; run `lab clean` if anything was left", err=True)
-        sys.exit(EXIT_CRASH)
+        sys.exit(exits.CRASH)
     outcome = outcomes[-1]
     click.echo("")
-    for line in console.metrics_table(outcome.summary):
+    for line in terminal.metrics_table(outcome.analysis.summary):
         click.echo(line)
     click.echo("")
-    for line in console.verdict_lines(outcome.verdicts):
+    for line in terminal.verdict_lines(outcome.analysis.verdicts):
         click.echo(line)
-    for line in console.error_lines(outcome.errors):
+    for line in terminal.error_lines(outcome.analysis.errors):
         click.echo(line)
     if repeat > 1:
         click.echo("")
-        for line in console.repeat_lines(results.read_json(out / REPEAT_FILE), outcomes):
+        for line in terminal.repeat_lines(read_json(out / REPEAT_FILE), outcomes):
             click.echo(line)
     click.echo(f"results: {out}")
     for path in reports:
@@ -124,10 +116,13 @@ def compare(
         raise LabError(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
     sides = []
     for label, run_dir in (("BASELINE", baseline), ("CANDIDATE", candidate)):
-        single = (run_dir / results.MANIFEST).is_file() and (run_dir / results.EVENTS).is_file()
+        single = (run_dir / MANIFEST).is_file() and (run_dir / EVENTS).is_file()
         if not single and not compare_runs.is_repeat(run_dir):
             raise LabError(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl, no repeat.json)")
-        samples = compare_runs.run_samples(run_dir)
+        try:
+            samples = compare_runs.run_samples(run_dir)
+        except RecordsError as exc:
+            raise LabError(f"{label}: {exc}") from None
         sides.append({name: m for name, m in samples.items() if not metrics or name in metrics})
     repeated = [compare_runs.is_repeat(d) for d in (baseline, candidate)]
     if repeated[0] != repeated[1]:
@@ -136,10 +131,10 @@ def compare(
     if repeated[0] and output != "json":
         click.echo("run level: each value is one run's median")
     comparisons = compare_runs.compare_samples(sides[0], sides[1], noise_share, alpha, min_samples=minimum)
-    for line in console.comparison_lines(comparisons, output):
+    for line in terminal.comparison_lines(comparisons, output):
         click.echo(line)
     if strict and any(c.verdict == "regressed" for c in comparisons):
-        sys.exit(1)
+        sys.exit(exits.FAILED)
 
 
 def _running_run(run_dir: Path | None) -> dict[str, Any]:
@@ -179,8 +174,8 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
         indexes = [int(p) for p in peers.split(",")] if peers else None
     except ValueError:
         raise LabError(f"--peers: expected comma-separated peer indexes, not {peers!r}") from None
-    op = "set" if given else "clear" if clear else "show" if show else "verify"
-    request = {"op": op, "groups": list(groups), "peers": indexes, "link": given, "verify": verify}
+    op: Literal["set", "clear", "show", "verify"] = "set" if given else "clear" if clear else "show" if show else "verify"
+    request = NetemRequest(op, list(groups), indexes, given, verify)
     state = _running_run(run_dir)
     if state["impairment"] is None:
         raise LabError(f"the run writing to {state['results']} has no impairment backend: {state['impairment_reason']}")
@@ -192,10 +187,10 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
         raise LabError(str(exc)) from None
     if not reply["ok"]:
         raise LabError(reply["error"])
-    for line in console.netem_lines(op, reply):
+    for line in terminal.netem_lines(op, reply):
         click.echo(line)
     if reply.get("status") == "failed":
-        sys.exit(1)
+        sys.exit(exits.FAILED)
 
 
 @main.command()
@@ -220,7 +215,7 @@ def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quic
         done = asyncio.run(sweeps.run_sweep(points, parsed, topology_file.read_text(), out, click.echo))
     except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo(f"interrupted: the points measured so far are in {out / sweeps.SWEEP_FILE}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(exits.INTERRUPTED)
     except (SetupError, NetworkError) as exc:
         raise LabError(str(exc)) from None
     click.echo("")
@@ -234,10 +229,11 @@ def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quic
 @click.option("--compare", "baseline", type=click.Path(path_type=Path, file_okay=False), help="Baseline results directory.")
 def report_command(run_dir: Path, baseline: Path | None) -> None:
     """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/ (PNG and SVG)."""
-    for label, directory in (("RUN_DIR", run_dir), ("--compare", baseline)):
-        if directory is not None and not all((directory / name).is_file() for name in REPORT_NEEDS):
-            raise LabError(f"{label} {directory} is not a finished run's results directory (needs {', '.join(REPORT_NEEDS)})")
-    click.echo(f"report: {write_report(run_dir, baseline)}")
+    try:
+        path = write_report(run_dir, baseline)
+    except RecordsError as exc:
+        raise LabError(str(exc)) from None
+    click.echo(f"report: {path}")
 
 
 @main.command()

@@ -1,7 +1,8 @@
 """The orchestrator: build the network, start the peers, run the phases, collect, clean up.
 
-Structured so that whatever happens (SLA failure, bad peer, Ctrl-C, SIGTERM, crash) the
-`finally` path stops every peer, removes every namespace and writes what was gathered.
+Setup is one exit stack: the state file, the network, the links, the fleet and the collector
+each register their undoing as they are made, so whatever happens (SLA failure, bad peer,
+Ctrl-C, SIGTERM, crash) they are undone in reverse, and then what was gathered is written.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab import runid
-from lab.analysis.metrics import MIB, RUN_STARTED, Metric, all_metrics, impairment_periods
-from lab.analysis.peerlogs import count_levels
+from lab import exits, runid
+from lab.analysis.figures import Analysis, analyze
+from lab.analysis.metrics import RUN_STARTED
+from lab.analysis.records import MIB, RunRecords, Sample
 from lab.analysis.repeats import REPEAT_FILE, between_runs
-from lab.analysis.sla import evaluate
-from lab.analysis.stats import summarize
 from lab.blocking import in_thread_to_completion
 from lab.network import doctor, limits
 from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
@@ -30,7 +31,8 @@ from lab.output import provenance, results
 from lab.output.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
 from lab.output.results import ResultsDir
 from lab.peers.collector import Collector
-from lab.peers.fleet import Fleet
+from lab.peers.fleet import Fleet, PeerProcess
+from lab.peers.settings import peer_settings
 from lab.shaping import plan as plans
 from lab.shaping.backend import ShapingError, choose_backend
 from lab.shaping.links import Links, make_backend, topology_problem
@@ -40,11 +42,9 @@ from lab.topology import Topology
 from lab.workload.barrier import Deliveries
 from lab.workload.phases import Workload
 from lab.workload.ticker import Ticker
+from nodes.protocol import Event
 
 Echo = Callable[[str], None]
-
-EXIT_PASS, EXIT_SLA_FAILED, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
-
 
 class SetupError(RuntimeError):
     """The run cannot start here (privilege, kernel feature, directory); exit code 2."""
@@ -55,9 +55,7 @@ class RunOutcome:
     path: Path
     status: str
     exit_code: int
-    summary: dict[str, Any]
-    verdicts: list[dict[str, Any]]
-    errors: dict[str, Any]
+    analysis: Analysis
 
 
 def choose_mode(requested: str) -> tuple[str, str]:
@@ -93,27 +91,6 @@ def choose_impairment(topology: Topology, mode: str) -> tuple[str | None, str]:
     return name, why
 
 
-def peer_settings(topology: Topology) -> dict[str, Any]:
-    libp2p = topology.libp2p
-    return {
-        "seed": topology.seed,
-        "connections": {
-            "max_per_peer": libp2p.connections.max_per_peer,
-            "max_connections": libp2p.connections.max_connections,
-            "max_inbound": libp2p.connections.max_inbound,
-            "auto_connect": libp2p.connections.auto_connect,
-            "dial_timeout_s": libp2p.connections.dial_timeout,
-        },
-        "dht": {**libp2p.dht.model_dump(), "maintenance_interval_s": libp2p.dht.maintenance_interval},
-        "yamux": {**libp2p.yamux.model_dump(), "rtt_interval_s": libp2p.yamux.rtt_interval},
-        "gossipsub": {**libp2p.gossipsub.model_dump(), "heartbeat_s": libp2p.gossipsub.heartbeat},
-    }
-
-
-def summarize_metrics(metrics: dict[str, Metric]) -> dict[str, dict[str, Any]]:
-    return {name: {"unit": m.unit, **summarize(m.values, m.attempts)} for name, m in metrics.items()}
-
-
 def default_out(topology: Topology, kind: str = "") -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return Path("results") / f"{topology.name}{kind}-{stamp}"
@@ -131,40 +108,62 @@ class Run:
         self.live: LiveLinks | None = None
         self.run_id = runid.RunId.new()
         self.results = ResultsDir.create(out)
-        self.events: list[dict[str, Any]] = []
+        self.control = self.results.path / "control.sock"
+        self.impairment_socket = self.results.path / "impairment.sock"
+        self.events: list[Event] = []
         self.deliveries = Deliveries()
-        self.samples: list[dict[str, Any]] = []
-        self.errors: list[dict[str, Any]] = []
+        self.samples: list[Sample] = []
+        self.errors: list[dict[str, Any]] = []  # the lab's own: peers that did not start, failed calls, lost peers
         self.ready = 0
-        self.lost = 0
         self.phase_reports: list[dict[str, Any]] = []
         self.started = time.monotonic()
 
     # -- sinks for the fleet and the collector -------------------------------------------------
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        event.pop("type", None)
+    def on_event(self, event: Event) -> None:
         self.events.append(event)
         self.deliveries.record(event)
-        self.results.append(results.EVENTS, event)
+        self.results.append(results.EVENTS, event.record())
 
-    def on_sample(self, sample: dict[str, Any]) -> None:
+    def on_sample(self, sample: Sample) -> None:
         self.samples.append(sample)
-        self.results.append(results.RESOURCES, sample)
+        self.results.append(results.RESOURCES, sample.record())
 
     # -- the run --------------------------------------------------------------------------------
 
     async def execute(self) -> RunOutcome:
-        topology, mode, why = self.topology, self.mode, self.why
-        self.echo(f"run {self.run_id.value}: {topology.peer_count} peers, mode {mode} ({why})")
+        """Set up, run the phases, undo the setup in reverse; then write the results."""
+        self._begin()
+        status = "failed"
+        try:
+            async with AsyncExitStack() as setup:
+                self._register(setup)
+                slots, reference = await self._network(setup)
+                if self.backend is not None:
+                    await self._links(setup, slots, reference)
+                fleet = await self._fleet(setup)
+                await self._collector(setup, fleet)
+                await self._start_peers(fleet, slots)
+                status = await self._phases(fleet)
+        except asyncio.CancelledError:
+            status = "interrupted"
+            raise
+        finally:
+            self.results.close()
+            outcome = self._outcome(status)
+        return outcome
+
+    def _begin(self) -> None:
+        topology = self.topology
+        self.echo(f"run {self.run_id.value}: {topology.peer_count} peers, mode {self.mode} ({self.why})")
         self.echo(f"results: {self.results.path}")
         self.results.update_manifest(
             status="running",
             run_id=self.run_id.value,
             topology_name=topology.name,
             seed=topology.seed,
-            mode=mode,
-            mode_reason=why,
+            mode=self.mode,
+            mode_reason=self.why,
             started_utc=datetime.now(UTC).isoformat(),
             clock="time.monotonic_ns (one clock for all processes of this machine)",
             versions=provenance.versions(),
@@ -172,69 +171,46 @@ class Run:
             machine=provenance.machine(),
             topology=topology.model_dump(mode="json"),
             topology_source=self.source,
+            impairment={"backend": self.backend, "reason": self.backend_why, "applied": False},
         )
-        self.results.update_manifest(impairment={"backend": self.backend, "reason": self.backend_why, "applied": False})
-        network = NamespaceNetwork(self.run_id, topology.hosts()) if mode == "netns" else LoopbackNetwork(topology.hosts())
-        control = self.results.path / "control.sock"
-        fleet = Fleet(self.run_id.value, control, self.results.log_dir, self.on_event, topology.network.peer_hosting)
-        collector = Collector(
-            topology.collector.interval,
-            topology.collector.detail_every,
-            fleet.processes,
-            self.on_sample,
-            lambda: self.live.links.backend.helper_pids() if self.live else {},
-        )
-        impair_socket = self.results.path / "impairment.sock"
+
+    def _register(self, setup: AsyncExitStack) -> None:
+        """The run's state file, so `lab clean` tells it from a dead one and `lab netem` finds it."""
         state = {
             "orchestrator_pid": os.getpid(),
             "results": str(self.results.path.resolve()),
-            "control": str(control.resolve()),
-            "impairment": str(impair_socket.resolve()) if self.backend is not None else None,
+            "control": str(self.control.resolve()),
+            "impairment": str(self.impairment_socket.resolve()) if self.backend is not None else None,
             "impairment_reason": self.backend_why,
         }
         self.run_id.state_file.write_text(json.dumps(state))
-        status, collecting = "failed", None
+        setup.callback(self.run_id.state_file.unlink, missing_ok=True)
         now = time.monotonic_ns()
-        self.on_event({"op": RUN_STARTED, "ok": True, "start_ns": now, "end_ns": now, "peer": None, "error": None})
-        try:
-            slots = await in_thread_to_completion(network.build)
-            self.echo(f"[network] {len(slots)} peer slots in {len(topology.hosts())} hosts built in "
-                      f"{time.monotonic() - self.started:.1f}s")
-            if self.backend is not None:
-                await self._open_links(slots, network.reference, impair_socket)
-            await fleet.open()
-            collecting = asyncio.create_task(collector.run())
-            await self._start_peers(fleet, slots)
-            workload = Workload(topology, fleet, self.echo, self.deliveries, self.live)
-            for number, phase in enumerate(topology.workload, 1):
-                if not fleet.alive:
-                    self.echo(f"[run] no live peer: phases {number}-{len(topology.workload)} not run (causes above and "
-                              "in manifest.json)")
-                    break
-                report = await workload.run(phase)
-                self.errors.extend(report.errors)
-                since_start = {"ended_s": time.monotonic() - self.started}  # e.g. bootstrap's: time to a ready network
-                self.phase_reports.append({k: v for k, v in asdict(report).items() if k != "errors"} | since_start)
-                self.echo(f"[{number}/{len(topology.workload)}] {report.line()}")
-            else:
-                status = "complete"
-        except asyncio.CancelledError:
-            status = "interrupted"
-            raise
-        finally:
-            await self._finish(fleet, network, collector, collecting, status, time.monotonic() - self.started)
-            outcome = self._outcome(status)
-        return outcome
+        self.on_event(Event(RUN_STARTED, None, now, now, True))
 
-    async def _open_links(self, slots: list[PeerSlot], reference: PeerSlot | None, socket_path: Path) -> None:
+    async def _network(self, setup: AsyncExitStack) -> tuple[list[PeerSlot], PeerSlot | None]:
+        hosts = self.topology.hosts()
+        network = NamespaceNetwork(self.run_id, hosts) if self.mode == "netns" else LoopbackNetwork(hosts)
+
+        async def teardown() -> None:
+            removed = await in_thread_to_completion(network.teardown)
+            self.echo(f"[cleanup] removed {len(removed)} namespaces")
+
+        setup.push_async_callback(teardown)
+        slots = await in_thread_to_completion(network.build)
+        self.echo(f"[network] {len(slots)} peer slots in {len(hosts)} hosts built in {time.monotonic() - self.started:.1f}s")
+        return slots, network.reference
+
+    async def _links(self, setup: AsyncExitStack, slots: list[PeerSlot], reference: PeerSlot | None) -> None:
         """Applies the topology's impairment, measures it before any peer starts, and opens
         the socket `lab netem` uses."""
         assert self.backend is not None
         prefixes = plans.prefixes_by_region([s.ip for s in slots], self.topology.peer_regions())
         backend = make_backend(self.backend, prefixes, self.run_id, self.topology.seed)
         links = Links(backend, slots, self.topology, reference)
-        self.live = LiveLinks(links, self.on_event, self.topology.impairment.probes)
-        await self.live.serve(socket_path)
+        self.live = live = LiveLinks(links, self.on_event, self.topology.impairment.probes)
+        setup.push_async_callback(live.close)
+        await live.serve(self.impairment_socket)
         self.echo(f"[links] backend {self.backend} ({self.backend_why})")
         change = await in_thread_to_completion(links.apply_initial)
         if change is None:
@@ -264,19 +240,64 @@ class Run:
         for line in unverified:
             self.echo(f"[links] warning: {line}; the run goes on with its impairment unverified")
 
-    async def _start_peers(self, fleet: Fleet, slots: list[Any]) -> None:
+    async def _fleet(self, setup: AsyncExitStack) -> Fleet:
+        fleet = Fleet(self.run_id.value, self.control, self.results.log_dir, self.on_event,
+                      self.topology.network.peer_hosting)
+        setup.push_async_callback(self._stop, fleet)
+        await fleet.open()
+        return fleet
+
+    async def _stop(self, fleet: Fleet) -> None:
+        """Peers lost during the run are reported before the fleet stops (stopping is not losing)."""
+        self.errors += [{"phase": "run", "peer": p.index, "error": p.lost, "stderr_tail": p.stderr_tail()}
+                        for p in self._lost(fleet)]
+        await fleet.stop()
+        self.echo(f"[cleanup] stopped {len(fleet.peers)} peers")
+        finals = [p.final for p in fleet.peers if p.final]
+        if finals:
+            held = {key: sorted(f[key] for f in finals) for key in ("connections", "routing_table", "gossip_mesh")}
+            self.echo("[peers] at the end, per peer: " + ", ".join(
+                f"{key} median {values[len(values) // 2]} max {values[-1]}" for key, values in held.items()))
+        self.results.update_manifest(peers_lost=len(self._lost(fleet)), peers=self._peer_records(fleet))
+
+    @staticmethod
+    def _lost(fleet: Fleet) -> list[PeerProcess]:
+        """Peers that became ready (have a peer id) and then died; those that never started are
+        reported when they fail to start."""
+        return [p for p in fleet.peers if p.lost is not None and p.peer_id]
+
+    def _peer_records(self, fleet: Fleet) -> list[dict[str, Any]]:
+        groups = self.topology.peer_groups()
+        return [
+            {"index": p.index, "group": groups[p.index].name, "peer_id": p.peer_id, "ip": p.slot.ip, "netns": p.slot.netns,
+             "pid": p.pid, "lost": p.lost, "final": p.final}
+            for p in fleet.peers
+        ]
+
+    async def _collector(self, setup: AsyncExitStack, fleet: Fleet) -> None:
+        collector = Collector(self.topology.collector.interval, self.topology.collector.detail_every, fleet.processes,
+                              self.on_sample, self.live.helper_pids if self.live else dict)
+        collecting = asyncio.create_task(collector.run())
+
+        async def last_sample() -> None:
+            await collector.sample_once()
+            collecting.cancel()
+            self.results.update_manifest(collector={"sweeps": collector.sweeps, "seconds": collector.sweep_seconds})
+
+        setup.push_async_callback(last_sample)
+
+    async def _start_peers(self, fleet: Fleet, slots: list[PeerSlot]) -> None:
         """Starts the host processes, `network.spawn_concurrency` at a time."""
         limit = asyncio.Semaphore(self.topology.network.spawn_concurrency)
-        settings = peer_settings(self.topology)
         timeout = self.topology.network.start_timeout
         started = time.monotonic()
-        hosts: dict[int, list[Any]] = {}
+        hosts: dict[int, list[PeerSlot]] = {}
         for slot in slots:
             hosts.setdefault(slot.host, []).append(slot)
 
-        async def start(host: list[Any], ticker: Ticker) -> None:
+        async def start(host: list[PeerSlot], ticker: Ticker) -> None:
             async with limit:
-                failures = await fleet.start_host(host, settings, timeout)
+                failures = await fleet.start_host(host, [peer_settings(self.topology, slot.listen) for slot in host], timeout)
             self.ready += len(host) - len(failures)
             self.errors += [{"phase": "start", "peer": index, "error": why} for index, why in failures.items()]
             ticker.done += len(host)
@@ -284,128 +305,62 @@ class Run:
         async with Ticker(self.echo, "peers started", len(slots)) as ticker:
             await asyncio.gather(*(start(host, ticker) for host in hosts.values()))
         self.echo(f"[peers] {self.ready}/{len(slots)} ready in {len(hosts)} host processes in {time.monotonic() - started:.1f}s")
-        self.results.update_manifest(peers_ready_s=time.monotonic() - self.started)
+        self.results.update_manifest(peers_ready=self.ready, peers_ready_s=time.monotonic() - self.started)
         if self.ready < len(slots):
             for error in self.errors[:5]:
                 self.echo(f"  peer {error['peer']}: {error['error']}")
 
-    async def _finish(
-        self, fleet: Fleet, network: Any, collector: Collector, collecting: asyncio.Task[None] | None, status: str, seconds: float
-    ) -> None:
-        """Cleanup first (it must happen even if writing results fails), then the results."""
-        # Lost during the run: peers that became ready (have a peer id) and then died; those
-        # that never started are already reported by _start_peers.
-        lost = [
-            {"phase": "run", "peer": p.index, "error": p.lost, "stderr_tail": p.stderr_tail()}
-            for p in fleet.peers
-            if p.lost is not None and p.peer_id
-        ]
-        self.errors.extend(lost)
-        try:
-            if collecting is not None:
-                await collector.sample_once()
-                collecting.cancel()
-            await fleet.stop()
-        finally:
-            if self.live is not None:
-                await self.live.close()
-            removed = await in_thread_to_completion(network.teardown)
-            self.run_id.state_file.unlink(missing_ok=True)
-            self.results.close()
-        self.lost = len(lost)
-        groups = self.topology.peer_groups()
-        self.echo(f"[cleanup] stopped {len(fleet.peers)} peers, removed {len(removed)} namespaces")
-        finals = [p.final for p in fleet.peers if p.final]
-        if finals:
-            held = {key: sorted(f[key] for f in finals) for key in ("connections", "routing_table", "gossip_mesh")}
-            self.echo("[peers] at the end, per peer: " + ", ".join(
-                f"{key} median {values[len(values) // 2]} max {values[-1]}" for key, values in held.items()))
-        costs = self._lab_costs()
-        self.echo("[lab] own CPU: " + ", ".join(f"{role} {c['cpu_seconds']:.1f}s" for role, c in sorted(costs.items())))
-        self.results.update_manifest(
-            status=status,
-            partial=status != "complete",
-            ended_utc=datetime.now(UTC).isoformat(),
-            duration_s=seconds,
-            peers_ready=self.ready,
-            peers_lost=self.lost,
-            phases=self.phase_reports,
-            collector={"sweeps": collector.sweeps, "seconds": collector.sweep_seconds},
-            lab_processes=costs,
-            peers=[
-                {
-                    "index": p.index,
-                    "group": groups[p.index].name,
-                    "peer_id": p.peer_id,
-                    "ip": p.slot.ip,
-                    "netns": p.slot.netns,
-                    "pid": p.pid,
-                    "lost": p.lost,
-                    "final": p.final,
-                }
-                for p in fleet.peers
-            ],
-        )
+    async def _phases(self, fleet: Fleet) -> str:
+        """The workload's phases in order; "complete" if all ran, "failed" if no peer was left."""
+        workload = Workload(self.topology, fleet, self.echo, self.deliveries, self.live)
+        phases = self.topology.workload
+        for number, phase in enumerate(phases, 1):
+            if not fleet.alive:
+                self.echo(f"[run] no live peer: phases {number}-{len(phases)} not run (causes above and in manifest.json)")
+                return "failed"
+            report = await workload.run(phase)
+            self.errors.extend(report.errors)
+            since_start = {"ended_s": time.monotonic() - self.started}  # e.g. bootstrap's: time to a ready network
+            self.phase_reports.append({k: v for k, v in asdict(report).items() if k != "errors"} | since_start)
+            self.results.update_manifest(phases=self.phase_reports)
+            self.echo(f"[{number}/{len(phases)}] {report.line()}")
+        return "complete"
 
     def _lab_costs(self) -> dict[str, dict[str, float]]:
         """CPU seconds and peak RSS of the lab's own processes (orchestrator, delay line): the
         share of the machine the measurement itself took."""
         costs: dict[str, dict[str, float]] = {}
         for sample in self.samples:
-            if sample.get("role") != "peer":
-                cost = costs.setdefault(sample["role"], {"cpu_seconds": 0.0, "max_rss_mib": 0.0})
-                cost["cpu_seconds"] = max(cost["cpu_seconds"], sample["cpu_user"] + sample["cpu_system"])
-                cost["max_rss_mib"] = max(cost["max_rss_mib"], sample["rss"] / MIB)
+            if sample.role != "peer":
+                cost = costs.setdefault(sample.role, {"cpu_seconds": 0.0, "max_rss_mib": 0.0})
+                cost["cpu_seconds"] = max(cost["cpu_seconds"], sample.cpu_seconds)
+                cost["max_rss_mib"] = max(cost["max_rss_mib"], sample.rss / MIB)
         return costs
 
     def _outcome(self, status: str) -> RunOutcome:
-        metrics = all_metrics(self.events, self.samples, self.ready)
-        summary = summarize_metrics(metrics)
-        periods = [
-            {"period": p.label, "start_ns": p.start_ns, "metrics": summarize_metrics(dict(sorted(p.metrics.items())))}
-            for p in impairment_periods(self.events)
-        ]
-        errors = self._error_counts()
-        self.results.write(
-            results.SUMMARY,
-            {
-                "partial": status != "complete",
-                "note": "samples within one run are not independent (shared network, shared CPU); "
-                "intervals describe this run, not run-to-run variation",
-                "metrics": summary,
-                "impairment_periods": periods,
-                "errors": errors,
-            },
+        """The manifest's last word, then every figure from the records (lab/analysis/figures.py)."""
+        costs = self._lab_costs()
+        self.echo("[lab] own CPU: " + ", ".join(f"{role} {c['cpu_seconds']:.1f}s" for role, c in sorted(costs.items())))
+        self.results.update_manifest(
+            status=status,
+            partial=status != "complete",
+            ended_utc=datetime.now(UTC).isoformat(),
+            duration_s=time.monotonic() - self.started,
+            peers_ready=self.ready,
+            phases=self.phase_reports,
+            lab_processes=costs,
+            lab_errors=self.errors,
         )
-        write_samples_csv(self.results.path / SAMPLES_CSV, metrics)
+        analysis = analyze(RunRecords(self.results.path, self.results.manifest, self.events, self.samples))
+        self.results.write(results.SUMMARY, analysis.summary_record())
+        write_samples_csv(self.results.path / SAMPLES_CSV, analysis.metrics)
         write_openmetrics(
             self.results.path / SUMMARY_PROM,
-            summary,
+            analysis.summary,
             {"topology": self.topology.name, "run_id": self.run_id.value, "status": status},
         )
-        verdicts = evaluate(self.topology.slas, summary) + self._builtin_verdicts()
-        self.results.write(results.VERDICTS, {"passed": all(v["passed"] for v in verdicts), "verdicts": verdicts})
-        exit_code = EXIT_PASS if all(v["passed"] for v in verdicts) else EXIT_SLA_FAILED
-        return RunOutcome(self.results.path, status, exit_code, summary, verdicts, errors)
-
-    def _builtin_verdicts(self) -> list[dict[str, Any]]:
-        """The lab's own conditions for a trustworthy run, reported beside the topology's SLAs."""
-        total = self.topology.peer_count
-        return [
-            {"metric": "peers_ready", "stat": "count", "op": "==", "threshold": str(total), "measured": self.ready,
-             "passed": self.ready == total, "builtin": True, "reason": f"{self.ready} of {total} peers became ready"},
-            {"metric": "peers_lost", "stat": "count", "op": "==", "threshold": "0", "measured": self.lost,
-             "passed": self.lost == 0, "builtin": True, "reason": f"{self.lost} peers died or stopped answering"},
-        ]
-
-    def _error_counts(self) -> dict[str, Any]:
-        """Failed operations by cause, the lab's own errors, and what peers logged."""
-        by_op: dict[str, dict[str, int]] = {}
-        for event in self.events:
-            if not event["ok"]:
-                errors = by_op.setdefault(event["op"], {})
-                errors[event["error"]] = errors.get(event["error"], 0) + 1
-        return {"operations": by_op, "lab": self.errors, "peer_logs": count_levels(self.results.log_dir)}
+        self.results.write(results.VERDICTS, analysis.verdicts_record())
+        return RunOutcome(self.results.path, status, exits.PASS if analysis.passed else exits.FAILED, analysis)
 
 
 async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -> RunOutcome:
@@ -446,7 +401,7 @@ async def run_repeated(topology: Topology, source: str, out: Path, echo: Echo, r
             "seeds": [topology.seed] * repeat,
             "runs": [{"dir": o.path.name, "status": o.status, "exit_code": o.exit_code} for o in outcomes],
             "note": "the run is the independent unit: compare run medians, not pooled samples",
-            "metrics": between_runs([o.summary for o in outcomes]),
+            "metrics": between_runs([o.analysis.summary for o in outcomes]),
         },
     )
     return outcomes

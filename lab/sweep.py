@@ -19,6 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import yaml
 
+from lab.analysis.stats import Summary
 from lab.orchestrator import run_topology
 from lab.output import plots, results
 from lab.topology import Link, Topology, TopologyError, parse_topology
@@ -103,11 +104,11 @@ def numeric(value: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def point_figures(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def point_figures(summary: dict[str, Summary]) -> dict[str, dict[str, Any]]:
     """The figures a sweep keeps per point: median with its interval, p95, n."""
     return {
-        name: {"unit": m["unit"], "n": m["n"], "p50": m.get("p50"), "p95": m.get("p95"),
-               "p50_ci95": m.get("ci95", {}).get("median"), "success_ratio": m.get("success_ratio")}
+        name: {"unit": m.unit, "n": m.n, "p50": m.p50, "p95": m.p95,
+               "p50_ci95": list(m.median_ci) if m.median_ci else None, "success_ratio": m.success_ratio}
         for name, m in summary.items()
     }
 
@@ -136,7 +137,7 @@ async def run_sweep(points: list[tuple[dict[str, str], Topology]], settings: lis
         outcome = await run_topology(topology, source, point_dir(out, chosen), echo)
         done.append({
             "settings": chosen, "x": numeric(chosen[settings[0].name]), "dir": outcome.path.name, "peers": topology.peer_count,
-            "status": outcome.status, "exit_code": outcome.exit_code, "metrics": point_figures(outcome.summary),
+            "status": outcome.status, "exit_code": outcome.exit_code, "metrics": point_figures(outcome.analysis.summary),
         })
         results.write_json(out / SWEEP_FILE, {"settings": [asdict(s) for s in settings], "points": done})
     (out / "sweep.md").write_text(markdown_table(done))

@@ -21,6 +21,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes
 
 from nodes.packages import Package, checksum, dht_key, make_body, query_terms
+from nodes.protocol import Op
 from nodes.recorder import OpFailed, Recorder
 from nodes.reputation import Reputation
 
@@ -66,7 +67,7 @@ class Market:
     # -- publish -------------------------------------------------------------------------
 
     async def publish(self, metadata: dict[str, Any], size: int) -> None:
-        async with self.recorder.operation("publish", package=metadata["id"]) as details:
+        async with self.recorder.operation(Op.PUBLISH, package=metadata["id"]) as details:
             body = make_body(self.seed, metadata["id"], size)
             package = Package.from_dict(
                 {**metadata, "size": size, "sha256": checksum(body), "publisher": str(self.host.get_id())}
@@ -100,7 +101,7 @@ class Market:
             if message.from_id == me:
                 continue
             payload = json.loads(message.data)
-            op = "gossip_duplicate" if payload["msg"] in delivered else "gossip_delivery"
+            op = Op.GOSSIP_DUPLICATE if payload["msg"] in delivered else Op.GOSSIP_DELIVERY
             delivered.add(payload["msg"])
             await self.recorder.event(
                 op, payload["sent_ns"], received, None, {"msg": payload["msg"], "from": ID(message.from_id).to_base58()}
@@ -109,7 +110,7 @@ class Market:
     # -- get -----------------------------------------------------------------------------
 
     async def get(self, package_id: str) -> Package:
-        async with self.recorder.operation("get", package=package_id) as details:
+        async with self.recorder.operation(Op.GET, package=package_id) as details:
             if package_id in self.bodies:
                 details["source"] = "local"
                 return self.packages[package_id]
@@ -125,7 +126,7 @@ class Market:
         """A record the DHT already replicated to this peer needs no network: that is a
         different operation (`dht_lookup_local`), kept apart so it cannot flatter `dht_lookup`."""
         key = dht_key(package_id)
-        op = "dht_lookup_local" if self.dht.value_store.get(key.encode()) else "dht_lookup"
+        op = Op.DHT_LOOKUP_LOCAL if self.dht.value_store.get(key.encode()) else Op.DHT_LOOKUP
         async with self.recorder.operation(op, package=package_id):
             raw = await self.dht.get_value(key, quorum=self.get_quorum)
             if raw is None:
@@ -133,7 +134,7 @@ class Market:
             return Package.from_json(raw)
 
     async def _find_providers(self, package_id: str) -> list[ID]:
-        async with self.recorder.operation("dht_find_providers", package=package_id) as details:
+        async with self.recorder.operation(Op.DHT_FIND_PROVIDERS, package=package_id) as details:
             found = await self.dht.find_providers(dht_key(package_id))
             providers = [info.peer_id for info in found if info.peer_id != self.host.get_id()]
             for info in found:
@@ -150,7 +151,7 @@ class Market:
         for name in self.reputation.best(list(by_name), len(by_name)):
             started = time.monotonic()
             try:
-                async with self.recorder.operation("fetch", package=package.id, provider=name) as details:
+                async with self.recorder.operation(Op.FETCH, package=package.id, provider=name) as details:
                     with trio.fail_after(REQUEST_TIMEOUT_S):
                         body = await _request(self.host, by_name[name], FETCH_PROTOCOL, {"id": package.id})
                     if checksum(body) != package.sha256:
@@ -181,16 +182,16 @@ class Market:
         """`op` names a forced remote search (concurrency runs); otherwise cache, local, remote."""
         if op is None:
             if query in self.search_cache:
-                async with self.recorder.operation("search_cache_hit", query=query) as details:
+                async with self.recorder.operation(Op.SEARCH_CACHE_HIT, query=query) as details:
                     details["results"] = len(self.search_cache[query])
                     return self.search_cache[query]
             local = self.local_matches(query)
             if local:
-                async with self.recorder.operation("search_local", query=query) as details:
+                async with self.recorder.operation(Op.SEARCH_LOCAL, query=query) as details:
                     details["results"] = len(local)
                     self.search_cache[query] = local
                     return local
-        async with self.recorder.operation(op or "search_remote", query=query) as details:
+        async with self.recorder.operation(op or Op.SEARCH_REMOTE, query=query) as details:
             results = await self._search_remote(query, fanout, details)
             self.search_cache[query] = results
             return results

@@ -40,6 +40,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from nodes.control import ControlChannel
 from nodes.market import ANNOUNCE_TOPIC, Market
 from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
+from nodes.protocol import Call, Op, PeerSettings, concurrent_search_op
 from nodes.recorder import OpFailed, Recorder, install_work_handler
 
 PR_SET_PDEATHSIG = 1
@@ -54,44 +55,45 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def tune_library(settings: dict[str, Any]) -> None:
+def tune_library(settings: PeerSettings) -> None:
     """Settings py-libp2p keeps as module constants, read where they are used: set per process
-    (all peers of a host share the topology's settings)."""
-    yamux.RTT_MEASURE_INTERVAL = settings["yamux"]["rtt_interval_s"]
-    kad_dht.ROUTING_TABLE_REFRESH_INTERVAL = settings["dht"]["maintenance_interval_s"]
-    os.environ["PY_YAMUX_RELEASE_ON_READ"] = "1" if settings["yamux"]["release_on_read"] else "0"  # read per call
+    (all peers of a host share the topology's settings). The library annotates these intervals,
+    and the heartbeat below, as int seconds; it only sleeps on them, so fractions work."""
+    yamux.RTT_MEASURE_INTERVAL = settings.yamux.rtt_interval_s  # type: ignore[assignment]
+    kad_dht.ROUTING_TABLE_REFRESH_INTERVAL = settings.dht.maintenance_interval_s  # type: ignore[assignment]
+    os.environ["PY_YAMUX_RELEASE_ON_READ"] = "1" if settings.yamux.release_on_read else "0"  # read per call
 
 
-def connection_config(settings: dict[str, Any]) -> ConnectionConfig:
-    connections = settings["connections"]
+def connection_config(settings: PeerSettings) -> ConnectionConfig:
+    connections = settings.connections
     return ConnectionConfig(
-        max_connections_per_peer=connections["max_per_peer"],
-        max_connections=connections["max_connections"],
-        dial_timeout=connections["dial_timeout_s"],
+        max_connections_per_peer=connections.max_per_peer,
+        max_connections=connections.max_connections,
+        dial_timeout=connections.dial_timeout_s,
     )
 
 
-def resource_manager(settings: dict[str, Any]) -> ResourceManager:
+def resource_manager(settings: PeerSettings) -> ResourceManager:
     """The library's resource manager with its defaults, but the established-inbound limit the
     topology states: a bootstrap peer of a large network is dialled by more than its 256."""
-    limits = new_connection_limits_with_defaults().with_max_established_inbound(settings["connections"]["max_inbound"])
+    limits = new_connection_limits_with_defaults().with_max_established_inbound(settings.connections.max_inbound)
     return new_resource_manager(connection_limits=limits)
 
 
-def gossipsub_router(settings: dict[str, Any]) -> GossipSub:
-    gs = settings["gossipsub"]
+def gossipsub_router(settings: PeerSettings) -> GossipSub:
+    gs = settings.gossipsub
     router = GossipSub(
         [PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
-        degree=gs["degree"],
-        degree_low=gs["degree_low"],
-        degree_high=gs["degree_high"],
-        heartbeat_interval=gs["heartbeat_s"],
-        gossip_window=gs["gossip_window"],
-        adaptive_gossip_enabled=gs["adaptive_gossip"],
-        spam_protection_enabled=gs["spam_protection"],
-        eclipse_protection_enabled=gs["eclipse_protection"],
+        degree=gs.degree,
+        degree_low=gs.degree_low,
+        degree_high=gs.degree_high,
+        heartbeat_interval=gs.heartbeat_s,  # type: ignore[arg-type]
+        gossip_window=gs.gossip_window,
+        adaptive_gossip_enabled=gs.adaptive_gossip,
+        spam_protection_enabled=gs.spam_protection,
+        eclipse_protection_enabled=gs.eclipse_protection,
     )
-    if not gs["scorer"]:
+    if not gs.scorer:
         router.scorer = None
     return router
 
@@ -99,36 +101,36 @@ def gossipsub_router(settings: dict[str, Any]) -> GossipSub:
 class Peer:
     """One libp2p host with Kademlia, GossipSub and the marketplace, answering control calls."""
 
-    def __init__(self, index: int, channel: ControlChannel, settings: dict[str, Any]) -> None:
+    def __init__(self, index: int, channel: ControlChannel, settings: PeerSettings) -> None:
         self.index = index
         self.channel = channel
         self.settings = settings
         tune_library(settings)
-        seed = settings["seed"]
+        seed = settings.seed
         key_seed = hashlib.sha256(f"{seed}:key:{index}".encode()).digest()
         self.host = new_host(
             key_pair=create_new_key_pair(key_seed),
             connection_config=connection_config(settings),
             resource_manager=resource_manager(settings),
         )
-        mode = DHTMode.SERVER if settings["dht"]["mode"] == "server" else DHTMode.CLIENT
+        mode = DHTMode.SERVER if settings.dht.mode == "server" else DHTMode.CLIENT
         self.dht = KadDHT(
             self.host,
             mode,
-            enable_random_walk=settings["dht"]["random_walk"],
-            max_peers_per_subnet=settings["dht"]["max_peers_per_subnet"],
+            enable_random_walk=settings.dht.random_walk,
+            max_peers_per_subnet=settings.dht.max_peers_per_subnet,
         )
         self.dht.register_validator(DHT_NAMESPACE, PackageRecordValidator())
         self.router = gossipsub_router(settings)
-        self.pubsub = Pubsub(self.host, self.router, strict_signing=settings["gossipsub"]["strict_signing"])
+        self.pubsub = Pubsub(self.host, self.router, strict_signing=settings.gossipsub.strict_signing)
         self.recorder = Recorder(channel.send, index)
-        self.market = Market(self.host, self.dht, self.pubsub, self.recorder, seed, settings["dht"]["get_quorum"])
+        self.market = Market(self.host, self.dht, self.pubsub, self.recorder, seed, settings.dht.get_quorum)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(self.host.run([multiaddr.Multiaddr(self.settings["listen"])]))
-            if not self.settings["connections"]["auto_connect"]:
+            await stack.enter_async_context(self.host.run([multiaddr.Multiaddr(self.settings.listen)]))
+            if not self.settings.connections.auto_connect:
                 # Its first pass found an empty peer store; stopped, it never tops up to ~150
                 # connections behind the topology's back.
                 network = self.host.get_network()
@@ -152,7 +154,7 @@ class Peer:
         """Runs calls concurrently until the orchestrator says shutdown or goes away."""
         async with trio.open_nursery() as nursery:
             while (call := await self.channel.receive()) is not None:
-                if call.get("op") == "shutdown":
+                if call.get("op") == Call.SHUTDOWN:
                     await self.channel.reply(call, self.stats())
                     break
                 nursery.start_soon(self.answer, call)
@@ -174,9 +176,9 @@ class Peer:
     # -- operations the orchestrator calls -------------------------------------------------
 
     async def op_bootstrap(self, dial: list[str], min_routing_table: int) -> dict[str, Any]:
-        async with self.recorder.operation("bootstrap", dials=len(dial)) as details:
+        async with self.recorder.operation(Op.BOOTSTRAP, dials=len(dial)) as details:
             for address in dial:
-                async with self.recorder.operation("connect", to=address.rsplit("/", 1)[-1]):
+                async with self.recorder.operation(Op.CONNECT, to=address.rsplit("/", 1)[-1]):
                     await self.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
             await self.join_dht()
             size = self.dht.get_routing_table_size()
@@ -188,7 +190,7 @@ class Peer:
 
     async def join_dht(self) -> None:
         """Fills the routing table after the bootstrap dials, as `dht.join` says."""
-        if self.settings["dht"]["join"] == "refresh":
+        if self.settings.dht.join == "refresh":
             await self.dht.refresh_routing_table()
             return
         # The first half of the library's refresh: look itself up, keep the closest peers found.
@@ -209,12 +211,12 @@ class Peer:
         return await self._each(queries, lambda q: self.market.search(q, fanout))
 
     async def op_announce(self, message_id: str, package_id: str) -> None:
-        async with self.recorder.operation("gossip_publish", msg=message_id):
+        async with self.recorder.operation(Op.GOSSIP_PUBLISH, msg=message_id):
             await self.market.announce(message_id, self.market.packages[package_id])
 
     async def op_concurrent_search(self, queries: list[str], fanout: int) -> int:
         """All queries at once, each forced to the network; per-search latency under load."""
-        op = f"concurrent_search_{len(queries)}"
+        op = concurrent_search_op(len(queries))
         failures = 0
 
         async def one(query: str) -> None:
@@ -263,9 +265,9 @@ async def run_peer(index: int, control: str) -> None:
         channel = await ControlChannel.connect(control)
         await channel.send({"type": "hello", "index": index})
         start = await channel.receive()
-        if start is None or start.get("op") != "start":
+        if start is None or start.get("op") != Call.START:
             raise RuntimeError(f"expected a start call, got {start!r}")
-        peer = Peer(index, channel, start["args"])
+        peer = Peer(index, channel, PeerSettings.of(start["args"]))
         async with peer.running():
             await channel.reply(start, peer.identity())
             await peer.serve()

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from nodes.protocol import Event
+
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 _current_work: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("work", default=None)
@@ -73,15 +75,5 @@ class Recorder:
             await self.event(op, start, end, error, details)
 
     async def event(self, op: str, start_ns: int, end_ns: int, error: str | None, details: dict[str, Any]) -> None:
-        await self._emit(
-            {
-                "type": "event",
-                "peer": self._peer,
-                "op": op,
-                "start_ns": start_ns,
-                "end_ns": end_ns,
-                "ok": error is None,
-                "error": error,
-                **details,
-            }
-        )
+        event = Event(op, self._peer, start_ns, end_ns, error is None, error, details)
+        await self._emit({"type": "event", **event.record()})

@@ -14,6 +14,7 @@ import yaml
 
 from lab import runid
 from lab.network.netlink import netns
+from nodes.protocol import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "topologies" / "tiny.yaml"
@@ -23,9 +24,10 @@ LAB = [sys.executable, "-m", "lab"]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
 
-def event(op: str, ms: float, ok: bool = True, peer: int = 0, **fields: object) -> dict:
-    """A hand-made event as peers report them: `ms` long, started at 0."""
-    return {"op": op, "peer": peer, "start_ns": 0, "end_ns": int(ms * 1e6), "ok": ok, "error": None if ok else "x", **fields}
+def event(op: str, ms: float, ok: bool = True, peer: int | None = 0, start_ns: int = 0, **fields: object) -> Event:
+    """A hand-made event as peers report them: `ms` long, started at `start_ns`."""
+    return Event.of({"op": op, "peer": peer, "start_ns": start_ns, "end_ns": start_ns + int(ms * 1e6), "ok": ok,
+                     "error": None if ok else "x", **fields})
 
 
 def lab_command(*args: str) -> list[str]:

@@ -26,9 +26,9 @@ def test_csv_holds_every_sample(tmp_path: Path) -> None:
 
 def test_openmetrics_parses_with_labels_and_values(tmp_path: Path) -> None:
     summary = {
-        "get": {"unit": "millisecond", **summarize([10.0, 20.0, 30.0])},
-        "gossip_delivery_ratio": {"unit": "dimensionless", **summarize([1.0, 0.5])},
-        "never": {"unit": "millisecond", **summarize([], attempts=2)},
+        "get": summarize([10.0, 20.0, 30.0], unit="millisecond"),
+        "gossip_delivery_ratio": summarize([1.0, 0.5], unit="dimensionless"),
+        "never": summarize([], attempts=2, unit="millisecond"),
     }
     write_openmetrics(tmp_path / "s.prom", summary, {"topology": "t", "run_id": "abc123", "status": "complete"})
     families = {f.name: f for f in text_string_to_metric_families((tmp_path / "s.prom").read_text())}

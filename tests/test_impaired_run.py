@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import ROOT, lab_command, leftovers, needs_root, run_lab, write_topology
+from lab.analysis.records import read_jsonl
 from lab.cli import main
-from lab.output.results import read_jsonl
 from lab.shaping.backend import choose_backend
 
 pytestmark = [pytest.mark.slow, pytest.mark.impairment, needs_root]

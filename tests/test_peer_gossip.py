@@ -16,7 +16,7 @@ import trio
 from libp2p.peer.peerinfo import PeerInfo
 
 from conftest import ROOT
-from lab.orchestrator import peer_settings
+from lab.peers.settings import peer_settings
 from lab.topology import load_topology
 from nodes.market import ANNOUNCE_TOPIC
 from nodes.peer import Peer
@@ -41,7 +41,7 @@ async def _serve(peer: Peer, ready: trio.Event) -> None:
 
 
 async def _announce_and_watch_the_cache() -> tuple[list[str], list[int]]:
-    settings = {**peer_settings(load_topology(ROOT / "topologies" / "10-peers.yaml")), "listen": "/ip4/127.0.0.1/tcp/0"}
+    settings = peer_settings(load_topology(ROOT / "topologies" / "10-peers.yaml"), "/ip4/127.0.0.1/tcp/0")
     sinks = [EventSink() for _ in range(3)]
     peers = [Peer(index, sink, settings) for index, sink in enumerate(sinks)]  # type: ignore[arg-type]
     windows: list[int] = []

@@ -9,10 +9,11 @@ import pytest
 
 from conftest import TINY, leftovers, needs_root, run_lab
 from lab.analysis.repeats import between_runs
+from lab.analysis.stats import Summary, summarize
 
 
-def summary(p50: float) -> dict:
-    return {"get": {"unit": "millisecond", "p50": p50}}
+def summary(p50: float) -> dict[str, Summary]:
+    return {"get": summarize([p50], unit="millisecond")}
 
 
 def test_median_of_run_medians_with_its_interval() -> None:
@@ -28,7 +29,7 @@ def test_median_of_run_medians_with_its_interval() -> None:
 
 
 def test_too_few_runs_give_no_interval_and_missing_metrics_are_skipped() -> None:
-    figures = between_runs([summary(1.0), summary(2.0), {"get": {"unit": "millisecond", "p50": None}}])
+    figures = between_runs([summary(1.0), summary(2.0), {"get": summarize([], attempts=3, unit="millisecond")}])
     assert figures["get"]["runs"] == 2
     assert figures["get"]["ci95"] == [None, None]
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, leftovers, needs_root, run_lab, write_topology
-from lab.output.results import read_jsonl
+from lab.analysis.records import read_jsonl
 from lab.topology import load_topology
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]

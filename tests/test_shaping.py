@@ -100,7 +100,7 @@ def test_live_change_then_clear_leaves_nothing_in_the_kernel(shaped: tuple) -> N
     links, _, _ = shaped
     links.apply_initial()
     change = links.set_link([2, 3], Link(delay="30ms", loss="10%"), "test")
-    assert change.peers == [2, 3] and change.event()["op"] == "impairment"
+    assert change.peers == [2, 3] and change.event().op == "impairment"
     assert _measured(links, 2, 3, "delay_s") == pytest.approx(0.032, abs=0.0016)
     links.clear(links.peers_of(), "test")
     assert all(not row["kernel"] for row in links.show(links.peers_of()))

@@ -7,9 +7,11 @@ import pytest
 from conftest import event
 from lab.analysis.metrics import all_metrics, delivery_ratio, latency_metrics, resource_metrics, unit_of
 from lab.analysis.peerlogs import count_levels
+from lab.analysis.records import Sample
 from lab.analysis.sla import evaluate
 from lab.analysis.stats import summarize
 from lab.topology import Sla
+from nodes.protocol import Event
 
 
 def sla(**fields: object) -> Sla:
@@ -24,23 +26,23 @@ def test_latency_metric_in_ms_with_failures_as_attempts() -> None:
 
 
 def test_threshold_converted_to_the_metric_unit() -> None:
-    summary = {"get": {"unit": "millisecond", **summarize([900.0, 950.0, 999.0])}}
-    assert evaluate([sla(threshold="1s")], summary)[0]["passed"] is True
-    assert evaluate([sla(threshold="900ms")], summary)[0]["passed"] is False
-    assert evaluate([sla(op=">", threshold="0.5s")], summary)[0]["passed"] is True
+    summary = {"get": summarize([900.0, 950.0, 999.0], unit="millisecond")}
+    assert evaluate([sla(threshold="1s")], summary)[0].passed is True
+    assert evaluate([sla(threshold="900ms")], summary)[0].passed is False
+    assert evaluate([sla(op=">", threshold="0.5s")], summary)[0].passed is True
 
 
 def test_success_ratio_threshold_in_percent() -> None:
-    summary = {"get": {"unit": "millisecond", **summarize([1.0] * 98, attempts=100)}}
-    assert evaluate([sla(stat="success_ratio", op=">=", threshold="99%")], summary)[0]["passed"] is False
-    assert evaluate([sla(stat="success_ratio", op=">=", threshold="98%")], summary)[0]["passed"] is True
+    summary = {"get": summarize([1.0] * 98, attempts=100, unit="millisecond")}
+    assert evaluate([sla(stat="success_ratio", op=">=", threshold="99%")], summary)[0].passed is False
+    assert evaluate([sla(stat="success_ratio", op=">=", threshold="98%")], summary)[0].passed is True
 
 
 def test_unmeasured_metric_fails_with_reason() -> None:
     verdict = evaluate([sla()], {})[0]
-    assert verdict["passed"] is False and verdict["reason"] == "metric not measured"
-    failed_only = {"get": {"unit": "millisecond", **summarize([], attempts=2)}}
-    assert "no successful samples" in evaluate([sla()], failed_only)[0]["reason"]
+    assert verdict.passed is False and verdict.reason == "metric not measured"
+    failed_only = {"get": summarize([], attempts=2, unit="millisecond")}
+    assert "no successful samples" in evaluate([sla()], failed_only)[0].reason
 
 
 def test_delivery_ratio_per_message() -> None:
@@ -62,8 +64,8 @@ def test_memory_is_each_peers_peak_in_mib() -> None:
         {"role": "peer", "peer": 0, "rss": 90 * mib, "uss": 55 * mib, "pss": 65 * mib, "cpu_user": 2.0, "cpu_system": 0.5},
         {"role": "peer", "peer": 1, "rss": 70 * mib, "uss": 40 * mib, "pss": 50 * mib, "cpu_user": 1.0, "cpu_system": 0.0},
         {"role": "orchestrator", "peer": None, "rss": 500 * mib, "uss": 1, "pss": 1, "cpu_user": 9.0, "cpu_system": 9.0},
-    ]
-    metrics = resource_metrics(samples)
+    ]  # as the first lab versions wrote them: one peer per process, no sweep numbers
+    metrics = resource_metrics([Sample.of({"t_ns": i, "sweep": i, "pid": 1, **s}) for i, s in enumerate(samples)])
     assert sorted(metrics["memory_rss_mib"].values) == [70.0, 90.0]
     assert sorted(metrics["memory_uss_mib"].values) == [40.0, 55.0]
     assert sorted(metrics["cpu_seconds"].values) == [1.0, 2.5]
@@ -96,11 +98,11 @@ def test_peer_log_lines_are_counted_with_variable_parts_masked(tmp_path: Path) -
 def test_latency_is_split_at_impairment_changes_made_during_the_run() -> None:
     from lab.analysis.metrics import impairment_periods
 
-    def op(start: int, ok: bool = True) -> dict:
-        return {"op": "get", "peer": 0, "start_ns": start, "end_ns": start + 1_000_000, "ok": ok, "error": None if ok else "x"}
+    def op(start: int, ok: bool = True) -> Event:
+        return event("get", 1, ok=ok, start_ns=start)
 
-    def change(at: int, source: str) -> dict:
-        return {"op": "impairment", "ok": True, "start_ns": at, "end_ns": at, "peers": [2, 3], "source": source}
+    def change(at: int, source: str) -> Event:
+        return event("impairment", 0, peer=None, start_ns=at, peers=[2, 3], source=source)
 
     assert impairment_periods([change(0, "topology"), op(5)]) == []  # the topology's own links are not a change
     periods = impairment_periods([change(0, "topology"), op(5), op(6), change(10, "lab netem"), op(11, ok=False), op(12),
@@ -114,10 +116,10 @@ def test_latency_is_split_at_impairment_changes_made_during_the_run() -> None:
 MIB = 1024 * 1024
 
 
-def host_sample(sweep: int, pid: int, peers: list[int], rss_mib: float, pss_mib: float | None, cpu: float) -> dict:
+def host_sample(sweep: int, pid: int, peers: list[int], rss_mib: float, pss_mib: float | None, cpu: float) -> Sample:
     pss = None if pss_mib is None else pss_mib * MIB
-    return {"t_ns": sweep, "sweep": sweep, "role": "peer", "peer": peers[0], "peers": peers, "pid": pid,
-            "rss": rss_mib * MIB, "uss": pss, "pss": pss, "cpu_user": cpu, "cpu_system": 0.0, "fds": 3}
+    return Sample.of({"t_ns": sweep, "sweep": sweep, "role": "peer", "peer": peers[0], "peers": peers, "pid": pid,
+                      "rss": rss_mib * MIB, "uss": pss, "pss": pss, "cpu_user": cpu, "cpu_system": 0.0, "fds": 3})
 
 
 def test_a_host_process_figures_are_split_evenly_among_its_peers() -> None:
@@ -125,8 +127,8 @@ def test_a_host_process_figures_are_split_evenly_among_its_peers() -> None:
         host_sample(0, 100, [0, 1, 2, 3], rss_mib=40, pss_mib=20, cpu=2.0),
         host_sample(0, 101, [4], rss_mib=30, pss_mib=25, cpu=1.0),
         host_sample(1, 100, [0, 1, 2, 3], rss_mib=80, pss_mib=None, cpu=8.0),  # a cheap sweep: RSS only
-        {"t_ns": 0, "sweep": 0, "role": "orchestrator", "peer": None, "peers": [], "pid": 1, "rss": 50 * MIB,
-         "uss": 5 * MIB, "pss": 5 * MIB, "cpu_user": 9.0, "cpu_system": 0.0, "fds": 9},
+        Sample.of({"t_ns": 0, "sweep": 0, "role": "orchestrator", "peer": None, "peers": [], "pid": 1, "rss": 50 * MIB,
+                   "uss": 5 * MIB, "pss": 5 * MIB, "cpu_user": 9.0, "cpu_system": 0.0, "fds": 9}),
     ]
     metrics = resource_metrics(samples)
     assert sorted(metrics["memory_rss_mib"].values) == [20.0, 20.0, 20.0, 20.0, 30.0]  # peak 80 MiB / 4 peers
@@ -137,9 +139,9 @@ def test_a_host_process_figures_are_split_evenly_among_its_peers() -> None:
 
 
 def test_time_to_ready_runs_from_the_run_start_to_the_last_join() -> None:
-    started = {"op": "run_started", "peer": None, "start_ns": 1_000_000_000, "end_ns": 1_000_000_000, "ok": True, "error": None}
-    joins = [{**event("bootstrap", 0), "start_ns": 2e9, "end_ns": 4e9}, {**event("bootstrap", 0), "start_ns": 3e9, "end_ns": 6e9}]
+    started = event("run_started", 0, peer=None, start_ns=1_000_000_000)
+    joins = [event("bootstrap", 2000, start_ns=2_000_000_000), event("bootstrap", 3000, start_ns=3_000_000_000)]
     metrics = all_metrics([started, *joins], [], ready_peers=2)
     assert metrics["time_to_ready"].values == [5.0] and unit_of("time_to_ready") == "second"
-    failed_join = {**joins[1], "ok": False}
+    failed_join = event("bootstrap", 3000, ok=False, start_ns=3_000_000_000)
     assert all_metrics([started, joins[0], failed_join], [], ready_peers=2)["time_to_ready"].values == []  # never ready

@@ -12,12 +12,12 @@ from lab.analysis.stats import median_ci, summarize, tukey_outliers
 def test_percentiles_and_moments_match_numpy() -> None:
     samples = np.random.default_rng(3).lognormal(2.0, 0.7, 500)
     summary = summarize(list(samples))
-    assert summary["p50"] == pytest.approx(np.percentile(samples, 50))
-    assert summary["p95"] == pytest.approx(np.percentile(samples, 95))
-    assert summary["p99"] == pytest.approx(np.percentile(samples, 99))
-    assert summary["mean"] == pytest.approx(samples.mean())
-    assert summary["stdev"] == pytest.approx(samples.std(ddof=1))
-    assert summary["min"] == samples.min() and summary["max"] == samples.max()
+    assert summary.p50 == pytest.approx(np.percentile(samples, 50))
+    assert summary.p95 == pytest.approx(np.percentile(samples, 95))
+    assert summary.p99 == pytest.approx(np.percentile(samples, 99))
+    assert summary.mean == pytest.approx(samples.mean())
+    assert summary.stdev == pytest.approx(samples.std(ddof=1))
+    assert summary.min == samples.min() and summary.max == samples.max()
 
 
 def test_median_interval_is_the_binomial_order_statistic_interval() -> None:
@@ -34,7 +34,7 @@ def test_median_interval_is_the_binomial_order_statistic_interval() -> None:
 def test_mean_interval_is_students_t() -> None:
     samples = [9.0, 10.0, 11.0, 12.0, 13.0]  # mean 11, s = sqrt(2.5)
     half_width = sps.t.ppf(0.975, 4) * math.sqrt(2.5) / math.sqrt(5)
-    low, high = summarize(samples)["ci95"]["mean"]
+    low, high = summarize(samples).mean_ci
     assert low == pytest.approx(11 - half_width)
     assert high == pytest.approx(11 + half_width)
 
@@ -52,23 +52,23 @@ def test_tukey_fences() -> None:
 
 def test_failures_count_as_attempts_not_samples() -> None:
     summary = summarize([1.0, 2.0, 3.0], attempts=4)
-    assert (summary["n"], summary["successes"], summary["failures"]) == (4, 3, 1)
-    assert summary["success_ratio"] == 0.75
+    assert (summary.n, summary.successes, summary.failures) == (4, 3, 1)
+    assert summary.success_ratio == 0.75
 
 
 def test_no_successes_gives_no_percentiles() -> None:
     summary = summarize([], attempts=3)
-    assert summary["success_ratio"] == 0.0
-    assert "p95" not in summary
+    assert summary.success_ratio == 0.0
+    assert summary.p95 is None and "p95" not in summary.record()  # summary.json holds only the counts
 
 
 def test_too_few_samples_give_no_interval() -> None:
     assert median_ci(np.array([1.0, 2.0, 3.0])) == (None, None)  # best coverage 75% < 95%
-    assert summarize([4.0])["ci95"] == {"median": [None, None], "mean": [None, None]}
+    assert summarize([4.0]).record()["ci95"] == {"median": [None, None], "mean": [None, None]}
 
 
 def test_constant_samples() -> None:
     summary = summarize([2.0] * 30)
-    assert summary["ci95"]["mean"] == [2.0, 2.0]
-    assert summary["stdev"] == 0.0
-    assert summary["outliers"] == {"low": 0, "high": 0, "extreme": 0}
+    assert summary.mean_ci == (2.0, 2.0)
+    assert summary.stdev == 0.0
+    assert summary.record()["outliers"] == {"low": 0, "high": 0, "extreme": 0}

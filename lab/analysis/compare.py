@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lab.analysis.metrics import Metric, all_metrics, higher_is_better
+from lab.analysis.figures import analyze
+from lab.analysis.metrics import Metric, higher_is_better
+from lab.analysis.records import load, read_json
 from lab.analysis.repeats import REPEAT_FILE
-from lab.output import results
 
 MIN_SAMPLES = 8
 MIN_RUNS = 4  # Mann-Whitney U can reach p < 0.05 from 4 against 4 (p = 0.029)
@@ -75,21 +76,16 @@ def is_repeat(run_dir: Path) -> bool:
 
 
 def run_samples(run_dir: Path) -> dict[str, Metric]:
-    """Every metric's samples. A single run: derived again from its raw records (not from its
-    summary). A repeated run (`--repeat K`): one value per run, that run's median, because the
-    run is the independent unit."""
+    """Every metric's samples. A single run: derived from its records by the analysis `lab run`
+    used (not read back from its summary). A repeated run (`--repeat K`): one value per run, that
+    run's median, because the run is the independent unit."""
     if is_repeat(run_dir):
-        repeat = results.read_json(run_dir / REPEAT_FILE)
+        repeat = read_json(run_dir / REPEAT_FILE)
         return {
             name: Metric(name, figures["unit"], list(figures["run_medians"]), figures["runs"])
             for name, figures in repeat["metrics"].items()
         }
-    manifest = results.read_json(run_dir / results.MANIFEST)
-    return all_metrics(
-        results.read_jsonl(run_dir / results.EVENTS),
-        results.read_jsonl(run_dir / results.RESOURCES),
-        manifest.get("peers_ready") or 0,
-    )
+    return analyze(load(run_dir)).metrics
 
 
 def relative_change_ci(baseline: np.ndarray, candidate: np.ndarray, seed: int) -> tuple[float, float]:

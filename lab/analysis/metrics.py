@@ -18,19 +18,17 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
-MIB = 1024 * 1024
+from lab.analysis.records import MIB, Sample
+from nodes.protocol import CONCURRENT_SEARCH, Event, Op
+
 MEMORY_FIELDS = {"memory_rss_mib": "rss", "memory_uss_mib": "uss", "memory_pss_mib": "pss"}
 RUN_PSS = "memory_run_pss_mib"
 TIME_TO_READY = "time_to_ready"
+DELIVERY_RATIO = "gossip_delivery_ratio"
 RUN_STARTED = "run_started"  # the orchestrator's event at the start of a run
-# Operations the peers report (nodes/), each a latency metric.
-OPERATIONS = (
-    "bootstrap", "connect", "publish", "get", "dht_lookup", "dht_lookup_local", "dht_find_providers", "fetch",
-    "search_cache_hit", "search_local", "search_remote", "gossip_publish", "gossip_delivery", "gossip_duplicate",
-)
-CONCURRENT_SEARCH = "concurrent_search_"
+IMPAIRMENT = "impairment"  # the orchestrator's event for each change of the links
+OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
 
 
 def unit_of(metric: str) -> str | None:
@@ -41,7 +39,7 @@ def unit_of(metric: str) -> str | None:
         return "mebibyte"
     if metric in ("cpu_seconds", TIME_TO_READY):
         return "second"
-    if metric == "gossip_delivery_ratio":
+    if metric == DELIVERY_RATIO:
         return "dimensionless"
     return None
 
@@ -59,15 +57,15 @@ class Metric:
     attempts: int = 0
 
 
-def latency_metrics(events: list[dict[str, Any]], into: dict[str, Metric] | None = None) -> dict[str, Metric]:
+def latency_metrics(events: list[Event], into: dict[str, Metric] | None = None) -> dict[str, Metric]:
     metrics: dict[str, Metric] = {} if into is None else into
     for event in events:
-        if unit_of(event["op"]) != "millisecond":
+        if unit_of(event.op) != "millisecond":
             continue  # impairment changes and verifications are events, not operations
-        metric = metrics.setdefault(event["op"], Metric(event["op"], "millisecond"))
+        metric = metrics.setdefault(event.op, Metric(event.op, "millisecond"))
         metric.attempts += 1
-        if event["ok"]:
-            metric.values.append((event["end_ns"] - event["start_ns"]) / 1e6)
+        if event.ok:
+            metric.values.append(event.ms)
     return metrics
 
 
@@ -80,45 +78,46 @@ class Period:
     metrics: dict[str, Metric] = field(default_factory=dict)
 
 
-def impairment_periods(events: list[dict[str, Any]]) -> list[Period]:
+def impairment_periods(events: list[Event]) -> list[Period]:
     """Latency metrics split at every impairment change made during the run (workload phases,
     `lab netem`), so an effect can be read before, during and after. Operations belong to the
     period in which they started. Empty when the links never changed during the run."""
-    changes = sorted((e for e in events if e["op"] == "impairment" and e.get("source") != "topology"),
-                     key=lambda e: e["start_ns"])
+    changes = sorted((e for e in events if e.op == IMPAIRMENT and e.details.get("source") != "topology"),
+                     key=lambda e: e.start_ns)
     if not changes:
         return []
     periods = [Period("before any change", None)]
-    periods += [Period(f"after {c['source']} (peers {c['peers'][0]}..{c['peers'][-1]})", c["start_ns"]) for c in changes]
-    starts = [c["start_ns"] for c in changes]
+    periods += [Period(f"after {c.details['source']} (peers {c.details['peers'][0]}..{c.details['peers'][-1]})", c.start_ns)
+                for c in changes]
+    starts = [c.start_ns for c in changes]
     for event in events:
-        if unit_of(event["op"]) == "millisecond":
-            period = periods[bisect.bisect_right(starts, event["start_ns"])]
+        if unit_of(event.op) == "millisecond":
+            period = periods[bisect.bisect_right(starts, event.start_ns)]
             period.metrics.update(latency_metrics([event], period.metrics))
     return periods
 
 
-def announced_message(event: dict[str, Any]) -> str | None:
+def announced_message(event: Event) -> str | None:
     """The message an event says was sent: a gossip-phase announcement or a publish's."""
-    if not event["ok"]:
+    if not event.ok:
         return None
-    if event["op"] == "gossip_publish":
-        return str(event["msg"])
-    if event["op"] == "publish":
-        return f"publish:{event['package']}"
+    if event.op == Op.GOSSIP_PUBLISH:
+        return event.message
+    if event.op == Op.PUBLISH:
+        return f"publish:{event.package}"
     return None
 
 
-def announced_messages(events: list[dict[str, Any]]) -> set[str]:
+def announced_messages(events: list[Event]) -> set[str]:
     return {message for event in events if (message := announced_message(event))}
 
 
-def delivery_ratio(events: list[dict[str, Any]], ready_peers: int) -> Metric:
-    receivers: dict[str, set[int]] = defaultdict(set)
+def delivery_ratio(events: list[Event], ready_peers: int) -> Metric:
+    receivers: dict[str, set[int | None]] = defaultdict(set)
     for event in events:
-        if event["op"] == "gossip_delivery":
-            receivers[event["msg"]].add(event["peer"])
-    metric = Metric("gossip_delivery_ratio", "dimensionless")
+        if event.op == Op.GOSSIP_DELIVERY and event.message is not None:
+            receivers[event.message].add(event.peer)
+    metric = Metric(DELIVERY_RATIO, "dimensionless")
     expected = max(ready_peers - 1, 1)
     for message in sorted(announced_messages(events)):
         metric.attempts += 1
@@ -126,28 +125,19 @@ def delivery_ratio(events: list[dict[str, Any]], ready_peers: int) -> Metric:
     return metric
 
 
-def hosted(sample: dict[str, Any]) -> list[int]:
-    """The peers a process hosted at that sample (results written before hosts: its one peer)."""
-    return sample.get("peers") or [sample["peer"]]
-
-
-def per_peer(sample: dict[str, Any], key: str) -> float:
-    """A host process's figure divided among the peers it hosted at that sample."""
-    return float(sample[key]) / max(len(hosted(sample)), 1)
-
-
-def resource_metrics(samples: list[dict[str, Any]]) -> dict[str, Metric]:
+def resource_metrics(samples: list[Sample]) -> dict[str, Metric]:
     peaks: dict[str, dict[int, float]] = {name: {} for name in MEMORY_FIELDS}
     cpu: dict[int, float] = {}
     run_pss: dict[int, float] = defaultdict(float)
     for sample in samples:
-        if sample.get("pss") is not None and "sweep" in sample:
-            run_pss[sample["sweep"]] += sample["pss"] / MIB
-        if sample.get("role") != "peer":
+        if sample.pss is not None:
+            run_pss[sample.sweep] += sample.pss / MIB
+        if sample.role != "peer":
             continue
-        shares = {name: per_peer(sample, key) / MIB for name, key in MEMORY_FIELDS.items() if sample.get(key) is not None}
-        cpu_share = per_peer(sample, "cpu_user") + per_peer(sample, "cpu_system")
-        for peer in hosted(sample):
+        shares = {name: sample.per_peer(value) / MIB for name, key in MEMORY_FIELDS.items()
+                  if (value := getattr(sample, key)) is not None}
+        cpu_share = sample.per_peer(sample.cpu_seconds)
+        for peer in sample.peers:
             for name, share in shares.items():
                 peaks[name][peer] = max(peaks[name].get(peer, 0.0), share)
             cpu[peer] = cpu_share
@@ -160,18 +150,18 @@ def resource_metrics(samples: list[dict[str, Any]]) -> dict[str, Metric]:
     return metrics
 
 
-def time_to_ready(events: list[dict[str, Any]]) -> Metric:
+def time_to_ready(events: list[Event]) -> Metric:
     metric = Metric(TIME_TO_READY, "second")
-    started = [e["start_ns"] for e in events if e["op"] == RUN_STARTED]
-    joined = [e["end_ns"] for e in events if e["op"] == "bootstrap"]
-    if started and joined:
+    started = [e.start_ns for e in events if e.op == RUN_STARTED]
+    joins = [e for e in events if e.op == Op.BOOTSTRAP]
+    if started and joins:
         metric.attempts = 1
-        if all(e["ok"] for e in events if e["op"] == "bootstrap"):
-            metric.values.append((max(joined) - started[0]) / 1e9)
+        if all(e.ok for e in joins):
+            metric.values.append((max(e.end_ns for e in joins) - started[0]) / 1e9)
     return metric
 
 
-def all_metrics(events: list[dict[str, Any]], samples: list[dict[str, Any]], ready_peers: int) -> dict[str, Metric]:
+def all_metrics(events: list[Event], samples: list[Sample], ready_peers: int) -> dict[str, Metric]:
     metrics = latency_metrics(events)
     metrics[TIME_TO_READY] = time_to_ready(events)
     metrics.update(resource_metrics(samples))

@@ -13,24 +13,24 @@ from typing import Any
 
 import numpy as np
 
-from lab.analysis.stats import median_ci
+from lab.analysis.stats import Summary, median_ci
 
 REPEAT_FILE = "repeat.json"
 
 
-def between_runs(summaries: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """`summaries` are the runs' summary.json "metrics" mappings, in run order."""
+def between_runs(summaries: list[dict[str, Summary]]) -> dict[str, dict[str, Any]]:
+    """`summaries` are the runs' metric summaries, in run order."""
     names = sorted({name for summary in summaries for name in summary})
     metrics = {}
     for name in names:
-        medians = [s[name]["p50"] for s in summaries if s.get(name, {}).get("p50") is not None]
+        medians = [p50 for s in summaries if name in s and (p50 := s[name].p50) is not None]
         if not medians:
             continue
         values = np.asarray(medians, dtype=float)
         low, high = median_ci(values)
         mean = float(values.mean())
         metrics[name] = {
-            "unit": next(s[name]["unit"] for s in summaries if name in s),
+            "unit": next(s[name].unit for s in summaries if name in s),
             "runs": len(medians),
             "run_medians": medians,
             "median_of_medians": float(np.median(values)),

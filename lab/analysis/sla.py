@@ -1,40 +1,56 @@
-"""SLA verdicts: each SLA's measured statistic against its threshold, in the metric's unit."""
+"""SLA verdicts: each SLA's measured statistic against its threshold, in the metric's unit, and
+the lab's own conditions for a trustworthy run beside them."""
 
 from __future__ import annotations
 
 import operator
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from lab.analysis.stats import Summary
 from lab.topology import Sla
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
-def verdict(sla: Sla, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "metric": sla.metric,
-        "stat": sla.stat,
-        "op": sla.op,
-        "threshold": str(sla.threshold),
-        "description": sla.description,
-    }
+@dataclass(frozen=True)
+class Verdict:
+    metric: str
+    stat: str
+    op: str
+    threshold: str  # as the topology wrote it
+    measured: float | None
+    passed: bool
+    reason: str
+    unit: str | None = None
+    threshold_in_unit: float | None = None
+    description: str = ""
+    builtin: bool = False  # the lab's own condition, not the topology's
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verdict(sla: Sla, summary: dict[str, Summary]) -> Verdict:
     metric = summary.get(sla.metric)
-    if metric is None:
-        return {**result, "measured": None, "unit": None, "passed": False, "reason": "metric not measured"}
-    measured = metric.get(sla.stat)
+    measured = metric.stat(sla.stat) if metric else None
     if measured is None:
-        return {**result, "measured": None, "unit": None, "passed": False, "reason": f"no successful samples for {sla.stat}"}
-    unit, threshold = sla.unit, sla.limit
-    passed = bool(COMPARE[sla.op](measured, threshold))
-    return {
-        **result,
-        "measured": measured,
-        "unit": unit,
-        "threshold_in_unit": threshold,
-        "passed": passed,
-        "reason": f"{sla.stat} {measured:.4g} {sla.op} {threshold:.4g} {unit}: {'holds' if passed else 'fails'}",
-    }
+        reason = "metric not measured" if metric is None else f"no successful samples for {sla.stat}"
+        return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), None, False, reason, description=sla.description)
+    passed = bool(COMPARE[sla.op](measured, sla.limit))
+    reason = f"{sla.stat} {measured:.4g} {sla.op} {sla.limit:.4g} {sla.unit}: {'holds' if passed else 'fails'}"
+    return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), measured, passed, reason, sla.unit, sla.limit,
+                   sla.description)
 
 
-def evaluate(slas: list[Sla], summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def evaluate(slas: list[Sla], summary: dict[str, Summary]) -> list[Verdict]:
     return [verdict(sla, summary) for sla in slas]
+
+
+def builtin_verdicts(peers: int, ready: int, lost: int) -> list[Verdict]:
+    """Every peer became ready and none was lost: without these, the figures describe a smaller network."""
+    return [
+        Verdict("peers_ready", "count", "==", str(peers), ready, ready == peers, f"{ready} of {peers} peers became ready",
+                builtin=True),
+        Verdict("peers_lost", "count", "==", "0", lost, lost == 0, f"{lost} peers died or stopped answering", builtin=True),
+    ]

@@ -9,6 +9,7 @@ Outliers follow Tukey's fences: beyond 1.5 IQR (mild) and 3 IQR (extreme) from t
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -49,30 +50,86 @@ def tukey_outliers(samples: np.ndarray) -> dict[str, int]:
     }
 
 
-def summarize(values: list[float], attempts: int | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Outliers:
+    low: int
+    high: int
+    extreme: int
+
+
+Interval = tuple[float | None, float | None]
+STATS = ("mean", "min", "max", "p50", "p95", "p99", "success_ratio")  # what an SLA may judge
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One metric's statistics; without successful samples only the counts."""
+
+    unit: str
+    n: int  # attempts, failures included
+    successes: int
+    failures: int
+    success_ratio: float | None
+    mean: float | None = None
+    stdev: float | None = None
+    min: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max: float | None = None
+    median_ci: Interval | None = None  # 95%
+    mean_ci: Interval | None = None
+    outliers: Outliers | None = None
+
+    def stat(self, name: str) -> float | None:
+        """One of STATS by name (an SLA's `stat`)."""
+        value: float | None = getattr(self, name)
+        return value
+
+    def record(self) -> dict[str, Any]:
+        """The metric's entry in summary.json."""
+        record: dict[str, Any] = {"unit": self.unit, "n": self.n, "successes": self.successes, "failures": self.failures,
+                                  "success_ratio": self.success_ratio}
+        if self.successes:
+            record.update(mean=self.mean, stdev=self.stdev, min=self.min, p50=self.p50, p95=self.p95, p99=self.p99,
+                          max=self.max, ci95={"median": list(self.median_ci or (None, None)),
+                                              "mean": list(self.mean_ci or (None, None))},
+                          outliers=asdict(self.outliers) if self.outliers else None)
+        return record
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Summary:
+        intervals = record.get("ci95") or {}
+        return cls(
+            unit=record["unit"], n=record["n"], successes=record["successes"], failures=record["failures"],
+            success_ratio=record["success_ratio"], mean=record.get("mean"), stdev=record.get("stdev"),
+            min=record.get("min"), p50=record.get("p50"), p95=record.get("p95"), p99=record.get("p99"),
+            max=record.get("max"),
+            median_ci=tuple(intervals["median"]) if "median" in intervals else None,  # type: ignore[arg-type]
+            mean_ci=tuple(intervals["mean"]) if "mean" in intervals else None,  # type: ignore[arg-type]
+            outliers=Outliers(**record["outliers"]) if record.get("outliers") else None,
+        )
+
+
+def summarize(values: list[float], attempts: int | None = None, unit: str = "") -> Summary:
     """`values` are the successful samples; `attempts` counts failures too (default: all succeeded)."""
     samples = np.asarray(values, dtype=float)
-    attempts = samples.size if attempts is None else attempts
-    summary: dict[str, Any] = {
-        "n": attempts,
-        "successes": int(samples.size),
-        "failures": attempts - int(samples.size),
-        "success_ratio": samples.size / attempts if attempts else None,
-    }
-    if samples.size == 0:
-        return summary
+    n = samples.size if attempts is None else attempts
+    ok = int(samples.size)
+    ratio = ok / n if n else None
+    if not ok:
+        return Summary(unit, n, ok, n - ok, ratio)
     p50, p95, p99 = np.percentile(samples, [50, 95, 99])
-    median_low, median_high = median_ci(samples)
-    mean_low, mean_high = mean_ci(samples)
-    summary.update(
+    return Summary(
+        unit, n, ok, n - ok, ratio,
         mean=float(samples.mean()),
-        stdev=float(samples.std(ddof=1)) if samples.size > 1 else None,
+        stdev=float(samples.std(ddof=1)) if ok > 1 else None,
         min=float(samples.min()),
         p50=float(p50),
         p95=float(p95),
         p99=float(p99),
         max=float(samples.max()),
-        ci95={"median": [median_low, median_high], "mean": [mean_low, mean_high]},
-        outliers=tukey_outliers(samples),
+        median_ci=median_ci(samples),
+        mean_ci=mean_ci(samples),
+        outliers=Outliers(**tukey_outliers(samples)),
     )
-    return summary

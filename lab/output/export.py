@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest
 
 from lab.analysis.metrics import Metric
+from lab.analysis.stats import Summary
 
 SAMPLES_CSV = "samples.csv"
 SUMMARY_PROM = "summary.prom"
@@ -33,7 +33,7 @@ def write_samples_csv(path: Path, metrics: dict[str, Metric]) -> None:
 
 
 class _SummaryCollector:
-    def __init__(self, summary: dict[str, dict[str, Any]], run: dict[str, str]) -> None:
+    def __init__(self, summary: dict[str, Summary], run: dict[str, str]) -> None:
         self.summary = summary
         self.run = run
 
@@ -41,19 +41,19 @@ class _SummaryCollector:
         families: dict[str, GaugeMetricFamily] = {}
         labels = ["metric", "stat", *self.run]
         for name, figures in self.summary.items():
-            unit = FAMILY_SUFFIX[figures["unit"]]
+            unit = FAMILY_SUFFIX[figures.unit]
             family = families.get(unit)
             if family is None:
                 family = families[unit] = GaugeMetricFamily(
                     f"p2p_lab_{unit}", f"p2p-lab summary statistics of metrics measured in {unit}", labels=labels
                 )
             for stat in EXPORTED_STATS:
-                if figures.get(stat) is not None:
-                    family.add_metric([name, stat, *self.run.values()], float(figures[stat]))
+                if (value := getattr(figures, stat)) is not None:
+                    family.add_metric([name, stat, *self.run.values()], float(value))
         yield from families.values()
 
 
-def write_openmetrics(path: Path, summary: dict[str, dict[str, Any]], run: dict[str, str]) -> None:
+def write_openmetrics(path: Path, summary: dict[str, Summary], run: dict[str, str]) -> None:
     registry = CollectorRegistry()
     registry.register(_SummaryCollector(summary, run))
     path.write_bytes(generate_latest(registry))

@@ -15,7 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lab.analysis.metrics import MEMORY_FIELDS, MIB, Metric, per_peer  # noqa: E402
+from lab.analysis.metrics import MEMORY_FIELDS, Metric  # noqa: E402
+from lab.analysis.records import MIB, Sample  # noqa: E402
+from nodes.protocol import Event, Op  # noqa: E402
 
 BAND = (5, 50, 95)
 
@@ -60,13 +62,13 @@ def latency_violins(metrics: dict[str, Metric]) -> Figure:
     return figure
 
 
-def delivery_curve(events: list[dict[str, Any]], ready_peers: int) -> Figure:
+def delivery_curve(events: list[Event], ready_peers: int) -> Figure:
     """Per announced message: share of the other ready peers that had it, against time since it was sent."""
     figure, axes = _figure()
     delays: dict[str, list[float]] = defaultdict(list)
     for event in events:
-        if event["op"] == "gossip_delivery" and event["ok"]:
-            delays[event["msg"]].append((event["end_ns"] - event["start_ns"]) / 1e6)
+        if event.op == Op.GOSSIP_DELIVERY and event.ok and event.message is not None:
+            delays[event.message].append(event.ms)
     expected = max(ready_peers - 1, 1)
     for message, values in sorted(delays.items()):
         ordered = np.sort(values)
@@ -80,15 +82,15 @@ def delivery_curve(events: list[dict[str, Any]], ready_peers: int) -> Figure:
     return figure
 
 
-def memory_over_time(samples: list[dict[str, Any]]) -> Figure:
+def memory_over_time(samples: list[Sample]) -> Figure:
     """RSS across peers per collector sweep: median and the 5-95 percentile band."""
     figure, axes = _figure()
-    peers = [s for s in samples if s.get("role") == "peer"]
+    peers = [s for s in samples if s.role == "peer"]
     if peers:
-        start = min(s["t_ns"] for s in peers)
+        start = min(s.t_ns for s in peers)
         sweeps: dict[int, list[float]] = defaultdict(list)
         for sample in peers:
-            sweeps[round((sample["t_ns"] - start) / 1e9)].append(per_peer(sample, "rss") / MIB)
+            sweeps[round((sample.t_ns - start) / 1e9)].append(sample.per_peer(sample.rss) / MIB)
         seconds = sorted(sweeps)
         low, mid, high = (np.array([np.percentile(sweeps[t], q) for t in seconds]) for q in BAND)
         axes.fill_between(seconds, low, high, alpha=0.3, label="p5-p95 of peers")

@@ -14,12 +14,14 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from lab.analysis.compare import DEFAULT_ALPHA, DEFAULT_NOISE, compare_samples, run_samples
-from lab.analysis.metrics import Metric, all_metrics
-from lab.output import plots, results
+from lab.analysis.figures import Analysis, analyze
+from lab.analysis.metrics import Metric
+from lab.analysis.records import RunRecords, load
+from lab.output import plots
+from nodes.protocol import Op
 
 REPORT = "report.html"
 PLOTS = "plots"
-REPORT_NEEDS = (results.MANIFEST, results.EVENTS, results.RESOURCES, results.SUMMARY, results.VERDICTS)
 
 
 def _save(figure: Figure, directory: Path, name: str) -> str:
@@ -37,46 +39,46 @@ def _latency(metrics: dict[str, Metric]) -> dict[str, Metric]:
     return {name: m for name, m in metrics.items() if m.unit == "millisecond"}
 
 
-def _figures(run_dir: Path, manifest: dict[str, Any], metrics: dict[str, Metric], events: list[dict[str, Any]],
-             samples: list[dict[str, Any]], baseline: tuple[Path, dict[str, Metric]] | None) -> list[dict[str, str]]:
-    latency = _latency(metrics)
+def _figures(records: RunRecords, analysis: Analysis, baseline: tuple[Path, dict[str, Metric]] | None) -> list[dict[str, str]]:
+    latency = _latency(analysis.metrics)
     wanted: list[tuple[str, str, Figure]] = [
         ("latency_cdf", "Latency per operation (empirical CDF)", plots.latency_cdfs(latency)),
         ("latency_violin", "Latency distributions", plots.latency_violins(latency)),
     ]
-    if any(e["op"] == "gossip_delivery" for e in events):
+    if any(e.op == Op.GOSSIP_DELIVERY for e in records.events):
         wanted.append(("gossip_delivery", "Gossip delivery: share of peers reached over time",
-                       plots.delivery_curve(events, manifest.get("peers_ready") or 0)))
+                       plots.delivery_curve(records.events, records.peers_ready)))
     wanted += [
-        ("memory_over_time", "Memory per peer over time (RSS)", plots.memory_over_time(samples)),
-        ("memory_per_peer", "Peak memory per peer", plots.memory_per_peer(metrics)),
+        ("memory_over_time", "Memory per peer over time (RSS)", plots.memory_over_time(records.samples)),
+        ("memory_per_peer", "Peak memory per peer", plots.memory_per_peer(analysis.metrics)),
     ]
     if baseline is not None:
         base_dir, base_metrics = baseline
         wanted.append(("compare_cdf", f"This run (solid) against {base_dir.name} (dashed)",
                        plots.latency_cdfs(latency, _latency(base_metrics), ("", "(baseline)"))))
-    return [{"name": name, "title": title, "src": _save(figure, run_dir / PLOTS, name)} for name, title, figure in wanted]
+    plots_dir = records.path / PLOTS
+    return [{"name": name, "title": title, "src": _save(figure, plots_dir, name)} for name, title, figure in wanted]
 
 
 def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
-    """Renders RUN_DIR/report.html from the run's own files, each read once; with a baseline,
-    adds the comparison table and overlaid distributions."""
+    """Renders RUN_DIR/report.html from the run's records, by the analysis `lab run` used
+    (lab/analysis/figures.py); with a baseline, adds the comparison table and overlaid
+    distributions."""
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("lab.output", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
-    manifest = results.read_json(run_dir / results.MANIFEST)
-    events = results.read_jsonl(run_dir / results.EVENTS)
-    samples = results.read_jsonl(run_dir / results.RESOURCES)
-    metrics = all_metrics(events, samples, manifest.get("peers_ready") or 0)
+    records = load(run_dir)
+    analysis = analyze(records)
     base = (baseline, run_samples(baseline)) if baseline is not None else None
     context: dict[str, Any] = {
-        "manifest": manifest,
-        "manifest_text": json.dumps(manifest, indent=2),
-        "summary": results.read_json(run_dir / results.SUMMARY),
-        "verdicts": results.read_json(run_dir / results.VERDICTS),
-        "figures": _figures(run_dir, manifest, metrics, events, samples, base),
+        "manifest": records.manifest,
+        "manifest_text": json.dumps(records.manifest, indent=2),
+        "summary": analysis.summary_record(),
+        "verdicts": analysis.verdicts_record(),
+        "notes": analysis.notes,
+        "figures": _figures(records, analysis, base),
         "baseline": baseline,
-        "comparisons": compare_samples(base[1], metrics, DEFAULT_NOISE, DEFAULT_ALPHA) if base else None,
+        "comparisons": compare_samples(base[1], analysis.metrics, DEFAULT_NOISE, DEFAULT_ALPHA) if base else None,
     }
     path = run_dir / REPORT
     path.write_text(environment.get_template("report.html").render(**context))

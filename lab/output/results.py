@@ -16,12 +16,12 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-MANIFEST = "manifest.json"
-EVENTS = "events.jsonl"
-RESOURCES = "resources.jsonl"
+from lab.analysis.records import EVENTS, LOGS, MANIFEST, RESOURCES
+
+__all__ = ["EVENTS", "MANIFEST", "RESOURCES", "SUMMARY", "VERDICTS", "ResultsDir", "write_json"]
+
 SUMMARY = "summary.json"
 VERDICTS = "verdicts.json"
-LOGS = "logs"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -29,20 +29,6 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete lines; a last line cut short by a kill is skipped."""
-    records = []
-    with path.open() as handle:
-        for line in handle:
-            if line.endswith("\n"):
-                records.append(json.loads(line))
-    return records
 
 
 class ResultsDir:

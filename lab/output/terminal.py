@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 from lab.analysis.compare import Comparison
+from lab.analysis.figures import Errors
+from lab.analysis.sla import Verdict
+from lab.analysis.stats import Summary
 
 SHOWN = ("n", "success_ratio", "p50", "p95", "p99", "max")
 
@@ -23,9 +26,9 @@ def _aligned(rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-def metrics_table(summary: dict[str, dict[str, Any]]) -> list[str]:
+def metrics_table(summary: dict[str, Summary]) -> list[str]:
     header = ["metric", "unit", *SHOWN]
-    return _aligned([header] + [[name, m["unit"], *(_cell(m.get(col)) for col in SHOWN)] for name, m in summary.items()])
+    return _aligned([header] + [[name, m.unit, *(_cell(getattr(m, col)) for col in SHOWN)] for name, m in summary.items()])
 
 
 def _percent(value: float | None) -> str:
@@ -60,21 +63,18 @@ def comparison_lines(comparisons: list[Comparison], output: str) -> list[str]:
     return _aligned([header, *rows])
 
 
-def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"{'PASS' if v['passed'] else 'FAIL'}  {v['metric']} {v['stat']} {v['op']} {v['threshold']}: {v['reason']}"
-        for v in verdicts
-    ]
+def verdict_lines(verdicts: list[Verdict]) -> list[str]:
+    return [f"{'PASS' if v.passed else 'FAIL'}  {v.metric} {v.stat} {v.op} {v.threshold}: {v.reason}" for v in verdicts]
 
 
-def error_lines(errors: dict[str, Any]) -> list[str]:
+def error_lines(errors: Errors) -> list[str]:
     """Counts of everything that went wrong, so nothing is only in a file nobody opens."""
-    failed_ops = {op: sum(causes.values()) for op, causes in errors["operations"].items()}
-    logs = errors["peer_logs"]
+    failed_ops = {op: sum(causes.values()) for op, causes in errors.operations.items()}
+    logs = errors.peer_logs
     lines = [
         f"failed operations: {sum(failed_ops.values())}"
         + (f" ({', '.join(f'{op} {n}' for op, n in sorted(failed_ops.items()))})" if failed_ops else ""),
-        f"lab errors (peer starts, failed calls, lost peers): {len(errors['lab'])}",
+        f"lab errors (peer starts, failed calls, lost peers): {len(errors.lab)}",
         f"peer logs: {logs['levels'].get('ERROR', 0) + logs['levels'].get('CRITICAL', 0)} errors "
         f"from {logs['peers_with_errors']} peers, {logs['levels'].get('WARNING', 0)} warnings",
     ]

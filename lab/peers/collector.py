@@ -15,11 +15,10 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psutil
 
-Sample = dict[str, Any]
+from lab.analysis.records import Sample
 
 
 def sample_process(process: psutil.Process, role: str, peers: list[int], detailed: bool, sweep: int) -> Sample | None:
@@ -29,22 +28,13 @@ def sample_process(process: psutil.Process, role: str, peers: list[int], detaile
         with process.oneshot():
             memory = process.memory_full_info() if detailed else process.memory_info()
             cpu = process.cpu_times()
-            return {
-                "t_ns": time.monotonic_ns(),
-                "sweep": sweep,
-                "role": role,
-                "peer": peers[0] if peers else None,
-                "peers": peers,
-                "pid": process.pid,
-                "rss": memory.rss,
-                "uss": getattr(memory, "uss", None),
-                "pss": getattr(memory, "pss", None),
+            return Sample(
+                t_ns=time.monotonic_ns(), sweep=sweep, role=role, peers=tuple(peers), pid=process.pid, rss=memory.rss,
+                uss=getattr(memory, "uss", None), pss=getattr(memory, "pss", None),
                 # Its own time only: children's is added when they are reaped, which for the
                 # orchestrator would charge it with a sweep's earlier fork servers and their hosts.
-                "cpu_user": cpu.user,
-                "cpu_system": cpu.system,
-                "fds": process.num_fds(),
-            }
+                cpu_user=cpu.user, cpu_system=cpu.system, fds=process.num_fds(),
+            )
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
 

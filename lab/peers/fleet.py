@@ -22,8 +22,9 @@ from lab.network.fabric import PeerSlot
 from lab.peers.forkserver import ForkedProcess, ForkServer
 from lab.runid import ENV_VAR
 from nodes import wire
+from nodes.protocol import Call, Event, PeerSettings
 
-EventSink = Callable[[wire.Message], None]
+EventSink = Callable[[Event], None]
 STDERR_TAIL_LINES = 12
 
 
@@ -120,9 +121,10 @@ class Fleet:
                 hosted.setdefault(peer.pid, []).append(peer.index)
         return hosted
 
-    async def start_host(self, slots: list[PeerSlot], settings: dict[str, Any], timeout: float) -> dict[int, str]:
-        """Starts one host process for `slots` and waits until each peer listens; returns
-        {peer index: why} for the peers that did not start (they take no part in the run)."""
+    async def start_host(self, slots: list[PeerSlot], settings: list[PeerSettings], timeout: float) -> dict[int, str]:
+        """Starts one host process for `slots` (each peer with its settings) and waits until each
+        peer listens; returns {peer index: why} for the peers that did not start (they take no
+        part in the run)."""
         log_path = self.log_dir / f"host-{slots[0].host:04d}.stderr"
         peers = [PeerProcess(slot, log_path) for slot in slots]
         for peer in peers:
@@ -148,17 +150,17 @@ class Fleet:
         for peer in peers:
             peer.process = process
         self._watchers.append(asyncio.create_task(self._watch(process, peers)))
-        reasons = await asyncio.gather(*(self._start_peer(p, settings, timeout) for p in peers))
+        reasons = await asyncio.gather(*(self._start_peer(p, s, timeout) for p, s in zip(peers, settings, strict=True)))
         failures = {peer.index: reason for peer, reason in zip(peers, reasons, strict=True) if reason is not None}
         if len(failures) == len(peers) and process.returncode is None:
             process.kill()
         return failures
 
-    async def _start_peer(self, peer: PeerProcess, settings: dict[str, Any], timeout: float) -> str | None:
+    async def _start_peer(self, peer: PeerProcess, settings: PeerSettings, timeout: float) -> str | None:
         try:
             async with asyncio.timeout(timeout):
                 await self._wait_hello(peer)
-            identity = await self.call(peer, "start", {**settings, "listen": peer.slot.listen}, timeout)
+            identity = await self.call(peer, Call.START, settings.record(), timeout)
         except (TimeoutError, PeerLost, CallFailed) as exc:
             reason = f"no hello within {timeout:g}s" if isinstance(exc, TimeoutError) else str(exc)
             peer.mark_lost(f"did not start: {reason}")
@@ -206,7 +208,7 @@ class Fleet:
                     peer.writer = writer
                     peer.hello.set()
                 elif kind == "event":
-                    self.on_event(message)
+                    self.on_event(Event.of(message))
                 elif kind == "result" and peer is not None:
                     future = peer.pending.pop(message["id"], None)
                     if future is not None and not future.done():
@@ -224,7 +226,7 @@ class Fleet:
 
     # -- calling ---------------------------------------------------------------------------
 
-    async def call(self, peer: PeerProcess, op: str, args: dict[str, Any], timeout: float) -> Any:
+    async def call(self, peer: PeerProcess, op: Call, args: dict[str, Any], timeout: float) -> Any:
         if peer.lost is not None:
             raise PeerLost(f"peer {peer.index}: {peer.lost}")
         if peer.writer is None:
@@ -251,7 +253,7 @@ class Fleet:
         self._stopping = True
         async def polite(peer: PeerProcess) -> None:
             try:
-                peer.final = await self.call(peer, "shutdown", {}, grace)
+                peer.final = await self.call(peer, Call.SHUTDOWN, {}, grace)
             except (PeerLost, CallFailed):
                 pass  # escalated below: terminate, then kill
 

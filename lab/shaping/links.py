@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lab.analysis.metrics import IMPAIRMENT
 from lab.network.fabric import PeerSlot
 from lab.runid import RunId
 from lab.shaping.backend import Backend, ShapingError
@@ -18,6 +19,7 @@ from lab.shaping.plan import LinkPlan
 from lab.shaping.userspace import UserspaceBackend
 from lab.shaping.verify import REFERENCE_PLAN, PairReport, verify
 from lab.topology import ImpairPhase, Link, Topology
+from nodes.protocol import Event
 
 BACKENDS: dict[str, type[Backend]] = {"netem": NetemBackend, "userspace": UserspaceBackend}
 
@@ -46,9 +48,9 @@ class Change:
     source: str
     at_ns: int
 
-    def event(self) -> dict[str, Any]:
-        return {"op": "impairment", "ok": True, "start_ns": self.at_ns, "end_ns": self.at_ns,
-                "peers": self.peers, "link": self.link, "source": self.source}
+    def event(self) -> Event:
+        return Event(IMPAIRMENT, None, self.at_ns, self.at_ns, True,
+                     details={"peers": self.peers, "link": self.link, "source": self.source})
 
 
 class Links:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,10 @@ from lab.shaping.backend import ShapingError
 from lab.shaping.links import Change, Links
 from lab.shaping.verify import worst
 from lab.topology import Link
+from nodes.protocol import Event, NetemRequest
 
-Record = Callable[[dict[str, Any]], None]
+Record = Callable[[Event], None]
+VERIFICATION = "impairment_verification"  # the event of a `lab netem --verify`
 REQUEST_TIMEOUT_S = 600.0
 
 
@@ -50,17 +53,27 @@ class LiveLinks:
             task.add_done_callback(self.restores.discard)
         return change
 
+    async def impair_groups(self, groups: list[str], link: Link, source: str, duration: float | None) -> str:
+        """A workload phase's change of its groups' links; returns what they do now."""
+        peers = self.links.peers_of(groups=groups)
+        change = await self.set_link(peers, link, source, duration)
+        return f"{len(change.peers)} peers of {groups}: {self.links.current[peers[0]].describe()}"
+
+    def helper_pids(self) -> dict[str, int]:
+        """The backend's helper processes, for the collector."""
+        return self.links.backend.helper_pids()
+
     async def _restore_after(self, peers: list[int], seconds: float, source: str) -> None:
         await asyncio.sleep(seconds)
         await self._change(lambda: self.links.restore(peers, f"{source} (end of duration)"))
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle(self, request: NetemRequest) -> dict[str, Any]:
         """One `lab netem` request: set, clear, show or verify."""
-        peers = self.links.peers_of(request.get("groups"), request.get("peers"))
-        op = request["op"]
+        peers = self.links.peers_of(request.groups, request.peers)
+        op = request.op
         if op == "set":
             try:
-                link = Link.model_validate(request["link"])
+                link = Link.model_validate(request.link)
             except ValidationError as exc:
                 error = exc.errors()[0]
                 raise ShapingError(f"--{error['loc'][0] if error['loc'] else 'link'}: {error['msg']}") from None
@@ -70,30 +83,22 @@ class LiveLinks:
         reply: dict[str, Any] = {"ok": True, "backend": self.links.backend.name, "peers": len(peers)}
         if op == "show":
             reply["links"] = await in_thread_to_completion(lambda: self.links.show(peers))
-        if op == "verify" or request.get("verify"):
+        if op == "verify" or request.verify:
             async with self.lock:
                 reports = await in_thread_to_completion(lambda: self.links.verify(self.probes))
             reply["verification"] = [r.as_dict() for r in reports]
             reply["status"] = worst(r.status for r in reports)
             reply["passed"] = reply["status"] == "passed"
             errors = {"failed": "links measured not doing what is configured", "unverified": "too noisy to verify links"}
-            self.record({"op": "impairment_verification", "ok": reply["passed"], "reports": reply["verification"],
-                         "status": reply["status"], **({"error": errors[reply["status"]]} if not reply["passed"] else {})})
+            now = time.monotonic_ns()
+            self.record(Event(VERIFICATION, None, now, now, reply["passed"], errors.get(reply["status"]),
+                              {"reports": reply["verification"], "status": reply["status"]}))
         return reply
 
     async def serve(self, path: Path) -> None:
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                request = json.loads(await reader.readline())
-                try:
-                    reply = await self.handle(request)
-                except ShapingError as exc:
-                    reply = {"ok": False, "error": str(exc)}
-                except asyncio.CancelledError:  # the run is ending; the request's kernel work has finished
-                    reply = {"ok": False, "error": "the run ended before the request finished"}
-                except Exception as exc:  # a lab bug: the run goes on, the caller and the log see it
-                    traceback.print_exc()
-                    reply = {"ok": False, "error": f"lab error ({type(exc).__name__}: {exc}); the run goes on, see its output"}
+                reply = await self._answer(await reader.readline())
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
             finally:
@@ -101,6 +106,22 @@ class LiveLinks:
 
         self.server = await asyncio.start_unix_server(answer, path=str(path))
         self.path = path
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        """The reply to one request line; whatever goes wrong, a one-line error and the run goes on."""
+        try:
+            request = NetemRequest.of(json.loads(line))
+        except (ValueError, TypeError) as exc:  # not JSON, or not a request
+            return {"ok": False, "error": f"bad request ({exc}); send what `lab netem` sends"}
+        try:
+            return await self.handle(request)
+        except ShapingError as exc:
+            return {"ok": False, "error": str(exc)}
+        except asyncio.CancelledError:  # the run is ending; the request's kernel work has finished
+            return {"ok": False, "error": "the run ended before the request finished"}
+        except Exception as exc:  # a lab bug: the run goes on, the caller and the log see it
+            traceback.print_exc()
+            return {"ok": False, "error": f"lab error ({type(exc).__name__}: {exc}); the run goes on, see its output"}
 
     async def close(self) -> None:
         """Stops timed restores and the socket, waits for a change or measurement in flight,
@@ -114,12 +135,12 @@ class LiveLinks:
             await in_thread_to_completion(self.links.close)
 
 
-def send(path: Path, request: dict[str, Any]) -> dict[str, Any]:
+def send(path: Path, request: NetemRequest) -> dict[str, Any]:
     """The `lab netem` side: one request to a running orchestrator, its reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(REQUEST_TIMEOUT_S)
         sock.connect(str(path))
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        sock.sendall(json.dumps(request.record()).encode() + b"\n")
         line = sock.makefile("r").readline()
     if not line:
         raise ShapingError("the run closed the connection without answering; see the run's output")

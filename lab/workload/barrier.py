@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 from lab.analysis.metrics import announced_message
 from lab.workload.ticker import Ticker
+from nodes.protocol import Event, Op
 
 POLL_S = 0.5
 
@@ -24,11 +24,11 @@ class Deliveries:
         self.senders: dict[str, int] = {}  # message -> the peer that sent it, in sending order
         self.reached: dict[str, set[int]] = {}
 
-    def record(self, event: dict[str, Any]) -> None:
-        if message := announced_message(event):
-            self.senders[message] = event["peer"]
-        elif event["op"] == "gossip_delivery":
-            self.reached.setdefault(event["msg"], set()).add(event["peer"])
+    def record(self, event: Event) -> None:
+        if (message := announced_message(event)) and event.peer is not None:
+            self.senders[message] = event.peer
+        elif event.op == Op.GOSSIP_DELIVERY and event.message is not None and event.peer is not None:
+            self.reached.setdefault(event.message, set()).add(event.peer)
 
     def mark(self) -> int:
         """How many messages were sent so far: `settle(mark)` waits for the ones sent after it."""

@@ -32,6 +32,7 @@ from lab.topology import (
 from lab.workload.barrier import Deliveries
 from lab.workload.catalogue import make_catalogue, query_for
 from lab.workload.ticker import Ticker
+from nodes.protocol import Call
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Workload:
         report.lab_cpu = (_own_cpu_seconds() - lab_before) / (report.seconds * (psutil.cpu_count() or 1))
         return report
 
-    async def _call(self, report: PhaseReport, timeout: float, peer: PeerProcess, op: str, args: dict[str, Any]) -> Any:
+    async def _call(self, report: PhaseReport, timeout: float, peer: PeerProcess, op: Call, args: dict[str, Any]) -> Any:
         """One call; its timeout starts when it is sent. A failure is kept in the report with
         the peer and its cause, and the call's result is None."""
         report.calls += 1
@@ -112,13 +113,13 @@ class Workload:
         self,
         report: PhaseReport,
         timeout: float,
-        calls: list[tuple[PeerProcess, str, dict[str, Any]]],
+        calls: list[tuple[PeerProcess, Call, dict[str, Any]]],
         concurrency: int | None = None,
     ) -> list[Any]:
         """Calls, at most `concurrency` at once (all if None), with a progress line while pending."""
         limit = asyncio.Semaphore(concurrency or max(len(calls), 1))
 
-        async def one(peer: PeerProcess, op: str, args: dict[str, Any], ticker: Ticker) -> Any:
+        async def one(peer: PeerProcess, op: Call, args: dict[str, Any], ticker: Ticker) -> Any:
             async with limit:
                 try:
                     return await self._call(report, timeout, peer, op, args)
@@ -144,7 +145,7 @@ class Workload:
         dial_plans = {peer.index: rng.sample(seeds, min(settings.dials, len(seeds))) for peer in joiners}
         for i, peer in enumerate(seeds):
             floor = min(settings.min_routing_table, i)
-            await self._call(report, timeout, peer, "bootstrap", self._join_args(seeds[:i], floor))
+            await self._call(report, timeout, peer, Call.BOOTSTRAP, self._join_args(seeds[:i], floor))
         joined = len(seeds)
         limit = asyncio.Semaphore(phase.concurrency)
 
@@ -152,7 +153,7 @@ class Workload:
             nonlocal joined
             async with limit:
                 floor = min(settings.min_routing_table, joined)
-                await self._call(report, timeout, peer, "bootstrap", self._join_args(dial_plans[peer.index], floor))
+                await self._call(report, timeout, peer, Call.BOOTSTRAP, self._join_args(dial_plans[peer.index], floor))
                 joined += 1
                 ticker.done += 1
 
@@ -180,7 +181,8 @@ class Workload:
         await self._calls(
             report,
             phase.timeout,
-            [(by_index[i], "publish", {"packages": packages, "size": phase.body_size}) for i, packages in sorted(plan.items())],
+            [(by_index[i], Call.PUBLISH, {"packages": packages, "size": phase.body_size})
+             for i, packages in sorted(plan.items())],
             phase.concurrency,
         )
         await self._settle(first, phase.settle)
@@ -204,7 +206,7 @@ class Workload:
             candidates = self._not_held(peer)
             chosen = rng.sample(candidates, min(phase.per_peer, len(candidates)))
             self.holdings.setdefault(peer.index, set()).update(p["id"] for p in chosen)
-            calls.append((peer, "get", {"ids": [p["id"] for p in chosen]}))
+            calls.append((peer, Call.GET, {"ids": [p["id"] for p in chosen]}))
         await self._calls(report, phase.timeout, calls, phase.concurrency)
 
     async def _search(self, phase: SearchPhase, report: PhaseReport) -> None:
@@ -220,7 +222,7 @@ class Workload:
                 pool = (remote, held)[number % 2] or held or remote
                 if pool:
                     queries.append(query_for(rng.choice(pool)))
-            calls.append((peer, "search", {"queries": queries + queries, "fanout": phase.fanout}))
+            calls.append((peer, Call.SEARCH, {"queries": queries + queries, "fanout": phase.fanout}))
         await self._calls(report, phase.timeout, calls, phase.concurrency)
 
     async def _gossip(self, phase: GossipPhase, report: PhaseReport) -> None:
@@ -233,7 +235,8 @@ class Workload:
                 break
             peer = rng.choice(publishers)
             package = self.published[peer.index][0]
-            await self._call(report, phase.timeout, peer, "announce", {"message_id": f"gossip:{number}", "package_id": package})
+            announcement = {"message_id": f"gossip:{number}", "package_id": package}
+            await self._call(report, phase.timeout, peer, Call.ANNOUNCE, announcement)
             await asyncio.sleep(phase.interval)
         await self._settle(first, phase.settle)
 
@@ -245,7 +248,7 @@ class Workload:
             for peer in searchers:
                 pool = self._not_held(peer) or self.catalogue
                 queries = [query_for(rng.choice(pool)) for _ in range(level)]
-                calls.append((peer, "concurrent_search", {"queries": queries, "fanout": phase.fanout}))
+                calls.append((peer, Call.CONCURRENT_SEARCH, {"queries": queries, "fanout": phase.fanout}))
             await self._calls(report, phase.timeout, calls)
 
     async def _idle(self, phase: IdlePhase, report: PhaseReport) -> None:
@@ -256,9 +259,7 @@ class Workload:
         """Changes the groups' links now; with a duration, restores them later while the next
         phases run. Both moments are events with timestamps."""
         assert self.live is not None, "impairment needs network namespaces (checked before the run)"
-        peers = self.live.links.peers_of(groups=phase.groups)
-        change = await self.live.set_link(peers, phase.link, f"workload phase impair {phase.groups}", phase.duration)
+        now = await self.live.impair_groups(phase.groups, phase.link, f"workload phase impair {phase.groups}", phase.duration)
         report.calls += 1
         for_how_long = f" for {phase.duration:g}s" if phase.duration is not None else ""
-        now = self.live.links.current[peers[0]].describe()
-        self.echo(f"[impair] {len(change.peers)} peers of {phase.groups}: {now}{for_how_long}")
+        self.echo(f"[impair] {now}{for_how_long}")

@@ -1,0 +1,110 @@
+"""Every figure of a run, derived in one place from its records: metrics, their statistics,
+the impairment periods, the errors and the verdicts.
+
+`lab run` hands over the records it gathered; `lab report`, `lab compare`, sweeps and the
+benchmarks load them from the results directory (lab/analysis/records.py). Both paths go
+through `analyze`, so summary.json, the report and a comparison cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.analysis.metrics import Metric, all_metrics, impairment_periods
+from lab.analysis.peerlogs import count_levels
+from lab.analysis.records import RunRecords
+from lab.analysis.sla import Verdict, builtin_verdicts, evaluate
+from lab.analysis.stats import Summary, summarize
+from lab.topology import TopologyError, parse_topology
+
+INDEPENDENCE_NOTE = ("samples within one run are not independent (shared network, shared CPU); "
+                     "intervals describe this run, not run-to-run variation")
+
+
+@dataclass(frozen=True)
+class PeriodSummary:
+    label: str
+    start_ns: int | None
+    metrics: dict[str, Summary]
+
+    def record(self) -> dict[str, Any]:
+        return {"period": self.label, "start_ns": self.start_ns,
+                "metrics": {name: s.record() for name, s in self.metrics.items()}}
+
+
+@dataclass(frozen=True)
+class Errors:
+    operations: dict[str, dict[str, int]]  # failed operations: op -> cause -> count
+    lab: list[dict[str, Any]]  # the lab's own: peers that did not start, failed calls, lost peers
+    peer_logs: dict[str, Any]  # what the peers logged, counted by level and message
+
+    def record(self) -> dict[str, Any]:
+        return {"operations": self.operations, "lab": self.lab, "peer_logs": self.peer_logs}
+
+
+@dataclass
+class Analysis:
+    metrics: dict[str, Metric]
+    summary: dict[str, Summary]
+    periods: list[PeriodSummary]
+    errors: Errors
+    verdicts: list[Verdict]
+    partial: bool
+    notes: list[str] = field(default_factory=list)  # what the records lacked (damaged lines, missing files)
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.verdicts)
+
+    def summary_record(self) -> dict[str, Any]:
+        """What summary.json holds."""
+        return {
+            "partial": self.partial,
+            "note": INDEPENDENCE_NOTE,
+            "metrics": {name: s.record() for name, s in self.summary.items()},
+            "impairment_periods": [p.record() for p in self.periods],
+            "errors": self.errors.record(),
+        }
+
+    def verdicts_record(self) -> dict[str, Any]:
+        """What verdicts.json holds."""
+        return {"passed": self.passed, "verdicts": [v.record() for v in self.verdicts]}
+
+
+def summarize_metrics(metrics: dict[str, Metric]) -> dict[str, Summary]:
+    return {name: summarize(m.values, m.attempts, m.unit) for name, m in metrics.items()}
+
+
+def _operation_errors(records: RunRecords) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter[str]] = {}
+    for event in records.events:
+        if not event.ok:
+            counts.setdefault(event.op, Counter())[str(event.error)] += 1
+    return {op: dict(causes) for op, causes in counts.items()}
+
+
+def _verdicts(records: RunRecords, summary: dict[str, Summary], notes: list[str]) -> list[Verdict]:
+    """The topology's SLAs (from the manifest) and the lab's own conditions."""
+    manifest = records.manifest
+    try:
+        topology = parse_topology(manifest.get("topology"), f"{records.path}/manifest.json topology")
+    except TopologyError as exc:
+        notes.append(f"no SLA verdicts: {exc}")
+        return []
+    lost = int(manifest.get("peers_lost") or 0)
+    return evaluate(topology.slas, summary) + builtin_verdicts(topology.peer_count, records.peers_ready, lost)
+
+
+def analyze(records: RunRecords) -> Analysis:
+    metrics = all_metrics(records.events, records.samples, records.peers_ready)
+    summary = summarize_metrics(metrics)
+    periods = [PeriodSummary(p.label, p.start_ns, summarize_metrics(dict(sorted(p.metrics.items()))))
+               for p in impairment_periods(records.events)]
+    errors = Errors(_operation_errors(records), list(records.manifest.get("lab_errors") or []),
+                    count_levels(records.log_dir))
+    notes = list(records.skipped)
+    verdicts = _verdicts(records, summary, notes)
+    partial = records.manifest.get("status") != "complete"
+    return Analysis(metrics, summary, periods, errors, verdicts, partial, notes)

@@ -1,0 +1,201 @@
+"""The orchestrator-peer protocol, one module for both sides: what a peer is told when it
+starts, the calls it answers, the event it reports for each operation it times, and what
+`lab netem` asks of a running orchestrator.
+
+Free of libp2p and trio, so the orchestrator loads it cheaply; the framing (one JSON object per
+line) is nodes/wire.py, and docs/control-plane.md describes the exchange.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class Call(StrEnum):
+    """What the orchestrator asks of a peer."""
+
+    START = "start"  # args: the peer's PeerSettings; answer: its peer id and addresses
+    BOOTSTRAP = "bootstrap"  # dial seeds, join the DHT
+    PUBLISH = "publish"
+    GET = "get"
+    SEARCH = "search"
+    ANNOUNCE = "announce"
+    CONCURRENT_SEARCH = "concurrent_search"
+    STATS = "stats"
+    SHUTDOWN = "shutdown"  # answer: what the peer holds (routing table, connections, mesh)
+
+
+class Op(StrEnum):
+    """The operations a peer times, each reported as an Event and measured as a latency."""
+
+    BOOTSTRAP = "bootstrap"
+    CONNECT = "connect"
+    PUBLISH = "publish"
+    GET = "get"
+    DHT_LOOKUP = "dht_lookup"
+    DHT_LOOKUP_LOCAL = "dht_lookup_local"  # a lookup answered from the peer's own store
+    DHT_FIND_PROVIDERS = "dht_find_providers"
+    FETCH = "fetch"
+    SEARCH_CACHE_HIT = "search_cache_hit"
+    SEARCH_LOCAL = "search_local"
+    SEARCH_REMOTE = "search_remote"
+    GOSSIP_PUBLISH = "gossip_publish"
+    GOSSIP_DELIVERY = "gossip_delivery"
+    GOSSIP_DUPLICATE = "gossip_duplicate"
+
+
+CONCURRENT_SEARCH = "concurrent_search_"  # + the number of searches issued at once: one operation per level
+
+
+def concurrent_search_op(level: int) -> str:
+    return f"{CONCURRENT_SEARCH}{level}"
+
+
+class BadRecord(ValueError):
+    """A record that is not an event or a sample: the message names the field."""
+
+
+def _field(record: Mapping[str, Any], name: str, kind: type, optional: bool = False) -> Any:
+    value = record.get(name)
+    if value is None:
+        if optional:
+            return None
+        raise BadRecord(f"{name}: missing")
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        raise BadRecord(f"{name}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+EVENT_FIELDS = ("op", "peer", "start_ns", "end_ns", "ok", "error")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One operation as a peer (or the orchestrator) timed it, on the machine's monotonic clock.
+    `details` holds what the operation learned (the package, the gossip message, DHT work, ...)."""
+
+    op: str
+    peer: int | None
+    start_ns: int
+    end_ns: int
+    ok: bool
+    error: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    @property
+    def message(self) -> str | None:
+        """The gossip message an announcement or a delivery carries."""
+        value = self.details.get("msg")
+        return None if value is None else str(value)
+
+    @property
+    def package(self) -> str | None:
+        value = self.details.get("package")
+        return None if value is None else str(value)
+
+    def record(self) -> dict[str, Any]:
+        """The flat form written to events.jsonl and sent over the control socket."""
+        return {"op": self.op, "peer": self.peer, "start_ns": self.start_ns, "end_ns": self.end_ns, "ok": self.ok,
+                "error": self.error, **self.details}
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Event:
+        """An event from its flat form; BadRecord names the field that is missing or wrong."""
+        if not isinstance(record, Mapping):
+            raise BadRecord(f"expected an object, got {type(record).__name__}")
+        return cls(
+            op=_field(record, "op", str),
+            peer=_field(record, "peer", int, optional=True),
+            start_ns=_field(record, "start_ns", int),
+            end_ns=_field(record, "end_ns", int),
+            ok=_field(record, "ok", bool),
+            error=_field(record, "error", str, optional=True),
+            details={k: v for k, v in record.items() if k not in EVENT_FIELDS and k != "type"},
+        )
+
+
+@dataclass(frozen=True)
+class Connections:
+    max_per_peer: int
+    max_connections: int
+    max_inbound: int
+    auto_connect: bool
+    dial_timeout_s: float
+
+
+@dataclass(frozen=True)
+class Dht:
+    mode: Literal["server", "client"]
+    join: Literal["refresh", "self_lookup"]
+    get_quorum: int
+    maintenance_interval_s: float
+    random_walk: bool
+    max_peers_per_subnet: int | None
+
+
+@dataclass(frozen=True)
+class Yamux:
+    rtt_interval_s: float
+    release_on_read: bool
+
+
+@dataclass(frozen=True)
+class Gossipsub:
+    degree: int
+    degree_low: int
+    degree_high: int
+    heartbeat_s: float
+    gossip_window: int
+    scorer: bool
+    adaptive_gossip: bool
+    spam_protection: bool
+    eclipse_protection: bool
+    strict_signing: bool
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """Everything a peer is told in its start call: the library settings of the topology, its
+    key seed and where it listens."""
+
+    seed: int
+    listen: str
+    connections: Connections
+    dht: Dht
+    yamux: Yamux
+    gossipsub: Gossipsub
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> PeerSettings:
+        return cls(
+            seed=record["seed"], listen=record["listen"], connections=Connections(**record["connections"]),
+            dht=Dht(**record["dht"]), yamux=Yamux(**record["yamux"]), gossipsub=Gossipsub(**record["gossipsub"]),
+        )
+
+
+@dataclass(frozen=True)
+class NetemRequest:
+    """`lab netem`'s one request to a running orchestrator (over its impairment socket)."""
+
+    op: Literal["set", "clear", "show", "verify"]
+    groups: list[str] = field(default_factory=list)
+    peers: list[int] | None = None
+    link: dict[str, Any] = field(default_factory=dict)  # the link fields given, as typed on the command line
+    verify: bool = False
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> NetemRequest:
+        return cls(**record)
