@@ -36,7 +36,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lab.analysis.figures import analyze  # noqa: E402
+from lab.analysis.records import load  # noqa: E402
+from lab.analysis.stats import Summary  # noqa: E402
 from lab.output import provenance  # noqa: E402
+from lab.output.results import SUMMARY  # noqa: E402
 from lab.topology import load_topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,15 +49,15 @@ WORKLOAD_PHASES = ("publish", "lookup", "search", "gossip", "concurrent_search")
 MIB = 1024 * 1024
 
 
-def figure(summary: dict[str, Any], metric: str, stat: str) -> float | None:
-    value = summary.get(metric, {}).get(stat)
+def figure(summary: dict[str, Summary], metric: str, stat: str) -> float | None:
+    value = getattr(summary[metric], stat) if metric in summary else None
     return float(value) if value is not None else None
 
 
 def point_row(directory: Path) -> dict[str, Any]:
-    """One network size's figures, from the files its run wrote."""
-    manifest = json.loads((directory / "manifest.json").read_text())
-    summary = json.loads((directory / "summary.json").read_text())["metrics"]
+    """One network size's figures, from its records by the analysis `lab run` used."""
+    records = load(directory)
+    manifest, summary = records.manifest, analyze(records).summary
     phases = {p["phase"]: p for p in manifest["phases"]}
     workload = [phases[name] for name in WORKLOAD_PHASES if name in phases]  # the phases it finished
     workload_s = sum(p["seconds"] for p in workload)
@@ -201,9 +205,9 @@ def main() -> None:
                 raise SystemExit(f"lab sweep exited {done.returncode}")
     # Every point's directory, finished or not: an interrupted run (status in the table) still
     # wrote its summary of what it measured, but sweep.json lists only finished points.
-    runs = sorted(path.parent for path in sweep.glob("**/summary.json"))
+    runs = sorted(path.parent for path in sweep.glob(f"**/{SUMMARY}"))
     rows = sorted((point_row(run) for run in runs), key=lambda row: row["peers"])
-    first = json.loads((runs[0] / "manifest.json").read_text())
+    first = load(runs[0]).manifest
     origin = {"measured_utc": first["started_utc"][:16].replace("T", " ") + " UTC", "machine": first["machine"],
               "commit": first["source"], "topology": first["topology_name"], "command": first["machine"]["argv"],
               "written_utc": datetime.now(UTC).isoformat(), "by": provenance.git_commit()}
