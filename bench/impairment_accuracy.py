@@ -17,25 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
+from shaped import arguments, origin, shaped, write
 
-from lab.network.fabric import NamespaceNetwork
-from lab.output import provenance
-from lab.runid import RunId
-from lab.shaping.backend import choose_backend
-from lab.shaping.links import Links, make_backend
+from lab.shaping.links import Links
 from lab.shaping.userspace import UserspaceBackend
 from lab.shaping.verify import PROBE, send_and_collect
-from lab.topology import Link, parse_topology
+from lab.topology import Link
 
-TOPOLOGY = "{name: bench, seed: 1, groups: [{name: a, count: 2}], workload: [{phase: bootstrap}]}"
+TOPOLOGY = "{name: bench, seed: 1, groups: [{name: a, count: 1}, {name: b, count: 1}], workload: [{phase: bootstrap}]}"
 DELAYS_MS = (10, 50)
 RATES_PPS = (100, 1000, 5000, 10000, 20000, 40000, 80000)
 SECONDS_PER_POINT = 3.0
@@ -73,8 +66,7 @@ def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"backend {result['backend']} · kernel {result['kernel']} · CPU {result['machine']['cpu_model']} "
-        f"({result['cpus']} cores) · commit {result['commit']}",
+        origin(result),
         "",
         "| delay | asked pps | achieved pps | loss | error p50 | error p99 | error max | keeps time |",
         "|---|---|---|---|---|---|---|---|",
@@ -90,38 +82,19 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["auto", "netem", "userspace"], default="auto")
-    parser.add_argument("--out", type=Path, help="directory for the JSON and markdown (default bench/results, or LAB_VM_SHARE)")
-    args = parser.parse_args()
-    backend = choose_backend(args.backend)[0]
-    out = args.out or Path(os.environ.get("LAB_VM_SHARE") or Path(__file__).parent / "results")
-    topology = parse_topology(yaml.safe_load(TOPOLOGY))
-    run = RunId.new()
-    network = NamespaceNetwork(run, [[0], [1]])
-    links = Links(make_backend(backend, {}, run, 1), network.build(), topology, network.reference)
+    args = arguments(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     points = []
-    try:
+    with shaped(TOPOLOGY, args.backend) as links:
         for delay_ms in DELAYS_MS:
             for rate in RATES_PPS:
                 points.append(measure(links, delay_ms, rate))
                 print(json.dumps({k: v for k, v in points[-1].items() if k != "delay_line"}), flush=True)
-    finally:
-        links.close()
-        network.teardown()
     failing = [p["achieved_pps"] for p in points if not p["keeps_time"]]
     first_failure = min(failing) if failing else None
     below = [p for p in points if first_failure is None or p["achieved_pps"] < first_failure]
     kept = max((p["achieved_pps"] for p in below if p["keeps_time"]), default=0)
-    result = {
-        "backend": backend, "kernel": platform.release(), "machine": provenance.machine(),
-        "commit": provenance.git_commit().get("commit"), "cpus": os.cpu_count(),
-        "kept_time_up_to_pps": kept, "first_failure_pps": first_failure, "points": points,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"impairment-{backend}.json").write_text(json.dumps(result, indent=2))
-    (out / f"impairment-{backend}.md").write_text(markdown(result))
-    print(markdown(result))
+    result = {"backend": args.backend, "kept_time_up_to_pps": kept, "first_failure_pps": first_failure, "points": points}
+    write(args.out, f"impairment-{args.backend}", result, markdown)
     return 0
 
 

@@ -16,23 +16,15 @@ Writes bench/results/verification-noise-<backend>-<label>.{json,md} with the mac
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from shaped import arguments, origin, shaped, write
 
-from lab.network.fabric import NamespaceNetwork
-from lab.output import provenance
-from lab.runid import RunId
-from lab.shaping.backend import choose_backend
-from lab.shaping.links import Links, make_backend
+from lab.shaping.links import Links
 from lab.shaping.verify import PROBE, PROBE_INTERVAL_S, REFERENCE_PLAN, Probe, send_and_collect
-from lab.topology import parse_topology
 
 TOPOLOGY = """
 name: noise
@@ -67,8 +59,7 @@ def repetition(links: Links) -> dict[str, dict[str, float]]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"backend {result['backend']} · label {result['label']} · kernel {result['machine']['kernel']} · "
-        f"CPU {result['machine']['cpu_model']} ({result['machine']['cpus']} cores) · commit {result['commit']}",
+        f"{origin(result)} · label {result['label']}",
         "",
         "| repetition | path | excess p50 | p90 | sd |",
         "|---|---|---|---|---|",
@@ -82,30 +73,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["auto", "netem", "userspace"], default="auto")
     parser.add_argument("--label", default="idle", help="what else the machine did (idle, busy-loop, ...)")
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="directory for the results (default bench/results, or LAB_VM_SHARE)")
-    args = parser.parse_args()
-    backend = choose_backend(args.backend)[0]
-    out = args.out or Path(os.environ.get("LAB_VM_SHARE") or Path(__file__).parent / "results")
-    topology = parse_topology(yaml.safe_load(TOPOLOGY))
-    run = RunId.new()
-    network = NamespaceNetwork(run, topology.hosts())
-    links = Links(make_backend(backend, {}, run, topology.seed), network.build(), topology, network.reference)
-    try:
+    args = arguments(parser)
+    with shaped(TOPOLOGY, args.backend) as links:
         links.apply_initial()
         repetitions = [repetition(links) for _ in range(args.repetitions)]
-    finally:
-        links.close()
-        network.teardown()
-    result = {"backend": backend, "label": args.label, "machine": provenance.machine(),
-              "commit": provenance.git_commit().get("commit"), "repetitions": repetitions}
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"verification-noise-{backend}-{args.label}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    result = {"backend": args.backend, "label": args.label, "repetitions": repetitions}
+    write(args.out, f"verification-noise-{args.backend}-{args.label}", result, markdown)
     return 0
 
 

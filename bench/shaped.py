@@ -1,0 +1,62 @@
+"""What the link benchmarks share: a shaped network for the time of a benchmark, the backend
+and output options, and writing results with the machine and commit they came from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab.network.fabric import NamespaceNetwork
+from lab.output import provenance
+from lab.runid import RunId
+from lab.shaping.backend import choose_backend
+from lab.shaping.links import Links, make_backend
+from lab.topology import parse_topology
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """--backend and --out beside the benchmark's own options; backend resolved, out defaulted."""
+    parser.add_argument("--backend", choices=["auto", "netem", "userspace"], default="auto")
+    parser.add_argument("--out", type=Path, help="directory for the results (default bench/results, or LAB_VM_SHARE)")
+    args = parser.parse_args()
+    args.backend = choose_backend(args.backend)[0]
+    args.out = args.out or Path(os.environ.get("LAB_VM_SHARE") or RESULTS)
+    return args
+
+
+@contextmanager
+def shaped(topology_yaml: str, backend: str) -> Iterator[Links]:
+    """The topology's network and links, removed afterwards whatever happens."""
+    topology = parse_topology(yaml.safe_load(topology_yaml))
+    network = NamespaceNetwork(run := RunId.new(), topology.hosts())
+    links = Links(make_backend(backend, {}, run, topology.seed), network.build(), topology, network.reference)
+    try:
+        yield links
+    finally:
+        links.close()
+        network.teardown()
+
+
+def write(out: Path, stem: str, result: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
+    """OUT/STEM.json and OUT/STEM.md, the result with the machine and commit it came from."""
+    result = {**result, "machine": provenance.machine(), "commit": provenance.git_commit().get("commit")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def origin(result: dict[str, Any]) -> str:
+    """The first line of a benchmark's table: where its numbers came from."""
+    machine = result["machine"]
+    return (f"backend {result['backend']} · kernel {machine['kernel']} · CPU {machine['cpu_model']} "
+            f"({machine['cpus']} cores) · commit {result['commit']}")
