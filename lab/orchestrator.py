@@ -74,8 +74,6 @@ def choose_impairment(topology: Topology, mode: str) -> tuple[str | None, str]:
     """(backend or None, why). Refuses, before anything is built, impairment the machine or
     the backend cannot give; without impairment in the topology a missing backend only means
     `lab netem` will not work on this run."""
-    if topology.network.peers_per_host > 1:  # the topology refuses impaired links with shared hosts
-        return None, "network.peers_per_host > 1: a host's peers share its link, so links cannot be shaped per peer"
     if mode != "netns":
         if topology.is_impaired:
             raise SetupError("the topology impairs links, which needs network namespaces: run as root (see `lab doctor`)")

@@ -261,8 +261,9 @@ class Network(Strict):
         default=1,
         ge=1,
         le=64,
-        description="peers sharing one process, one trio loop and one namespace (each with its own address) "
-        "behind one link; 1 isolates every peer, more is what fits 1000 peers in memory (docs/design.md, Hosts)",
+        description="peers sharing one process, one trio loop and one namespace, each with its own address and its "
+        "own shaped link (by source address); 1 isolates every peer, more is what fits 1000 peers in memory "
+        "(docs/design.md, Hosts)",
     )
 
 
@@ -434,9 +435,6 @@ class Topology(Strict):
             if phase.phase in NEEDS_PACKAGES and not published:
                 raise ValueError(f"workload[{number}].phase: {phase.phase} needs an earlier publish phase")
             published = published or phase.phase == "publish"
-        if self.network.peers_per_host > 1 and self.is_impaired:
-            raise ValueError("network.peers_per_host: link impairment shapes one link per host, which its peers "
-                             "share; use peers_per_host: 1 with impaired links")
         if self.bootstrap.peers > self.peer_count:
             raise ValueError(f"bootstrap.peers: {self.bootstrap.peers} exceeds the {self.peer_count} peers")
         return self

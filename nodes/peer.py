@@ -19,11 +19,13 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import multiaddr
 import trio
 from libp2p import new_host
+from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht import kad_dht
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
@@ -36,6 +38,7 @@ from libp2p.rcmgr import ResourceManager, new_resource_manager
 from libp2p.rcmgr.connection_limits import new_connection_limits_with_defaults
 from libp2p.stream_muxer.yamux import yamux
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.tcp.tcp import TCP
 
 from nodes.control import ControlChannel
 from nodes.market import ANNOUNCE_TOPIC, Market
@@ -80,6 +83,17 @@ def resource_manager(settings: PeerSettings) -> ResourceManager:
     return new_resource_manager(connection_limits=limits)
 
 
+def dial_from(host: IHost, ip: str) -> None:
+    """py-libp2p dials from whatever address the route prefers, which for every peer of a shared
+    host is the host's first address. Each peer dials from its own, as a real peer would, so the
+    dialled peer, its per-address limits and the link shaping (by source address) see who it is."""
+    network = host.get_network()
+    assert isinstance(network, Swarm)
+    for transport in network.transport_manager.get_transports():
+        if isinstance(transport, TCP):
+            transport.dial = partial(transport.dial_with_source, source=(ip, 0))  # type: ignore[method-assign]
+
+
 def gossipsub_router(settings: PeerSettings) -> GossipSub:
     gs = settings.gossipsub
     router = GossipSub(
@@ -113,6 +127,7 @@ class Peer:
             connection_config=connection_config(settings),
             resource_manager=resource_manager(settings),
         )
+        dial_from(self.host, multiaddr.Multiaddr(settings.listen).value_for_protocol("ip4"))
         mode = DHTMode.SERVER if settings.dht.mode == "server" else DHTMode.CLIENT
         self.dht = KadDHT(
             self.host,

@@ -44,7 +44,7 @@ def test_doctor_reports_checks_and_mode() -> None:
     assert result.exit_code == 0
     lines = result.output.splitlines()
     names = {line[5:25].strip() for line in lines[:-2]}
-    assert {"root", "netns+veth", "sch_netem", "htb", "tbf", "iptables statistic", "nfqueue", "open files"} <= names
+    assert {"root", "netns+veth", "sch_netem", "htb", "iptables statistic", "nfqueue", "open files"} <= names
     assert lines[-2].startswith("lab run will use: netns")
     netem = next(line for line in lines if "sch_netem" in line).startswith("yes")
     assert lines[-1].startswith(f"link impairment backend: {'netem' if netem else 'userspace'} (")

@@ -17,6 +17,7 @@ from lab.runid import ENV_VAR, RunId
 from lab.shaping import plan as plans
 from lab.shaping.backend import ShapingError, choose_backend
 from lab.shaping.links import Links, make_backend
+from lab.shaping.verify import measure_pair
 from lab.topology import Link, Topology, parse_topology
 
 pytestmark = [pytest.mark.impairment, needs_root]
@@ -39,9 +40,31 @@ def backend_name() -> str:
     return os.environ.get("LAB_TEST_BACKEND") or choose_backend("auto")[0]
 
 
+# Two hosts of two peers: each group shares one host's eth0, and the pairs within a group
+# (0->1, 2->3) are sent out through the hub and back.
+SHARED = """
+name: shared
+seed: 5
+network: {peers_per_host: 2}
+groups:
+  - {name: a, count: 2, link: {delay: 10ms, loss: 5%}}
+  - {name: b, count: 2, link: {delay: 30ms, rate: 2mbit}}
+workload: [{phase: bootstrap}]
+"""
+
+
 @pytest.fixture
 def shaped() -> Iterator[tuple[Links, Topology, RunId]]:
-    topology = parse_topology(yaml.safe_load(REGIONS))
+    yield from _links(REGIONS)
+
+
+@pytest.fixture
+def shared() -> Iterator[tuple[Links, Topology, RunId]]:
+    yield from _links(SHARED)
+
+
+def _links(text: str) -> Iterator[tuple[Links, Topology, RunId]]:
+    topology = parse_topology(yaml.safe_load(text))
     run = RunId.new()
     network = NamespaceNetwork(run, topology.hosts())
     slots = network.build()
@@ -89,8 +112,8 @@ def test_verification_fails_when_the_kernel_does_something_else(shaped: tuple) -
     links, _, _ = shaped
     links.apply_initial()
     a, b = links.current[0], links.current[2]
-    links.backend.apply([(links.slots[0], replace(a, delay_s=a.delay_s / 2, loss=0.0)),
-                         (links.slots[2], replace(b, jitter_s=0.0, rate_bps=2 * (b.rate_bps or 0)))])
+    links.backend.apply([[(links.slots[0], replace(a, delay_s=a.delay_s / 2, loss=0.0))],
+                         [(links.slots[2], replace(b, jitter_s=0.0, rate_bps=2 * (b.rate_bps or 0)))]])
     reports = links.verify(400)
     failed = {(r.source, c.name) for r in reports for c in r.checks if c.status == "failed"}
     assert {(0, "delay_s"), (0, "loss"), (2, "jitter_sd_s"), (2, "rate_bps")} <= failed, [r.as_dict() for r in reports]
@@ -114,6 +137,21 @@ def test_peer_and_group_selection_errors_name_the_option(shaped: tuple) -> None:
         links.peers_of(groups=["z"])
     with pytest.raises(ShapingError, match="--peers: no peer 9"):
         links.peers_of(peers=[9])
+
+
+def test_peers_sharing_a_host_each_get_their_own_link(shared: tuple) -> None:
+    """Per-peer shaping on one eth0 (classified by source address), pairs within a host
+    included; changing one peer leaves its host neighbour's link as it was."""
+    links, _, _ = shared
+    links.apply_initial()
+    reports = links.verify(400)
+    assert [(r.source, r.dest) for r in reports] == [(0, 1), (0, 3), (2, 1), (2, 3)]
+    assert all(r.passed for r in reports), [r.lines("failed") + r.lines("unverified") for r in reports]
+    assert {c.name for r in reports if r.source == 2 for c in r.checks} >= {"delay_s", "loss", "rate_bps"}
+    links.set_link([0], Link(delay="40ms"), "test")
+    assert _measured(links, 0, 1, "delay_s") == pytest.approx(0.040, abs=0.002)  # within the host, through the hub
+    neighbour = measure_pair(links.slots[1], links.slots[3], links.current[1], None, 400, 1, links.reference_link())
+    assert neighbour.passed and neighbour.checks[0].measured == pytest.approx(0.010, abs=0.002), neighbour
 
 
 @pytest.mark.skipif(backend_name() != "userspace", reason="what only the userspace backend refuses")

@@ -33,10 +33,6 @@ def base(**changes: object) -> dict:
         ({"colour": "blue"}, "colour: unknown field"),
         ({"seed": -1}, "seed: must be >= 0"),
         ({"network": {"peers_per_host": 0}}, "network.peers_per_host: must be >= 1"),
-        (
-            {"network": {"peers_per_host": 2}, "groups": [{"name": "a", "count": 3, "link": {"delay": "5ms"}}]},
-            "network.peers_per_host: link impairment shapes one link per host",
-        ),
         ({"libp2p": {"dht": {"join": "walk"}}}, "libp2p.dht.join"),
         (
             {"workload": [{"phase": "bootstrap"}, {"phase": "publish", "settle": "-1s"}]},

@@ -106,7 +106,6 @@ PROBES: dict[str, Callable[[], str]] = {
     "bridge": _bridge,
     "sch_netem": _qdisc("netem", delay=1000),
     "htb": _qdisc("htb", default=0x10),
-    "tbf": _qdisc("tbf", rate="10mbit", burst=16384, latency=50000),
     "iptables statistic": _iptables("-m", "statistic", "--mode", "random", "--probability", "0.5", "-j", "DROP"),
     "nfqueue": _iptables("-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"),
     "open files": _open_files,

@@ -5,8 +5,14 @@
     default via 198.18.0.1 (onlink)
 
 A host is one peer process and its namespace; with `network.peers_per_host` > 1 several peers
-share it, each on its own address of the host's eth0, so they share one link (and reach each
-other inside the namespace, not through the hub).
+share it, each on its own address of the host's eth0 (and dialling from it). Their packets to
+each other are sent through the hub too, so that each sender's link shapes them:
+
+    rule 100: from the host itself (iif lo) to 198.18.0.0/15 -> table 100: default via the hub
+    rule 1000: local (moved from rule 0, which would deliver them inside the namespace)
+    eth0: accept_local=1, rp_filter=0 (a packet from a local address comes back in on eth0)
+
+and the hub sends no ICMP redirects for what goes back out the port it came in on.
 
 Point-to-point links into a routed hub, not a shared bridge: with a bridge, every peer keeps
 an ARP entry per peer it talks to, and the kernel's neighbour table is one table for all
@@ -38,6 +44,12 @@ GATEWAY = str(FABRIC.network_address + 1)
 LOOPBACK = ipaddress.ip_network("127.18.0.0/16")
 PEER_PORT = 4001
 NUD_PERMANENT = 0x80
+LOCAL_TABLE, HAIRPIN_TABLE = 255, 100
+HAIRPIN_RULE, LOCAL_RULE = 100, 1000
+HUB_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.send_redirects": "0",
+               "net.ipv4.conf.default.send_redirects": "0"}
+HAIRPIN_SYSCTLS = {"net.ipv4.conf.eth0.accept_local": "1", "net.ipv4.conf.all.rp_filter": "0",
+                   "net.ipv4.conf.eth0.rp_filter": "0"}
 REFERENCE_IP = str(FABRIC.broadcast_address - 1)
 REFERENCE = -1  # the reference host's slot index: not a peer
 MAX_PEERS = FABRIC.num_addresses - 4  # network address, gateway, reference, broadcast
@@ -75,20 +87,21 @@ def _mac(side: int, index: int) -> str:
     return ":".join(f"{byte:02x}" for byte in (2, side, *index.to_bytes(4, "big")))
 
 
-def _write_sysctl_in(netns_name: str, key: str, value: str) -> None:
-    """Sysctls are per namespace: write it from a child that entered the namespace."""
+def _write_sysctls_in(netns_name: str, settings: dict[str, str]) -> None:
+    """Sysctls are per namespace: write them from a child that entered the namespace."""
     pid = os.fork()
     if pid == 0:
         try:
             netns.setns(netns_name, flags=0)
-            with open(f"/proc/sys/{key.replace('.', '/')}", "w") as handle:
-                handle.write(value)
+            for key, value in settings.items():
+                with open(f"/proc/sys/{key.replace('.', '/')}", "w") as handle:
+                    handle.write(value)
             os._exit(0)
         except BaseException:
             os._exit(1)
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise NetworkError(f"cannot set {key}={value} in namespace {netns_name}")
+        raise NetworkError(f"cannot set {settings} in namespace {netns_name}")
 
 
 class NamespaceNetwork:
@@ -107,7 +120,7 @@ class NamespaceNetwork:
         try:
             netns.create(self.run.hub_netns)
             self.created.append(self.run.hub_netns)
-            _write_sysctl_in(self.run.hub_netns, "net.ipv4.ip_forward", "1")
+            _write_sysctls_in(self.run.hub_netns, HUB_SYSCTLS)
             slots = []
             with NetNS(self.run.hub_netns) as hub:
                 hub.link("set", index=hub.link_lookup(ifname="lo")[0], state="up")
@@ -150,6 +163,20 @@ class NamespaceNetwork:
             ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link")
             ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, prefsrc=slots[0].ip)
             ns.neigh("add", dst=GATEWAY, lladdr=hub_mac, ifindex=eth0, state=NUD_PERMANENT)
+            if len(slots) > 1:
+                self._hairpin(ns, eth0)
+        if len(slots) > 1:
+            _write_sysctls_in(name, HAIRPIN_SYSCTLS)
+
+    @staticmethod
+    def _hairpin(ns: NetNS, eth0: int) -> None:
+        """Packets between the host's own addresses leave through eth0 and come back via the hub."""
+        ns.rule("add", priority=LOCAL_RULE, table=LOCAL_TABLE)
+        ns.rule("del", priority=0, table=LOCAL_TABLE)
+        ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link", table=HAIRPIN_TABLE)
+        ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, table=HAIRPIN_TABLE)
+        ns.rule("add", priority=HAIRPIN_RULE, iifname="lo", dst=str(FABRIC.network_address), dst_len=FABRIC.prefixlen,
+                table=HAIRPIN_TABLE)
 
     def teardown(self) -> list[str]:
         """Removes every namespace this run made (veth pairs go with them)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 from lab.network import doctor
 from lab.network.fabric import PeerSlot
@@ -11,10 +10,10 @@ from lab.network.netlink import NetlinkError, NetNS
 from lab.shaping import tc
 from lab.shaping.plan import LinkPlan
 
-Install = Callable[[NetNS, int], None]  # puts a qdisc tree on an interface (namespace, ifindex)
+Host = list[tuple[PeerSlot, LinkPlan]]  # every peer of one host with the plan it should have
 
 NETEM_NEEDS = ("sch_netem", "htb")
-USERSPACE_NEEDS = ("iptables statistic", "nfqueue", "tbf")
+USERSPACE_NEEDS = ("iptables statistic", "nfqueue", "htb")
 
 
 class ShapingError(RuntimeError):
@@ -34,8 +33,9 @@ class Backend(ABC):
         """Why this backend cannot apply `plan` (naming the field), or None."""
 
     @abstractmethod
-    def apply(self, changes: list[tuple[PeerSlot, LinkPlan]]) -> None:
-        """Puts each plan in force on its peer's link; returns once the kernel has it."""
+    def apply(self, hosts: list[Host]) -> None:
+        """Puts the plans of every peer of each host in force (a host's peers share its eth0,
+        so each host is given whole); returns once the kernel has them."""
 
     def kernel_state(self, slot: PeerSlot) -> list[str]:
         """What the kernel (and delay line) do to the peer's packets now, read back, not remembered."""
@@ -44,17 +44,21 @@ class Backend(ABC):
             return tc.describe(ns, ns.link_lookup(ifname="eth0")[0])
 
     @staticmethod
-    def replace_root(slot: PeerSlot, install: Install | None, what: str) -> None:
-        """Swaps the qdisc tree on the peer's eth0 for `install`'s (none when None)."""
+    def replace_tree(host: Host, prefixes: dict[str, list[str]], netem: bool) -> None:
+        """Swaps the qdisc tree on the host's eth0 for one shaping each of its peers by source
+        address (lab/shaping/tc.py), or none when no peer's plan needs one."""
+        slot = host[0][0]
+        shaped = [(s.ip, plan) for s, plan in host if (plan.is_impaired if netem else plan.rate_bps)]
         assert slot.netns is not None
         try:
             with NetNS(slot.netns) as ns:
                 eth0 = ns.link_lookup(ifname="eth0")[0]
                 tc.remove_root(ns, eth0)
-                if install is not None:
-                    install(ns, eth0)
+                if shaped:
+                    tc.install_host_tree(ns, eth0, shaped, prefixes, netem)
         except NetlinkError as exc:
-            raise ShapingError(f"peer {slot.index}: tc refused {what} ({exc})") from exc
+            what = "; ".join(f"peer {s.index}: {plan.describe()}" for s, plan in host)
+            raise ShapingError(f"host of peer {slot.index}: tc refused {what} ({exc})") from exc
 
     def helper_pids(self) -> dict[str, int]:
         """{role: pid} of helper processes, for the collector (only the userspace backend has one)."""
@@ -84,5 +88,5 @@ def choose_backend(requested: str) -> tuple[str, str]:
     if netem is None:
         return "netem", "kernel has sch_netem and htb"
     if userspace is None:
-        return "userspace", f"kernel lacks netem ({netem}); iptables statistic, NFQUEUE and TBF work"
+        return "userspace", f"kernel lacks netem ({netem}); iptables statistic, NFQUEUE and HTB work"
     raise ShapingError(f"no impairment backend works here: netem ({netem}); userspace ({userspace})")

@@ -64,6 +64,9 @@ class Links:
         self.regions = topology.peer_regions()
         self.initial = topology.peer_plans()
         self.current = [LinkPlan(to_region=p.to_region) for p in self.initial]  # nothing applied yet
+        self.hosts: dict[int, list[int]] = {}  # peers by host: they share its eth0, so a change reshapes the host
+        for slot in slots:
+            self.hosts.setdefault(slot.host, []).append(slot.index)
 
     def peers_of(self, groups: list[str] | None = None, peers: list[int] | None = None) -> list[int]:
         if peers:
@@ -79,12 +82,14 @@ class Links:
         return list(range(len(self.slots)))
 
     def _apply(self, new: dict[int, LinkPlan]) -> None:
+        """Every host of a changed peer is given whole: its other peers keep their plans."""
         for index, plan in new.items():
             if problem := self.backend.unsupported(plan):
                 raise ShapingError(f"group {self.groups[index]!r} link.{problem}")
-        self.backend.apply([(self.slots[i], p) for i, p in new.items()])
-        for index, plan in new.items():
-            self.current[index] = plan
+        after = [new.get(i, plan) for i, plan in enumerate(self.current)]
+        hosts = sorted({self.slots[i].host for i in new})
+        self.backend.apply([[(self.slots[i], after[i]) for i in self.hosts[host]] for host in hosts])
+        self.current = after
 
     def apply_initial(self) -> Change | None:
         new = {i: p for i, p in enumerate(self.initial) if p.is_impaired}
@@ -116,7 +121,7 @@ class Links:
     def reference_link(self) -> PeerSlot | None:
         """The reference host, its known delay in force (applied on first use)."""
         if self.reference is not None and not self.reference_applied:
-            self.backend.apply([(self.reference, REFERENCE_PLAN)])
+            self.backend.apply([[(self.reference, REFERENCE_PLAN)]])
             self.reference_applied = True
         return self.reference
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
-
-from lab.network.fabric import PeerSlot
-from lab.shaping import tc
-from lab.shaping.backend import Backend
+from lab.shaping.backend import Backend, Host
 from lab.shaping.plan import LinkPlan
 
 
@@ -19,7 +15,6 @@ class NetemBackend(Backend):
             return "distribution: the netem backend has uniform jitter only (pyroute2 cannot load netem's distribution tables)"
         return None
 
-    def apply(self, changes: list[tuple[PeerSlot, LinkPlan]]) -> None:
-        for slot, plan in changes:
-            install = partial(tc.install_netem_tree, plan=plan, prefixes=self.prefixes) if plan.is_impaired else None
-            self.replace_root(slot, install, plan.describe())
+    def apply(self, hosts: list[Host]) -> None:
+        for host in hosts:
+            self.replace_tree(host, self.prefixes, netem=True)

@@ -1,9 +1,13 @@
 """The userspace backend, for kernels without sch_netem: loss in the kernel (iptables
-`statistic`), rate in the kernel (TBF), and delay, jitter, reorder, corruption and the
+`statistic`), rate in the kernel (HTB), and delay, jitter, reorder, corruption and the
 region matrix in a delay line that holds packets from an NFQUEUE (lab/shaping/delayer.py).
 
-Rate is the peer's access link (TBF on its eth0). Loss and delay happen in the network:
-where the peer's packets enter the hub (its FORWARD chain, matched on the peer's hub port).
+Rate is the peer's access link (an HTB class for its source address on its host's eth0,
+lab/shaping/tc.py). Loss and delay happen in the network: where the peer's packets enter the
+hub, in its FORWARD chain: a chain per host port, a rule per peer by source address:
+
+    FORWARD -> PLAB -> -i h0007 -> PLAB-h0007: -s 198.18.0.9 -m statistic ... DROP
+                                               -s 198.18.0.9 NFQUEUE (to the delay line)
 In the peer's own OUTPUT chain a DROP fails the sender's send() with EPERM, so TCP would
 learn of each loss at once, and a held packet stays charged to the sender's socket buffer;
 no real network does either.
@@ -23,13 +27,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 
 from lab.network.fabric import PeerSlot
 from lab.runid import ENV_VAR, RunId
-from lab.shaping import tc
-from lab.shaping.backend import Backend, ShapingError
+from lab.shaping.backend import Backend, Host, ShapingError
 from lab.shaping.delayer import QUEUE_NUM
 from lab.shaping.plan import LinkPlan
 
@@ -41,19 +43,23 @@ def needs_delay_line(plan: LinkPlan) -> bool:
     return bool(plan.delay_s or plan.jitter_s or plan.reorder or plan.corrupt or any(plan.to_region.values()))
 
 
-def port_rules(port: str, plan: LinkPlan) -> list[str]:
+def peer_rules(port: str, ip: str, plan: LinkPlan) -> list[str]:
+    """One peer's rules in its host port's chain."""
     rules = []
     if plan.loss:
-        rules.append(f"-A {CHAIN} -i {port} -m statistic --mode random --probability {plan.loss:.6f} -j DROP")
+        rules.append(f"-A {CHAIN}-{port} -s {ip} -m statistic --mode random --probability {plan.loss:.6f} -j DROP")
     if needs_delay_line(plan):
-        rules.append(f"-A {CHAIN} -i {port} -j NFQUEUE --queue-num {QUEUE_NUM}")
+        rules.append(f"-A {CHAIN}-{port} -s {ip} -j NFQUEUE --queue-num {QUEUE_NUM}")
     return rules
 
 
 def hub_rules(rules_by_port: dict[str, list[str]]) -> str:
-    """The hub's whole filter table (iptables-restore replaces it atomically)."""
-    lines = ["*filter", ":FORWARD ACCEPT [0:0]", f":{CHAIN} - [0:0]", f"-A FORWARD -j {CHAIN}"]
-    lines += [rule for _, rules in sorted(rules_by_port.items()) for rule in rules]
+    """The hub's whole filter table (iptables-restore replaces it atomically): a chain per
+    host port with rules, so a packet meets its own host's rules, not every peer's."""
+    ports = sorted(port for port, rules in rules_by_port.items() if rules)
+    lines = ["*filter", ":FORWARD ACCEPT [0:0]", f":{CHAIN} - [0:0]", *(f":{CHAIN}-{port} - [0:0]" for port in ports),
+             f"-A FORWARD -j {CHAIN}", *(f"-A {CHAIN} -i {port} -j {CHAIN}-{port}" for port in ports)]
+    lines += [rule for port in ports for rule in rules_by_port[port]]
     return "\n".join([*lines, "COMMIT", ""])
 
 
@@ -130,25 +136,28 @@ class UserspaceBackend(Backend):
             for ip in ipaddress.IPv4Network(prefix)
         }
 
-    def apply(self, changes: list[tuple[PeerSlot, LinkPlan]]) -> None:
-        delayed = [(slot, plan) for slot, plan in changes if needs_delay_line(plan)]
-        if delayed and self.delay_line is None:
+    def apply(self, hosts: list[Host]) -> None:
+        changes = [change for host in hosts for change in host]
+        if any(needs_delay_line(plan) for _, plan in changes) and self.delay_line is None:
             self.delay_line = DelayLine(self.run, self.seed)
             self.delay_line.request({"op": "configure", "netns": self.hub_netns, "peers": [], "regions": self._region_of_ip()})
         if self.delay_line is not None:  # plans in the delay line before any rule sends packets to it
             peers = [{"index": s.index, "ip": s.ip, "plan": p.as_dict()} for s, p in changes]
             self.delay_line.request({"op": "configure", "peers": peers})
-        for slot, plan in changes:
-            self.rules_by_port[slot.hub_port] = port_rules(slot.hub_port, plan)
+        for host in hosts:
+            port = host[0][0].hub_port
+            self.rules_by_port[port] = [rule for slot, plan in host for rule in peer_rules(port, slot.ip, plan)]
         _in_netns(self.hub_netns, ["iptables-restore"], hub_rules(self.rules_by_port))
-        for slot, plan in changes:
-            install = partial(tc.install_tbf, rate_bps=plan.rate_bps) if plan.rate_bps else None
-            self.replace_root(slot, install, f"rate {plan.rate_bps} bit/s")
+        for host in hosts:
+            self.replace_tree(host, self.prefixes, netem=False)
 
     def kernel_state(self, slot: PeerSlot) -> list[str]:
         lines = super().kernel_state(slot)
-        hub = _in_netns(self.hub_netns, ["iptables", "-S", CHAIN]).splitlines()
-        return lines + [f"hub: iptables {rule}" for rule in hub if rule.startswith(f"-A {CHAIN} -i {slot.hub_port} ")]
+        chain = f"{CHAIN}-{slot.hub_port}"
+        if not self.rules_by_port.get(slot.hub_port):
+            return lines
+        hub = _in_netns(self.hub_netns, ["iptables", "-S", chain]).splitlines()
+        return lines + [f"hub: iptables {rule}" for rule in hub if rule.startswith(f"-A {chain} -s {slot.ip}/32 ")]
 
     def helper_pids(self) -> dict[str, int]:
         return {"delay_line": self.delay_line.process.pid} if self.delay_line else {}

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/p2p-lab/vm")
 KERNEL_PACKAGE = "linux-image-amd64"
 # Loaded at boot, in this order after their dependencies: 9p root, then what the lab uses.
-MODULES = ["9p", "9pnet_virtio", "virtio_pci", "veth", "sch_netem", "sch_htb", "sch_tbf", "cls_u32"]
+MODULES = ["9p", "9pnet_virtio", "virtio_pci", "veth", "sch_netem", "sch_htb", "cls_u32"]
 DEFAULT_COMMAND = [
     ".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "impairment", "tests",
 ]
