@@ -17,7 +17,8 @@ from lab.analysis.records import read_jsonl
 from lab.cli import main
 from lab.shaping.backend import choose_backend
 
-pytestmark = [pytest.mark.slow, pytest.mark.impairment, needs_root]
+# Under qemu's emulation on a busy machine one impaired run takes up to ~10 minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.impairment, needs_root, pytest.mark.timeout(2400)]
 IMPAIRED = ROOT / "tests" / "topologies" / "impaired.yaml"
 
 
@@ -31,8 +32,8 @@ def start_impaired_run(out: Path) -> subprocess.Popen[str]:
 
 def wait_for_restore(out: Path, run: subprocess.Popen[str]) -> None:
     """The impair phase's 1 s change has ended and the last phase is 25 s idle: the window for
-    live changes."""
-    deadline = time.monotonic() + 240
+    live changes. Under qemu's emulation on a busy machine the phases before it took 5 minutes."""
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline and run.poll() is None:
         events = out / "events.jsonl"
         if events.exists() and any("end of duration" in e.get("source", "") for e in read_jsonl(events)):
@@ -57,7 +58,7 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
         assert cleared.exit_code == 0 and "cleared 4 peers" in cleared.output
         bad = cli.invoke(main, ["netem", "--loss", "150%", "--run", str(out)])
         assert bad.exit_code == 2 and "loss" in bad.output
-        run.wait(timeout=300)
+        run.wait(timeout=900)
     finally:
         run.kill()
     output = (tmp_path / "out.log").read_text()
@@ -102,19 +103,19 @@ def test_impairment_the_backend_cannot_give_refuses_before_building(tmp_path: Pa
 def test_a_link_the_machine_cannot_verify_is_a_warning_and_strict_refuses_it(tmp_path: Path) -> None:
     """No Python sender offers 27 Gbit/s, so a 30 Gbit/s link cannot be told from a slower one:
     the run says so and goes on, marked unverified; `impairment.verify: strict` refuses it."""
-    fields = {"groups": [{"name": "peers", "count": 4, "link": {"rate": "30gbit"}}], "workload": [{"phase": "bootstrap"}],
+    fields = {"groups": [{"name": "peers", "count": 2, "link": {"rate": "30gbit"}}], "workload": [{"phase": "bootstrap"}],
               "slas": [], "network": yaml.safe_load(IMPAIRED.read_text())["network"]}  # peers that start under qemu too
-    loose = run_lab("run", str(write_topology(tmp_path / "fast.yaml", **fields)), "--out", str(tmp_path / "loose"),
-                    "--no-report")
+    loose = run_lab("run", str(write_topology(tmp_path / "fast.yaml", **fields, bootstrap={"peers": 1, "dials": 1})),
+                    "--out", str(tmp_path / "loose"), "--no-report", timeout=1200)
     assert loose.returncode == 0, loose.stdout + loose.stderr
     assert "rate_bps: configured 3e+10" in loose.stdout and "the sender offered only" in loose.stdout, loose.stdout
     impairment = json.loads((tmp_path / "loose" / "manifest.json").read_text())["impairment"]
     assert impairment["verification_status"] == "unverified" and impairment["verified"] is False
     strict_file = write_topology(tmp_path / "strict.yaml", **fields, impairment={"verify": "strict"})
-    strict = run_lab("run", str(strict_file), "--out", str(tmp_path / "strict"), "--no-report")
+    strict = run_lab("run", str(strict_file), "--out", str(tmp_path / "strict"), "--no-report", timeout=1200)
     assert strict.returncode == 2, strict.stdout + strict.stderr
     [line] = strict.stderr.strip().splitlines()
-    assert line.startswith("Error: links could not be verified (impairment.verify: strict): peer 0->3 rate_bps"), line
+    assert line.startswith("Error: links could not be verified (impairment.verify: strict): peer 0->1 rate_bps"), line
     for out in (tmp_path / "loose", tmp_path / "strict"):
         assert leftovers(json.loads((out / "manifest.json").read_text())["run_id"]) == []
 
