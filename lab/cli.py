@@ -78,6 +78,9 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
     for line in terminal.metrics_table(outcome.analysis.summary):
         click.echo(line)
     click.echo("")
+    for line in terminal.fidelity_lines(outcome.analysis.fidelity):
+        click.echo(line)
+    click.echo("")
     for line in terminal.verdict_lines(outcome.analysis.verdicts):
         click.echo(line)
     for line in terminal.error_lines(outcome.analysis.errors):
@@ -89,7 +92,7 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
     click.echo(f"results: {out}")
     for path in reports:
         click.echo(f"report: {path}")
-    sys.exit(max(o.exit_code for o in outcomes))
+    sys.exit(exits.worst([o.exit_code for o in outcomes]))
 
 
 @main.command()
@@ -221,7 +224,7 @@ def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quic
     click.echo("")
     click.echo((out / "sweep.md").read_text())
     click.echo(f"sweep: {out}")
-    sys.exit(max(p["exit_code"] for p in done))
+    sys.exit(exits.worst([p["exit_code"] for p in done]))
 
 
 @main.command(name="report")

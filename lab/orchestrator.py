@@ -21,7 +21,7 @@ from typing import Any
 
 from lab import exits, runid
 from lab.analysis.figures import Analysis, analyze
-from lab.analysis.metrics import RUN_STARTED
+from lab.analysis.metrics import PHASE, RUN_STARTED
 from lab.analysis.records import MIB, RunRecords, Sample
 from lab.analysis.repeats import REPEAT_FILE, between_runs
 from lab.blocking import in_thread_to_completion
@@ -42,7 +42,7 @@ from lab.topology import Topology
 from lab.workload.barrier import Deliveries
 from lab.workload.phases import Workload
 from lab.workload.ticker import Ticker
-from nodes.protocol import Event
+from nodes.protocol import Dilation, Event
 
 Echo = Callable[[str], None]
 
@@ -96,9 +96,13 @@ def default_out(topology: Topology, kind: str = "") -> Path:
 
 class Run:
     def __init__(
-        self, topology: Topology, source: str, out: Path, echo: Echo, mode: tuple[str, str], backend: tuple[str | None, str]
+        self, topology: Topology, source: str, out: Path, echo: Echo, mode: tuple[str, str], backend: tuple[str | None, str],
+        dilation: tuple[float, str] = (1.0, "network.time_dilation: 1"),
     ) -> None:
-        self.topology = topology
+        self.topology = topology  # as written: the peers' settings and the SLAs, in virtual time
+        self.factor, self.factor_why = dilation
+        self.applied = topology.dilated(self.factor)  # what the lab waits for, in the machine's time
+        self.dilation = Dilation(self.factor)  # its epoch is the run's start
         self.source = source
         self.echo = echo
         self.mode, self.why = mode
@@ -163,7 +167,10 @@ class Run:
             mode=self.mode,
             mode_reason=self.why,
             started_utc=datetime.now(UTC).isoformat(),
-            clock="time.monotonic_ns (one clock for all processes of this machine)",
+            clock="time.monotonic_ns (one clock for all processes of this machine)" if self.factor == 1 else
+            f"virtual: time.monotonic_ns of this machine, {self.factor:g} times slower from the run's start (every "
+            "event, sample and latency; CPU seconds are the machine's)",
+            time_dilation={"factor": self.factor, "reason": self.factor_why},
             versions=provenance.versions(),
             source=provenance.git_commit(),
             machine=provenance.machine(),
@@ -183,12 +190,13 @@ class Run:
         }
         self.run_id.state_file.write_text(json.dumps(state))
         setup.callback(self.run_id.state_file.unlink, missing_ok=True)
-        now = time.monotonic_ns()
+        self.dilation = Dilation.starting_now(self.factor)
+        now = self.dilation.epoch_monotonic_ns
         self.on_event(Event(RUN_STARTED, None, now, now, True))
 
     async def _network(self, setup: AsyncExitStack) -> tuple[list[PeerSlot], PeerSlot | None]:
         hosts = self.topology.hosts()
-        network = NamespaceNetwork(self.run_id, hosts) if self.mode == "netns" else LoopbackNetwork(hosts)
+        network = NamespaceNetwork(self.run_id, hosts, self.factor) if self.mode == "netns" else LoopbackNetwork(hosts)
 
         async def teardown() -> None:
             removed = await in_thread_to_completion(network.teardown)
@@ -205,7 +213,7 @@ class Run:
         assert self.backend is not None
         prefixes = plans.prefixes_by_region([s.ip for s in slots], self.topology.peer_regions())
         backend = make_backend(self.backend, prefixes, self.run_id, self.topology.seed)
-        links = Links(backend, slots, self.topology, reference)
+        links = Links(backend, slots, self.topology, reference, self.dilation)
         self.live = live = LiveLinks(links, self.on_event, self.topology.impairment.probes)
         setup.push_async_callback(live.close)
         await live.serve(self.impairment_socket)
@@ -240,7 +248,7 @@ class Run:
 
     async def _fleet(self, setup: AsyncExitStack) -> Fleet:
         fleet = Fleet(self.run_id.value, self.control, self.results.log_dir, self.on_event,
-                      self.topology.network.peer_hosting)
+                      self.topology.network.peer_hosting, self.dilation)
         setup.push_async_callback(self._stop, fleet)
         await fleet.open()
         return fleet
@@ -273,8 +281,8 @@ class Run:
         ]
 
     async def _collector(self, setup: AsyncExitStack, fleet: Fleet) -> None:
-        collector = Collector(self.topology.collector.interval, self.topology.collector.detail_every, fleet.processes,
-                              self.on_sample, self.live.helper_pids if self.live else dict)
+        collector = Collector(self.applied.collector.interval, self.applied.collector.detail_every, fleet.processes,
+                              self.on_sample, self.live.helper_pids if self.live else dict, self.dilation.now_ns)
         collecting = asyncio.create_task(collector.run())
 
         async def last_sample() -> None:
@@ -310,13 +318,16 @@ class Run:
 
     async def _phases(self, fleet: Fleet) -> str:
         """The workload's phases in order; "complete" if all ran, "failed" if no peer was left."""
-        workload = Workload(self.topology, fleet, self.echo, self.deliveries, self.live)
-        phases = self.topology.workload
+        workload = Workload(self.applied, fleet, self.echo, self.deliveries, self.live)
+        phases = self.applied.workload
         for number, phase in enumerate(phases, 1):
             if not fleet.alive:
                 self.echo(f"[run] no live peer: phases {number}-{len(phases)} not run (causes above and in manifest.json)")
                 return "failed"
+            started = self.dilation.now_ns()
             report = await workload.run(phase)
+            self.on_event(Event(PHASE, None, started, self.dilation.now_ns(), True,
+                                details={"phase": phase.phase, "number": number, "cpu_busy": report.cpu_busy}))
             self.errors.extend(report.errors)
             since_start = {"ended_s": time.monotonic() - self.started}  # e.g. bootstrap's: time to a ready network
             self.phase_reports.append({k: v for k, v in asdict(report).items() if k != "errors"} | since_start)
@@ -358,7 +369,8 @@ class Run:
             {"topology": self.topology.name, "run_id": self.run_id.value, "status": status},
         )
         self.results.write(results.VERDICTS, analysis.verdicts_record())
-        return RunOutcome(self.results.path, status, exits.PASS if analysis.passed else exits.FAILED, analysis)
+        code = {"pass": exits.PASS, "fail": exits.FAILED, "inconclusive": exits.INCONCLUSIVE}[analysis.outcome]
+        return RunOutcome(self.results.path, status, code, analysis)
 
 
 async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -> RunOutcome:
@@ -374,8 +386,10 @@ async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -
         raise SetupError(str(exc)) from None
     if raised:
         echo(f"[limits] {raised}")
+    factor = topology.network.time_dilation
+    assert factor != "auto"
     try:
-        run = Run(topology, source, out, echo, mode, backend)
+        run = Run(topology, source, out, echo, mode, backend, (factor, f"network.time_dilation: {factor:g}"))
     except FileExistsError as exc:
         raise SetupError(str(exc)) from None
     task = asyncio.current_task()

@@ -115,7 +115,6 @@ class Link(Strict):
     def is_impaired(self) -> bool:
         return self.plan().is_impaired
 
-
 class Regions(Strict):
     """Per-destination shaping: one-way latency from a region (row) to a region (column),
     added to the sending group's own link delay."""
@@ -257,6 +256,19 @@ class Network(Strict):
         description="spawn: a fresh interpreter per host process (~59 MB USS); fork: host processes forked from a "
         "server that imported py-libp2p once (~19 MB USS, the rest shared copy-on-write; PSS counts the sharing fairly)",
     )
+    time_dilation: float | Literal["auto"] = Field(
+        default=1.0,
+        description="the peers' clocks run this many times slower than the machine's, and link delays, rates and the "
+        "lab's own waits are stretched to match, so a machine too slow for the network looks fast enough "
+        "(docs/design.md, Virtual time); auto picks it from a short calibration on this machine",
+    )
+
+    @field_validator("time_dilation")
+    @classmethod
+    def _at_least_one(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and not 1 <= value <= 1000:
+            raise ValueError("must be between 1 and 1000, or auto")
+        return value
     peers_per_host: int = Field(
         default=1,
         ge=1,
@@ -438,6 +450,20 @@ class Topology(Strict):
         if self.bootstrap.peers > self.peer_count:
             raise ValueError(f"bootstrap.peers: {self.bootstrap.peers} exceeds the {self.peer_count} peers")
         return self
+
+    def dilated(self, factor: float) -> Topology:
+        """What the lab itself waits for, in the machine's time: phase timeouts, settle bounds,
+        intervals and durations and the collector's interval `factor` times longer. The peers'
+        settings stay in virtual time (their clocks are dilated: nodes/clock.py), and links are
+        dilated where they meet the kernel (lab/shaping/links.py)."""
+        if factor == 1:
+            return self
+        stretched = ("timeout", "settle", "interval", "duration")
+        workload = [phase.model_copy(update={name: getattr(phase, name) * factor for name in stretched
+                                             if getattr(phase, name, None) is not None})
+                    for phase in self.workload]
+        collector = self.collector.model_copy(update={"interval": self.collector.interval * factor})
+        return self.model_copy(update={"workload": workload, "collector": collector})
 
     def quick(self) -> Topology:
         """The same network with a smaller workload, for a fast look (`lab run --quick`)."""

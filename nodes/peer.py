@@ -40,10 +40,12 @@ from libp2p.stream_muxer.yamux import yamux
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.transport.tcp.tcp import TCP
 
+from nodes import clock
 from nodes.control import ControlChannel
+from nodes.lag import watch_lag
 from nodes.market import ANNOUNCE_TOPIC, Market
 from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
-from nodes.protocol import Call, Op, PeerSettings, concurrent_search_op
+from nodes.protocol import DILATION_ENV, Call, Dilation, Op, PeerSettings, concurrent_search_op
 from nodes.recorder import OpFailed, Recorder, install_work_handler
 
 PR_SET_PDEATHSIG = 1
@@ -115,8 +117,10 @@ def gossipsub_router(settings: PeerSettings) -> GossipSub:
 class Peer:
     """One libp2p host with Kademlia, GossipSub and the marketplace, answering control calls."""
 
-    def __init__(self, index: int, channel: ControlChannel, settings: PeerSettings) -> None:
+    def __init__(self, index: int, channel: ControlChannel, settings: PeerSettings, reports_lag: bool = False) -> None:
+        """`reports_lag`: this peer carries its host process's loop-lag events (one peer per host does)."""
         self.index = index
+        self.reports_lag = reports_lag
         self.channel = channel
         self.settings = settings
         tune_library(settings)
@@ -159,6 +163,8 @@ class Peer:
             await self.pubsub.wait_until_ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.market.receive_announcements)
+                if self.reports_lag:
+                    nursery.start_soon(watch_lag, self.recorder)
                 yield
                 nursery.cancel_scope.cancel()
 
@@ -272,7 +278,7 @@ class Peer:
         }
 
 
-async def run_peer(index: int, control: str) -> None:
+async def run_peer(index: int, control: str, reports_lag: bool) -> None:
     """One peer from hello to shutdown. A crash is logged with its traceback and ends only this
     peer: its control connection closes, and the orchestrator reports it lost with that cause."""
     _peer_index.set(index)
@@ -282,7 +288,7 @@ async def run_peer(index: int, control: str) -> None:
         start = await channel.receive()
         if start is None or start.get("op") != Call.START:
             raise RuntimeError(f"expected a start call, got {start!r}")
-        peer = Peer(index, channel, PeerSettings.of(start["args"]))
+        peer = Peer(index, channel, PeerSettings.of(start["args"]), reports_lag)
         async with peer.running():
             await channel.reply(start, peer.identity())
             await peer.serve()
@@ -293,7 +299,7 @@ async def run_peer(index: int, control: str) -> None:
 async def run(indices: list[int], control: str) -> None:
     async with trio.open_nursery() as nursery:
         for index in indices:
-            nursery.start_soon(run_peer, index, control)
+            nursery.start_soon(run_peer, index, control, index == indices[0])
 
 
 class _DropNoise(logging.Filter):
@@ -326,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     library_logger.propagate = True
     library_logger.setLevel(logging.WARNING)
     install_work_handler()
-    trio.run(run, args.index, args.control)
+    trio.run(run, args.index, args.control, clock=clock.install(Dilation.of_env(os.environ.get(DILATION_ENV))))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,52 @@ line) is nodes/wire.py, and docs/control-plane.md describes the exchange.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
+
+DILATION_ENV = "P2P_LAB_TIME"  # a host process's virtual clock: "factor:epoch monotonic ns:epoch wall ns"
+
+
+@dataclass(frozen=True)
+class Dilation:
+    """Virtual time, shared by every process of a run (nodes/clock.py, docs/design.md): a clock
+    running `factor` times slower than the machine's, equal to it at the run's start (the
+    epoch), so the timestamps of all processes compare."""
+
+    factor: float = 1.0
+    epoch_monotonic_ns: int = 0
+    epoch_wall_ns: int = 0
+
+    def virtual_ns(self, real_monotonic_ns: int) -> int:
+        return self.epoch_monotonic_ns + round((real_monotonic_ns - self.epoch_monotonic_ns) / self.factor)
+
+    def virtual_wall_ns(self, real_wall_ns: int) -> int:
+        return self.epoch_wall_ns + round((real_wall_ns - self.epoch_wall_ns) / self.factor)
+
+    def now_ns(self) -> int:
+        """Virtual monotonic nanoseconds now (the clock every event of the run is on)."""
+        return self.virtual_ns(time.monotonic_ns())
+
+    def real_s(self, virtual_s: float) -> float:
+        """How long `virtual_s` seconds of the run's clock take on the machine's."""
+        return virtual_s * self.factor
+
+    def env(self) -> str:
+        return f"{self.factor!r}:{self.epoch_monotonic_ns}:{self.epoch_wall_ns}"
+
+    @classmethod
+    def of_env(cls, text: str | None) -> Dilation:
+        if not text:
+            return cls()
+        factor, monotonic, wall = text.split(":")
+        return cls(float(factor), int(monotonic), int(wall))
+
+    @classmethod
+    def starting_now(cls, factor: float) -> Dilation:
+        return cls(factor, time.monotonic_ns(), time.time_ns())
 
 
 class Call(StrEnum):
@@ -48,6 +90,8 @@ class Op(StrEnum):
 
 
 CONCURRENT_SEARCH = "concurrent_search_"  # + the number of searches issued at once: one operation per level
+LOOP_LAG = "loop_lag"  # a host process's event-loop lag over a window (nodes/lag.py): not an operation
+LAG_BINS_MS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)  # upper edges; one more bin beyond
 
 
 def concurrent_search_op(level: int) -> str:

@@ -9,9 +9,10 @@ through `analyze`, so summary.json, the report and a comparison cannot disagree.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from lab.analysis.guard import GUARD_SHARE, PhaseLag, judge, phase_lags
 from lab.analysis.metrics import Metric, all_metrics, impairment_periods
 from lab.analysis.peerlogs import count_levels
 from lab.analysis.records import RunRecords
@@ -52,11 +53,18 @@ class Analysis:
     errors: Errors
     verdicts: list[Verdict]
     partial: bool
+    fidelity: list[PhaseLag] = field(default_factory=list)  # each phase's loop lag and busy share
     notes: list[str] = field(default_factory=list)  # what the records lacked (damaged lines, missing files)
 
     @property
     def passed(self) -> bool:
         return all(v.passed for v in self.verdicts)
+
+    @property
+    def outcome(self) -> str:
+        """fail if any verdict failed, else inconclusive if any was, else pass."""
+        statuses = {v.status for v in self.verdicts}
+        return "fail" if "fail" in statuses else "inconclusive" if "inconclusive" in statuses else "pass"
 
     def summary_record(self) -> dict[str, Any]:
         """What summary.json holds."""
@@ -65,12 +73,14 @@ class Analysis:
             "note": INDEPENDENCE_NOTE,
             "metrics": {name: s.record() for name, s in self.summary.items()},
             "impairment_periods": [p.record() for p in self.periods],
+            "fidelity": {"rule": f"a time metric's verdict is inconclusive when the loop lag p99 in its phases exceeds "
+                                 f"{GUARD_SHARE:.0%} of its median", "phases": [p.record() for p in self.fidelity]},
             "errors": self.errors.record(),
         }
 
     def verdicts_record(self) -> dict[str, Any]:
         """What verdicts.json holds."""
-        return {"passed": self.passed, "verdicts": [v.record() for v in self.verdicts]}
+        return {"passed": self.passed, "outcome": self.outcome, "verdicts": [v.record() for v in self.verdicts]}
 
 
 def summarize_metrics(metrics: dict[str, Metric]) -> dict[str, Summary]:
@@ -85,8 +95,21 @@ def _operation_errors(records: RunRecords) -> dict[str, dict[str, int]]:
     return {op: dict(causes) for op, causes in counts.items()}
 
 
-def _verdicts(records: RunRecords, summary: dict[str, Summary], notes: list[str]) -> list[Verdict]:
-    """The topology's SLAs (from the manifest) and the lab's own conditions."""
+def _guarded(verdict: Verdict, summary: dict[str, Summary], records: RunRecords, fidelity: list[PhaseLag]) -> Verdict:
+    """The SLA verdict as the fidelity guard lets it stand: inconclusive where the machine was too busy."""
+    metric = summary.get(verdict.metric)
+    factor = float((records.manifest.get("time_dilation") or {}).get("factor") or 1.0)
+    judgement = judge(verdict.metric, metric, records.events, fidelity, factor) if metric else None
+    if judgement is None:
+        return verdict
+    guard = {**asdict(judgement), "reason": judgement.reason()}
+    if judgement.conclusive:
+        return replace(verdict, guard=guard)
+    return replace(verdict, status="inconclusive", guard=guard, reason=f"{verdict.reason}; {judgement.reason()}")
+
+
+def _verdicts(records: RunRecords, summary: dict[str, Summary], fidelity: list[PhaseLag], notes: list[str]) -> list[Verdict]:
+    """The topology's SLAs (from the manifest), judged by the guard, and the lab's own conditions."""
     manifest = records.manifest
     try:
         topology = parse_topology(manifest.get("topology"), f"{records.path}/manifest.json topology")
@@ -94,7 +117,8 @@ def _verdicts(records: RunRecords, summary: dict[str, Summary], notes: list[str]
         notes.append(f"no SLA verdicts: {exc}")
         return []
     lost = int(manifest.get("peers_lost") or 0)
-    return evaluate(topology.slas, summary) + builtin_verdicts(topology.peer_count, records.peers_ready, lost)
+    slas = [_guarded(v, summary, records, fidelity) for v in evaluate(topology.slas, summary)]
+    return slas + builtin_verdicts(topology.peer_count, records.peers_ready, lost)
 
 
 def analyze(records: RunRecords) -> Analysis:
@@ -105,6 +129,7 @@ def analyze(records: RunRecords) -> Analysis:
     errors = Errors(_operation_errors(records), list(records.manifest.get("lab_errors") or []),
                     count_levels(records.log_dir))
     notes = list(records.skipped)
-    verdicts = _verdicts(records, summary, notes)
+    fidelity = phase_lags(records.events)
+    verdicts = _verdicts(records, summary, fidelity, notes)
     partial = records.manifest.get("status") != "complete"
-    return Analysis(metrics, summary, periods, errors, verdicts, partial, notes)
+    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes)

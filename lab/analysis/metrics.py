@@ -27,6 +27,7 @@ RUN_PSS = "memory_run_pss_mib"
 TIME_TO_READY = "time_to_ready"
 DELIVERY_RATIO = "gossip_delivery_ratio"
 RUN_STARTED = "run_started"  # the orchestrator's event at the start of a run
+PHASE = "phase"  # the orchestrator's event for each workload phase, from its start to its end
 IMPAIRMENT = "impairment"  # the orchestrator's event for each change of the links
 OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
 

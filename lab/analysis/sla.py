@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import operator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lab.analysis.stats import Summary
 from lab.topology import Sla
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+Status = Literal["pass", "fail", "inconclusive"]
 
 
 @dataclass(frozen=True)
@@ -20,15 +23,20 @@ class Verdict:
     op: str
     threshold: str  # as the topology wrote it
     measured: float | None
-    passed: bool
+    status: Status
     reason: str
     unit: str | None = None
     threshold_in_unit: float | None = None
     description: str = ""
     builtin: bool = False  # the lab's own condition, not the topology's
+    guard: dict[str, Any] | None = None  # the fidelity guard's judgement (lab/analysis/guard.py)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
 
     def record(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "passed": self.passed}
 
 
 def verdict(sla: Sla, summary: dict[str, Summary]) -> Verdict:
@@ -36,11 +44,11 @@ def verdict(sla: Sla, summary: dict[str, Summary]) -> Verdict:
     measured = metric.stat(sla.stat) if metric else None
     if measured is None:
         reason = "metric not measured" if metric is None else f"no successful samples for {sla.stat}"
-        return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), None, False, reason, description=sla.description)
+        return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), None, "fail", reason, description=sla.description)
     passed = bool(COMPARE[sla.op](measured, sla.limit))
     reason = f"{sla.stat} {measured:.4g} {sla.op} {sla.limit:.4g} {sla.unit}: {'holds' if passed else 'fails'}"
-    return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), measured, passed, reason, sla.unit, sla.limit,
-                   sla.description)
+    return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), measured, "pass" if passed else "fail", reason,
+                   sla.unit, sla.limit, sla.description)
 
 
 def evaluate(slas: list[Sla], summary: dict[str, Summary]) -> list[Verdict]:
@@ -50,7 +58,8 @@ def evaluate(slas: list[Sla], summary: dict[str, Summary]) -> list[Verdict]:
 def builtin_verdicts(peers: int, ready: int, lost: int) -> list[Verdict]:
     """Every peer became ready and none was lost: without these, the figures describe a smaller network."""
     return [
-        Verdict("peers_ready", "count", "==", str(peers), ready, ready == peers, f"{ready} of {peers} peers became ready",
-                builtin=True),
-        Verdict("peers_lost", "count", "==", "0", lost, lost == 0, f"{lost} peers died or stopped answering", builtin=True),
+        Verdict("peers_ready", "count", "==", str(peers), ready, "pass" if ready == peers else "fail",
+                f"{ready} of {peers} peers became ready", builtin=True),
+        Verdict("peers_lost", "count", "==", "0", lost, "pass" if lost == 0 else "fail",
+                f"{lost} peers died or stopped answering", builtin=True),
     ]

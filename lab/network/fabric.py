@@ -44,6 +44,7 @@ GATEWAY = str(FABRIC.network_address + 1)
 LOOPBACK = ipaddress.ip_network("127.18.0.0/16")
 PEER_PORT = 4001
 NUD_PERMANENT = 0x80
+TCP_RTO_MIN_MS = 200  # Linux's TCP_RTO_MIN
 LOCAL_TABLE, HAIRPIN_TABLE = 255, 100
 HAIRPIN_RULE, LOCAL_RULE = 100, 1000
 HUB_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.send_redirects": "0",
@@ -107,12 +108,16 @@ def _write_sysctls_in(netns_name: str, settings: dict[str, str]) -> None:
 class NamespaceNetwork:
     """Builds and removes the namespaced fabric of one run."""
 
-    def __init__(self, run: RunId, hosts: list[list[int]]) -> None:
+    def __init__(self, run: RunId, hosts: list[list[int]], dilation: float = 1.0) -> None:
+        """`dilation`: the run's time dilation; TCP's minimum retransmission timeout on every
+        host route is stretched by it (Linux's 200 ms would look `dilation` times shorter to
+        peers on a dilated clock)."""
         peers = sum(map(len, hosts))
         if peers > MAX_PEERS:
             raise NetworkError(f"198.18.0.0/15 holds at most {MAX_PEERS} peers, not {peers}")
         self.run = run
         self.hosts = hosts
+        self.metrics = {"rto_min": round(TCP_RTO_MIN_MS * dilation)} if dilation != 1 else {}
         self.created: list[str] = []
         self.reference: PeerSlot | None = None
 
@@ -160,21 +165,20 @@ class NamespaceNetwork:
             for slot in slots:
                 ns.addr("add", index=eth0, address=slot.ip, prefixlen=32)
             ns.link("set", index=eth0, state="up")
-            ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link")
-            ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, prefsrc=slots[0].ip)
+            ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link", metrics=self.metrics)
+            ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, prefsrc=slots[0].ip, metrics=self.metrics)
             ns.neigh("add", dst=GATEWAY, lladdr=hub_mac, ifindex=eth0, state=NUD_PERMANENT)
             if len(slots) > 1:
                 self._hairpin(ns, eth0)
         if len(slots) > 1:
             _write_sysctls_in(name, HAIRPIN_SYSCTLS)
 
-    @staticmethod
-    def _hairpin(ns: NetNS, eth0: int) -> None:
+    def _hairpin(self, ns: NetNS, eth0: int) -> None:
         """Packets between the host's own addresses leave through eth0 and come back via the hub."""
         ns.rule("add", priority=LOCAL_RULE, table=LOCAL_TABLE)
         ns.rule("del", priority=0, table=LOCAL_TABLE)
-        ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link", table=HAIRPIN_TABLE)
-        ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, table=HAIRPIN_TABLE)
+        ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link", table=HAIRPIN_TABLE, metrics=self.metrics)
+        ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, table=HAIRPIN_TABLE, metrics=self.metrics)
         ns.rule("add", priority=HAIRPIN_RULE, iifname="lo", dst=str(FABRIC.network_address), dst_len=FABRIC.prefixlen,
                 table=HAIRPIN_TABLE)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from lab.analysis.compare import Comparison
 from lab.analysis.figures import Errors
+from lab.analysis.guard import PhaseLag
 from lab.analysis.sla import Verdict
 from lab.analysis.stats import Summary
 
@@ -64,7 +65,16 @@ def comparison_lines(comparisons: list[Comparison], output: str) -> list[str]:
 
 
 def verdict_lines(verdicts: list[Verdict]) -> list[str]:
-    return [f"{'PASS' if v.passed else 'FAIL'}  {v.metric} {v.stat} {v.op} {v.threshold}: {v.reason}" for v in verdicts]
+    return [f"{v.status.upper()}  {v.metric} {v.stat} {v.op} {v.threshold}: {v.reason}" for v in verdicts]
+
+
+def fidelity_lines(phases: list[PhaseLag]) -> list[str]:
+    """Per phase: how late the peers' event loops ran timers, beside how busy the machine was."""
+    rows = [["phase", "loop lag p50 (ms)", "p99", "max", "machine busy"]]
+    for p in phases:
+        rows.append([f"{p.number} {p.phase}", _cell(p.lag.p50_ms), _cell(p.lag.p99_ms), _cell(p.lag.max_ms),
+                     "-" if p.cpu_busy is None else f"{p.cpu_busy:.0%}"])
+    return _aligned(rows) if phases else []
 
 
 def error_lines(errors: Errors) -> list[str]:

@@ -21,15 +21,17 @@ import psutil
 from lab.analysis.records import Sample
 
 
-def sample_process(process: psutil.Process, role: str, peers: list[int], detailed: bool, sweep: int) -> Sample | None:
+def sample_process(process: psutil.Process, role: str, peers: list[int], detailed: bool, sweep: int,
+                   clock: Callable[[], int] = time.monotonic_ns) -> Sample | None:
     """One sample, or None if the process has gone (its loss is reported by the fleet).
-    `peers`: the peers the process hosts (none for the lab's own processes)."""
+    `peers`: the peers the process hosts (none for the lab's own processes); `clock`: the
+    run's (virtual) monotonic nanoseconds, which samples are stamped with."""
     try:
         with process.oneshot():
             memory = process.memory_full_info() if detailed else process.memory_info()
             cpu = process.cpu_times()
             return Sample(
-                t_ns=time.monotonic_ns(), sweep=sweep, role=role, peers=tuple(peers), pid=process.pid, rss=memory.rss,
+                t_ns=clock(), sweep=sweep, role=role, peers=tuple(peers), pid=process.pid, rss=memory.rss,
                 uss=getattr(memory, "uss", None), pss=getattr(memory, "pss", None),
                 # Its own time only: children's is added when they are reaped, which for the
                 # orchestrator would charge it with a sweep's earlier fork servers and their hosts.
@@ -47,9 +49,12 @@ class Collector:
         targets: Callable[[], dict[int, list[int]]],
         sink: Callable[[Sample], None],
         helpers: Callable[[], dict[str, int]] = dict,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         """`targets` returns {pid: [peer index, ...]} of the host processes alive now; `helpers` {role: pid} of
-        the lab's own helper processes (the delay line), sampled so the lab's cost is known."""
+        the lab's own helper processes (the delay line), sampled so the lab's cost is known; `clock` the
+        run's (virtual) time for the samples' stamps. `interval_s` is in the machine's time."""
+        self.clock = clock
         self.interval_s = interval_s
         self.detail_every = detail_every
         self.targets = targets
@@ -70,10 +75,10 @@ class Collector:
                 process = self._processes.get(pid) or self._processes.setdefault(pid, psutil.Process(pid))
             except psutil.NoSuchProcess:
                 continue
-            sample = sample_process(process, role, peers, detailed, self.sweeps)
+            sample = sample_process(process, role, peers, detailed, self.sweeps, self.clock)
             if sample is not None:
                 samples.append(sample)
-        own = sample_process(self._self, "orchestrator", [], detailed, self.sweeps)
+        own = sample_process(self._self, "orchestrator", [], detailed, self.sweeps, self.clock)
         if own is not None:
             samples.append(own)
         self.sweeps += 1

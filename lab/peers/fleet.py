@@ -22,7 +22,7 @@ from lab.network.fabric import PeerSlot
 from lab.peers.forkserver import ForkedProcess, ForkServer
 from lab.runid import ENV_VAR
 from nodes import wire
-from nodes.protocol import Call, Event, PeerSettings
+from nodes.protocol import DILATION_ENV, Call, Dilation, Event, PeerSettings
 
 EventSink = Callable[[Event], None]
 STDERR_TAIL_LINES = 12
@@ -81,10 +81,13 @@ class PeerProcess:
 class Fleet:
     """Spawns, drives and stops the peer processes of one run."""
 
-    def __init__(self, run_id: str, control_path: Path, log_dir: Path, on_event: EventSink, hosting: str = "spawn") -> None:
+    def __init__(self, run_id: str, control_path: Path, log_dir: Path, on_event: EventSink, hosting: str = "spawn",
+                 dilation: Dilation | None = None) -> None:
         """`hosting`: "spawn" starts a fresh interpreter per peer; "fork" forks peers from a
-        fork server that imported py-libp2p once (docs/design.md, Peers)."""
+        fork server that imported py-libp2p once (docs/design.md, Peers). `dilation`: the run's
+        virtual time, which every host process's clocks follow (nodes/clock.py)."""
         self.run_id = run_id
+        self.dilation = dilation or Dilation()
         self.forks = ForkServer(self._environment()) if hosting == "fork" else None
         self.control_path = control_path
         self.log_dir = log_dir
@@ -96,7 +99,7 @@ class Fleet:
         self._watchers: list[asyncio.Task[None]] = []
 
     def _environment(self) -> dict[str, str]:
-        return {**os.environ, ENV_VAR: self.run_id, "PYTHONUNBUFFERED": "1"}
+        return {**os.environ, ENV_VAR: self.run_id, "PYTHONUNBUFFERED": "1", DILATION_ENV: self.dilation.env()}
 
     async def open(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.control_path), limit=wire.MAX_LINE)

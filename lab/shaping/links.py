@@ -6,7 +6,6 @@ One object serves the topology's initial impairment, the workload's `impair` pha
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ from lab.shaping.plan import LinkPlan
 from lab.shaping.userspace import UserspaceBackend
 from lab.shaping.verify import REFERENCE_PLAN, PairReport, verify
 from lab.topology import ImpairPhase, Link, Topology
-from nodes.protocol import Event
+from nodes.protocol import Dilation, Event
 
 BACKENDS: dict[str, type[Backend]] = {"netem": NetemBackend, "userspace": UserspaceBackend}
 
@@ -54,8 +53,13 @@ class Change:
 
 
 class Links:
-    def __init__(self, backend: Backend, slots: list[PeerSlot], topology: Topology, reference: PeerSlot | None) -> None:
+    """Plans are kept as the topology states them, in the run's virtual time; they are dilated
+    (nodes/protocol.py `Dilation`) where they meet the kernel and where they are measured."""
+
+    def __init__(self, backend: Backend, slots: list[PeerSlot], topology: Topology, reference: PeerSlot | None,
+                 dilation: Dilation | None = None) -> None:
         """`reference`: the network's reference host, whose link verification gives a known delay."""
+        self.dilation = dilation or Dilation()
         self.backend = backend
         self.slots = slots
         self.reference = reference
@@ -88,7 +92,8 @@ class Links:
                 raise ShapingError(f"group {self.groups[index]!r} link.{problem}")
         after = [new.get(i, plan) for i, plan in enumerate(self.current)]
         hosts = sorted({self.slots[i].host for i in new})
-        self.backend.apply([[(self.slots[i], after[i]) for i in self.hosts[host]] for host in hosts])
+        factor = self.dilation.factor
+        self.backend.apply([[(self.slots[i], after[i].dilated(factor)) for i in self.hosts[host]] for host in hosts])
         self.current = after
 
     def apply_initial(self) -> Change | None:
@@ -96,20 +101,20 @@ class Links:
         if not new:
             return None
         self._apply(new)
-        return Change(sorted(new), {"topology": True}, "topology", time.monotonic_ns())
+        return Change(sorted(new), {"topology": True}, "topology", self.dilation.now_ns())
 
     def set_link(self, peers: list[int], link: Link, source: str) -> Change:
         self._apply({i: self.initial[i].with_link(link.plan()) for i in peers})
-        return Change(peers, link.model_dump(mode="json"), source, time.monotonic_ns())
+        return Change(peers, link.model_dump(mode="json"), source, self.dilation.now_ns())
 
     def restore(self, peers: list[int], source: str) -> Change:
         """Back to the topology's own impairment for these peers (end of a timed change)."""
         self._apply({i: self.initial[i] for i in peers})
-        return Change(peers, {"topology": True}, source, time.monotonic_ns())
+        return Change(peers, {"topology": True}, source, self.dilation.now_ns())
 
     def clear(self, peers: list[int], source: str) -> Change:
         self._apply({i: LinkPlan() for i in peers})
-        return Change(peers, None, source, time.monotonic_ns())
+        return Change(peers, None, source, self.dilation.now_ns())
 
     def show(self, peers: list[int]) -> list[dict[str, Any]]:
         return [
@@ -127,7 +132,8 @@ class Links:
 
     def verify(self, probes: int) -> list[PairReport]:
         """Measures sample pairs, with the reference link beside them."""
-        return verify(self.slots, self.current, self.regions, self.groups, probes, self.reference_link())
+        applied = [plan.dilated(self.dilation.factor) for plan in self.current]
+        return verify(self.slots, applied, self.regions, self.groups, probes, self.reference_link())
 
     def close(self) -> None:
         self.backend.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -90,7 +89,7 @@ class LiveLinks:
             reply["status"] = worst(r.status for r in reports)
             reply["passed"] = reply["status"] == "passed"
             errors = {"failed": "links measured not doing what is configured", "unverified": "too noisy to verify links"}
-            now = time.monotonic_ns()
+            now = self.links.dilation.now_ns()
             self.record(Event(VERIFICATION, None, now, now, reply["passed"], errors.get(reply["status"]),
                               {"reports": reply["verification"], "status": reply["status"]}))
         return reply

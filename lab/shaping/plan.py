@@ -33,6 +33,15 @@ class LinkPlan:
         """The same destinations with another link's parameters (a live or phase change)."""
         return replace(link, to_region=self.to_region)
 
+    def dilated(self, factor: float) -> LinkPlan:
+        """The plan in the machine's time for a run whose clocks run `factor` times slower:
+        delays and jitter `factor` times longer, the rate `factor` times lower."""
+        if factor == 1:
+            return self
+        return replace(self, delay_s=self.delay_s * factor, jitter_s=self.jitter_s * factor,
+                       rate_bps=self.rate_bps / factor if self.rate_bps else None,
+                       to_region={region: extra * factor for region, extra in self.to_region.items()})
+
     def delay_to(self, region: str | None) -> float:
         return self.delay_s + self.to_region.get(region or "", 0.0)
 

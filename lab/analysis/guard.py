@@ -1,0 +1,134 @@
+"""The fidelity guard: did the machine keep up with what it emulated, phase by phase?
+
+Every host process measures how late its event loop runs a timer (nodes/lag.py), in the run's
+virtual time. A latency measured while timers run late includes that wait: when the machine is
+saturated it measures queueing for a CPU, not the protocol. The rule:
+
+- per phase (from the orchestrator's `phase` events), the loop lag of all host processes is
+  pooled (windows of 1 s that overlap the phase, counts by lateness; quantiles are a bin's
+  upper edge, so they err high);
+- a time metric's verdict (milliseconds or seconds) is **inconclusive** when the lag's p99, in
+  the phases its operations started in, exceeds GUARD_SHARE (5%) of the metric's median: the
+  error the machine adds is then not small against what is measured;
+- the time dilation the run would have needed is estimated as the run's factor scaled by how
+  far the lag overshot (lag seen on a dilated clock shrinks about as the factor grows), rounded
+  up: an estimate, not a promise; the guard of the rerun says whether it was enough.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import asdict, dataclass
+
+from lab.analysis.metrics import PHASE, unit_of
+from lab.analysis.stats import Summary
+from nodes.protocol import LAG_BINS_MS, LOOP_LAG, Event
+
+GUARD_SHARE = 0.05
+MS_PER_UNIT = {"millisecond": 1.0, "second": 1000.0}
+
+
+@dataclass(frozen=True)
+class Lag:
+    """Loop-lag quantiles (ms, virtual) pooled over host processes and windows."""
+
+    windows: int
+    wakeups: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+    @classmethod
+    def of(cls, counts: list[int], windows: int) -> Lag:
+        total = sum(counts)
+        edges = [*LAG_BINS_MS, math.inf]
+
+        def quantile(q: float) -> float | None:
+            if not total:
+                return None
+            running = 0
+            for edge, count in zip(edges, counts, strict=True):
+                running += count
+                if running >= q * total:
+                    return edge
+            return edges[-1]
+
+        highest = max((edge for edge, count in zip(edges, counts, strict=True) if count), default=None)
+        return cls(windows, total, quantile(0.5), quantile(0.99), highest)
+
+
+@dataclass(frozen=True)
+class PhaseLag:
+    phase: str
+    number: int
+    start_ns: int
+    end_ns: int
+    cpu_busy: float | None  # the machine's busy share during the phase
+    lag: Lag
+
+    def record(self) -> dict[str, object]:
+        return {**asdict(self), "lag": asdict(self.lag)}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The guard's word on one metric."""
+
+    conclusive: bool
+    lag_p99_ms: float | None
+    limit_ms: float | None
+    phases: list[str]
+    dilation_needed: float | None = None
+
+    def reason(self) -> str:
+        if self.lag_p99_ms is None or self.limit_ms is None:
+            return "no loop lag measured in its phases"
+        relation = "<=" if self.conclusive else ">"
+        text = (f"loop lag p99 {self.lag_p99_ms:g} ms {relation} {GUARD_SHARE:.0%} of the median "
+                f"({self.limit_ms:.3g} ms) in {', '.join(self.phases)}")
+        return text if self.conclusive else f"{text}: the machine was too busy; needs time_dilation >= {self.dilation_needed:g}"
+
+
+def _pooled(events: list[Event], spans: list[tuple[int, int]]) -> Lag:
+    """The loop-lag windows that overlap the spans, pooled."""
+    counts = [0] * (len(LAG_BINS_MS) + 1)
+    windows = 0
+    for event in events:
+        if event.op == LOOP_LAG and any(event.start_ns < end and event.end_ns > start for start, end in spans):
+            windows += 1
+            for bin_, count in enumerate(event.details.get("counts", [])[: len(counts)]):
+                counts[bin_] += int(count)
+    return Lag.of(counts, windows)
+
+
+def phase_lags(events: list[Event]) -> list[PhaseLag]:
+    return [
+        PhaseLag(str(e.details.get("phase")), int(e.details.get("number", 0)), e.start_ns, e.end_ns,
+                 e.details.get("cpu_busy"), _pooled(events, [(e.start_ns, e.end_ns)]))
+        for e in events if e.op == PHASE
+    ]
+
+
+def _phases_of(metric: str, events: list[Event], phases: list[PhaseLag]) -> list[PhaseLag]:
+    """The phases in which the metric's operations started (time to ready: the bootstrap's)."""
+    starts = sorted(e.start_ns for e in events if e.op == metric) if unit_of(metric) == "millisecond" else []
+    if not starts:
+        return [p for p in phases if p.phase == "bootstrap"] if metric == "time_to_ready" else []
+    return [p for p in phases if bisect.bisect_left(starts, p.start_ns) < bisect.bisect_right(starts, p.end_ns)]
+
+
+def judge(metric: str, summary: Summary, events: list[Event], phases: list[PhaseLag], factor: float) -> Judgement | None:
+    """The guard's judgement of a time metric; None for metrics it does not judge."""
+    scale = MS_PER_UNIT.get(summary.unit)
+    if scale is None or summary.p50 is None:
+        return None
+    involved = _phases_of(metric, events, phases)
+    lag = _pooled(events, [(p.start_ns, p.end_ns) for p in involved])
+    names = [p.phase for p in involved]
+    if lag.p99_ms is None:
+        return Judgement(True, None, None, names)
+    limit = GUARD_SHARE * summary.p50 * scale
+    if lag.p99_ms <= limit:
+        return Judgement(True, lag.p99_ms, limit, names)
+    return Judgement(False, lag.p99_ms, limit, names, float(math.ceil(factor * lag.p99_ms / limit)))

@@ -1,0 +1,76 @@
+"""A host process's virtual clock: the run's time dilation, inside py-libp2p and trio.
+
+With `network.time_dilation: N`, every clock a peer reads runs N times slower than the
+machine's (the technique of "To Infinity and Beyond: Time-Warped Network Emulation", NSDI
+2006, and DieCast, NSDI 2008): to the peers the machine looks N times faster, while the lab
+stretches link delays by N and divides rates by N, so the network looks as configured. All
+processes of a run share one epoch (nodes/protocol.py `Dilation`), so their timestamps compare.
+
+What is dilated here:
+- trio's clock (`trio.run(clock=...)`): sleeps, timeouts, `move_on_after`, and through them
+  py-libp2p's heartbeats, backoffs, request timeouts and its anyio-based services;
+- `time.monotonic`, `time.time`, `time.perf_counter` and their `_ns` forms, which py-libp2p reads
+  at use (seen cache, failed-dial cache, record expiry), and the lab's own event timestamps;
+- `datetime.now` in py-libp2p's DHT records (timeReceived), which it compares with `time.time()`.
+
+What is not (docs/design.md lists the effect of each): kernel timers (TCP's delayed ACK and
+initial SYN timeout; the minimum RTO is dilated per route by the lab), threads that block in
+real time (the pubsub seen-cache sweeper: it only sweeps more often in virtual time), and CPU
+work, which takes the same real time at any N: that is the point.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, tzinfo
+
+import trio
+
+from nodes.protocol import Dilation
+
+_real_monotonic_ns = time.monotonic_ns
+_real_time_ns = time.time_ns
+
+
+class DilatedClock(trio.abc.Clock):
+    """trio's clock in virtual seconds: a deadline d away sleeps d x factor real seconds."""
+
+    def __init__(self, dilation: Dilation) -> None:
+        self.dilation = dilation
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return self.dilation.virtual_ns(_real_monotonic_ns()) / 1e9
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return max(0.0, (deadline - self.current_time()) * self.dilation.factor)
+
+
+def install(dilation: Dilation) -> DilatedClock | None:
+    """Dilates the process's clocks (before the peers start); returns trio's clock, or None when
+    the factor is 1 and nothing needs to change."""
+    if dilation.factor == 1:
+        return None
+
+    def monotonic_ns() -> int:
+        return dilation.virtual_ns(_real_monotonic_ns())
+
+    def time_ns() -> int:
+        return dilation.virtual_wall_ns(_real_time_ns())
+
+    time.monotonic_ns = time.perf_counter_ns = monotonic_ns  # CLOCK_MONOTONIC both, on Linux
+    time.monotonic = time.perf_counter = lambda: monotonic_ns() / 1e9
+    time.time_ns = time_ns
+    time.time = lambda: time_ns() / 1e9
+
+    class VirtualDatetime(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> VirtualDatetime:
+            return cls.fromtimestamp(time.time(), tz)
+
+    from libp2p.kad_dht import common  # its timeReceived stamps, compared with time.time()
+
+    common.datetime = VirtualDatetime  # type: ignore[misc]
+    return DilatedClock(dilation)

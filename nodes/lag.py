@@ -1,0 +1,33 @@
+"""The fidelity guard's probe: how late this host process's event loop runs a timer.
+
+Mininet-HiFi's idea: an emulator overloaded past what it can emulate breaks an invariant one
+can watch; here, a timer due at t fires at t + lag. A task sleeps LAG_INTERVAL_S at a time and
+counts, per LAG_WINDOW_S, how late each wake-up was (virtual time, so a dilated run's lag is
+measured on the clock its latencies are). The lag covers both waits a latency measured in this
+process includes: for the event loop (other peers' work) and for a CPU (other processes').
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+
+import trio
+
+from nodes.protocol import LAG_BINS_MS, LOOP_LAG
+from nodes.recorder import Recorder
+
+LAG_INTERVAL_S = 0.05
+LAG_WINDOW_S = 1.0
+
+
+async def watch_lag(recorder: Recorder) -> None:
+    """One `loop_lag` event per window: counts of wake-ups by lateness (LAG_BINS_MS)."""
+    while True:
+        counts = [0] * (len(LAG_BINS_MS) + 1)
+        started_ns, window_end = time.monotonic_ns(), trio.current_time() + LAG_WINDOW_S
+        while trio.current_time() < window_end:
+            due = trio.current_time() + LAG_INTERVAL_S
+            await trio.sleep_until(due)
+            counts[bisect.bisect_left(LAG_BINS_MS, (trio.current_time() - due) * 1e3)] += 1
+        await recorder.event(LOOP_LAG, started_ns, time.monotonic_ns(), None, {"counts": counts})
