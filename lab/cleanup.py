@@ -20,6 +20,7 @@ import psutil
 
 from lab import runid
 from lab.network.netlink import netns
+from lab.peers import cgroup
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Leftovers:
     state_file: Path | None = None
     control: Path | None = None
     directories: list[Path] = field(default_factory=list)
+    cgroups: list[Path] = field(default_factory=list)
 
 
 def _orchestrator_alive(state_file: Path) -> bool:
@@ -76,6 +78,9 @@ def find_leftovers() -> dict[str, Leftovers]:
     for directory in Path(tempfile.gettempdir()).glob(f"{runid.PREFIX}-*-delayer-*"):  # the delay line's socket
         if (run := runid.run_of_name(directory.name)) is not None:
             entry(run).directories.append(directory)
+    for group in cgroup.run_cgroups():  # network.cpu_limit
+        if (run := runid.run_of_name(group.name)) is not None:
+            entry(run).cgroups.append(group)
     for state_file in runid.state_dir().glob("*.json"):
         leftover = entry(state_file.stem)
         leftover.state_file = state_file
@@ -108,6 +113,10 @@ def clean(echo: Callable[[str], None]) -> int:
         for directory in leftover.directories:
             shutil.rmtree(directory, ignore_errors=True)
             echo(f"run {run}: removed {directory}")
+            removed += 1
+        for group in leftover.cgroups:
+            cgroup.remove(group)
+            echo(f"run {run}: removed cgroup {group}")
             removed += 1
         for path in (leftover.control, leftover.state_file):
             if path is not None and path.exists():

@@ -30,6 +30,7 @@ from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
 from lab.output import provenance, results
 from lab.output.export import SAMPLES_CSV, SUMMARY_PROM, write_openmetrics, write_samples_csv
 from lab.output.results import ResultsDir
+from lab.peers.cgroup import CgroupError, CpuLimit, cpu_root
 from lab.peers.collector import Collector
 from lab.peers.fleet import Fleet, PeerProcess
 from lab.peers.settings import peer_settings
@@ -247,8 +248,17 @@ class Run:
             self.echo(f"[links] warning: {line}; the run goes on with its impairment unverified")
 
     async def _fleet(self, setup: AsyncExitStack) -> Fleet:
+        cores = self.topology.network.cpu_limit
+        cpu_limit = CpuLimit(self.run_id, cores) if cores else None
+        if cpu_limit is not None:
+            try:
+                cpu_limit.create()
+            except CgroupError as exc:
+                raise SetupError(str(exc)) from None
+            setup.callback(cpu_limit.remove)  # after the fleet has stopped (exit stack order)
+            self.echo(f"[peers] confined to {cores:g} cores ({cpu_limit.version} {cpu_limit.path})")
         fleet = Fleet(self.run_id.value, self.control, self.results.log_dir, self.on_event,
-                      self.topology.network.peer_hosting, self.dilation)
+                      self.topology.network.peer_hosting, self.dilation, cpu_limit)
         setup.push_async_callback(self._stop, fleet)
         await fleet.open()
         return fleet
@@ -382,7 +392,9 @@ async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -
         raised = limits.raise_open_files(topology.peer_count, topology.network.peers_per_host * connections)
         if mode[0] == "netns":
             limits.check_namespaces(len(topology.hosts()))
-    except limits.LimitError as exc:
+        if topology.network.cpu_limit:
+            cpu_root()
+    except (limits.LimitError, CgroupError) as exc:
         raise SetupError(str(exc)) from None
     if raised:
         echo(f"[limits] {raised}")

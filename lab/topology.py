@@ -269,6 +269,12 @@ class Network(Strict):
         if isinstance(value, float) and not 1 <= value <= 1000:
             raise ValueError("must be between 1 and 1000, or auto")
         return value
+    cpu_limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="cores the peers' host processes may use together (a cgroup CPU quota); none: the whole machine. "
+        "With time_dilation it emulates a machine of another speed (bench/time_dilation.py)",
+    )
     peers_per_host: int = Field(
         default=1,
         ge=1,

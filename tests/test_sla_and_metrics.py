@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 
 from conftest import event
-from lab.analysis.metrics import all_metrics, delivery_ratio, latency_metrics, resource_metrics, unit_of
+from lab.analysis.guard import Judgement, judge, phase_lags
+from lab.analysis.metrics import all_metrics, cpu_per_operation, delivery_ratio, latency_metrics, resource_metrics, unit_of
 from lab.analysis.peerlogs import count_levels
 from lab.analysis.records import Sample
 from lab.analysis.sla import evaluate
 from lab.analysis.stats import summarize
 from lab.topology import Sla
-from nodes.protocol import Event
+from nodes.protocol import LAG_BINS_MS, Event
 
 
 def sla(**fields: object) -> Sla:
@@ -145,3 +146,37 @@ def test_time_to_ready_runs_from_the_run_start_to_the_last_join() -> None:
     assert metrics["time_to_ready"].values == [5.0] and unit_of("time_to_ready") == "second"
     failed_join = event("bootstrap", 3000, ok=False, start_ns=3_000_000_000)
     assert all_metrics([started, joins[0], failed_join], [], ready_peers=2)["time_to_ready"].values == []  # never ready
+
+
+def test_cpu_per_operation_is_the_peers_cpu_in_the_phase_over_its_operations() -> None:
+    second = 1_000_000_000
+
+    def sample(t: int, pid: int, cpu: float) -> Sample:
+        return Sample.of({"t_ns": t * second, "sweep": t, "role": "peer", "peers": [pid], "pid": pid, "rss": 1,
+                          "cpu_user": cpu, "cpu_system": 0.0})
+
+    # two hosts burning 1 and 3 CPU-s per second; the bootstrap phase runs from 10 s to 20 s with 4 joins
+    samples = [sample(t, pid, rate * t) for t in (0, 5, 15, 25) for pid, rate in ((1, 1.0), (2, 3.0))]
+    phase = event("phase", 10_000, peer=None, start_ns=10 * second, phase="bootstrap", number=1)
+    joins = [event("bootstrap", 100, peer=p, start_ns=(11 + p) * second) for p in range(4)]
+    late = event("bootstrap", 100, start_ns=21 * second)  # after the phase: not its operation
+    metric = cpu_per_operation([phase, *joins, late], samples)["cpu_s_per_join"]
+    assert metric.values == [pytest.approx((10 * 1.0 + 10 * 3.0) / 4)] and unit_of("cpu_s_per_join") == "second"
+
+
+def test_the_guard_calls_a_latency_inconclusive_when_the_loop_lag_is_not_small_against_it() -> None:
+    def lag_window(start: int, bin_ms: float) -> Event:
+        counts = [0] * (len(LAG_BINS_MS) + 1)
+        counts[LAG_BINS_MS.index(bin_ms)] = 20
+        return event("loop_lag", 1000, start_ns=start, counts=counts)
+
+    phase = event("phase", 10_000, peer=None, start_ns=0, phase="lookup", number=3)
+    gets = [event("get", 10, start_ns=1_000_000 * i) for i in range(10)]  # p50 10 ms: 5% is 0.5 ms
+    summary = summarize([g.ms for g in gets], unit="millisecond")
+    quiet = [phase, *gets, lag_window(0, 0.2)]
+    assert judge("get", summary, quiet, phase_lags(quiet), 1.0) == Judgement(True, 0.2, 0.5, ["lookup"])
+    busy = [phase, *gets, lag_window(0, 2)]  # timers 2 ms late: 4x the 0.5 ms allowed
+    verdict = judge("get", summary, busy, phase_lags(busy), 2.0)
+    assert verdict is not None and not verdict.conclusive and verdict.dilation_needed == 8.0
+    assert "needs time_dilation >= 8" in verdict.reason()
+    assert judge("search_cache_hit", summary, busy, phase_lags(busy), 1.0) is None  # answered without waiting

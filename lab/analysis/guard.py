@@ -9,7 +9,9 @@ saturated it measures queueing for a CPU, not the protocol. The rule:
   upper edge, so they err high);
 - a time metric's verdict (milliseconds or seconds) is **inconclusive** when the lag's p99, in
   the phases its operations started in, exceeds GUARD_SHARE (5%) of the metric's median: the
-  error the machine adds is then not small against what is measured;
+  error the machine adds is then not small against what is measured. Operations answered
+  without waiting (a cache hit, a local index or DHT store) run between two of the loop's
+  turns, so a late timer is not in them: the guard does not judge them;
 - the time dilation the run would have needed is estimated as the run's factor scaled by how
   far the lag overshot (lag seen on a dilated clock shrinks about as the factor grows), rounded
   up: an estimate, not a promise; the guard of the rerun says whether it was enough.
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 from lab.analysis.metrics import PHASE, unit_of
 from lab.analysis.stats import Summary
-from nodes.protocol import LAG_BINS_MS, LOOP_LAG, Event
+from nodes.protocol import ANSWERED_LOCALLY, LAG_BINS_MS, LOOP_LAG, Event
 
 GUARD_SHARE = 0.05
 MS_PER_UNIT = {"millisecond": 1.0, "second": 1000.0}
@@ -121,7 +123,7 @@ def _phases_of(metric: str, events: list[Event], phases: list[PhaseLag]) -> list
 def judge(metric: str, summary: Summary, events: list[Event], phases: list[PhaseLag], factor: float) -> Judgement | None:
     """The guard's judgement of a time metric; None for metrics it does not judge."""
     scale = MS_PER_UNIT.get(summary.unit)
-    if scale is None or summary.p50 is None:
+    if scale is None or summary.p50 is None or metric in ANSWERED_LOCALLY:
         return None
     involved = _phases_of(metric, events, phases)
     lag = _pooled(events, [(p.start_ns, p.end_ns) for p in involved])

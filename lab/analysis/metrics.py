@@ -10,7 +10,12 @@
   shared pages counted once;
 - `cpu_seconds`: each peer's user+system CPU time at its last sample (split like memory);
 - `time_to_ready`: seconds from the run's start (its `run_started` event) to the end of the
-  last bootstrap: how long the lab took to give a listening, bootstrapped network.
+  last bootstrap: how long the lab took to give a listening, bootstrapped network;
+- `cpu_s_per_join`, `cpu_s_per_lookup`, `cpu_s_per_publish`, `cpu_s_per_delivery`: per phase of
+  that kind (bootstrap, lookup, publish, gossip), the peers' CPU-seconds in it (the machine's
+  seconds, from the collector's samples, interpolated at the phase's ends) divided by its
+  operations (successful joins, gets, publishes, gossip deliveries): what dilation cannot hide,
+  and what bounds the wall time.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ RUN_STARTED = "run_started"  # the orchestrator's event at the start of a run
 PHASE = "phase"  # the orchestrator's event for each workload phase, from its start to its end
 IMPAIRMENT = "impairment"  # the orchestrator's event for each change of the links
 OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
+# phase -> (metric, the operation it divides by)
+CPU_PER_OPERATION = {"bootstrap": ("cpu_s_per_join", Op.BOOTSTRAP), "lookup": ("cpu_s_per_lookup", Op.GET),
+                     "publish": ("cpu_s_per_publish", Op.PUBLISH), "gossip": ("cpu_s_per_delivery", Op.GOSSIP_DELIVERY)}
 
 
 def unit_of(metric: str) -> str | None:
@@ -38,7 +46,7 @@ def unit_of(metric: str) -> str | None:
         return "millisecond"
     if metric in MEMORY_FIELDS or metric == RUN_PSS:
         return "mebibyte"
-    if metric in ("cpu_seconds", TIME_TO_READY):
+    if metric in ("cpu_seconds", TIME_TO_READY) or metric in {name for name, _ in CPU_PER_OPERATION.values()}:
         return "second"
     if metric == DELIVERY_RATIO:
         return "dimensionless"
@@ -162,10 +170,41 @@ def time_to_ready(events: list[Event]) -> Metric:
     return metric
 
 
+def _cpu_at(series: list[tuple[int, float]], t_ns: int) -> float:
+    """A process's cumulative CPU seconds at t, interpolated between its samples."""
+    times = [t for t, _ in series]
+    after = bisect.bisect_left(times, t_ns)
+    if after == 0:
+        return series[0][1]
+    if after == len(series):
+        return series[-1][1]
+    (t0, c0), (t1, c1) = series[after - 1], series[after]
+    return c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0) if t1 > t0 else c1
+
+
+def cpu_per_operation(events: list[Event], samples: list[Sample]) -> dict[str, Metric]:
+    """Per phase of a kind in CPU_PER_OPERATION: the peers' CPU in it per operation."""
+    series: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for sample in samples:
+        if sample.role == "peer":
+            series[sample.pid].append((sample.t_ns, sample.cpu_seconds))
+    metrics: dict[str, Metric] = {}
+    for phase in (e for e in events if e.op == PHASE and e.details.get("phase") in CPU_PER_OPERATION):
+        name, op = CPU_PER_OPERATION[str(phase.details["phase"])]
+        metric = metrics.setdefault(name, Metric(name, "second"))
+        operations = sum(1 for e in events if e.op == op and e.ok and phase.start_ns <= e.start_ns <= phase.end_ns)
+        metric.attempts += 1
+        if operations and series:
+            cpu = sum(_cpu_at(s, phase.end_ns) - _cpu_at(s, phase.start_ns) for s in series.values())
+            metric.values.append(cpu / operations)
+    return metrics
+
+
 def all_metrics(events: list[Event], samples: list[Sample], ready_peers: int) -> dict[str, Metric]:
     metrics = latency_metrics(events)
     metrics[TIME_TO_READY] = time_to_ready(events)
     metrics.update(resource_metrics(samples))
+    metrics.update(cpu_per_operation(events, samples))
     ratio = delivery_ratio(events, ready_peers)
     if ratio.attempts:
         metrics[ratio.name] = ratio
