@@ -25,6 +25,7 @@ from lab.analysis.metrics import PHASE, RUN_STARTED
 from lab.analysis.records import MIB, RunRecords, Sample
 from lab.analysis.repeats import REPEAT_FILE, between_runs
 from lab.blocking import in_thread_to_completion
+from lab.calibration import CalibrationError, calibrate
 from lab.network import doctor, limits
 from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
 from lab.output import provenance, results
@@ -399,9 +400,18 @@ async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -
     if raised:
         echo(f"[limits] {raised}")
     factor = topology.network.time_dilation
-    assert factor != "auto"
+    if factor == "auto":
+        async def pilot(pilot: Topology, path: Path) -> Analysis:
+            return (await run_topology(pilot, f"# the calibration pilot of {topology.name}", path, echo)).analysis
+
+        try:
+            dilation = await calibrate(topology, pilot, echo)
+        except CalibrationError as exc:
+            raise SetupError(str(exc)) from None
+    else:
+        dilation = (factor, f"network.time_dilation: {factor:g}")
     try:
-        run = Run(topology, source, out, echo, mode, backend, (factor, f"network.time_dilation: {factor:g}"))
+        run = Run(topology, source, out, echo, mode, backend, dilation)
     except FileExistsError as exc:
         raise SetupError(str(exc)) from None
     task = asyncio.current_task()

@@ -1,0 +1,73 @@
+"""`network.time_dilation: auto`: the dilation a topology needs on this machine, from a pilot.
+
+The fidelity guard's physics (lab/analysis/guard.py): timers run late once the peers ask for
+more CPU than the machine has, and dilating time by N spreads the same work over N times as
+much real time. So the factor is the peers' demand at N = 1, in cores, over what the machine
+can give without queueing:
+
+    N = ceil(concurrency x (CPU-s per join) / (join latency) / (UTILIZATION x cores))
+
+The join is the unit because the bootstrap is the phase that keeps `concurrency` operations
+in flight from the first second. Its cost and latency are measured here, by a pilot: the
+topology scaled to PILOT_PEERS peers, its workload cut to the bootstrap, run at PILOT_FACTOR so
+that the pilot itself does not queue. What the pilot cannot see: a join costs more in a larger
+network (more of its queries need new connections; docs/scaling.md), and phases after the
+bootstrap may ask for more. The figure is a floor, recorded with its inputs in the manifest,
+and the guard of the run says whether it sufficed and what it would have needed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from lab import sweep
+from lab.analysis.figures import Analysis
+from lab.analysis.metrics import CPU_PER_OPERATION
+from lab.topology import BootstrapPhase, Topology, parse_topology
+
+PILOT_PEERS = 40
+PILOT_FACTOR = 10.0
+UTILIZATION = 0.5  # of the machine's cores: the busy share below which timers stay on time
+Pilot = Callable[[Topology, Path], Awaitable[Analysis]]  # runs a topology into a directory
+
+
+def pilot_topology(topology: Topology) -> Topology:
+    """The topology at PILOT_PEERS peers (or fewer), bootstrap only, dilated by PILOT_FACTOR."""
+    data = topology.model_dump(mode="json")
+    peers = min(topology.peer_count, PILOT_PEERS)
+    sweep.apply(data, "peers", str(peers))
+    data["bootstrap"]["peers"] = min(data["bootstrap"]["peers"], max(2, peers // 4))
+    data["network"]["time_dilation"] = PILOT_FACTOR
+    data["workload"] = [phase for phase in data["workload"] if phase["phase"] == "bootstrap"][:1]
+    data["slas"] = []
+    data["name"] = f"{topology.name}-calibration"
+    return parse_topology(data, f"{topology.name} pilot")
+
+
+async def calibrate(topology: Topology, run: Pilot, echo: Callable[[str], None]) -> tuple[float, str]:
+    """(factor, why) for `topology` on this machine, from a pilot run (`run`)."""
+    pilot = pilot_topology(topology)
+    echo(f"[calibration] time_dilation auto: a pilot of {pilot.peer_count} peers at dilation {PILOT_FACTOR:g}")
+    with tempfile.TemporaryDirectory(prefix="p2p-lab-calibration-") as work:
+        analysis = await run(pilot, Path(work) / "pilot")
+    per_join, joins = analysis.summary.get(CPU_PER_OPERATION["bootstrap"][0]), analysis.summary.get("bootstrap")
+    if per_join is None or per_join.p50 is None or joins is None or joins.p50 is None:
+        raise CalibrationError("time_dilation auto: the pilot measured no join (see its output above); set a factor")
+    concurrency = next(p.concurrency for p in topology.workload if isinstance(p, BootstrapPhase))
+    cores = os.cpu_count() or 1
+    demand = concurrency * per_join.p50 / (joins.p50 / 1000)
+    factor = float(max(1, math.ceil(demand / (UTILIZATION * cores))))
+    why = (f"auto: a pilot of {pilot.peer_count} peers (dilated {PILOT_FACTOR:g}) measured a join at {per_join.p50:.3g} "
+           f"CPU-s and {joins.p50:.4g} ms; {concurrency} joins at once ask {demand:.3g} cores at dilation 1; this machine "
+           f"has {cores}, kept under {UTILIZATION:.0%} busy: dilation {factor:g} (a floor: joins cost more in larger "
+           "networks; the guard says whether it sufficed)")
+    echo(f"[calibration] {why}")
+    return factor, why
+
+
+class CalibrationError(RuntimeError):
+    """The pilot could not measure what the factor needs."""
