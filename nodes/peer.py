@@ -32,6 +32,7 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.rcmgr import ResourceManager, new_resource_manager
@@ -207,6 +208,20 @@ class Peer:
             details["connections"] = len(self.host.get_connected_peers())
             if size < min_routing_table:
                 raise OpFailed(f"routing table holds {size} peers, fewer than {min_routing_table}")
+        return self.stats()
+
+    async def op_warm(self, table: list[str], dial: list[str]) -> dict[str, Any]:
+        """A warm start: the routing table a converged network would have given this peer (the
+        peers' /p2p/ multiaddrs), then connections to a few of them."""
+        async with self.recorder.operation(Op.WARM, table=len(table), dials=len(dial)) as details:
+            peerstore = self.host.get_peerstore()
+            for address in table:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+                peerstore.add_addrs(info.peer_id, info.addrs, PERMANENT_ADDR_TTL)
+                await self.dht.routing_table.add_peer(info, skip_server_mode_check=True)
+            for address in dial:
+                await self.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
+            details["routing_table"] = self.dht.get_routing_table_size()
         return self.stats()
 
     async def join_dht(self) -> None:

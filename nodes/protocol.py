@@ -61,6 +61,7 @@ class Call(StrEnum):
 
     START = "start"  # args: the peer's PeerSettings; answer: its peer id and addresses
     BOOTSTRAP = "bootstrap"  # dial seeds, join the DHT
+    WARM = "warm"  # take a converged routing table, dial a few peers (bootstrap.mode: warm)
     PUBLISH = "publish"
     GET = "get"
     SEARCH = "search"
@@ -74,6 +75,7 @@ class Op(StrEnum):
     """The operations a peer times, each reported as an Event and measured as a latency."""
 
     BOOTSTRAP = "bootstrap"
+    WARM = "warm"
     CONNECT = "connect"
     PUBLISH = "publish"
     GET = "get"

@@ -12,10 +12,10 @@
 - `time_to_ready`: seconds from the run's start (its `run_started` event) to the end of the
   last bootstrap: how long the lab took to give a listening, bootstrapped network;
 - `cpu_s_per_join`, `cpu_s_per_lookup`, `cpu_s_per_publish`, `cpu_s_per_delivery`: per phase of
-  that kind (bootstrap, lookup, publish, gossip), the peers' CPU-seconds in it (the machine's
-  seconds, from the collector's samples, interpolated at the phase's ends) divided by its
-  operations (successful joins, gets, publishes, gossip deliveries): what dilation cannot hide,
-  and what bounds the wall time.
+  that kind (bootstrap, lookup, publish, gossip), the peers' CPU-seconds from its first such
+  operation to its end (the machine's seconds, from the collector's samples, interpolated)
+  divided by its operations (successful joins, gets, publishes, gossip deliveries): what
+  dilation cannot hide, and what bounds the wall time.
 """
 
 from __future__ import annotations
@@ -192,11 +192,11 @@ def cpu_per_operation(events: list[Event], samples: list[Sample]) -> dict[str, M
     for phase in (e for e in events if e.op == PHASE and e.details.get("phase") in CPU_PER_OPERATION):
         name, op = CPU_PER_OPERATION[str(phase.details["phase"])]
         metric = metrics.setdefault(name, Metric(name, "second"))
-        operations = sum(1 for e in events if e.op == op and e.ok and phase.start_ns <= e.start_ns <= phase.end_ns)
+        starts = [e.start_ns for e in events if e.op == op and e.ok and phase.start_ns <= e.start_ns <= phase.end_ns]
         metric.attempts += 1
-        if operations and series:
-            cpu = sum(_cpu_at(s, phase.end_ns) - _cpu_at(s, phase.start_ns) for s in series.values())
-            metric.values.append(cpu / operations)
+        if starts and series:  # from the first operation on: a warm start's setup is not a join
+            cpu = sum(_cpu_at(s, phase.end_ns) - _cpu_at(s, min(starts)) for s in series.values())
+            metric.values.append(cpu / len(starts))
     return metrics
 
 

@@ -7,6 +7,7 @@ topology seed, one random stream per purpose, so the same seed gives the same sc
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from lab.topology import (
 )
 from lab.workload.barrier import Deliveries
 from lab.workload.catalogue import make_catalogue, query_for
+from lab.workload.kademlia import converged_tables
 from lab.workload.ticker import Ticker
 from nodes.protocol import Call
 
@@ -132,20 +134,54 @@ class Workload:
     # -- phases ------------------------------------------------------------------------------
 
     async def _bootstrap(self, phase: BootstrapPhase, report: PhaseReport) -> None:
-        """Bootstrap peers join each other first; then the others join, `concurrency` at a time.
+        """Cold: bootstrap peers join each other first, then the others join. Warm: every peer but
+        a sample starts from a converged routing table and a few connections, then the sample
+        joins cold into that network. Joins run `concurrency` at a time.
 
         A joining peer can only know the peers that finished joining before it started, so its
         routing-table floor is min(min_routing_table, peers already joined).
         """
         settings = self.topology.bootstrap
-        timeout = phase.timeout
         peers = self.peers()
-        seeds, joiners = peers[: settings.peers], peers[settings.peers :]
         rng = self.topology.rng("bootstrap")
+        if settings.mode == "warm":
+            sample = rng.sample(peers, settings.sample)
+            warm = [p for p in peers if p not in sample]
+            await self._warm(phase, report, warm, rng)
+            await self._joins(phase, report, sample, warm, rng)
+            return
+        seeds, joiners = peers[: settings.peers], peers[settings.peers :]
         dial_plans = {peer.index: rng.sample(seeds, min(settings.dials, len(seeds))) for peer in joiners}
         for i, peer in enumerate(seeds):
             floor = min(settings.min_routing_table, i)
-            await self._call(report, timeout, peer, Call.BOOTSTRAP, self._join_args(seeds[:i], floor))
+            await self._call(report, phase.timeout, peer, Call.BOOTSTRAP, self._join_args(seeds[:i], floor))
+        await self._joins(phase, report, joiners, seeds, rng, dial_plans)
+
+    async def _warm(self, phase: BootstrapPhase, report: PhaseReport, warm: list[PeerProcess], rng: random.Random) -> None:
+        """Each warm peer gets its converged routing table (lab/workload/kademlia.py) and dials a
+        few random warm peers, so GossipSub has connections to build its meshes on."""
+        tables = converged_tables({p.index: p.peer_id for p in warm}, rng)
+        by_index = {p.index: p for p in warm}
+        dials = min(self.topology.bootstrap.warm_dials, len(warm) - 1)
+        calls: list[tuple[PeerProcess, Call, dict[str, Any]]] = []
+        for peer in warm:
+            others = rng.sample(warm, dials + 1)
+            dial = [p for p in others if p is not peer][:dials]
+            table = [by_index[i].dial_address for i in tables[peer.index]]
+            calls.append((peer, Call.WARM, {"table": table, "dial": [p.dial_address for p in dial]}))
+        await self._calls(report, phase.timeout, calls, phase.concurrency)
+        sizes = sorted(len(tables[p.index]) for p in warm)
+        self.echo(f"  warm start: {len(warm)} peers from converged routing tables (median {sizes[len(sizes) // 2]} peers), "
+                  f"{dials} dials each")
+
+    async def _joins(self, phase: BootstrapPhase, report: PhaseReport, joiners: list[PeerProcess],
+                     seeds: list[PeerProcess], rng: random.Random,
+                     dial_plans: dict[int, list[PeerProcess]] | None = None) -> None:
+        """Cold joins into the network `seeds` already form, `concurrency` at a time."""
+        settings = self.topology.bootstrap
+        timeout = phase.timeout
+        if dial_plans is None:
+            dial_plans = {peer.index: rng.sample(seeds, min(settings.dials, len(seeds))) for peer in joiners}
         joined = len(seeds)
         limit = asyncio.Semaphore(phase.concurrency)
 
@@ -199,10 +235,18 @@ class Workload:
         held = self.holdings.get(peer.index, set())
         return [p for p in self.catalogue if p["id"] not in held]
 
+    def _taking_part(self, peers: int | None, purpose: str) -> list[PeerProcess]:
+        """A phase's `peers` of the live peers, drawn from the seed (its own stream), in join order."""
+        live = self.peers()
+        if peers is None or peers >= len(live):
+            return live
+        chosen = {p.index for p in self.topology.rng(f"{purpose} peers").sample(live, peers)}
+        return [p for p in live if p.index in chosen]
+
     async def _lookup(self, phase: LookupPhase, report: PhaseReport) -> None:
         rng = self.topology.rng("lookup")
         calls = []
-        for peer in self.peers():
+        for peer in self._taking_part(phase.peers, "lookup"):
             candidates = self._not_held(peer)
             chosen = rng.sample(candidates, min(phase.per_peer, len(candidates)))
             self.holdings.setdefault(peer.index, set()).update(p["id"] for p in chosen)
@@ -213,7 +257,7 @@ class Workload:
         """Each query runs twice: the first goes local or remote, the repeat hits the cache."""
         rng = self.topology.rng("search")
         calls = []
-        for peer in self.peers():
+        for peer in self._taking_part(phase.peers, "search"):
             held = [p for p in self.catalogue if p["id"] in self.holdings.get(peer.index, set())]
             remote = self._not_held(peer)
             queries = []
