@@ -163,3 +163,12 @@ def test_rate_is_the_links_own_despite_late_timers_and_a_slow_sender_is_not_a_wr
 def test_sample_pairs_cover_every_ordered_pair_of_groups() -> None:
     assert sample_pairs(["a", "a", "b", "b"]) == [(0, 1), (0, 3), (2, 1), (2, 3)]
     assert sample_pairs(["a", "b"]) == [(0, 1), (1, 0)]  # a one-peer group has no pair within itself
+
+
+def test_loss_the_reference_also_saw_is_unverified_not_failed() -> None:
+    none = plans.LinkPlan()
+    assert loss_check(none, 400, 368).status == "failed"  # 8% lost of a link without loss
+    stalled = loss_check(none, 400, 368, reference_lost=0.07)  # the machine lost 7% of every path
+    assert stalled.status == "unverified" and "probe path itself lost 7.0%" in stalled.reason
+    assert loss_check(none, 400, 300, reference_lost=0.07).status == "failed"  # 25%: more than the noise explains
+    assert loss_check(plans.LinkPlan(loss=0.05), 400, 400, reference_lost=0.07).status == "failed"  # too little: never noise
