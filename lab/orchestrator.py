@@ -44,7 +44,9 @@ from lab.topology import Topology
 from lab.workload.barrier import Deliveries
 from lab.workload.phases import Workload
 from lab.workload.ticker import Ticker
-from nodes.protocol import Dilation, Event
+from nodes.protocol import Call, Dilation, Event
+
+RETIME_NOTICE_NS = 2_000_000_000  # a change of dilation is announced this far ahead of its instant
 
 Echo = Callable[[str], None]
 
@@ -101,10 +103,12 @@ class Run:
         self, topology: Topology, source: str, out: Path, echo: Echo, mode: tuple[str, str], backend: tuple[str | None, str],
         dilation: tuple[float, str] = (1.0, "network.time_dilation: 1"),
     ) -> None:
-        self.topology = topology  # as written: the peers' settings and the SLAs, in virtual time
         self.factor, self.factor_why = dilation
-        self.applied = topology.dilated(self.factor)  # what the lab waits for, in the machine's time
+        # As written, in virtual time (the peers' settings, the SLAs, the phases' waits), with the
+        # network's dilation chosen; the lab stretches its own waits by the factor in force.
+        self.topology = topology.with_dilation(self.factor)
         self.dilation = Dilation(self.factor)  # its epoch is the run's start
+        self.network: NamespaceNetwork | LoopbackNetwork | None = None
         self.source = source
         self.echo = echo
         self.mode, self.why = mode
@@ -172,7 +176,7 @@ class Run:
             clock="time.monotonic_ns (one clock for all processes of this machine)" if self.factor == 1 else
             f"virtual: time.monotonic_ns of this machine, {self.factor:g} times slower from the run's start (every "
             "event, sample and latency; CPU seconds are the machine's)",
-            time_dilation={"factor": self.factor, "reason": self.factor_why},
+            time_dilation={"factor": self.factor, "reason": self.factor_why, "segments": self.dilation.record()},
             versions=provenance.versions(),
             source=provenance.git_commit(),
             machine=provenance.machine(),
@@ -192,13 +196,14 @@ class Run:
         }
         self.run_id.state_file.write_text(json.dumps(state))
         setup.callback(self.run_id.state_file.unlink, missing_ok=True)
-        self.dilation = Dilation.starting_now(self.factor)
+        self.dilation = Dilation.starting_now(self.factor, switchable=self.topology.switches_dilation)
         now = self.dilation.epoch_monotonic_ns
         self.on_event(Event(RUN_STARTED, None, now, now, True))
 
     async def _network(self, setup: AsyncExitStack) -> tuple[list[PeerSlot], PeerSlot | None]:
         hosts = self.topology.hosts()
         network = NamespaceNetwork(self.run_id, hosts, self.factor) if self.mode == "netns" else LoopbackNetwork(hosts)
+        self.network = network
 
         async def teardown() -> None:
             removed = await in_thread_to_completion(network.teardown)
@@ -292,8 +297,9 @@ class Run:
         ]
 
     async def _collector(self, setup: AsyncExitStack, fleet: Fleet) -> None:
-        collector = Collector(self.applied.collector.interval, self.applied.collector.detail_every, fleet.processes,
-                              self.on_sample, self.live.helper_pids if self.live else dict, self.dilation.now_ns)
+        settings = self.topology.collector
+        collector = Collector(settings.interval * self.factor, settings.detail_every, fleet.processes, self.on_sample,
+                              self.live.helper_pids if self.live else dict, self.dilation.now_ns)
         collecting = asyncio.create_task(collector.run())
 
         async def last_sample() -> None:
@@ -329,22 +335,46 @@ class Run:
 
     async def _phases(self, fleet: Fleet) -> str:
         """The workload's phases in order; "complete" if all ran, "failed" if no peer was left."""
-        workload = Workload(self.applied, fleet, self.echo, self.deliveries, self.live)
-        phases = self.applied.workload
+        workload = Workload(self.topology, fleet, self.echo, self.deliveries, self.live)
+        phases = self.topology.workload
         for number, phase in enumerate(phases, 1):
             if not fleet.alive:
                 self.echo(f"[run] no live peer: phases {number}-{len(phases)} not run (causes above and in manifest.json)")
                 return "failed"
+            factor = self.topology.dilation_of(phase)
+            if factor != self.dilation.factor:
+                await self._retime(fleet, factor)
             started = self.dilation.now_ns()
-            report = await workload.run(phase)
-            self.on_event(Event(PHASE, None, started, self.dilation.now_ns(), True,
-                                details={"phase": phase.phase, "number": number, "cpu_busy": report.cpu_busy}))
+            report = await workload.run(phase.dilated(factor))
+            self.on_event(Event(PHASE, None, started, self.dilation.now_ns(), True, details={
+                "phase": phase.phase, "number": number, "cpu_busy": report.cpu_busy, "time_dilation": factor}))
             self.errors.extend(report.errors)
             since_start = {"ended_s": time.monotonic() - self.started}  # e.g. bootstrap's: time to a ready network
             self.phase_reports.append({k: v for k, v in asdict(report).items() if k != "errors"} | since_start)
             self.results.update_manifest(phases=self.phase_reports)
             self.echo(f"[{number}/{len(phases)}] {report.line()}")
         return "complete"
+
+    async def _retime(self, fleet: Fleet, factor: float) -> None:
+        """Changes the run's time dilation: announced to every host process for a real instant
+        RETIME_NOTICE_S ahead (so all switch together and virtual time never jumps), then links
+        and TCP's minimum RTO follow at that instant."""
+        was = self.dilation.factor
+        at, at_wall = time.monotonic_ns() + RETIME_NOTICE_NS, time.time_ns() + RETIME_NOTICE_NS
+        self.dilation.switch(factor, at, at_wall)
+        hosts = {p.pid: p for p in fleet.alive}  # one live peer per host process
+        args = {"real_ns": at, "real_wall_ns": at_wall, "factor": factor}
+        answers = await asyncio.gather(*(fleet.call(p, Call.RETIME, args, RETIME_NOTICE_NS / 1e9) for p in hosts.values()),
+                                       return_exceptions=True)
+        self.errors += [{"phase": "retime", "peer": p.index, "error": str(answer)}
+                        for p, answer in zip(hosts.values(), answers, strict=True) if isinstance(answer, Exception)]
+        await asyncio.sleep(max(0.0, (at - time.monotonic_ns()) / 1e9))
+        if self.live is not None:
+            await self.live.retime()
+        network = self.network
+        if isinstance(network, NamespaceNetwork):
+            await in_thread_to_completion(lambda: network.retime(factor))
+        self.echo(f"[time] dilation {was:g} -> {factor:g}")
 
     def _lab_costs(self) -> dict[str, dict[str, float]]:
         """CPU seconds and peak RSS of the lab's own processes (orchestrator, delay line): the
@@ -362,6 +392,7 @@ class Run:
         costs = self._lab_costs()
         self.echo("[lab] own CPU: " + ", ".join(f"{role} {c['cpu_seconds']:.1f}s" for role, c in sorted(costs.items())))
         self.results.update_manifest(
+            time_dilation={"factor": self.factor, "reason": self.factor_why, "segments": self.dilation.record()},
             status=status,
             partial=status != "complete",
             ended_utc=datetime.now(UTC).isoformat(),

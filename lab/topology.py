@@ -10,7 +10,7 @@ import itertools
 import random
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 import yaml
 from pydantic import (
@@ -296,13 +296,29 @@ class Network(Strict):
 Concurrency = Annotated[int, Field(ge=1, description="peers acting at once; more loads the machine, not the protocol")]
 
 
-class BootstrapPhase(Strict):
+class PhaseBase(Strict):
+    time_dilation: float | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="this phase's own time dilation (network.time_dilation elsewhere): a phase whose operations are "
+        "CPU bursts (gossip at 1000 peers) needs more than one of long waits (lookups); docs/design.md, Virtual time",
+    )
+
+    def dilated(self, factor: float) -> Self:
+        """The phase's waits in the machine's time: timeout, settle, interval and duration `factor` times longer."""
+        stretched = ("timeout", "settle", "interval", "duration")
+        return self.model_copy(update={name: getattr(self, name) * factor for name in stretched
+                                       if getattr(self, name, None) is not None})
+
+
+class BootstrapPhase(PhaseBase):
     phase: Literal["bootstrap"]
     concurrency: Concurrency = 8
     timeout: Duration = 60.0
 
 
-class PublishPhase(Strict):
+class PublishPhase(PhaseBase):
     phase: Literal["publish"]
     concurrency: Concurrency = 8
     packages: int = Field(default=20, ge=1)
@@ -322,7 +338,7 @@ class PublishPhase(Strict):
         return value
 
 
-class LookupPhase(Strict):
+class LookupPhase(PhaseBase):
     phase: Literal["lookup"]
     concurrency: Concurrency = 8
     per_peer: int = Field(default=5, ge=1, description="packages each peer fetches that it does not hold")
@@ -331,7 +347,7 @@ class LookupPhase(Strict):
     timeout: Duration = 300.0
 
 
-class SearchPhase(Strict):
+class SearchPhase(PhaseBase):
     phase: Literal["search"]
     concurrency: Concurrency = 8
     queries_per_peer: int = Field(default=3, ge=1)
@@ -340,7 +356,7 @@ class SearchPhase(Strict):
     timeout: Duration = 120.0
 
 
-class GossipPhase(Strict):
+class GossipPhase(PhaseBase):
     phase: Literal["gossip"]
     announcements: int = Field(default=5, ge=1)
     interval: Duration = 0.5
@@ -350,7 +366,7 @@ class GossipPhase(Strict):
     timeout: Duration = 120.0
 
 
-class ImpairPhase(Strict):
+class ImpairPhase(PhaseBase):
     """Changes the links of some groups; with a duration, restores them afterwards while the
     next phases run, so statistics can be split before/during/after."""
 
@@ -360,7 +376,7 @@ class ImpairPhase(Strict):
     duration: Duration | None = None
 
 
-class IdlePhase(Strict):
+class IdlePhase(PhaseBase):
     """Nothing is asked of the peers for `duration`: the phase's CPU figures are what the network
     costs at rest (heartbeats, RTT pings, DHT maintenance), and `lab netem` can change links at a
     known point of the run."""
@@ -369,7 +385,7 @@ class IdlePhase(Strict):
     duration: Duration = 30.0
 
 
-class ConcurrentSearchPhase(Strict):
+class ConcurrentSearchPhase(PhaseBase):
     phase: Literal["concurrent_search"]
     levels: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 10, 50, 100], min_length=1)
     peers: int = Field(default=1, ge=1, description="peers that each issue the concurrent searches")
@@ -470,19 +486,19 @@ class Topology(Strict):
             raise ValueError(f"bootstrap.sample: {self.bootstrap.sample} leaves no warm peer of {self.peer_count}")
         return self
 
-    def dilated(self, factor: float) -> Topology:
-        """What the lab itself waits for, in the machine's time: phase timeouts, settle bounds,
-        intervals and durations and the collector's interval `factor` times longer. The peers'
-        settings stay in virtual time (their clocks are dilated: nodes/clock.py), and links are
-        dilated where they meet the kernel (lab/shaping/links.py)."""
-        if factor == 1:
-            return self
-        stretched = ("timeout", "settle", "interval", "duration")
-        workload = [phase.model_copy(update={name: getattr(phase, name) * factor for name in stretched
-                                             if getattr(phase, name, None) is not None})
-                    for phase in self.workload]
-        collector = self.collector.model_copy(update={"interval": self.collector.interval * factor})
-        return self.model_copy(update={"workload": workload, "collector": collector})
+    def dilation_of(self, phase: Phase) -> float:
+        """The time dilation a phase runs at (its own, else the network's; a number once chosen)."""
+        network = self.network.time_dilation
+        return phase.time_dilation or (network if isinstance(network, float) else 1.0)
+
+    @property
+    def switches_dilation(self) -> bool:
+        """Whether some phase runs at another dilation than the network's."""
+        return any(p.time_dilation not in (None, self.network.time_dilation) for p in self.workload)
+
+    def with_dilation(self, factor: float) -> Topology:
+        """The topology with the network's dilation chosen (`auto` calibrated)."""
+        return self.model_copy(update={"network": self.network.model_copy(update={"time_dilation": factor})})
 
     def quick(self) -> Topology:
         """The same network with a smaller workload, for a fast look (`lab run --quick`)."""

@@ -30,6 +30,7 @@ from nodes.protocol import Dilation
 
 _real_monotonic_ns = time.monotonic_ns
 _real_time_ns = time.time_ns
+_installed: Dilation | None = None  # the process's timeline, once installed
 
 
 class DilatedClock(trio.abc.Clock):
@@ -45,14 +46,17 @@ class DilatedClock(trio.abc.Clock):
         return self.dilation.virtual_ns(_real_monotonic_ns()) / 1e9
 
     def deadline_to_sleep_time(self, deadline: float) -> float:
-        return max(0.0, (deadline - self.current_time()) * self.dilation.factor)
+        return self.dilation.sleep_s(deadline, _real_monotonic_ns())
 
 
 def install(dilation: Dilation) -> DilatedClock | None:
     """Dilates the process's clocks (before the peers start); returns trio's clock, or None when
-    the factor is 1 and nothing needs to change."""
-    if dilation.factor == 1:
+    the factor is 1 and will stay so. Later changes of factor (`Dilation.switch`, which the
+    orchestrator announces to every host process) take effect through the same object."""
+    global _installed
+    if dilation.factor == 1 and not dilation.switchable:
         return None
+    _installed = dilation
 
     def monotonic_ns() -> int:
         return dilation.virtual_ns(_real_monotonic_ns())
@@ -74,3 +78,12 @@ def install(dilation: Dilation) -> DilatedClock | None:
 
     common.datetime = VirtualDatetime  # type: ignore[misc]
     return DilatedClock(dilation)
+
+
+def retime(factor: float, real_ns: int, real_wall_ns: int) -> None:
+    """The orchestrator's announced change of factor (once per process: the same instant twice
+    is one change)."""
+    if _installed is None:
+        raise RuntimeError("this host's clocks are not dilated (network.time_dilation 1 and no phase of its own)")
+    if all(segment.real_ns != real_ns for segment in _installed.segments):
+        _installed.switch(factor, real_ns, real_wall_ns)

@@ -18,7 +18,7 @@ from nodes.protocol import LAG_BINS_MS, LOOP_LAG
 from nodes.recorder import Recorder
 
 LAG_INTERVAL_S = 0.05
-LAG_WINDOW_S = 1.0
+LAG_WINDOW_S = 0.5
 
 
 async def watch_lag(recorder: Recorder) -> None:

@@ -224,6 +224,10 @@ class Peer:
             details["routing_table"] = self.dht.get_routing_table_size()
         return self.stats()
 
+    async def op_retime(self, real_ns: int, real_wall_ns: int, factor: float) -> None:
+        """The host process's clocks change factor from a real instant on (nodes/clock.py)."""
+        clock.retime(factor, real_ns, real_wall_ns)
+
     async def join_dht(self) -> None:
         """Fills the routing table after the bootstrap dials, as `dht.join` says."""
         if self.settings.dht.join == "refresh":

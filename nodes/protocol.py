@@ -8,52 +8,107 @@ line) is nodes/wire.py, and docs/control-plane.md describes the exchange.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-DILATION_ENV = "P2P_LAB_TIME"  # a host process's virtual clock: "factor:epoch monotonic ns:epoch wall ns"
+DILATION_ENV = "P2P_LAB_TIME"  # a host process's virtual clock: Dilation.env()
 
 
 @dataclass(frozen=True)
+class Segment:
+    """From `real_ns` (the machine's monotonic clock) on, virtual time runs `factor` times
+    slower, from `virtual_ns` (monotonic) and `virtual_wall_ns` (wall clock) at that instant."""
+
+    real_ns: int
+    real_wall_ns: int
+    virtual_ns: int
+    virtual_wall_ns: int
+    factor: float
+
+
 class Dilation:
     """Virtual time, shared by every process of a run (nodes/clock.py, docs/design.md): a clock
     running `factor` times slower than the machine's, equal to it at the run's start (the
-    epoch), so the timestamps of all processes compare."""
+    epoch), so the timestamps of all processes compare. The factor may change between phases:
+    a change is announced before it takes effect (a segment from a real instant on), so every
+    process switches at the same instant and virtual time never jumps."""
 
-    factor: float = 1.0
-    epoch_monotonic_ns: int = 0
-    epoch_wall_ns: int = 0
+    def __init__(self, factor: float = 1.0, segments: list[Segment] | None = None, switchable: bool = False) -> None:
+        self.segments = segments or [Segment(0, 0, 0, 0, factor)]
+        self.switchable = switchable  # install the virtual clock even at factor 1: a phase may change it
+
+    @classmethod
+    def starting_now(cls, factor: float, switchable: bool = False) -> Dilation:
+        real, wall = time.monotonic_ns(), time.time_ns()
+        return cls(factor, [Segment(real, wall, real, wall, factor)], switchable)
+
+    @property
+    def factor(self) -> float:
+        """The factor in force now."""
+        return self._segment(time.monotonic_ns()).factor
+
+    @property
+    def epoch_monotonic_ns(self) -> int:
+        return self.segments[0].real_ns
+
+    def _segment(self, real_ns: int) -> Segment:
+        return next((s for s in reversed(self.segments) if s.real_ns <= real_ns), self.segments[0])
 
     def virtual_ns(self, real_monotonic_ns: int) -> int:
-        return self.epoch_monotonic_ns + round((real_monotonic_ns - self.epoch_monotonic_ns) / self.factor)
+        s = self._segment(real_monotonic_ns)
+        return s.virtual_ns + round((real_monotonic_ns - s.real_ns) / s.factor)
 
     def virtual_wall_ns(self, real_wall_ns: int) -> int:
-        return self.epoch_wall_ns + round((real_wall_ns - self.epoch_wall_ns) / self.factor)
+        s = next((s for s in reversed(self.segments) if s.real_wall_ns <= real_wall_ns), self.segments[0])
+        return s.virtual_wall_ns + round((real_wall_ns - s.real_wall_ns) / s.factor)
 
     def now_ns(self) -> int:
         """Virtual monotonic nanoseconds now (the clock every event of the run is on)."""
         return self.virtual_ns(time.monotonic_ns())
 
-    def real_s(self, virtual_s: float) -> float:
-        """How long `virtual_s` seconds of the run's clock take on the machine's."""
-        return virtual_s * self.factor
+    def sleep_s(self, virtual_deadline_s: float, real_now_ns: int) -> float:
+        """Real seconds from now until a virtual deadline, across any announced change of factor."""
+        if not math.isfinite(virtual_deadline_s):
+            return math.inf  # trio's "no deadline"
+        deadline = round(virtual_deadline_s * 1e9)
+        real, virtual = real_now_ns, self.virtual_ns(real_now_ns)
+        factor = self._segment(real).factor
+        for s in self.segments:
+            if s.real_ns <= real:
+                continue
+            if s.virtual_ns >= deadline:
+                break
+            real, virtual, factor = s.real_ns, s.virtual_ns, s.factor
+        return max(0.0, (real - real_now_ns + (deadline - virtual) * factor) / 1e9)
+
+    def switch(self, factor: float, at_real_ns: int, at_real_wall_ns: int) -> Segment:
+        """From `at_real_ns` (later than every announced change) on, the new factor."""
+        segment = Segment(at_real_ns, at_real_wall_ns, self.virtual_ns(at_real_ns), self.virtual_wall_ns(at_real_wall_ns),
+                          factor)
+        self.segments.append(segment)
+        return segment
 
     def env(self) -> str:
-        return f"{self.factor!r}:{self.epoch_monotonic_ns}:{self.epoch_wall_ns}"
+        segments = [f"{s.real_ns}:{s.real_wall_ns}:{s.virtual_ns}:{s.virtual_wall_ns}:{s.factor!r}" for s in self.segments]
+        return ";".join(segments + (["switchable"] if self.switchable else []))
 
     @classmethod
     def of_env(cls, text: str | None) -> Dilation:
         if not text:
             return cls()
-        factor, monotonic, wall = text.split(":")
-        return cls(float(factor), int(monotonic), int(wall))
+        parts = text.split(";")
+        segments = []
+        for part in (p for p in parts if p != "switchable"):
+            real, wall, virtual, virtual_wall, factor = part.split(":")
+            segments.append(Segment(int(real), int(wall), int(virtual), int(virtual_wall), float(factor)))
+        return cls(segments[0].factor, segments, "switchable" in parts)
 
-    @classmethod
-    def starting_now(cls, factor: float) -> Dilation:
-        return cls(factor, time.monotonic_ns(), time.time_ns())
+    def record(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self.segments]
 
 
 class Call(StrEnum):
@@ -62,6 +117,7 @@ class Call(StrEnum):
     START = "start"  # args: the peer's PeerSettings; answer: its peer id and addresses
     BOOTSTRAP = "bootstrap"  # dial seeds, join the DHT
     WARM = "warm"  # take a converged routing table, dial a few peers (bootstrap.mode: warm)
+    RETIME = "retime"  # to one peer per host process: its clocks change factor at a real instant (Dilation.switch)
     PUBLISH = "publish"
     GET = "get"
     SEARCH = "search"

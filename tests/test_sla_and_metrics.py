@@ -171,13 +171,13 @@ def test_the_guard_calls_a_latency_inconclusive_when_the_loop_lag_is_not_small_a
         counts[LAG_BINS_MS.index(bin_ms)] = 20
         return event("loop_lag", 1000, start_ns=start, counts=counts)
 
-    phase = event("phase", 10_000, peer=None, start_ns=0, phase="lookup", number=3)
+    phase = event("phase", 10_000, peer=None, start_ns=0, phase="lookup", number=3, time_dilation=2.0)
     gets = [event("get", 10, start_ns=1_000_000 * i) for i in range(10)]  # p50 10 ms: 5% is 0.5 ms
     summary = summarize([g.ms for g in gets], unit="millisecond")
     quiet = [phase, *gets, lag_window(0, 0.2)]
-    assert judge("get", summary, quiet, phase_lags(quiet), 1.0) == Judgement(True, 0.2, 0.5, ["lookup"])
+    assert judge("get", summary, quiet, phase_lags(quiet)) == Judgement(True, 0.2, 0.5, ["lookup"])
     busy = [phase, *gets, lag_window(0, 2)]  # timers 2 ms late: 4x the 0.5 ms allowed
-    verdict = judge("get", summary, busy, phase_lags(busy), 2.0)
+    verdict = judge("get", summary, busy, phase_lags(busy))  # the phase ran at dilation 2
     assert verdict is not None and not verdict.conclusive and verdict.dilation_needed == 8.0
     assert "needs time_dilation >= 8" in verdict.reason()
-    assert judge("search_cache_hit", summary, busy, phase_lags(busy), 1.0) is None  # answered without waiting
+    assert judge("search_cache_hit", summary, busy, phase_lags(busy)) is None  # answered without waiting

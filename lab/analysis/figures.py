@@ -98,8 +98,7 @@ def _operation_errors(records: RunRecords) -> dict[str, dict[str, int]]:
 def _guarded(verdict: Verdict, summary: dict[str, Summary], records: RunRecords, fidelity: list[PhaseLag]) -> Verdict:
     """The SLA verdict as the fidelity guard lets it stand: inconclusive where the machine was too busy."""
     metric = summary.get(verdict.metric)
-    factor = float((records.manifest.get("time_dilation") or {}).get("factor") or 1.0)
-    judgement = judge(verdict.metric, metric, records.events, fidelity, factor) if metric else None
+    judgement = judge(verdict.metric, metric, records.events, fidelity) if metric else None
     if judgement is None:
         return verdict
     guard = {**asdict(judgement), "reason": judgement.reason()}

@@ -5,7 +5,7 @@ virtual time. A latency measured while timers run late includes that wait: when 
 saturated it measures queueing for a CPU, not the protocol. The rule:
 
 - per phase (from the orchestrator's `phase` events), the loop lag of all host processes is
-  pooled (windows of 1 s that overlap the phase, counts by lateness; quantiles are a bin's
+  pooled (windows of 0.5 s that overlap the phase, counts by lateness; quantiles are a bin's
   upper edge, so they err high);
 - a time metric's verdict (milliseconds or seconds) is **inconclusive** when the lag's p99, in
   the phases its operations started in, exceeds GUARD_SHARE (5%) of the metric's median: the
@@ -68,6 +68,7 @@ class PhaseLag:
     end_ns: int
     cpu_busy: float | None  # the machine's busy share during the phase
     lag: Lag
+    time_dilation: float = 1.0
 
     def record(self) -> dict[str, object]:
         return {**asdict(self), "lag": asdict(self.lag)}
@@ -107,7 +108,8 @@ def _pooled(events: list[Event], spans: list[tuple[int, int]]) -> Lag:
 def phase_lags(events: list[Event]) -> list[PhaseLag]:
     return [
         PhaseLag(str(e.details.get("phase")), int(e.details.get("number", 0)), e.start_ns, e.end_ns,
-                 e.details.get("cpu_busy"), _pooled(events, [(e.start_ns, e.end_ns)]))
+                 e.details.get("cpu_busy"), _pooled(events, [(e.start_ns, e.end_ns)]),
+                 float(e.details.get("time_dilation", 1)))
         for e in events if e.op == PHASE
     ]
 
@@ -120,7 +122,7 @@ def _phases_of(metric: str, events: list[Event], phases: list[PhaseLag]) -> list
     return [p for p in phases if bisect.bisect_left(starts, p.start_ns) < bisect.bisect_right(starts, p.end_ns)]
 
 
-def judge(metric: str, summary: Summary, events: list[Event], phases: list[PhaseLag], factor: float) -> Judgement | None:
+def judge(metric: str, summary: Summary, events: list[Event], phases: list[PhaseLag]) -> Judgement | None:
     """The guard's judgement of a time metric; None for metrics it does not judge."""
     scale = MS_PER_UNIT.get(summary.unit)
     if scale is None or summary.p50 is None or metric in ANSWERED_LOCALLY:
@@ -133,4 +135,5 @@ def judge(metric: str, summary: Summary, events: list[Event], phases: list[Phase
     limit = GUARD_SHARE * summary.p50 * scale
     if lag.p99_ms <= limit:
         return Judgement(True, lag.p99_ms, limit, names)
+    factor = max(p.time_dilation for p in involved)
     return Judgement(False, lag.p99_ms, limit, names, float(math.ceil(factor * lag.p99_ms / limit)))

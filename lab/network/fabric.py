@@ -45,7 +45,7 @@ LOOPBACK = ipaddress.ip_network("127.18.0.0/16")
 PEER_PORT = 4001
 NUD_PERMANENT = 0x80
 TCP_RTO_MIN_MS = 200  # Linux's TCP_RTO_MIN
-LOCAL_TABLE, HAIRPIN_TABLE = 255, 100
+LOCAL_TABLE, MAIN_TABLE, HAIRPIN_TABLE = 255, 254, 100
 HAIRPIN_RULE, LOCAL_RULE = 100, 1000
 HUB_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.send_redirects": "0",
                "net.ipv4.conf.default.send_redirects": "0"}
@@ -88,6 +88,10 @@ def _mac(side: int, index: int) -> str:
     return ":".join(f"{byte:02x}" for byte in (2, side, *index.to_bytes(4, "big")))
 
 
+def _rto_metrics(dilation: float) -> dict[str, int]:
+    return {"rto_min": round(TCP_RTO_MIN_MS * dilation)} if dilation != 1 else {}
+
+
 def _write_sysctls_in(netns_name: str, settings: dict[str, str]) -> None:
     """Sysctls are per namespace: write them from a child that entered the namespace."""
     pid = os.fork()
@@ -117,8 +121,9 @@ class NamespaceNetwork:
             raise NetworkError(f"198.18.0.0/15 holds at most {MAX_PEERS} peers, not {peers}")
         self.run = run
         self.hosts = hosts
-        self.metrics = {"rto_min": round(TCP_RTO_MIN_MS * dilation)} if dilation != 1 else {}
+        self.metrics = _rto_metrics(dilation)
         self.created: list[str] = []
+        self.hosts_built: dict[str, list[PeerSlot]] = {}  # namespace -> its peer slots
         self.reference: PeerSlot | None = None
 
     def build(self, progress: Progress | None = None) -> list[PeerSlot]:
@@ -165,22 +170,32 @@ class NamespaceNetwork:
             for slot in slots:
                 ns.addr("add", index=eth0, address=slot.ip, prefixlen=32)
             ns.link("set", index=eth0, state="up")
-            ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link", metrics=self.metrics)
-            ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, prefsrc=slots[0].ip, metrics=self.metrics)
             ns.neigh("add", dst=GATEWAY, lladdr=hub_mac, ifindex=eth0, state=NUD_PERMANENT)
+            self._routes(ns, eth0, slots, "add")
             if len(slots) > 1:
-                self._hairpin(ns, eth0)
+                ns.rule("add", priority=LOCAL_RULE, table=LOCAL_TABLE)
+                ns.rule("del", priority=0, table=LOCAL_TABLE)
+                ns.rule("add", priority=HAIRPIN_RULE, iifname="lo", dst=str(FABRIC.network_address),
+                        dst_len=FABRIC.prefixlen, table=HAIRPIN_TABLE)
+        self.hosts_built[name] = slots
         if len(slots) > 1:
             _write_sysctls_in(name, HAIRPIN_SYSCTLS)
 
-    def _hairpin(self, ns: NetNS, eth0: int) -> None:
-        """Packets between the host's own addresses leave through eth0 and come back via the hub."""
-        ns.rule("add", priority=LOCAL_RULE, table=LOCAL_TABLE)
-        ns.rule("del", priority=0, table=LOCAL_TABLE)
-        ns.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope="link", table=HAIRPIN_TABLE, metrics=self.metrics)
-        ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, table=HAIRPIN_TABLE, metrics=self.metrics)
-        ns.rule("add", priority=HAIRPIN_RULE, iifname="lo", dst=str(FABRIC.network_address), dst_len=FABRIC.prefixlen,
-                table=HAIRPIN_TABLE)
+    def _routes(self, ns: NetNS, eth0: int, slots: list[PeerSlot], command: str) -> None:
+        """A host's routes to the hub (and, for several peers, the hairpin table's: packets
+        between the host's own addresses leave through eth0 and come back), each with TCP's
+        minimum RTO for the run's dilation."""
+        for table in (MAIN_TABLE, HAIRPIN_TABLE) if len(slots) > 1 else (MAIN_TABLE,):
+            ns.route(command, dst=f"{GATEWAY}/32", oif=eth0, scope="link", table=table, metrics=self.metrics)
+            ns.route(command, dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, prefsrc=slots[0].ip, table=table,
+                     metrics=self.metrics)
+
+    def retime(self, dilation: float) -> None:
+        """TCP's minimum RTO on every host's routes for a new dilation (a phase changed it)."""
+        self.metrics = _rto_metrics(dilation)
+        for name, slots in self.hosts_built.items():
+            with NetNS(name) as ns:
+                self._routes(ns, ns.link_lookup(ifname="eth0")[0], slots, "replace")
 
     def teardown(self) -> list[str]:
         """Removes every namespace this run made (veth pairs go with them)."""

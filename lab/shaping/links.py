@@ -116,6 +116,13 @@ class Links:
         self._apply({i: LinkPlan() for i in peers})
         return Change(peers, None, source, self.dilation.now_ns())
 
+    def retime(self) -> Change:
+        """The links in force again, at the dilation now in force (a phase changed it)."""
+        shaped = [i for i, plan in enumerate(self.current) if plan.is_impaired]
+        if shaped:
+            self._apply({i: self.current[i] for i in shaped})
+        return Change(shaped, {"time_dilation": self.dilation.factor}, "time dilation", self.dilation.now_ns())
+
     def show(self, peers: list[int]) -> list[dict[str, Any]]:
         return [
             {"peer": i, "group": self.groups[i], "configured": self.current[i].describe(),

@@ -58,6 +58,10 @@ class LiveLinks:
         change = await self.set_link(peers, link, source, duration)
         return f"{len(change.peers)} peers of {groups}: {self.links.current[peers[0]].describe()}"
 
+    async def retime(self) -> None:
+        """Every link again, at the dilation now in force."""
+        await self._change(self.links.retime)
+
     def helper_pids(self) -> dict[str, int]:
         """The backend's helper processes, for the collector."""
         return self.links.backend.helper_pids()
