@@ -57,7 +57,9 @@ def figure(summary: dict[str, Summary], metric: str, stat: str) -> float | None:
 def point_row(directory: Path) -> dict[str, Any]:
     """One network size's figures, from its records by the analysis `lab run` used."""
     records = load(directory)
-    manifest, summary = records.manifest, analyze(records).summary
+    analysis = analyze(records)
+    manifest, summary = records.manifest, analysis.summary
+    factors = sorted({s["factor"] for s in (manifest.get("time_dilation") or {}).get("segments", [{"factor": 1}])})
     phases = {p["phase"]: p for p in manifest["phases"]}
     workload = [phases[name] for name in WORKLOAD_PHASES if name in phases]  # the phases it finished
     workload_s = sum(p["seconds"] for p in workload)
@@ -91,6 +93,12 @@ def point_row(directory: Path) -> dict[str, Any]:
         "get_success": figure(summary, "get", "success_ratio"),
         "gossip_delivery_p95_ms": figure(summary, "gossip_delivery", "p95"),
         "gossip_delivery_ratio_min": figure(summary, "gossip_delivery_ratio", "min"),
+        "cpu_s_per_join": figure(summary, "cpu_s_per_join", "p50"),
+        "cpu_s_per_lookup": figure(summary, "cpu_s_per_lookup", "p50"),
+        "cpu_s_per_publish": figure(summary, "cpu_s_per_publish", "p50"),
+        "cpu_s_per_delivery": figure(summary, "cpu_s_per_delivery", "p50"),
+        "time_dilation": "/".join(f"{f:g}" for f in factors),
+        "verdicts_inconclusive": sum(v.status == "inconclusive" for v in analysis.verdicts),
         "machine_cpu_busy_workload": sum(p["cpu_busy"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
         "lab_cpu_share_workload": sum(p["lab_cpu"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
         "python_probe_ms": manifest["machine"].get("python_speed", {}).get("best_ms"),
@@ -121,6 +129,12 @@ COLUMNS = [
     ("dht_lookup_success", "lookup success", "{:.3f}"),
     ("gossip_delivery_p95_ms", "gossip p95 (ms)", "{:.0f}"),
     ("gossip_delivery_ratio_min", "gossip ratio min", "{:.3f}"),
+    ("cpu_s_per_join", "CPU-s per join", "{:.2f}"),
+    ("cpu_s_per_lookup", "CPU-s per lookup", "{:.2f}"),
+    ("cpu_s_per_publish", "CPU-s per publish", "{:.2f}"),
+    ("cpu_s_per_delivery", "CPU-s per delivery", "{:.3f}"),
+    ("time_dilation", "dilation", "{}"),
+    ("verdicts_inconclusive", "inconclusive verdicts", "{:.0f}"),
     ("machine_cpu_busy_workload", "machine CPU busy", "{:.0%}"),
     ("lab_cpu_share_workload", "lab's own CPU", "{:.2%}"),
     ("python_probe_ms", "machine's Python probe (ms)", "{:.1f}"),

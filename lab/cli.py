@@ -102,9 +102,9 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
 @click.option("--noise", default=f"{compare_runs.DEFAULT_NOISE:.0%}", show_default=True, help="Changes inside ±noise are noise.")
 @click.option(
     "--alpha", default=compare_runs.DEFAULT_ALPHA, show_default=True, help="Significance level after correction.",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
 )
-@click.option("--strict", is_flag=True, help="Exit 1 if any metric regressed (for nightly runners).")
+@click.option("--strict", is_flag=True, help="Exit 1 if any metric regressed, 2 if nothing could be compared.")
 @click.option("--format", "output", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
 def compare(
     baseline: Path, candidate: Path, metrics: tuple[str, ...], noise: str, alpha: float, strict: bool, output: str
@@ -117,26 +117,22 @@ def compare(
     unknown = [m for m in metrics if unit_of(m) is None]
     if unknown:
         raise LabError(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
-    sides = []
     for label, run_dir in (("BASELINE", baseline), ("CANDIDATE", candidate)):
         single = (run_dir / MANIFEST).is_file() and (run_dir / EVENTS).is_file()
         if not single and not compare_runs.is_repeat(run_dir):
             raise LabError(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl, no repeat.json)")
-        try:
-            samples = compare_runs.run_samples(run_dir)
-        except RecordsError as exc:
-            raise LabError(f"{label}: {exc}") from None
-        sides.append({name: m for name, m in samples.items() if not metrics or name in metrics})
-    repeated = [compare_runs.is_repeat(d) for d in (baseline, candidate)]
-    if repeated[0] != repeated[1]:
-        raise LabError("cannot compare a repeated run (--repeat) with a single run: repeat both or neither")
-    minimum = compare_runs.MIN_RUNS if repeated[0] else compare_runs.MIN_SAMPLES
-    if repeated[0] and output != "json":
-        click.echo("run level: each value is one run's median")
-    comparisons = compare_runs.compare_samples(sides[0], sides[1], noise_share, alpha, min_samples=minimum)
-    for line in terminal.comparison_lines(comparisons, output):
+    try:
+        report = compare_runs.compare_dirs(baseline, candidate, noise_share, alpha, metrics)
+    except RecordsError as exc:
+        raise LabError(str(exc)) from None
+    for line in report.skipped:
+        click.echo(f"note: {line}", err=True)
+    for line in terminal.comparison_lines(report, output):
         click.echo(line)
-    if strict and any(c.verdict == "regressed" for c in comparisons):
+    judged = [c for c in report.comparisons if c.change is not None]
+    if strict and not judged:
+        raise LabError("nothing was compared: no metric has enough values on both sides (--strict)")
+    if strict and any(c.verdict == "regressed" for c in report.comparisons):
         sys.exit(exits.FAILED)
 
 

@@ -168,6 +168,7 @@ class Bootstrap(Strict):
     )
     sample: int = Field(default=20, ge=1, description="warm: the peers that join cold and are measured")
     warm_dials: int = Field(default=4, ge=0, description="warm: connections each warm peer opens to random warm peers")
+    warm_concurrency: int = Field(default=64, ge=1, description="warm: peers taking their warm start at once (not measured)")
 
 
 class Connections(Strict):

@@ -272,7 +272,7 @@ def test_report_with_compare_adds_the_table_and_overlaid_distributions(netns_run
     assert result.exit_code == 0, result.output
     page = (run / "report.html").read_text()
     assert 'id="comparison"' in page and 'id="figure-compare_cdf"' in page and (run / "plots" / "compare_cdf.svg").exists()
-    assert "unchanged" in page  # a run against itself changes nothing
+    assert "within noise" in page  # a run against itself changes nothing
     bad = CliRunner().invoke(main, ["report", str(run), "--compare", str(tmp_path)])
     assert bad.exit_code == 2 and f"{tmp_path}/manifest.json: cannot read" in bad.output and len(bad.output.splitlines()) == 1
 

@@ -13,7 +13,7 @@ import jinja2
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from lab.analysis.compare import DEFAULT_ALPHA, DEFAULT_NOISE, compare_samples, run_samples
+from lab.analysis.compare import DEFAULT_ALPHA, DEFAULT_NOISE, compare_dirs, run_samples
 from lab.analysis.figures import Analysis, analyze
 from lab.analysis.metrics import Metric
 from lab.analysis.records import RunRecords, load
@@ -78,7 +78,7 @@ def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
         "notes": analysis.notes,
         "figures": _figures(records, analysis, base),
         "baseline": baseline,
-        "comparisons": compare_samples(base[1], analysis.metrics, DEFAULT_NOISE, DEFAULT_ALPHA) if base else None,
+        "comparison": compare_dirs(baseline, run_dir, DEFAULT_NOISE, DEFAULT_ALPHA) if baseline is not None else None,
     }
     path = run_dir / REPORT
     path.write_text(environment.get_template("report.html").render(**context))

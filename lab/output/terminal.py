@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lab.analysis.compare import Comparison
+from lab.analysis.compare import Report
 from lab.analysis.figures import Errors
 from lab.analysis.guard import PhaseLag
 from lab.analysis.sla import Verdict
@@ -36,32 +36,30 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1%}"
 
 
-def comparison_lines(comparisons: list[Comparison], output: str) -> list[str]:
+def comparison_lines(report: Report, output: str) -> list[str]:
     """`table` for a terminal, `markdown` for a CI comment, `json` for tools."""
     if output == "json":
-        return [json.dumps([c.to_json() for c in comparisons], indent=2)]
-    header = ["metric", "unit", "base n", "base p50", "base p95", "cand n", "cand p50", "cand p95"]
-    header += ["change", "95% CI", "adj. p", "verdict"]
+        return [json.dumps(report.to_json(), indent=2)]
+    families = ", ".join(f"{n} {family}" for family, n in report.adjustment["families"].items())
+    what = ("each value one run's median" if report.level == "runs" else "every sample of each run")
+    intro = [f"level: {report.level} ({what}); baseline {report.baseline['path']}, candidate {report.candidate['path']}; "
+             f"noise ±{report.noise:.0%}, alpha {report.alpha}; {report.adjustment['method']} ({families})"]
+    header = ["metric", "family", "base n", "base p50", "cand n", "cand p50", "change", f"{1 - 2 * report.alpha:.0%} interval",
+              "p95 change", "failures", "verdict"]
     rows = [
         [
-            c.metric,
-            c.unit,
-            str(c.baseline.n),
-            _cell(c.baseline.p50),
-            _cell(c.baseline.p95),
-            str(c.candidate.n),
-            _cell(c.candidate.p50),
-            _cell(c.candidate.p95),
-            _percent(c.change),
-            f"[{_percent(c.change_ci95[0])}, {_percent(c.change_ci95[1])}]" if c.change_ci95 else "-",
-            _cell(c.p_adjusted),
+            c.metric, c.family, str(c.baseline.n), _cell(c.baseline.p50), str(c.candidate.n), _cell(c.candidate.p50),
+            _percent(c.change), f"[{_percent(c.interval[0])}, {_percent(c.interval[1])}]" if c.interval else "-",
+            _percent(c.tail["change"]) + f" ({c.tail['verdict']})" if c.tail else "-",
+            f"{c.failures['baseline']:.1%} -> {c.failures['candidate']:.1%}" if c.failures else "-",
             c.verdict,
         ]
-        for c in comparisons
+        for c in report.comparisons
     ]
+    reasons = [f"  {c.metric}: {c.reason}" for c in report.comparisons if c.verdict in ("regressed", "improved", "inconclusive")]
     if output == "markdown":
-        return ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows]]
-    return _aligned([header, *rows])
+        return intro + [""] + ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows]] + reasons
+    return intro + _aligned([header, *rows]) + reasons
 
 
 def verdict_lines(verdicts: list[Verdict]) -> list[str]:

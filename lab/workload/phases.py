@@ -169,7 +169,7 @@ class Workload:
             dial = [p for p in others if p is not peer][:dials]
             table = [by_index[i].dial_address for i in tables[peer.index]]
             calls.append((peer, Call.WARM, {"table": table, "dial": [p.dial_address for p in dial]}))
-        await self._calls(report, phase.timeout, calls, phase.concurrency)
+        await self._calls(report, phase.timeout, calls, self.topology.bootstrap.warm_concurrency)
         sizes = sorted(len(tables[p.index]) for p in warm)
         self.echo(f"  warm start: {len(warm)} peers from converged routing tables (median {sizes[len(sizes) // 2]} peers), "
                   f"{dials} dials each")
