@@ -324,6 +324,11 @@ class PublishPhase(PhaseBase):
     concurrency: Concurrency = 8
     packages: int = Field(default=20, ge=1)
     body_size: Size = Field(default=16 * 1024, description="size of each package body")
+    announce: bool = Field(
+        default=True,
+        description="gossip each package as it is published; false: the gossip phase alone sends announcements, "
+        "at its own time_dilation (a burst of concurrent announcements needs more than the DHT puts do)",
+    )
     timeout: Duration = 120.0
     settle: Duration = Field(
         default=60.0,

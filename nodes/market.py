@@ -66,7 +66,9 @@ class Market:
 
     # -- publish -------------------------------------------------------------------------
 
-    async def publish(self, metadata: dict[str, Any], size: int) -> None:
+    async def publish(self, metadata: dict[str, Any], size: int, announce: bool) -> None:
+        """`announce`: gossip the package too; the event then names the message (`msg`) whose
+        deliveries are owed."""
         async with self.recorder.operation(Op.PUBLISH, package=metadata["id"]) as details:
             body = make_body(self.seed, metadata["id"], size)
             package = Package.from_dict(
@@ -82,7 +84,9 @@ class Market:
             if not await self.dht.provide(key):
                 raise OpFailed("provider record was not stored")
             details["provide_ms"] = (time.monotonic_ns() - started) / 1e6
-            await self.announce(f"publish:{package.id}", package)
+            if announce:
+                details["msg"] = f"publish:{package.id}"
+                await self.announce(details["msg"], package)
 
     async def announce(self, message_id: str, package: Package) -> None:
         """Gossip an announcement; the send time travels in the payload (one clock per machine)."""

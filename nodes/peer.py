@@ -241,8 +241,8 @@ class Peer:
             if peer_id in dialable:
                 await self.dht.routing_table.add_peer(PeerInfo(peer_id, peerstore.addrs(peer_id)))
 
-    async def op_publish(self, packages: list[dict[str, Any]], size: int) -> int:
-        return await self._each(packages, lambda p: self.market.publish(p, size))
+    async def op_publish(self, packages: list[dict[str, Any]], size: int, announce: bool) -> int:
+        return await self._each(packages, lambda p: self.market.publish(p, size, announce))
 
     async def op_get(self, ids: list[str]) -> int:
         return await self._each(ids, self.market.get)

@@ -8,7 +8,7 @@ from lab.workload.barrier import Deliveries
 
 def test_missing_counts_only_the_phases_own_messages_and_live_receivers() -> None:
     deliveries = Deliveries()
-    deliveries.record(event("publish", 1, peer=0, package="pkg-1"))
+    deliveries.record(event("publish", 1, peer=0, package="pkg-1", msg="publish:pkg-1"))
     deliveries.record(event("gossip_delivery", 5, peer=1, msg="publish:pkg-1"))
     first = deliveries.mark()
     assert first == 1
@@ -24,7 +24,7 @@ def test_missing_counts_only_the_phases_own_messages_and_live_receivers() -> Non
 def test_a_delivery_that_arrives_before_its_senders_event_still_counts() -> None:
     deliveries = Deliveries()
     deliveries.record(event("gossip_delivery", 5, peer=1, msg="publish:pkg-1"))  # the publish op ends after announcing
-    deliveries.record(event("publish", 9, peer=0, package="pkg-1"))
+    deliveries.record(event("publish", 9, peer=0, package="pkg-1", msg="publish:pkg-1"))
     assert deliveries.missing(0, {0, 1}) == 0
 
 

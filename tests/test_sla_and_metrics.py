@@ -49,7 +49,8 @@ def test_unmeasured_metric_fails_with_reason() -> None:
 def test_delivery_ratio_per_message() -> None:
     events = [
         event("gossip_publish", 1, msg="gossip:0"),
-        event("publish", 1, package="pkg-1"),
+        event("publish", 1, package="pkg-1", msg="publish:pkg-1"),
+        event("publish", 1, package="pkg-2"),  # published without an announcement: no deliveries owed
         *[event("gossip_delivery", 5, peer=p, msg="gossip:0") for p in (1, 2, 3)],
         event("gossip_delivery", 5, peer=3, msg="gossip:0"),  # a duplicate receiver counts once
         event("gossip_delivery", 5, peer=1, msg="publish:pkg-1"),

@@ -107,13 +107,9 @@ def impairment_periods(events: list[Event]) -> list[Period]:
 
 
 def announced_message(event: Event) -> str | None:
-    """The message an event says was sent: a gossip-phase announcement or a publish's."""
-    if not event.ok:
-        return None
-    if event.op == Op.GOSSIP_PUBLISH:
+    """The message an event says was sent: a gossip-phase announcement or a publish that announced."""
+    if event.ok and event.op in (Op.GOSSIP_PUBLISH, Op.PUBLISH):
         return event.message
-    if event.op == Op.PUBLISH:
-        return f"publish:{event.package}"
     return None
 
 

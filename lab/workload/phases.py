@@ -217,7 +217,7 @@ class Workload:
         await self._calls(
             report,
             phase.timeout,
-            [(by_index[i], Call.PUBLISH, {"packages": packages, "size": phase.body_size})
+            [(by_index[i], Call.PUBLISH, {"packages": packages, "size": phase.body_size, "announce": phase.announce})
              for i, packages in sorted(plan.items())],
             phase.concurrency,
         )
