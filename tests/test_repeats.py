@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, leftovers, needs_root, run_lab
+from lab import exits
 from lab.analysis.repeats import between_runs
 from lab.analysis.stats import Summary, summarize
 
@@ -46,7 +47,7 @@ def test_repeat_two_runs_fresh_networks(tmp_path: Path) -> None:
     assert [m["status"] for m in manifests] == ["complete", "complete"]
     assert repeat["repeats"] == 2 and repeat["seeds"] == [7, 7]
     codes = [r["exit_code"] for r in repeat["runs"]]
-    assert done.returncode == max(codes), done.stdout + done.stderr
+    assert done.returncode == exits.worst(codes), done.stdout + done.stderr
     for name, figures in repeat["metrics"].items():
         medians = [json.loads((r / "summary.json").read_text())["metrics"].get(name, {}).get("p50") for r in runs]
         assert figures["run_medians"] == [m for m in medians if m is not None], name

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from conftest import TINY, needs_root, run_lab
+from lab import exits
 from lab.sweep import Setting, grid, numeric, point_dir
 from lab.topology import TopologyError
 
@@ -56,7 +57,7 @@ def test_a_real_sweep_writes_points_table_and_curves(tmp_path: Path) -> None:
     done = run_lab("sweep", str(TINY), "--set", "peers=4,6", "--quick", "--out", str(out))
     sweep = json.loads((out / "sweep.json").read_text())
     assert [p["settings"] for p in sweep["points"]] == [{"peers": "4"}, {"peers": "6"}]
-    assert done.returncode == max(p["exit_code"] for p in sweep["points"]), done.stdout + done.stderr
+    assert done.returncode == exits.worst([p["exit_code"] for p in sweep["points"]]), done.stdout + done.stderr
     for point in sweep["points"]:
         manifest = json.loads((out / point["dir"] / "manifest.json").read_text())
         assert manifest["peers_ready"] == point["peers"] == int(point["settings"]["peers"])
