@@ -182,3 +182,7 @@ def test_the_guard_calls_a_latency_inconclusive_when_the_loop_lag_is_not_small_a
     assert verdict is not None and not verdict.conclusive and verdict.dilation_needed == 8.0
     assert "needs time_dilation >= 8" in verdict.reason()
     assert judge("search_cache_hit", summary, busy, phase_lags(busy)) is None  # answered without waiting
+    # Late timers after the last get ended (the phase's settle, a change of dilation) are not in any get
+    after = [phase, *gets, lag_window(0, 0.2), lag_window(5_000_000_000, 50)]
+    assert phase_lags(after)[0].lag.p99_ms == 50
+    assert judge("get", summary, after, phase_lags(after)) == Judgement(True, 0.2, 0.5, ["lookup"])

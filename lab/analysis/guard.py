@@ -7,9 +7,11 @@ saturated it measures queueing for a CPU, not the protocol. The rule:
 - per phase (from the orchestrator's `phase` events), the loop lag of all host processes is
   pooled (windows of 0.5 s that overlap the phase, counts by lateness; quantiles are a bin's
   upper edge, so they err high);
-- a time metric's verdict (milliseconds or seconds) is **inconclusive** when the lag's p99, in
-  the phases its operations started in, exceeds GUARD_SHARE (5%) of the metric's median: the
-  error the machine adds is then not small against what is measured. Operations answered
+- a time metric's verdict (milliseconds or seconds) is **inconclusive** when the lag's p99 while
+  its operations ran (per phase they started in, from the first one's start to the last one's
+  end) exceeds GUARD_SHARE (5%) of the metric's median: the error the machine adds is then not
+  small against what is measured. Lag after the last one ended (a phase's settle time, the
+  change of time dilation at its end) cannot be in them. Operations answered
   without waiting (a cache hit, a local index or DHT store) run between two of the loop's
   turns, so a late timer is not in them: the guard does not judge them;
 - the time dilation the run would have needed is estimated as the run's factor scaled by how
@@ -89,7 +91,7 @@ class Judgement:
             return "no loop lag measured in its phases"
         relation = "<=" if self.conclusive else ">"
         text = (f"loop lag p99 {self.lag_p99_ms:g} ms {relation} {GUARD_SHARE:.0%} of the median "
-                f"({self.limit_ms:.3g} ms) in {', '.join(self.phases)}")
+                f"({self.limit_ms:.3g} ms) while its operations ran in {', '.join(self.phases)}")
         return text if self.conclusive else f"{text}: the machine was too busy; needs time_dilation >= {self.dilation_needed:g}"
 
 
@@ -114,12 +116,21 @@ def phase_lags(events: list[Event]) -> list[PhaseLag]:
     ]
 
 
-def _phases_of(metric: str, events: list[Event], phases: list[PhaseLag]) -> list[PhaseLag]:
-    """The phases in which the metric's operations started (time to ready: the bootstrap's)."""
-    starts = sorted(e.start_ns for e in events if e.op == metric) if unit_of(metric) == "millisecond" else []
-    if not starts:
-        return [p for p in phases if p.phase == "bootstrap"] if metric == "time_to_ready" else []
-    return [p for p in phases if bisect.bisect_left(starts, p.start_ns) < bisect.bisect_right(starts, p.end_ns)]
+def _spans_of(metric: str, events: list[Event], phases: list[PhaseLag]) -> tuple[list[PhaseLag], list[tuple[int, int]]]:
+    """The phases in which the metric's operations started, and in each, the span from the first
+    one's start to the last one's end (time to ready: the bootstrap phase)."""
+    operations = sorted((e.start_ns, e.end_ns) for e in events if e.op == metric) if unit_of(metric) == "millisecond" else []
+    if not operations:
+        involved = [p for p in phases if p.phase == "bootstrap"] if metric == "time_to_ready" else []
+        return involved, [(p.start_ns, p.end_ns) for p in involved]
+    starts = [start for start, _ in operations]
+    involved, spans = [], []
+    for p in phases:
+        inside = operations[bisect.bisect_left(starts, p.start_ns):bisect.bisect_right(starts, p.end_ns)]
+        if inside:
+            involved.append(p)
+            spans.append((inside[0][0], max(end for _, end in inside)))
+    return involved, spans
 
 
 def judge(metric: str, summary: Summary, events: list[Event], phases: list[PhaseLag]) -> Judgement | None:
@@ -127,8 +138,8 @@ def judge(metric: str, summary: Summary, events: list[Event], phases: list[Phase
     scale = MS_PER_UNIT.get(summary.unit)
     if scale is None or summary.p50 is None or metric in ANSWERED_LOCALLY:
         return None
-    involved = _phases_of(metric, events, phases)
-    lag = _pooled(events, [(p.start_ns, p.end_ns) for p in involved])
+    involved, spans = _spans_of(metric, events, phases)
+    lag = _pooled(events, spans)
     names = [p.phase for p in involved]
     if lag.p99_ms is None:
         return Judgement(True, None, None, names)

@@ -33,11 +33,12 @@ against the band the configuration allows:
   k pairs gets 1 - 0.001/k (Bonferroni). A machine stalled for long loses packets of every path
   (the kernel's backlog queue overflows): more loss than configured is unverified, not failed,
   when the reference lost enough beside it to explain it;
-- rate: a UDP stream at 1.25x the rate for 1 s (longer if needed for 12 windows), reference
-  probes beside it; the link's rate is the median over windows of k consecutive arrivals (a
-  late timer stretches a few windows, not the median; k spans 8 jitters), interval from the
-  windows' order statistics; band 90%..110%
-  of the rate, its low end times (1 - loss). Below the band it is unverified, not failed, when
+- rate: a UDP stream offering twice the rate for 1 s (longer if needed for 12 windows), reference
+  probes beside it (twice: a sender that a slow CPU holds well below its pace still offers more
+  than a correct link passes, so a link too fast shows as too fast); the link's rate is the
+  median over windows of k consecutive arrivals (a late timer stretches a few windows, not the
+  median; k spans 8 jitters), interval from the windows' order statistics; band 90%..110% of
+  the rate, its low end times (1 - loss). Below the band it is unverified, not failed, when
   the sender could not offer the band's low end (a busy CPU) or when late timers explain the
   shortfall: a shaper that waits for a timer per datagram of T seconds, late by L on average
   (the reference's mean excess), passes at least rate x T / (T + L). Under qemu with the host
@@ -68,8 +69,12 @@ from lab.shaping.plan import LinkPlan
 SO_TIMESTAMPNS = 35  # Linux; the receive time the kernel stamped, in CLOCK_REALTIME
 # Linux uapi (net_tstamp.h, errqueue.h): send timestamps, answered on the socket's error queue.
 SO_TIMESTAMPING = 37  # also the answer's control message type, SCM_TIMESTAMPING
-SO_RCVBUFFORCE = 33  # root may pass net.core.rmem_max: the stamps wait in the error queue until the sends end
+SO_RCVBUFFORCE = 33  # root may pass net.core.rmem_max
 SEND_STAMP_QUEUE = 64 << 20  # bytes; a stamp costs ~1 KiB of it, a benchmark sends up to 40,000 probes
+# A receiver starved of the CPU (qemu) must not drop what arrived: a stream's datagrams cost ~2 KiB
+# each in the buffer, and net.core.rmem_max (208 KiB by default) would hold ~100 of them.
+RECEIVE_QUEUE = 32 << 20
+STREAM_OFFER = 2.0  # the rate stream's pace, in multiples of the configured rate
 TX_STAMPS = (1 << 8) | (1 << 4) | (1 << 7) | (1 << 11)  # TX_SCHED, SOFTWARE, OPT_ID (= send number), OPT_TSONLY
 IP_RECVERR = 11
 EXTENDED_ERR = struct.Struct("=IBBBBII")  # sock_extended_err: errno, origin, type, code, pad, info, data (= send number)
@@ -300,7 +305,7 @@ def _socket_in(slot: PeerSlot, receiver: bool) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if receiver:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_QUEUE)
     else:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TX_STAMPS)
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SEND_STAMP_QUEUE)
@@ -380,7 +385,7 @@ def send_and_collect(source: PeerSlot, dest: PeerSlot, payloads: int, interval: 
 def _rate(plan: LinkPlan, source: PeerSlot, dest: PeerSlot, reference: PeerSlot | None) -> Check:
     assert plan.rate_bps
     bits = (STREAM_PAYLOAD + WIRE_OVERHEAD) * 8
-    interval = bits / (1.25 * plan.rate_bps)
+    interval = bits / (STREAM_OFFER * plan.rate_bps)
     count = min(MAX_STREAM, max(int(STREAM_SECONDS / interval), MIN_WINDOWS * (rate_window(plan, bits) + 1)))
     drain = 1.0 + 2 * max(plan.delay_s + plan.jitter_s, REFERENCE_PLAN.delay_s)
     stream = send_and_collect(source, dest, count, interval, STREAM_PAYLOAD, drain, reference)
