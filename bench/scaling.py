@@ -15,6 +15,7 @@ commit they came from:
     .venv/bin/python bench/scaling.py                                  # the whole benchmark (~45 min here)
     .venv/bin/python bench/scaling.py --sizes 10,50 --out /tmp/s       # a short look
     .venv/bin/python bench/scaling.py --from results/scaling-sweep     # tables from finished runs under it
+    .venv/bin/python bench/scaling.py --set bootstrap.mode=cold --set network.time_dilation=1  # cold, undilated
 
 "Linear" means the per-peer figure stays flat; where it rises with size, the cost grows faster
 than linearly, which docs/scaling.md explains.
@@ -36,6 +37,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lab import exits  # noqa: E402
 from lab.analysis.figures import analyze  # noqa: E402
 from lab.analysis.records import load  # noqa: E402
 from lab.analysis.stats import Summary  # noqa: E402
@@ -204,6 +206,8 @@ def main() -> None:
     parser.add_argument("--sizes", default=SIZES, help="comma-separated peer counts")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scaling")
     parser.add_argument("--from", dest="sweep", type=Path, help="a directory of finished runs (searched recursively)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
+                        help="passed to every point's `lab sweep` (e.g. bootstrap.mode=cold)")
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     sweep = args.sweep or ROOT / "results" / f"scaling-sweep-{stamp}"
@@ -214,8 +218,10 @@ def main() -> None:
                        "--out", str(sweep / f"peers={size}")]
             if size < seeds:
                 command += ["--set", f"bootstrap.peers={size}"]
+            for setting in args.settings:
+                command += ["--set", setting]
             done = subprocess.run(command, cwd=ROOT)
-            if done.returncode not in (0, 1):  # 1: an SLA failed, which is a measurement, not a failure
+            if done.returncode not in (exits.PASS, exits.FAILED, exits.INCONCLUSIVE):  # verdicts are measurements
                 raise SystemExit(f"lab sweep exited {done.returncode}")
     # Every point's directory, finished or not: an interrupted run (status in the table) still
     # wrote its summary of what it measured, but sweep.json lists only finished points.

@@ -73,8 +73,8 @@ class Analysis:
             "note": INDEPENDENCE_NOTE,
             "metrics": {name: s.record() for name, s in self.summary.items()},
             "impairment_periods": [p.record() for p in self.periods],
-            "fidelity": {"rule": f"a time metric's verdict is inconclusive when the loop lag p99 in its phases exceeds "
-                                 f"{GUARD_SHARE:.0%} of its median", "phases": [p.record() for p in self.fidelity]},
+            "fidelity": {"rule": f"a time metric's verdict is inconclusive when the loop lag p99 while its operations "
+                                 f"ran exceeds {GUARD_SHARE:.0%} of its median", "phases": [p.record() for p in self.fidelity]},
             "errors": self.errors.record(),
         }
 

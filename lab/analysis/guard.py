@@ -88,7 +88,7 @@ class Judgement:
 
     def reason(self) -> str:
         if self.lag_p99_ms is None or self.limit_ms is None:
-            return "no loop lag measured in its phases"
+            return "no loop lag measured while its operations ran"
         relation = "<=" if self.conclusive else ">"
         text = (f"loop lag p99 {self.lag_p99_ms:g} ms {relation} {GUARD_SHARE:.0%} of the median "
                 f"({self.limit_ms:.3g} ms) while its operations ran in {', '.join(self.phases)}")
