@@ -47,7 +47,8 @@ def main() -> None:
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Fresh runs into OUT/run-N.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html and plots/ into each run.")
 def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, repeat: int, report: bool) -> None:
-    """Run TOPOLOGY; exit 0 if every SLA held, 1 if any failed, 2 on bad input or setup error."""
+    """Run TOPOLOGY; exit 0 if every SLA held, 1 if any failed, 4 if none failed but some could not be judged (the
+    machine was too busy), 2 on bad input or setup error."""
     try:
         topology = load_topology(topology_file)
     except TopologyError as exc:
