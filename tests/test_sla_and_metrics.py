@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import event
+from lab.analysis.figures import guarded
 from lab.analysis.guard import Judgement, judge, phase_lags
 from lab.analysis.metrics import all_metrics, cpu_per_operation, delivery_ratio, latency_metrics, resource_metrics, unit_of
 from lab.analysis.peerlogs import count_levels
@@ -186,3 +187,17 @@ def test_the_guard_calls_a_latency_inconclusive_when_the_loop_lag_is_not_small_a
     after = [phase, *gets, lag_window(0, 0.2), lag_window(5_000_000_000, 50)]
     assert phase_lags(after)[0].lag.p99_ms == 50
     assert judge("get", summary, after, phase_lags(after)) == Judgement(True, 0.2, 0.5, ["lookup"])
+
+
+def test_the_guard_doubts_a_failed_success_ratio_but_not_a_held_one() -> None:
+    """Late timers can make operations fail (timeouts fire first), never succeed."""
+    counts = [0] * (len(LAG_BINS_MS) + 1)
+    counts[LAG_BINS_MS.index(100)] = 20
+    phase = event("phase", 10_000, peer=None, start_ns=0, phase="lookup", number=3)
+    gets = [event("get", 10, ok=i > 0, start_ns=1_000_000 * i) for i in range(10)]  # 9 of 10 succeed
+    busy = [phase, *gets, event("loop_lag", 1000, counts=counts)]
+    summary = {"get": summarize([g.ms for g in gets if g.ok], attempts=10, unit="millisecond")}
+    held, failed = evaluate([Sla(metric="get", stat="success_ratio", op=">=", threshold="80%"),
+                             Sla(metric="get", stat="success_ratio", op=">=", threshold="99%")], summary)
+    assert guarded(held, summary, busy, phase_lags(busy)).status == "pass"
+    assert guarded(failed, summary, busy, phase_lags(busy)).status == "inconclusive"

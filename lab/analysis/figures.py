@@ -19,6 +19,7 @@ from lab.analysis.records import RunRecords
 from lab.analysis.sla import Verdict, builtin_verdicts, evaluate
 from lab.analysis.stats import Summary, summarize
 from lab.topology import TopologyError, parse_topology
+from nodes.protocol import Event
 
 INDEPENDENCE_NOTE = ("samples within one run are not independent (shared network, shared CPU); "
                      "intervals describe this run, not run-to-run variation")
@@ -95,10 +96,14 @@ def _operation_errors(records: RunRecords) -> dict[str, dict[str, int]]:
     return {op: dict(causes) for op, causes in counts.items()}
 
 
-def _guarded(verdict: Verdict, summary: dict[str, Summary], records: RunRecords, fidelity: list[PhaseLag]) -> Verdict:
-    """The SLA verdict as the fidelity guard lets it stand: inconclusive where the machine was too busy."""
+def guarded(verdict: Verdict, summary: dict[str, Summary], events: list[Event], fidelity: list[PhaseLag]) -> Verdict:
+    """The SLA verdict as the fidelity guard lets it stand: inconclusive where the machine was too
+    busy. A success ratio that holds stands whatever the lag: a late timer can fail an operation
+    (its timeout fires first), never make one succeed."""
     metric = summary.get(verdict.metric)
-    judgement = judge(verdict.metric, metric, records.events, fidelity) if metric else None
+    if verdict.stat == "success_ratio" and verdict.passed:
+        return verdict
+    judgement = judge(verdict.metric, metric, events, fidelity) if metric else None
     if judgement is None:
         return verdict
     guard = {**asdict(judgement), "reason": judgement.reason()}
@@ -116,7 +121,7 @@ def _verdicts(records: RunRecords, summary: dict[str, Summary], fidelity: list[P
         notes.append(f"no SLA verdicts: {exc}")
         return []
     lost = int(manifest.get("peers_lost") or 0)
-    slas = [_guarded(v, summary, records, fidelity) for v in evaluate(topology.slas, summary)]
+    slas = [guarded(v, summary, records.events, fidelity) for v in evaluate(topology.slas, summary)]
     return slas + builtin_verdicts(topology.peer_count, records.peers_ready, lost)
 
 
