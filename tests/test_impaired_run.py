@@ -31,7 +31,7 @@ def start_impaired_run(out: Path) -> subprocess.Popen[str]:
 
 
 def wait_for_restore(out: Path, run: subprocess.Popen[str]) -> None:
-    """The impair phase's 1 s change has ended and the last phase is 25 s idle: the window for
+    """The impair phase's 1 s change has ended and the last phase is 90 s idle: the window for
     live changes. Under qemu's emulation on a busy machine the phases before it took 5 minutes."""
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and run.poll() is None:
@@ -55,7 +55,7 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
         shown = cli.invoke(main, ["netem", "--show", "--peers", "2", "--run", str(out)])
         assert "peer 2 (b): delay 30ms, loss 10%" in shown.output, shown.output
         cleared = cli.invoke(main, ["netem", "--clear", "--run", str(out)])
-        assert cleared.exit_code == 0 and "cleared 4 peers" in cleared.output
+        assert cleared.exit_code == 0 and "cleared 4 peers" in cleared.output, cleared.output
         bad = cli.invoke(main, ["netem", "--loss", "150%", "--run", str(out)])
         assert bad.exit_code == 2 and "loss" in bad.output
         run.wait(timeout=900)
