@@ -287,11 +287,11 @@ def compare_sides(baseline: dict[str, MetricData], candidate: dict[str, MetricDa
         comparison.change, comparison.interval, comparison.p_value = test.change, test.interval, test.p_value
         comparison.fidelity = "; ".join(f"{label}: {why}" for label, side in (("baseline", base), ("candidate", cand))
                                         if (why := side.doubt)) or None
+    worse = {n: (t.p_below if higher_is_better(n) else t.p_above) for n, t in tests.items()}
+    better = {n: (t.p_above if higher_is_better(n) else t.p_below) for n, t in tests.items()}
+    inside = {n: max(t.p_inside_high, t.p_inside_low) for n, t in tests.items()}
     for family in ("primary", "exploratory"):
         members = [c for c in comparisons if c.family == family]
-        worse = {n: (t.p_below if higher_is_better(n) else t.p_above) for n, t in tests.items()}
-        better = {n: (t.p_above if higher_is_better(n) else t.p_below) for n, t in tests.items()}
-        inside = {n: max(t.p_inside_high, t.p_inside_low) for n, t in tests.items()}
         for key, pvalues in (("regressed", worse), ("improved", better), ("within noise", inside), ("failures", failures)):
             _adjust(members, key, pvalues)
         for comparison in members:

@@ -100,9 +100,9 @@ def guarded(verdict: Verdict, summary: dict[str, Summary], events: list[Event], 
     """The SLA verdict as the fidelity guard lets it stand: inconclusive where the machine was too
     busy. A success ratio that holds stands whatever the lag: a late timer can fail an operation
     (its timeout fires first), never make one succeed."""
-    metric = summary.get(verdict.metric)
     if verdict.stat == "success_ratio" and verdict.passed:
         return verdict
+    metric = summary.get(verdict.metric)
     judgement = judge(verdict.metric, metric, events, fidelity) if metric else None
     if judgement is None:
         return verdict
