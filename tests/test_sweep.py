@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from conftest import TINY, needs_root, run_lab
 from lab import exits
+from lab.output.plots import scaling_curve
 from lab.sweep import Setting, grid, numeric, point_dir
 from lab.topology import TopologyError
 
@@ -48,6 +50,22 @@ def test_a_point_that_makes_no_valid_topology_is_refused_before_any_run() -> Non
 def test_point_names_and_numeric_axes() -> None:
     assert point_dir(Path("out"), {"peers": "10", "delay": "50ms"}) == Path("out/peers=10_delay=50ms")
     assert (numeric("5%"), numeric("1.5s"), numeric("fast")) == (5.0, 1.5, None)
+
+
+def _point(setting: str, x: float | None, p50: float) -> dict[str, Any]:
+    figures = {"unit": "millisecond", "n": 10, "p50": p50, "p95": 2 * p50, "p50_ci95": [p50 - 1, p50 + 1]}
+    return {"settings": {"bootstrap.mode": setting}, "x": x, "metrics": {"get": figures}}
+
+
+def test_a_curve_over_a_setting_that_is_not_a_number_has_a_point_per_value() -> None:
+    figure = scaling_curve([_point("cold", None, 30.0), _point("warm", None, 20.0)], "bootstrap.mode", "get")
+    axes = figure.axes[0]
+    p50 = axes.containers[0]
+    assert p50.get_label() == "p50"
+    assert list(p50.lines[0].get_xdata()) == [0, 1] and list(p50.lines[0].get_ydata()) == [30.0, 20.0]
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["cold", "warm"]
+    numeric_axis = scaling_curve([_point("10", 10.0, 5.0), _point("50", 50.0, 9.0)], "bootstrap.mode", "get").axes[0]
+    assert list(numeric_axis.containers[0].lines[0].get_xdata()) == [10.0, 50.0]
 
 
 @pytest.mark.slow

@@ -123,13 +123,16 @@ def _interval_arms(figures: dict[str, Any]) -> tuple[float, float]:
 
 def scaling_curve(points: list[dict[str, Any]], x_name: str, metric: str) -> Figure:
     """p50 (with its 95% interval) and p95 of one metric against the first swept setting; one
-    line per combination of the other settings."""
+    line per combination of the other settings. A setting that is not a number throughout
+    (`bootstrap.mode=cold,warm`) is drawn as categories, in the order swept."""
     figure, axes = _figure()
+    categories = list(dict.fromkeys(p["settings"][x_name] for p in points))
+    categorical = any(p["x"] is None for p in points)
     lines: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
     for point in points:
         figures = point["metrics"].get(metric)
-        x = point["x"]
-        if figures is None or figures["p50"] is None or x is None:
+        x = categories.index(point["settings"][x_name]) if categorical else point["x"]
+        if figures is None or figures["p50"] is None:
             continue
         rest = ", ".join(f"{k}={v}" for k, v in point["settings"].items() if k != x_name)
         lines[rest].append((x, figures))
@@ -142,6 +145,8 @@ def scaling_curve(points: list[dict[str, Any]], x_name: str, metric: str) -> Fig
         bars = axes.errorbar(xs, p50, yerr=errors, marker="o", capsize=3, label=f"p50 {label}".strip())
         axes.plot(xs, [f["p95"] for _, f in series], "--", marker="x", color=bars[0].get_color(), label=f"p95 {label}".strip())
         unit = series[0][1]["unit"]
+    if categorical:
+        axes.set_xticks(range(len(categories)), categories)
     axes.set_xlabel(x_name)
     axes.set_ylabel(f"{metric} ({unit})")
     axes.grid(True, alpha=0.3)
