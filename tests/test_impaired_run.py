@@ -30,6 +30,10 @@ def start_impaired_run(out: Path) -> subprocess.Popen[str]:
                                 stderr=subprocess.STDOUT)
 
 
+# What `lab netem --verify` may say of right links: matched, or too noisy to tell; never "DISAGREE".
+TRUSTED_VERDICTS = ("links match their configuration", "links could not be verified: this machine was too noisy")
+
+
 def wait_for_restore(out: Path, run: subprocess.Popen[str]) -> None:
     """The impair phase's 1 s change has ended and the last phase is 90 s idle: the window for
     live changes. Under qemu's emulation on a busy machine the phases before it took 5 minutes."""
@@ -51,7 +55,7 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
         cli = CliRunner()
         changed = cli.invoke(main, ["netem", "--loss", "10%", "--delay", "30ms", "--group", "b", "--run", str(out), "--verify"])
         assert changed.exit_code == 0 and "applied to 2 peers" in changed.output, changed.output
-        assert "links match their configuration" in changed.output
+        assert any(verdict in changed.output for verdict in TRUSTED_VERDICTS), changed.output
         shown = cli.invoke(main, ["netem", "--show", "--peers", "2", "--run", str(out)])
         assert "peer 2 (b): delay 30ms, loss 10%" in shown.output, shown.output
         cleared = cli.invoke(main, ["netem", "--clear", "--run", str(out)])
@@ -65,7 +69,13 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
     assert run.returncode == 0, output
     manifest = json.loads((out / "manifest.json").read_text())
     impairment = manifest["impairment"]
-    assert impairment["applied"] and impairment["verified"] is True and len(impairment["verification"]) == 4
+    assert impairment["applied"] and len(impairment["verification"]) == 4
+    # Right links are never called wrong; on a machine too busy to tell (qemu beside other VMs) the
+    # run goes on, unverified, and says so.
+    assert impairment["verification_status"] in ("passed", "unverified"), output
+    assert impairment["verified"] is (impairment["verification_status"] == "passed")
+    if impairment["verification_status"] == "unverified":
+        assert "the run goes on with its impairment unverified" in output, output
     assert impairment["backend"] == choose_backend("auto")[0]
     costs = manifest["lab_processes"]
     assert costs["orchestrator"]["cpu_seconds"] > 0
