@@ -126,6 +126,11 @@ def verification_lines(reports: list[dict[str, Any]]) -> list[str]:
     return _aligned(rows) + reasons
 
 
+# `lab netem --verify`'s last line, per verification status.
+LINKS_OUTCOME = {"passed": "links match their configuration", "failed": "links DISAGREE with their configuration",
+                 "unverified": "links could not be verified: this machine was too noisy to tell (see above)"}
+
+
 def netem_lines(op: str, reply: dict[str, Any]) -> list[str]:
     """`lab netem`'s answer: what changed or what the links do, and any measurement."""
     lines = []
@@ -137,7 +142,5 @@ def netem_lines(op: str, reply: dict[str, Any]) -> list[str]:
         lines.extend(f"    {line}" for line in link["kernel"] or ["(nothing in the kernel)"])
     if "verification" in reply:
         lines.extend(verification_lines(reply["verification"]))
-        outcome = {"passed": "links match their configuration", "failed": "links DISAGREE with their configuration",
-                   "unverified": "links could not be verified: this machine was too noisy to tell (see above)"}
-        lines.append(outcome[reply["status"]])
+        lines.append(LINKS_OUTCOME[reply["status"]])
     return lines
