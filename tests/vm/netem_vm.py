@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ KERNEL_PACKAGE = "linux-image-amd64"
 # Loaded at boot, in this order after their dependencies: 9p root, then what the lab uses.
 MODULES = ["9p", "9pnet_virtio", "virtio_pci", "veth", "sch_netem", "sch_htb", "cls_u32"]
 DEFAULT_COMMAND = [
-    ".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "impairment", "tests",
+    ".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0", "-m", "impairment", "tests",
 ]
 # The host's /tmp stays visible (read-only; a checkout may live there); scratch space is /run/tmp.
 GUEST_ENV = {"HOME": "/run/tmp", "TMPDIR": "/run/tmp", "PYTHONDONTWRITEBYTECODE": "1", "LAB_TEST_BACKEND": "netem"}
@@ -127,7 +128,8 @@ def initramfs(tree: Path, busybox: Path, command: str, share: bool, target: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory", default="3072", help="guest memory in MiB")
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds before the guest is killed")
+    parser.add_argument("--timeout", type=float, default=3000,
+                        help="seconds before the guest is killed (the impairment tests take 20-45 minutes under TCG)")
     parser.add_argument("--share", type=Path, help="host directory the guest may write, mounted at /mnt (LAB_VM_SHARE)")
     parser.add_argument("command", nargs="*", help="command to run in the project directory (after --)")
     args = parser.parse_args()
@@ -152,13 +154,21 @@ def main() -> int:
             args.share.mkdir(parents=True, exist_ok=True)
             qemu += ["-virtfs", f"local,path={args.share.resolve()},mount_tag=share,security_model=none"]
         guest = subprocess.Popen(qemu, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        # A hung guest never closes its console, so the timeout is a watchdog, not a wait().
+        watchdog = threading.Timer(args.timeout, guest.kill)
+        watchdog.start()
         status = None
         assert guest.stdout is not None
         for line in guest.stdout:
             print(line, end="", flush=True)
-            if line.startswith(EXIT_MARK):
-                status = int(line[len(EXIT_MARK):].strip())
-        guest.wait(timeout=args.timeout)
+            mark = re.search(EXIT_MARK + r"(\d+)", line)  # the console may put firmware escapes before it
+            if mark:
+                status = int(mark.group(1))
+        guest.wait()
+        watchdog.cancel()
+    if guest.returncode == -9 and status is None:
+        print(f"netem_vm: the guest was killed after {args.timeout:.0f} s (--timeout)", file=sys.stderr)
+        return 3
     if status is None:
         print("netem_vm: the guest stopped without reporting the command's exit status", file=sys.stderr)
         return 3
