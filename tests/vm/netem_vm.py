@@ -155,7 +155,13 @@ def main() -> int:
             qemu += ["-virtfs", f"local,path={args.share.resolve()},mount_tag=share,security_model=none"]
         guest = subprocess.Popen(qemu, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
         # A hung guest never closes its console, so the timeout is a watchdog, not a wait().
-        watchdog = threading.Timer(args.timeout, guest.kill)
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            guest.kill()
+
+        watchdog = threading.Timer(args.timeout, kill)
         watchdog.start()
         status = None
         assert guest.stdout is not None
@@ -166,7 +172,7 @@ def main() -> int:
                 status = int(mark.group(1))
         guest.wait()
         watchdog.cancel()
-    if guest.returncode == -9 and status is None:
+    if timed_out.is_set() and status is None:
         print(f"netem_vm: the guest was killed after {args.timeout:.0f} s (--timeout)", file=sys.stderr)
         return 3
     if status is None:
