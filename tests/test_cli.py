@@ -3,16 +3,18 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import TINY, needs_root, write_topology
+from conftest import ROOT, TINY, needs_root, write_topology
 from lab import runid
 from lab.cli import main
 from lab.network import doctor
 from lab.orchestrator import choose_mode
+from lab.peers import cgroup
 
 
 def test_malformed_topology_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -99,3 +101,30 @@ def test_auto_mode_falls_back_to_loopback_and_says_why(monkeypatch: pytest.Monke
     assert choose_mode("loopback") == ("loopback", "requested by the topology")
     monkeypatch.setattr(doctor, "netns_problem", lambda: None)
     assert choose_mode("auto")[0] == "netns"
+
+
+STARVED_PROBE = """
+import sys
+from pathlib import Path
+from lab.network import doctor
+Path(sys.argv[1], "cgroup.procs").write_text("0")  # imported, then this process (and the helpers it forks) in
+print(doctor.netns_problem())
+"""
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.skipif(not (cgroup.V1 / "cpu.cfs_quota_us").exists(), reason="needs cgroup v1's cpu controller")
+def test_the_namespace_probe_waits_for_a_starved_cpu(tmp_path: Path) -> None:
+    """At a five-hundredth of a core, pyroute2's own 2 s wait for its helper process made the
+    probe report namespaces missing (lab/network/netlink.py); with the lab's waits it passes."""
+    path = cgroup.V1 / f"{runid.RunId.new().prefix}-peers"  # a run's name, so `lab clean` would remove it
+    path.mkdir()
+    try:
+        (path / "cpu.cfs_period_us").write_text("500000")
+        (path / "cpu.cfs_quota_us").write_text("1000")
+        done = subprocess.run([sys.executable, "-c", STARVED_PROBE, str(path)], capture_output=True, text=True, timeout=600,
+                              cwd=ROOT)
+    finally:
+        cgroup.remove(path)
+    assert done.stdout.strip() == "None", done.stdout + done.stderr

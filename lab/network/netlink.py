@@ -3,6 +3,13 @@
 pyroute2 runs some namespace work in forked helper processes and stops them with SIGTERM.
 A forked helper inherits asyncio's signal wakeup fd, so without this setting its SIGTERM
 reaches the orchestrator's event loop as if the orchestrator itself had been terminated.
+
+It waits 2 s for such a helper's answer (10 s for a namespace socket, over retries). On a
+starved CPU that is too short: confined to 0.001 cores, the namespace probe (doctor.py) failed
+after 6 s with "no response from the child" and the run would have fallen back to loopback; with
+the waits below it succeeded after 45 s. Under qemu's emulation beside a busy host, an impaired
+run once fell back to loopback too, for a reason its error did not name (it now does). A slow
+helper is not a missing feature.
 """
 
 import os
@@ -12,6 +19,8 @@ from contextlib import contextmanager
 import pyroute2.config
 
 pyroute2.config.disable_mp_signal = True
+pyroute2.config.default_communicate_timeout = 60
+pyroute2.config.default_create_socket_timeout = 120
 
 from pyroute2 import NetlinkError, NetNS, netns  # noqa: E402  (after the setting above)
 
