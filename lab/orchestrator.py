@@ -74,14 +74,14 @@ def choose_mode(requested: str) -> tuple[str, str]:
     return "loopback", f"falling back to loopback (127.0.0.0/8): {problem}"
 
 
-def choose_impairment(topology: Topology, mode: tuple[str, str]) -> tuple[str | None, str]:
-    """(backend or None, why), given choose_mode's (mode, why). Refuses, before anything is
-    built, impairment the machine or the backend cannot give; without impairment in the
+def choose_impairment(topology: Topology, mode: str, mode_reason: str) -> tuple[str | None, str]:
+    """(backend or None, why), given choose_mode's mode and its reason. Refuses, before anything
+    is built, impairment the machine or the backend cannot give; without impairment in the
     topology a missing backend only means `lab netem` will not work on this run."""
-    if mode[0] != "netns":
+    if mode != "netns":
         if topology.is_impaired:
             raise SetupError(f"the topology impairs links, which needs network namespaces, but this run is in loopback mode "
-                             f"({mode[1]}); see `lab doctor`")
+                             f"({mode_reason}); see `lab doctor`")
         return None, "loopback mode has no links to impair"
     try:
         name, why = choose_backend(topology.impairment.backend)
@@ -419,7 +419,7 @@ class Run:
 async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -> RunOutcome:
     """Checks the machine before creating anything, so a setup error leaves nothing behind."""
     mode = await asyncio.to_thread(choose_mode, topology.network.mode)
-    backend = await asyncio.to_thread(choose_impairment, topology, mode)
+    backend = await asyncio.to_thread(choose_impairment, topology, *mode)
     try:
         connections = min(topology.peer_count - 1, topology.libp2p.connections.max_connections)
         raised = limits.raise_open_files(topology.peer_count, topology.network.peers_per_host * connections)

@@ -118,13 +118,12 @@ print(doctor.netns_problem())
 def test_the_namespace_probe_waits_for_a_starved_cpu(tmp_path: Path) -> None:
     """At a five-hundredth of a core, pyroute2's own 2 s wait for its helper process made the
     probe report namespaces missing (lab/network/netlink.py); with the lab's waits it passes."""
-    path = cgroup.V1 / f"{runid.RunId.new().prefix}-peers"  # a run's name, so `lab clean` would remove it
-    path.mkdir()
+    limit = cgroup.CpuLimit(runid.RunId.new(), 0.1)  # its smallest quota, 1000 us per period...
+    limit.create()
     try:
-        (path / "cpu.cfs_period_us").write_text("500000")
-        (path / "cpu.cfs_quota_us").write_text("1000")
-        done = subprocess.run([sys.executable, "-c", STARVED_PROBE, str(path)], capture_output=True, text=True, timeout=600,
-                              cwd=ROOT)
+        (limit.path / "cpu.cfs_period_us").write_text("500000")  # ...per half second instead: 0.002 cores
+        done = subprocess.run([sys.executable, "-c", STARVED_PROBE, str(limit.path)], capture_output=True, text=True,
+                              timeout=600, cwd=ROOT)
     finally:
-        cgroup.remove(path)
+        limit.remove()
     assert done.stdout.strip() == "None", done.stdout + done.stderr
