@@ -160,6 +160,35 @@ def test_rate_is_the_links_own_despite_late_timers_and_a_slow_sender_is_not_a_wr
     assert rate_check(plan, _arrivals(20e6, bits, 1000, 0, rng), fast_sender, bits, late).status == "failed"
 
 
+def test_a_rate_passes_only_when_the_link_held_the_stream_back() -> None:
+    """A link that carried everything the sender offered shows the sender's pace: a link too
+    fast for its configuration looks the same, so such a rate is never passed."""
+    bits, plan = 1242 * 8, plans.LinkPlan(rate_bps=2e6)
+    quiet = list(np.random.default_rng(7).exponential(0.0001, 400))
+
+    def paced(rate_bps: float, count: int) -> list[int]:
+        return [int(i * bits / rate_bps * 1e9) for i in range(count)]
+
+    def carried(sent: list[int]) -> list[int]:  # a link faster than the sender: each datagram 30 ms later
+        return [t + 30_000_000 for t in sent]
+
+    right = rate_check(plan, paced(2e6, 800), paced(4e6, 800), bits, quiet)
+    assert right.status == "passed" and right.offered == pytest.approx(4e6), right
+    slow = paced(2.1e6, 800)  # a busy CPU held the sender to about the configured rate
+    unknown = rate_check(plan, carried(slow), slow, bits, quiet)
+    assert unknown.status == "unverified" and "sender offered only" in unknown.reason, unknown
+    # Bursts: 70% of the stream at 2 Mbit/s, the rest back to back, 2.9 Mbit/s in all: the
+    # windows' median is in the band, but the link delivered all of it as it came.
+    gaps = np.full(800, bits / 2e6)
+    gaps[560:] = 1e-5
+    bursty = list(np.cumsum(gaps * 1e9).astype(np.int64))
+    carried_all = rate_check(plan, carried(bursty), bursty, bits, quiet)
+    assert carried_all.offered is not None and carried_all.offered > 1.1 * carried_all.high
+    assert carried_all.status == "unverified" and "did not hold the stream back" in carried_all.reason, carried_all
+    fast = paced(4.2e6, 800)  # the sender kept its pace: a doubled link shows as too fast
+    assert rate_check(plan, carried(fast), fast, bits, quiet).status == "failed"
+
+
 def test_sample_pairs_cover_every_ordered_pair_of_groups() -> None:
     assert sample_pairs(["a", "a", "b", "b"]) == [(0, 1), (0, 3), (2, 1), (2, 3)]
     assert sample_pairs(["a", "b"]) == [(0, 1), (1, 0)]  # a one-peer group has no pair within itself
