@@ -46,6 +46,12 @@ class LinkPlan:
         return self.delay_s + self.to_region.get(region or "", 0.0)
 
     @property
+    def lost(self) -> float:
+        """The share of packets that do not arrive: lost, or corrupted (the receiver's checksum
+        drops those)."""
+        return 1 - (1 - self.loss) * (1 - self.corrupt)
+
+    @property
     def is_impaired(self) -> bool:
         shares = (self.loss, self.duplicate, self.reorder, self.corrupt)
         return bool(self.delay_s or self.jitter_s or any(shares) or self.rate_bps or any(self.to_region.values()))

@@ -41,13 +41,12 @@ against the band the configuration allows:
   band 90%..110% of the rate, its low end times (1 - loss). Above the band it fails: nothing
   speeds a link up. Within the band it passes only when the link held the stream back: the
   sender offered, over the whole stream, at least 10% more than the band's top, and the link
-  delivered at least 10% less than it offered (after the configured loss). Otherwise the
-  arrivals show the sender's pace, which a faster link would have carried as well: unverified.
-  (Under qemu with the host loaded, a Python sender paced for 4 Mbit/s offered little more than
-  2, and a link given twice its configured 2 Mbit/s measured inside the band.) Below the band
-  it is unverified, not failed, when the sender could not offer the band's low end (a busy CPU)
-  or when late timers explain the shortfall: a shaper that waits for a timer per datagram of T
-  seconds, late by L on average (the reference's mean excess), passes at least rate x T / (T + L).
+  delivered at least 10% less than it offered (after the configured loss and corruption).
+  Otherwise the arrivals show the sender's pace, which a faster link would have carried as
+  well: unverified. Below the band it is unverified, not failed, when the sender could not
+  offer the band's low end (a busy CPU) or when late timers explain the shortfall: a shaper
+  that waits for a timer per datagram of T seconds, late by L on average (the reference's mean
+  excess), passes at least rate x T / (T + L).
   Under qemu with the host loaded, HTB with a netem leaf passed 8.0-8.3 Mbit/s of a 10 Mbit/s
   link, 4.4-4.5 of 5, and 1.00 of 1 and 1.99 of 2.
 """
@@ -233,7 +232,7 @@ def loss_check(plan: LinkPlan, sent: int, received: int, pairs: int = 1, referen
     """`reference_lost`: the share of the reference's probes, sent beside, that did not arrive:
     a machine stalled long enough overflows the kernel's queues (netdev_max_backlog) and loses
     packets of every path; a loss that the reference's explains is unverified, not failed."""
-    expected = 1 - (1 - plan.loss) * (1 - plan.corrupt)
+    expected = plan.lost
     confidence = 1 - (1 - LOSS_CONFIDENCE) / pairs
     low, high = stats.binom.interval(confidence, sent, expected)
     lost = (sent - received) / sent
@@ -290,7 +289,7 @@ def rate_check(plan: LinkPlan, received_ns: list[int], sent_ns: list[int], bits:
             check.status = "unverified"
             check.reason = (f"could not verify: the sender offered only {offered:.4g} bit/s (a busy CPU), not clearly "
                             f"more than {high:.4g}: a faster link would have carried it all")
-        elif offered * (1 - plan.loss) < HELD_BACK * delivered:
+        elif offered * (1 - plan.lost) < HELD_BACK * delivered:
             check.status = "unverified"
             check.reason = (f"could not verify: the link delivered {delivered:.4g} of the {offered:.4g} bit/s offered, "
                             f"so it did not hold the stream back: a faster link would have carried it all")
