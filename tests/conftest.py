@@ -14,6 +14,7 @@ import yaml
 
 from lab import runid
 from lab.network.netlink import netns
+from lab.peers.cgroup import CgroupError, cpu_root
 from nodes.protocol import Event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,17 @@ DEFAULT = ROOT / "topologies" / "10-peers.yaml"
 LAB = [sys.executable, "-m", "lab"]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+def has_cpu_controller() -> bool:
+    try:
+        cpu_root()
+    except CgroupError:
+        return False
+    return True
+
+
+needs_cpu_controller = pytest.mark.skipif(not has_cpu_controller(), reason="no cgroup cpu controller")
 
 
 def event(op: str, ms: float, ok: bool = True, peer: int | None = 0, start_ns: int = 0, **fields: object) -> Event:

@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, needs_root, run_lab, write_topology
+from conftest import ROOT, needs_cpu_controller, needs_root, run_lab, write_topology
 from lab import exits
-from lab.peers.cgroup import CgroupError, cpu_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns, needs_root, pytest.mark.timeout(1800)]
 
@@ -53,15 +52,7 @@ def confined_run(tmp_path: Path, dilation: float) -> tuple[int, dict[str, Any]]:
     return done.returncode, next(v for v in verdicts if v["metric"] == "get")
 
 
-def has_cpu_controller() -> bool:
-    try:
-        cpu_root()
-    except CgroupError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not has_cpu_controller(), reason="no cgroup cpu controller")
+@needs_cpu_controller
 def test_a_confined_machine_is_inconclusive_until_time_is_dilated_enough(tmp_path: Path) -> None:
     code, verdict = confined_run(tmp_path, 1)
     assert code == exits.INCONCLUSIVE and verdict["status"] == "inconclusive", verdict
