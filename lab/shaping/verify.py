@@ -415,7 +415,8 @@ def send_and_collect(source: PeerSlot, dest: PeerSlot, payloads: int, interval: 
     return Stream(probes[0], probes[1], sorted(stamps[0].values()))
 
 
-def _rate(plan: LinkPlan, source: PeerSlot, dest: PeerSlot, reference: PeerSlot | None) -> Check:
+def measure_rate(plan: LinkPlan, source: PeerSlot, dest: PeerSlot, reference: PeerSlot | None = None) -> Check:
+    """The rate check of `source`'s link, by a stream to `dest`; with `reference`, the noise beside it."""
     assert plan.rate_bps
     bits = (STREAM_PAYLOAD + WIRE_OVERHEAD) * 8
     interval = bits / (STREAM_OFFER * plan.rate_bps)
@@ -478,7 +479,7 @@ def verify(slots: list[PeerSlot], plans: list[LinkPlan], regions: list[str | Non
                    for s, d in pairs]
         reports = [future.result() for future in futures]
         first_of_source = {r.source: r for r in reversed(reports) if plans[r.source].rate_bps}
-        rates = {src: pool.submit(_rate, plans[src], slots[src], slots[r.dest], reference)
+        rates = {src: pool.submit(measure_rate, plans[src], slots[src], slots[r.dest], reference)
                  for src, r in first_of_source.items()}
         for source, future in rates.items():
             first_of_source[source].checks.append(future.result())
