@@ -46,7 +46,7 @@ mkdir -p /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot || poweroff -f
 mount -t proc proc /newroot/proc; mount -t sysfs sys /newroot/sys; mount -t devtmpfs dev /newroot/dev
 mount -t tmpfs run /newroot/run; mkdir -p /newroot/run/tmp /newroot/dev/shm; mount -t tmpfs shm /newroot/dev/shm
-[ -f /share ] && mount -t 9p -o trans=virtio,version=9p2000.L share /newroot/mnt
+[ -f /with-share ] && mount -t 9p -o trans=virtio,version=9p2000.L share /newroot/mnt
 chroot /newroot /bin/sh -c "$(cat /command)"
 echo "LAB-VM-EXIT=$?"
 poweroff -f
@@ -115,8 +115,8 @@ def initramfs(tree: Path, busybox: Path, command: str, share: bool, target: Path
             shutil.copy(module, root / "modules" / module.name)
         (root / "modules.order").write_text("\n".join(m.name.removesuffix(".ko") for m in modules) + "\n")
         (root / "command").write_text(command)
-        if share:
-            (root / "share").touch()
+        if share:  # a marker named apart from the mount tag: a file "share" in the cwd made busybox mount it as a loop image
+            (root / "with-share").touch()
         (root / "init").write_text(INIT)
         (root / "init").chmod(0o755)
         listing = subprocess.run(["find", ".", "-mindepth", "1"], cwd=root, check=True, capture_output=True).stdout
