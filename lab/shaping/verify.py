@@ -25,6 +25,8 @@ against the band the configuration allows:
 - delay: median delay minus the reference's median excess (bootstrap interval, two samples);
   band configured ± (max(1 ms, 5%) + the 99% sampling margin of a median of n draws of the
   configured jitter: a correct link with jitter has a wide interval by itself, not from noise);
+  above the band it is unverified, not failed, while it lies within the noise's p90 - p50 of it
+  (the reference's lateness stands for the link's as a distribution, not packet by packet);
 - jitter: sqrt(var(delays) - var(reference)) (bootstrap interval); band the configured
   distribution's standard deviation ± (max(1 ms, 25%) + the sample sd's 99% margin);
   skipped with reorder;
@@ -191,6 +193,14 @@ def _noise_reason(check: Check, noise: np.ndarray) -> None:
                         f"p50 {np.median(noise) * 1e3:.3g} ms, p90 {np.percentile(noise, 90) * 1e3:.3g} ms")
 
 
+def _late_spread(noise: np.ndarray) -> float:
+    """How much later than its median the noise's p90 is: the reference's lateness stands for the
+    link's as a distribution only, and on a loaded emulated machine a link's share of late
+    packets has exceeded the reference's (a right 12 ms link measured 13.9 ms with the
+    reference's median removed)."""
+    return float(np.percentile(noise, 90) - np.median(noise))
+
+
 def delay_checks(plan: LinkPlan, region: str | None, delays: list[float], noise: list[float], seed: int = 0) -> list[Check]:
     """`delays`: one-way delays of the link's probes (s); `noise`: the reference probes' excess over
     their known delay, at the same moment (empty where the link has no delay: no timer holds its
@@ -208,6 +218,8 @@ def delay_checks(plan: LinkPlan, region: str | None, delays: list[float], noise:
     delay = Check("delay_s", expected, float(np.median(measured) - np.median(excess)), expected - tolerance,
                   expected + tolerance, interval)
     delay.status = judge(interval, delay.low, delay.high)
+    if delay.status == "failed" and interval[0] > delay.high and interval[0] <= delay.high + _late_spread(excess):
+        delay.status = "unverified"  # more delay than allowed, but no more than late timers may add
     _noise_reason(delay, excess)
     checks = [delay]
     if plan.jitter_s and not plan.reorder and measured.size > 2:
