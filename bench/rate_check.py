@@ -16,13 +16,12 @@ Writes bench/results/rate-check-<backend>-<label>.{json,md} with the machine and
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from shaped import arguments, origin, shaped, write
+from shaped import origin, repeated
 
 from lab.shaping.links import Links
 from lab.shaping.verify import Check, measure_rate
@@ -68,18 +67,5 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--label", default="idle", help="what else the machine did (idle, busy-loop, ...)")
-    parser.add_argument("--repetitions", type=int, default=20)
-    args = arguments(parser)
-    with shaped(TOPOLOGY, args.backend) as links:
-        links.apply_initial()
-        repetitions = [repetition(links) for _ in range(args.repetitions)]
-    result = {"backend": args.backend, "label": args.label, "repetitions": repetitions}
-    write(args.out, f"rate-check-{args.backend}-{args.label}", result, markdown)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(repeated(__doc__, TOPOLOGY, "rate-check", repetition, markdown, repetitions=20))

@@ -55,6 +55,23 @@ def write(out: Path, stem: str, result: dict[str, Any], markdown: Callable[[dict
     print(markdown(result))
 
 
+def repeated(description: str, topology_yaml: str, stem: str, repetition: Callable[[Links], dict[str, Any]],
+             markdown: Callable[[dict[str, Any]], str], repetitions: int) -> int:
+    """The whole of a benchmark that repeats one measurement on the topology's links, as
+    configured: --label and --repetitions beside --backend and --out; writes
+    OUT/STEM-<backend>-<label>.{json,md}."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label", default="idle", help="what else the machine did (idle, busy-loop, ...)")
+    parser.add_argument("--repetitions", type=int, default=repetitions)
+    args = arguments(parser)
+    with shaped(topology_yaml, args.backend) as links:
+        links.apply_initial()
+        results = [repetition(links) for _ in range(args.repetitions)]
+    result = {"backend": args.backend, "label": args.label, "repetitions": results}
+    write(args.out, f"{stem}-{args.backend}-{args.label}", result, markdown)
+    return 0
+
+
 def origin(result: dict[str, Any]) -> str:
     """The first line of a benchmark's table: where its numbers came from."""
     machine = result["machine"]

@@ -15,13 +15,12 @@ Writes bench/results/verification-noise-<backend>-<label>.{json,md} with the mac
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from typing import Any
 
 import numpy as np
-from shaped import arguments, origin, shaped, write
+from shaped import origin, repeated
 
 from lab.shaping.links import Links
 from lab.shaping.verify import PROBE, PROBE_INTERVAL_S, REFERENCE_PLAN, Probe, send_and_collect
@@ -71,18 +70,5 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--label", default="idle", help="what else the machine did (idle, busy-loop, ...)")
-    parser.add_argument("--repetitions", type=int, default=3)
-    args = arguments(parser)
-    with shaped(TOPOLOGY, args.backend) as links:
-        links.apply_initial()
-        repetitions = [repetition(links) for _ in range(args.repetitions)]
-    result = {"backend": args.backend, "label": args.label, "repetitions": repetitions}
-    write(args.out, f"verification-noise-{args.backend}-{args.label}", result, markdown)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(repeated(__doc__, TOPOLOGY, "verification-noise", repetition, markdown, repetitions=3))
