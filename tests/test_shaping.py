@@ -107,10 +107,11 @@ def test_delay_jitter_loss_rate_and_region_matrix_measure_as_configured(shaped: 
 
 def test_verification_fails_when_the_kernel_does_something_else(shaped: tuple) -> None:
     """The configuration says one thing, the kernel is given another: half the delay and no
-    loss for group a, no jitter and twice the rate for group b. Delay, loss and jitter fail on
-    an idle machine or a busy one: noise never takes delay or jitter away. The doubled rate
-    fails whenever the sender kept up its pace (twice the configured rate); a CPU too busy to
-    offer more than the band's top leaves it unverified, never passed."""
+    loss for group a, no jitter and twice the rate for group b. Delay and loss fail on an idle
+    machine or a busy one: noise never takes delay away. The missing jitter fails unless the
+    probe path's own noise had a standard deviation above half the configured jitter's (noise
+    on the link's timers can pose as jitter); the doubled rate fails whenever the sender kept up
+    its pace (twice the configured rate). Neither is ever passed."""
     links, _, _ = shaped
     links.apply_initial()
     a, b = links.current[0], links.current[2]
@@ -118,7 +119,10 @@ def test_verification_fails_when_the_kernel_does_something_else(shaped: tuple) -
                          [(links.slots[2], replace(b, jitter_s=0.0, rate_bps=2 * (b.rate_bps or 0)))]])
     reports = links.verify(400)
     failed = {(r.source, c.name) for r in reports for c in r.checks if c.status == "failed"}
-    assert {(0, "delay_s"), (0, "loss"), (2, "jitter_sd_s")} <= failed, [r.as_dict() for r in reports]
+    assert {(0, "delay_s"), (0, "loss")} <= failed, [r.as_dict() for r in reports]
+    jitters = [(r, c) for r in reports if r.source == 2 for c in r.checks if c.name == "jitter_sd_s"]
+    assert jitters and all(c.status != "passed" for _, c in jitters), jitters
+    assert (2, "jitter_sd_s") in failed or all(r.noise and r.noise["sd_ms"] / 1e3 > c.configured / 2 for r, c in jitters), jitters
     [rate] = [c for r in reports if r.source == 2 for c in r.checks if c.name == "rate_bps"]
     assert rate.status != "passed" and rate.offered, rate
     assert rate.status == "failed" or rate.offered < 1.5 * rate.high, rate

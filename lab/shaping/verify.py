@@ -25,8 +25,10 @@ against the band the configuration allows:
 - delay: median delay minus the reference's median excess (bootstrap interval, two samples);
   band configured ± (max(1 ms, 5%) + the 99% sampling margin of a median of n draws of the
   configured jitter: a correct link with jitter has a wide interval by itself, not from noise);
-  above the band it is unverified, not failed, while it lies within the noise's p90 - p50 of it
-  (the reference's lateness stands for the link's as a distribution, not packet by packet);
+  the reference's lateness stands for the link's as a distribution, not packet by packet, so
+  above the band it is unverified, not failed, while it lies within the noise's p90 - p50 of
+  it, and below the band it fails only when the raw median (noise not removed: noise only adds
+  delay) is below the band too, else it is unverified;
 - jitter: sqrt(var(delays) - var(reference)) (bootstrap interval); band the configured
   distribution's standard deviation ± (max(1 ms, 25%) + the sample sd's 99% margin);
   skipped with reorder;
@@ -220,6 +222,10 @@ def delay_checks(plan: LinkPlan, region: str | None, delays: list[float], noise:
     delay.status = judge(interval, delay.low, delay.high)
     if delay.status == "failed" and interval[0] > delay.high and interval[0] <= delay.high + _late_spread(excess):
         delay.status = "unverified"  # more delay than allowed, but no more than late timers may add
+    if delay.status == "failed" and interval[1] < delay.low:
+        raw = _bootstrap((measured,), lambda d, axis: np.median(d, axis=axis), seed)
+        if raw[1] >= delay.low:
+            delay.status = "unverified"  # too little only once the reference's lateness is taken off
     _noise_reason(delay, excess)
     checks = [delay]
     if plan.jitter_s and not plan.reorder and measured.size > 2:
