@@ -89,6 +89,7 @@ RECEIVE_QUEUE = 32 << 20
 # offer could not be told from a right one. This holds a whole stream.
 SEND_QUEUE = 32 << 20
 STREAM_OFFER = 2.0  # the rate stream's pace, in multiples of the configured rate
+RATE_BAND = (0.9, 1.1)  # what a rate may measure, in multiples of the configured rate (the low end also times 1 - loss)
 # A link held the stream back when it was offered this much more than the band's top and delivered
 # this much less than it was offered: more than late timers or the jitter move a stream's span.
 HELD_BACK = 1.1
@@ -290,7 +291,7 @@ def rate_check(plan: LinkPlan, received_ns: list[int], sent_ns: list[int], bits:
     excess over its delay beside the stream (s)."""
     assert plan.rate_bps
     spacing, window = bits / plan.rate_bps, rate_window(plan, bits)
-    low, high = 0.9 * plan.rate_bps * (1 - plan.loss), 1.1 * plan.rate_bps
+    low, high = RATE_BAND[0] * plan.rate_bps * (1 - plan.loss), RATE_BAND[1] * plan.rate_bps
     link, offered = window_rates(received_ns, bits, window), stream_rate(sent_ns, bits)
     if link.size < 3:
         return Check("rate_bps", plan.rate_bps, 0.0, low, high, (0.0, 0.0), "failed",
@@ -440,7 +441,7 @@ def measure_rate(plan: LinkPlan, source: PeerSlot, dest: PeerSlot, reference: Pe
     interval = bits / (STREAM_OFFER * plan.rate_bps)
     count = min(MAX_STREAM, max(int(STREAM_SECONDS / interval), MIN_WINDOWS * (rate_window(plan, bits) + 1)))
     # The sender is done when the link, at the band's low end, still holds the rest of the stream.
-    backlog = count * (bits / (0.9 * plan.rate_bps) - interval)
+    backlog = count * (bits / (RATE_BAND[0] * plan.rate_bps) - interval)
     drain = 1.0 + backlog + 2 * max(plan.delay_s + plan.jitter_s, REFERENCE_PLAN.delay_s)
     stream = send_and_collect(source, dest, count, interval, STREAM_PAYLOAD, drain, reference)
     return rate_check(plan, [p.received_ns for p in stream.link], stream.sent_ns, bits, _excess(stream.reference))
