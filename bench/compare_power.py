@@ -106,8 +106,8 @@ def main() -> int:
         smallest, measured = smallest_detected(design, args.trials)
         rows.append({**design, "smallest": smallest, "power": measured})
         print(json.dumps(rows[-1]), flush=True)
-    result = {"trials": args.trials, "rows": rows, "machine": provenance.machine(),
-              "commit": provenance.git_commit().get("commit")}
+    result = {"trials": args.trials, "rows": rows, "machine": provenance.machine().model_dump(mode="json"),
+              "commit": provenance.git_commit().commit}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare-power.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "compare-power.md").write_text(markdown(result))

@@ -41,8 +41,8 @@ from lab import exits  # noqa: E402
 from lab.analysis.figures import analyze  # noqa: E402
 from lab.analysis.records import load  # noqa: E402
 from lab.analysis.stats import Summary  # noqa: E402
+from lab.manifest import SUMMARY  # noqa: E402
 from lab.output import provenance  # noqa: E402
-from lab.output.results import SUMMARY  # noqa: E402
 from lab.topology import load_topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,30 +61,33 @@ def point_row(directory: Path) -> dict[str, Any]:
     records = load(directory)
     analysis = analyze(records)
     manifest, summary = records.manifest, analysis.summary
-    factors = sorted({s["factor"] for s in (manifest.get("time_dilation") or {}).get("segments", [{"factor": 1}])})
-    phases = {p["phase"]: p for p in manifest["phases"]}
+    machine, topology = manifest.machine, manifest.topology
+    if machine is None or topology is None:
+        raise SystemExit(f"{directory}: its manifest has no machine or topology; not a run of the lab")
+    factors = sorted({s.factor for s in manifest.time_dilation.segments})
+    phases = {p.phase: p for p in manifest.phases}
     workload = [phases[name] for name in WORKLOAD_PHASES if name in phases]  # the phases it finished
-    workload_s = sum(p["seconds"] for p in workload)
-    finals = [p["final"] for p in manifest["peers"] if p.get("final")]
-    peers = manifest["peers_ready"]
+    workload_s = sum(p.seconds for p in workload)
+    finals = [p.final for p in manifest.peers if p.final]
+    peers = manifest.peers_ready
     return {
-        "peers": len(manifest["peers"]),
-        "hosts": len({p["pid"] for p in manifest["peers"]}),
-        "seeds": manifest["topology"]["bootstrap"]["peers"],
+        "peers": len(manifest.peers),
+        "hosts": len({p.pid for p in manifest.peers}),
+        "seeds": topology["bootstrap"]["peers"],
         "peers_ready": peers,
-        "peers_lost": manifest["peers_lost"],
-        "status": manifest["status"],
-        "phases": " ".join(p["phase"] for p in manifest["phases"]),
-        "peers_listening_s": manifest.get("peers_ready_s"),
+        "peers_lost": manifest.peers_lost,
+        "status": manifest.status,
+        "phases": " ".join(p.phase for p in manifest.phases),
+        "peers_listening_s": manifest.peers_ready_s,
         "time_to_ready_s": figure(summary, "time_to_ready", "max"),
         "workload_s": workload_s,
-        "run_s": manifest["duration_s"],
+        "run_s": manifest.duration_s,
         "run_pss_peak_mib": figure(summary, "memory_run_pss_mib", "max"),
         "pss_per_peer_p50_mib": figure(summary, "memory_pss_mib", "p50"),
         "uss_per_peer_p50_mib": figure(summary, "memory_uss_mib", "p50"),
         "rss_per_peer_p50_mib": figure(summary, "memory_rss_mib", "p50"),
         "cpu_s_per_peer_p50": figure(summary, "cpu_seconds", "p50"),
-        "cpu_s_total": figure(summary, "cpu_seconds", "mean") * peers if peers else None,
+        "cpu_s_total": cpu_mean * peers if (cpu_mean := figure(summary, "cpu_seconds", "mean")) is not None else None,
         "connections_per_peer_p50": statistics.median(f["connections"] for f in finals) if finals else None,
         "routing_table_p50": statistics.median(f["routing_table"] for f in finals) if finals else None,
         "bootstrap_p50_ms": figure(summary, "bootstrap", "p50"),
@@ -101,12 +104,12 @@ def point_row(directory: Path) -> dict[str, Any]:
         "cpu_s_per_delivery": figure(summary, "cpu_s_per_delivery", "p50"),
         "time_dilation": "/".join(f"{f:g}" for f in factors),
         "verdicts_inconclusive": sum(v.status == "inconclusive" for v in analysis.verdicts),
-        "machine_cpu_busy_workload": sum(p["cpu_busy"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
-        "lab_cpu_share_workload": sum(p["lab_cpu"] * p["seconds"] for p in workload) / workload_s if workload_s else None,
-        "python_probe_ms": manifest["machine"].get("python_speed", {}).get("best_ms"),
-        "command": manifest["machine"]["argv"],
-        "commit": manifest["source"],
-        "commit_short": manifest["source"]["commit"][:7] + ("+" if manifest["source"]["dirty"] else ""),
+        "machine_cpu_busy_workload": sum(p.cpu_busy * p.seconds for p in workload) / workload_s if workload_s else None,
+        "lab_cpu_share_workload": sum(p.lab_cpu * p.seconds for p in workload) / workload_s if workload_s else None,
+        "python_probe_ms": machine.python_speed.best_ms,
+        "command": machine.argv,
+        "commit": manifest.source.model_dump(mode="json"),
+        "commit_short": (manifest.source.commit or "")[:7] + ("+" if manifest.source.dirty else ""),
     }
 
 
@@ -228,9 +231,10 @@ def main() -> None:
     runs = sorted(path.parent for path in sweep.glob(f"**/{SUMMARY}"))
     rows = sorted((point_row(run) for run in runs), key=lambda row: row["peers"])
     first = load(runs[0]).manifest
-    origin = {"measured_utc": first["started_utc"][:16].replace("T", " ") + " UTC", "machine": first["machine"],
-              "commit": first["source"], "topology": first["topology_name"], "command": first["machine"]["argv"],
-              "written_utc": datetime.now(UTC).isoformat(), "by": provenance.git_commit()}
+    assert first.machine is not None and first.started_utc is not None  # point_row checked every run
+    origin = {"measured_utc": first.started_utc[:16].replace("T", " ") + " UTC", "machine": first.machine.model_dump(mode="json"),
+              "commit": first.source.model_dump(mode="json"), "topology": first.topology_name, "command": first.machine.argv,
+              "written_utc": datetime.now(UTC).isoformat(), "by": provenance.git_commit().model_dump(mode="json")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps({"origin": origin, "rows": rows}, indent=2) + "\n")
     (args.out / "scaling.md").write_text(markdown(rows, origin))

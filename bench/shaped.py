@@ -48,7 +48,7 @@ def shaped(topology_yaml: str, backend: str) -> Iterator[Links]:
 
 def write(out: Path, stem: str, result: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
     """OUT/STEM.json and OUT/STEM.md, the result with the machine and commit it came from."""
-    result = {**result, "machine": provenance.machine(), "commit": provenance.git_commit().get("commit")}
+    result = {**result, "machine": provenance.machine().model_dump(mode="json"), "commit": provenance.git_commit().commit}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (out / f"{stem}.md").write_text(markdown(result))

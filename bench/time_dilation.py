@@ -109,8 +109,8 @@ def main() -> int:
         runs = {label: run(label.replace("'", "-again"), network, Path(work)) | {"label": label}
                 for label, network in plan.items()}
     rows = compare(runs)
-    result = {"factor": args.factor, "cores": cores, "machine": provenance.machine(),
-              "commit": provenance.git_commit().get("commit"), "runs": runs, "rows": rows,
+    result = {"factor": args.factor, "cores": cores, "machine": provenance.machine().model_dump(mode="json"),
+              "commit": provenance.git_commit().commit, "runs": runs, "rows": rows,
               "all_within": all(r["within"] for r in rows),
               "guard": {"b_conclusive": "inconclusive" not in runs["b"]["verdicts"].values(),
                         "c_inconclusive": "inconclusive" in runs["c"]["verdicts"].values()}}

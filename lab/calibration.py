@@ -24,22 +24,28 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from lab import sweep
 from lab.analysis.figures import Analysis
-from lab.analysis.metrics import CPU_PER_OPERATION
-from lab.topology import BootstrapPhase, Topology, parse_topology
+from lab.errors import CalibrationError
+from lab.metric_names import CPU_PER_OPERATION
+from lab.topology import BootstrapPhase, Topology, parse_topology, set_field
+from nodes.protocol import Dilation
 
 PILOT_PEERS = 40
 PILOT_FACTOR = 10.0
 UTILIZATION = 0.5  # of the machine's cores: the busy share below which timers stay on time
-Pilot = Callable[[Topology, Path], Awaitable[Analysis]]  # runs a topology into a directory
+Pilot = Callable[[Topology, Dilation, Path], Awaitable[Analysis]]  # runs a topology at a dilation into a directory
+
+
+def fixed(topology: Topology, factor: float, reason: str) -> Dilation:
+    """The run's dilation at `factor`, each phase at its own factor if it states one."""
+    return Dilation(factor, reason, tuple(phase.time_dilation or factor for phase in topology.workload))
 
 
 def pilot_topology(topology: Topology) -> Topology:
-    """The topology at PILOT_PEERS peers (or fewer), bootstrap only, dilated by PILOT_FACTOR."""
+    """The topology at PILOT_PEERS peers (or fewer), bootstrap only."""
     data = topology.model_dump(mode="json")
     peers = min(topology.peer_count, PILOT_PEERS)
-    sweep.apply(data, "peers", str(peers))
+    set_field(data, "peers", str(peers))
     data["bootstrap"]["peers"] = min(data["bootstrap"]["peers"], max(2, peers // 4))
     data["network"]["time_dilation"] = PILOT_FACTOR
     data["workload"] = [phase for phase in data["workload"] if phase["phase"] == "bootstrap"][:1]
@@ -48,26 +54,26 @@ def pilot_topology(topology: Topology) -> Topology:
     return parse_topology(data, f"{topology.name} pilot")
 
 
-async def calibrate(topology: Topology, run: Pilot, echo: Callable[[str], None]) -> tuple[float, str]:
-    """(factor, why) for `topology` on this machine, from a pilot run (`run`)."""
-    pilot = pilot_topology(topology)
-    echo(f"[calibration] time_dilation auto: a pilot of {pilot.peer_count} peers at dilation {PILOT_FACTOR:g}")
+async def settle(topology: Topology, pilot: Pilot, echo: Callable[[str], None]) -> Dilation:
+    """The run's Dilation: the topology's factor, or for `auto` the one a pilot run (`pilot`)
+    measures this machine to need."""
+    factor = topology.network.time_dilation
+    if factor != "auto":
+        return fixed(topology, factor, f"network.time_dilation: {factor:g}")
+    small = pilot_topology(topology)
+    echo(f"[calibration] time_dilation auto: a pilot of {small.peer_count} peers at dilation {PILOT_FACTOR:g}")
     with tempfile.TemporaryDirectory(prefix="p2p-lab-calibration-") as work:
-        analysis = await run(pilot, Path(work) / "pilot")
+        analysis = await pilot(small, fixed(small, PILOT_FACTOR, "the calibration pilot's"), Path(work) / "pilot")
     per_join, joins = analysis.summary.get(CPU_PER_OPERATION["bootstrap"][0]), analysis.summary.get("bootstrap")
     if per_join is None or per_join.p50 is None or joins is None or joins.p50 is None:
         raise CalibrationError("time_dilation auto: the pilot measured no join (see its output above); set a factor")
     concurrency = next(p.concurrency for p in topology.workload if isinstance(p, BootstrapPhase))
     cores = os.cpu_count() or 1
     demand = concurrency * per_join.p50 / (joins.p50 / 1000)
-    factor = float(max(1, math.ceil(demand / (UTILIZATION * cores))))
-    why = (f"auto: a pilot of {pilot.peer_count} peers (dilated {PILOT_FACTOR:g}) measured a join at {per_join.p50:.3g} "
+    chosen = float(max(1, math.ceil(demand / (UTILIZATION * cores))))
+    why = (f"auto: a pilot of {small.peer_count} peers (dilated {PILOT_FACTOR:g}) measured a join at {per_join.p50:.3g} "
            f"CPU-s and {joins.p50:.4g} ms; {concurrency} joins at once ask {demand:.3g} cores at dilation 1; this machine "
-           f"has {cores}, kept under {UTILIZATION:.0%} busy: dilation {factor:g} (a floor: joins cost more in larger "
+           f"has {cores}, kept under {UTILIZATION:.0%} busy: dilation {chosen:g} (a floor: joins cost more in larger "
            "networks; the guard says whether it sufficed)")
     echo(f"[calibration] {why}")
-    return factor, why
-
-
-class CalibrationError(RuntimeError):
-    """The pilot could not measure what the factor needs."""
+    return fixed(topology, chosen, why)

@@ -19,7 +19,10 @@ from typing import Any
 import psutil
 
 from lab import runid
+from lab.errors import RecordsError
+from lab.manifest import MANIFEST, read_manifest
 from lab.network.netlink import netns
+from lab.output.results import ResultsDir
 from lab.peers import cgroup
 
 
@@ -30,6 +33,7 @@ class Leftovers:
     pids: list[int] = field(default_factory=list)
     state_file: Path | None = None
     control: Path | None = None
+    results: Path | None = None  # the run's results directory, as its state file names it
     directories: list[Path] = field(default_factory=list)
     cgroups: list[Path] = field(default_factory=list)
 
@@ -85,8 +89,9 @@ def find_leftovers() -> dict[str, Leftovers]:
         leftover = entry(state_file.stem)
         leftover.state_file = state_file
         try:
-            leftover.control = Path(json.loads(state_file.read_text())["control"])
-        except (OSError, ValueError, KeyError):
+            state = json.loads(state_file.read_text())
+            leftover.control, leftover.results = Path(state["control"]), Path(state["results"])
+        except (OSError, ValueError, KeyError, TypeError):
             pass
     return found
 
@@ -118,6 +123,8 @@ def clean(echo: Callable[[str], None]) -> int:
             cgroup.remove(group)
             echo(f"run {run}: removed cgroup {group}")
             removed += 1
+        if leftover.results is not None and mark_killed(leftover.results):
+            echo(f"run {run}: marked {leftover.results / MANIFEST} killed (partial)")
         for path in (leftover.control, leftover.state_file):
             if path is not None and path.exists():
                 path.unlink()
@@ -125,6 +132,20 @@ def clean(echo: Callable[[str], None]) -> int:
                 removed += 1
     echo(f"removed {removed} leftovers" if removed else "nothing to clean")
     return removed
+
+
+def mark_killed(results: Path) -> bool:
+    """A run that died while its manifest said running (its orchestrator was SIGKILLed) is
+    marked killed and partial, so `lab report`, `compare` and `history` treat it as such."""
+    try:
+        manifest = read_manifest(results)
+    except RecordsError:
+        return False
+    if manifest.status != "running":
+        return False
+    manifest.status, manifest.partial = "killed", True
+    ResultsDir(results).save(manifest)
+    return True
 
 
 def _process(pid: int) -> psutil.Process | None:

@@ -1,4 +1,6 @@
-"""The `lab` command: one subcommand, one function."""
+"""The `lab` command: one subcommand, one function, and errors mapped to exit codes in one
+place (`LabGroup.invoke`): a LabError (lab/errors.py) is one line and its class's exit code,
+Ctrl-C is 130, anything else a crash (traceback, exit 3)."""
 
 from __future__ import annotations
 
@@ -13,27 +15,52 @@ import click
 from lab import cleanup, exits, quantities
 from lab import sweep as sweeps
 from lab.analysis import compare as compare_runs
-from lab.analysis.metrics import unit_of
-from lab.analysis.records import EVENTS, MANIFEST, RecordsError, read_json
-from lab.analysis.repeats import REPEAT_FILE
+from lab.analysis.records import read_json
+from lab.errors import OUTCOMES, BadInput, Interrupted, LabError, SlaFailed
+from lab.local_machine import choose_mode
+from lab.manifest import EVENTS, MANIFEST, REPEAT, SWEEP, SWEEP_TABLE
+from lab.metric_names import unit_of
 from lab.network import doctor
-from lab.network.fabric import NetworkError
-from lab.orchestrator import SetupError, choose_mode, default_out, run_repeated, run_topology
+from lab.orchestrator import RunOutcome, default_out, run_repeated, run_topology
 from lab.output import terminal
 from lab.output.report import write_report
 from lab.shaping import live
-from lab.shaping.backend import ShapingError, choose_backend
-from lab.topology import TopologyError, load_topology
+from lab.shaping.backend import choose_backend
+from lab.topology import load_topology
 from nodes.protocol import NetemRequest
 
-
-class LabError(click.ClickException):
-    """Bad input or an unusable machine: a one-line message and exit code 2."""
-
-    exit_code = exits.BAD_INPUT
+SEVERITY = ("pass", "inconclusive", "fail")  # a run's outcome, least to most severe
 
 
-@click.group()
+class LabGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LabError as exc:
+            click.echo(f"{exc.label}: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling a run
+            click.echo("interrupted", err=True)
+            sys.exit(exits.INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:
+            traceback.print_exc()
+            click.echo(f"lab crashed ({type(exc).__name__}: {exc}); run `lab clean` if anything was left", err=True)
+            sys.exit(exits.CRASH)
+
+
+def _outcome_error(outcomes: list[RunOutcome]) -> LabError | None:
+    """The error a run (or the worst of several) ends with, if not every SLA held."""
+    worst = max((o.analysis.outcome for o in outcomes), key=SEVERITY.index, default="pass")
+    if worst == "pass":
+        return None
+    statuses = {"fail": "fail", "inconclusive": "inconclusive"}
+    named = sorted({f"{v.metric} {v.stat}" for o in outcomes for v in o.analysis.verdicts if v.status == statuses[worst]})
+    return OUTCOMES[worst](f"{len(named)} verdicts {'FAILED' if worst == 'fail' else 'INCONCLUSIVE'}: {', '.join(named)}")
+
+
+@click.group(cls=LabGroup)
 @click.version_option(package_name="p2p-lab")
 def main() -> None:
     """Measure libp2p peers for real: namespaces, processes, statistics, SLA verdicts."""
@@ -49,10 +76,7 @@ def main() -> None:
 def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, repeat: int, report: bool) -> None:
     """Run TOPOLOGY; exit 0 if every SLA held, 1 if any failed, 4 if none failed but some could not be judged (the
     machine was too busy), 2 on bad input or setup error."""
-    try:
-        topology = load_topology(topology_file)
-    except TopologyError as exc:
-        raise LabError(str(exc)) from None
+    topology = load_topology(topology_file)
     if seed is not None:
         topology = topology.model_copy(update={"seed": seed})
     if quick:
@@ -64,16 +88,9 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
             outcomes = asyncio.run(run_repeated(topology, source, out, click.echo, repeat))
         else:
             outcomes = [asyncio.run(run_topology(topology, source, out, click.echo))]
-        reports = [write_report(outcome.path) for outcome in outcomes] if report else []
-    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the run
-        click.echo(f"interrupted: partial results in {out}", err=True)
-        sys.exit(exits.INTERRUPTED)
-    except (SetupError, NetworkError) as exc:
-        raise LabError(str(exc)) from None
-    except Exception:
-        traceback.print_exc()
-        click.echo(f"lab crashed; partial results in {out}; run `lab clean` if anything was left", err=True)
-        sys.exit(exits.CRASH)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise Interrupted(f"partial results in {out}") from None
+    reports = [write_report(outcome.path) for outcome in outcomes] if report else []
     outcome = outcomes[-1]
     click.echo("")
     for line in terminal.metrics_table(outcome.analysis.summary):
@@ -88,12 +105,13 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
         click.echo(line)
     if repeat > 1:
         click.echo("")
-        for line in terminal.repeat_lines(read_json(out / REPEAT_FILE), outcomes):
+        for line in terminal.repeat_lines(read_json(out / REPEAT), outcomes):
             click.echo(line)
     click.echo(f"results: {out}")
     for path in reports:
         click.echo(f"report: {path}")
-    sys.exit(exits.worst([o.exit_code for o in outcomes]))
+    if error := _outcome_error(outcomes):
+        raise error
 
 
 @main.command()
@@ -114,27 +132,25 @@ def compare(
     try:
         noise_share = quantities.fraction(noise)
     except ValueError as exc:
-        raise LabError(f"--noise: {exc}") from None
+        raise BadInput(f"--noise: {exc}") from None
     unknown = [m for m in metrics if unit_of(m) is None]
     if unknown:
-        raise LabError(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
+        raise BadInput(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
     for label, run_dir in (("BASELINE", baseline), ("CANDIDATE", candidate)):
         single = (run_dir / MANIFEST).is_file() and (run_dir / EVENTS).is_file()
         if not single and not compare_runs.is_repeat(run_dir):
-            raise LabError(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl, no repeat.json)")
-    try:
-        report = compare_runs.compare_dirs(baseline, candidate, noise_share, alpha, metrics)
-    except RecordsError as exc:
-        raise LabError(str(exc)) from None
+            raise BadInput(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl, no repeat.json)")
+    report = compare_runs.compare_dirs(baseline, candidate, noise_share, alpha, metrics)
     for line in report.skipped:
         click.echo(f"note: {line}", err=True)
     for line in terminal.comparison_lines(report, output):
         click.echo(line)
     judged = [c for c in report.comparisons if c.change is not None]
     if strict and not judged:
-        raise LabError("nothing was compared: no metric has enough values on both sides (--strict)")
-    if strict and any(c.verdict == "regressed" for c in report.comparisons):
-        sys.exit(exits.FAILED)
+        raise BadInput("nothing was compared: no metric has enough values on both sides (--strict)")
+    regressed = [c.metric for c in report.comparisons if c.verdict == "regressed"]
+    if strict and regressed:
+        raise SlaFailed(f"regressed (--strict): {', '.join(regressed)}")
 
 
 def _running_run(run_dir: Path | None) -> dict[str, Any]:
@@ -142,7 +158,7 @@ def _running_run(run_dir: Path | None) -> dict[str, Any]:
     alive = [state for state in cleanup.live_runs() if run_dir is None or Path(state["results"]) == run_dir.resolve()]
     if not alive:
         where = f" writing to {run_dir}" if run_dir else ""
-        raise LabError(f"no running lab run{where}: start one with `lab run TOPOLOGY` (lab netem changes a live run)")
+        raise BadInput(f"no running lab run{where}: start one with `lab run TOPOLOGY` (lab netem changes a live run)")
     return alive[-1]
 
 
@@ -167,30 +183,28 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
     """Change, show, clear or verify the link impairment of a running lab; returns once the change is in force."""
     given = {name: value for name, value in link.items() if value is not None}
     if sum((bool(given), show, clear)) > 1:
-        raise LabError("give link parameters, --show or --clear, not several")
+        raise BadInput("give link parameters, --show or --clear, not several")
     if not (given or show or clear or verify):
-        raise LabError("nothing to do: give link parameters (e.g. --loss 5% --delay 50ms), --show, --clear or --verify")
+        raise BadInput("nothing to do: give link parameters (e.g. --loss 5% --delay 50ms), --show, --clear or --verify")
     try:
         indexes = [int(p) for p in peers.split(",")] if peers else None
     except ValueError:
-        raise LabError(f"--peers: expected comma-separated peer indexes, not {peers!r}") from None
+        raise BadInput(f"--peers: expected comma-separated peer indexes, not {peers!r}") from None
     op: Literal["set", "clear", "show", "verify"] = "set" if given else "clear" if clear else "show" if show else "verify"
     request = NetemRequest(op, list(groups), indexes, given, verify)
     state = _running_run(run_dir)
     if state["impairment"] is None:
-        raise LabError(f"the run writing to {state['results']} has no impairment backend: {state['impairment_reason']}")
+        raise BadInput(f"the run writing to {state['results']} has no impairment backend: {state['impairment_reason']}")
     try:
         reply = live.send(Path(state["impairment"]), request)
     except OSError as exc:
-        raise LabError(f"cannot reach the run writing to {state['results']} ({exc}); is it still building its network?") from None
-    except ShapingError as exc:
-        raise LabError(str(exc)) from None
+        raise BadInput(f"cannot reach the run writing to {state['results']} ({exc}); is it still building its network?") from None
     if not reply["ok"]:
-        raise LabError(reply["error"])
+        raise BadInput(reply["error"])
     for line in terminal.netem_lines(op, reply):
         click.echo(line)
     if reply.get("status") == "failed":
-        sys.exit(exits.FAILED)
+        raise SlaFailed(terminal.LINKS_OUTCOME["failed"])
 
 
 @main.command()
@@ -201,12 +215,9 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
 @click.option("--quick", is_flag=True, help="Smaller workload at every point.")
 def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quick: bool) -> None:
     """Run TOPOLOGY at every point of a grid of settings; write sweep.json, sweep.md and scaling curves."""
-    try:
-        topology = load_topology(topology_file)
-        parsed = [sweeps.Setting.parse(text) for text in settings]
-        points = sweeps.grid(topology.model_dump(mode="json", exclude_defaults=True), parsed, str(topology_file))
-    except TopologyError as exc:
-        raise LabError(str(exc)) from None
+    topology = load_topology(topology_file)
+    parsed = [sweeps.Setting.parse(text) for text in settings]
+    points = sweeps.grid(topology.model_dump(mode="json", exclude_defaults=True), parsed, str(topology_file))
     if quick:
         points = [(chosen, point.quick()) for chosen, point in points]
     out = out or default_out(topology, "-sweep")
@@ -214,14 +225,12 @@ def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quic
     try:
         done = asyncio.run(sweeps.run_sweep(points, parsed, topology_file.read_text(), out, click.echo))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        click.echo(f"interrupted: the points measured so far are in {out / sweeps.SWEEP_FILE}", err=True)
-        sys.exit(exits.INTERRUPTED)
-    except (SetupError, NetworkError) as exc:
-        raise LabError(str(exc)) from None
+        raise Interrupted(f"the points measured so far are in {out / SWEEP}") from None
     click.echo("")
-    click.echo((out / "sweep.md").read_text())
+    click.echo((out / SWEEP_TABLE).read_text())
     click.echo(f"sweep: {out}")
-    sys.exit(exits.worst([p["exit_code"] for p in done]))
+    if error := _outcome_error(done):
+        raise error
 
 
 @main.command(name="report")
@@ -229,11 +238,7 @@ def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quic
 @click.option("--compare", "baseline", type=click.Path(path_type=Path, file_okay=False), help="Baseline results directory.")
 def report_command(run_dir: Path, baseline: Path | None) -> None:
     """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/ (PNG and SVG)."""
-    try:
-        path = write_report(run_dir, baseline)
-    except RecordsError as exc:
-        raise LabError(str(exc)) from None
-    click.echo(f"report: {path}")
+    click.echo(f"report: {write_report(run_dir, baseline)}")
 
 
 @main.command()
@@ -247,13 +252,10 @@ def doctor_command() -> None:
     """Print what this machine supports and the mode `lab run` will use."""
     for check in doctor.run_checks():
         click.echo(f"{'yes' if check.ok else 'no ':3}  {check.name:20} {check.detail}")
-    try:
-        mode, why = choose_mode("auto")
-    except SetupError as exc:
-        raise LabError(str(exc)) from None
+    mode, why = choose_mode("auto")
     click.echo(f"lab run will use: {mode} ({why})")
     try:
         backend, reason = choose_backend("auto")
         click.echo(f"link impairment backend: {backend} ({reason})")
-    except ShapingError as exc:
+    except LabError as exc:
         click.echo(f"link impairment backend: none ({exc})")

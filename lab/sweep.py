@@ -9,7 +9,6 @@ to every element. Each point is validated as a whole topology before any run sta
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,11 +19,13 @@ import matplotlib.pyplot as plt
 import yaml
 
 from lab.analysis.stats import Summary
-from lab.orchestrator import run_topology
-from lab.output import plots, results
-from lab.topology import Link, Topology, TopologyError, parse_topology
+from lab.errors import TopologyError
+from lab.manifest import PLOTS, SWEEP, SWEEP_TABLE
+from lab.orchestrator import RunOutcome, run_topology
+from lab.output import plots
+from lab.output.results import write_json
+from lab.topology import Topology, parse_topology, set_field
 
-SWEEP_FILE = "sweep.json"
 CURVE_METRICS = ("bootstrap", "dht_lookup", "get", "gossip_delivery", "search_remote", "memory_uss_mib", "cpu_seconds")
 
 
@@ -41,46 +42,6 @@ class Setting:
         return cls(name.strip(), tuple(v.strip() for v in values.split(",")))
 
 
-def _scale_peers(data: dict[str, Any], total: int) -> None:
-    if data.get("total") is not None:
-        data["total"] = total
-        return
-    counts = [group["count"] for group in data["groups"]]
-    scaled = [max(1, math.floor(total * count / sum(counts))) for count in counts]
-    scaled[0] += total - sum(scaled)
-    if scaled[0] < 1:
-        raise TopologyError(f"peers={total}: too few for {len(counts)} groups")
-    for group, count in zip(data["groups"], scaled, strict=True):
-        group["count"] = count
-
-
-def _set_path(node: Any, path: list[str], value: Any) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _set_path(item, path, value)
-        return
-    if len(path) == 1:
-        node[path[0]] = value
-        return
-    _set_path(node.setdefault(path[0], {}), path[1:], value)
-
-
-def _typed(value: str) -> Any:
-    """YAML's reading of a value, as if it were written in the topology file."""
-    return yaml.safe_load(value)
-
-
-def apply(data: dict[str, Any], name: str, value: str) -> None:
-    if name == "peers":
-        if not re.fullmatch(r"\d+", value) or int(value) < 1:
-            raise TopologyError(f"--set peers={value}: must be a positive whole number")
-        _scale_peers(data, int(value))
-    elif name in Link.model_fields:
-        _set_path(data, ["groups", "link", name], _typed(value))
-    else:
-        _set_path(data, name.split("."), _typed(value))
-
-
 def grid(base: dict[str, Any], settings: list[Setting], source: str) -> list[tuple[dict[str, str], Topology]]:
     """Every point of the grid as a validated topology, before anything runs."""
     points = []
@@ -88,7 +49,7 @@ def grid(base: dict[str, Any], settings: list[Setting], source: str) -> list[tup
         chosen = dict(zip((s.name for s in settings), values, strict=True))
         data = yaml.safe_load(yaml.safe_dump(base))
         for name, value in chosen.items():
-            apply(data, name, value)
+            set_field(data, name, value)
         label = ", ".join(f"{n}={v}" for n, v in chosen.items())
         points.append((chosen, parse_topology(data, f"{source} with {label}")))
     return points
@@ -128,20 +89,22 @@ def markdown_table(points: list[dict[str, Any]]) -> str:
 
 
 async def run_sweep(points: list[tuple[dict[str, str], Topology]], settings: list[Setting], source: str, out: Path,
-                    echo: Callable[[str], None]) -> list[dict[str, Any]]:
+                    echo: Callable[[str], None]) -> list[RunOutcome]:
     """Runs the points one after another (each a fresh network), writing sweep.json after each
     so an interrupted sweep keeps what it measured; then the table and the curves."""
     done: list[dict[str, Any]] = []
+    outcomes = []
     for number, (chosen, topology) in enumerate(points, 1):
         echo(f"=== sweep point {number}/{len(points)}: {', '.join(f'{k}={v}' for k, v in chosen.items())}")
         outcome = await run_topology(topology, source, point_dir(out, chosen), echo)
+        outcomes.append(outcome)
         done.append({
             "settings": chosen, "x": numeric(chosen[settings[0].name]), "dir": outcome.path.name, "peers": topology.peer_count,
             "status": outcome.status, "exit_code": outcome.exit_code, "metrics": point_figures(outcome.analysis.summary),
         })
-        results.write_json(out / SWEEP_FILE, {"settings": [asdict(s) for s in settings], "points": done})
-    (out / "sweep.md").write_text(markdown_table(done))
-    plots_dir = out / "plots"
+        write_json(out / SWEEP, {"settings": [asdict(s) for s in settings], "points": done})
+    (out / SWEEP_TABLE).write_text(markdown_table(done))
+    plots_dir = out / PLOTS
     plots_dir.mkdir(exist_ok=True)
     for metric in CURVE_METRICS:
         if any(metric in p["metrics"] for p in done):
@@ -149,4 +112,4 @@ async def run_sweep(points: list[tuple[dict[str, str], Topology]], settings: lis
             figure.savefig(plots_dir / f"{metric}.png", dpi=110)
             figure.savefig(plots_dir / f"{metric}.svg")
             plt.close(figure)
-    return done
+    return outcomes

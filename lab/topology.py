@@ -7,10 +7,11 @@ Validated completely before anything is built; every error names its field path
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -26,13 +27,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from lab import quantities
-from lab.analysis import metrics
-from lab.shaping.plan import LinkPlan
-
-
-class TopologyError(ValueError):
-    """A topology file that cannot be used; the message is one line naming the field."""
+from lab import metric_names, quantities
+from lab.errors import TopologyError
 
 
 class Strict(BaseModel):
@@ -79,6 +75,9 @@ Size = Annotated[int, BeforeValidator(_bytes), PlainSerializer(lambda v: f"{v}B"
                  Field(description="e.g. 16KiB; bytes once parsed")]
 
 
+IMPAIRING = ("delay", "jitter", "loss", "duplicate", "reorder", "corrupt", "rate")
+
+
 class Link(Strict):
     """Impairment of every packet a peer of the group sends, in netem's terms (one-way)."""
 
@@ -103,17 +102,12 @@ class Link(Strict):
             raise ValueError("jitter: uniform jitter larger than delay would need negative delays")
         return self
 
-    def plan(self, to_region: dict[str, float] | None = None) -> LinkPlan:
-        """What the backends apply: this link, plus extra delay by destination region."""
-        return LinkPlan(
-            delay_s=self.delay, jitter_s=self.jitter, distribution=self.distribution, loss=self.loss,
-            loss_correlation=self.loss_correlation, duplicate=self.duplicate, reorder=self.reorder, corrupt=self.corrupt,
-            rate_bps=self.rate, limit=self.limit, to_region=dict(to_region or {}),
-        )
-
     @property
     def is_impaired(self) -> bool:
-        return self.plan().is_impaired
+        """Whether the link does anything to a packet (the distribution, limit and loss
+        correlation only qualify what another field does)."""
+        return any(getattr(self, name) for name in IMPAIRING)
+
 
 class Regions(Strict):
     """Per-destination shaping: one-way latency from a region (row) to a region (column),
@@ -306,12 +300,6 @@ class PhaseBase(Strict):
         "CPU bursts (gossip at 1000 peers) needs more than one of long waits (lookups); docs/design.md, Virtual time",
     )
 
-    def dilated(self, factor: float) -> Self:
-        """The phase's waits in the machine's time: timeout, settle, interval and duration `factor` times longer."""
-        stretched = ("timeout", "settle", "interval", "duration")
-        return self.model_copy(update={name: getattr(self, name) * factor for name in stretched
-                                       if getattr(self, name, None) is not None})
-
 
 class BootstrapPhase(PhaseBase):
     phase: Literal["bootstrap"]
@@ -423,7 +411,7 @@ class Sla(Strict):
 
     @model_validator(mode="after")
     def _known_metric_and_unit(self) -> Sla:
-        unit = metrics.unit_of(self.metric)
+        unit = metric_names.unit_of(self.metric)
         if unit is None:
             raise ValueError(f"metric: unknown metric {self.metric!r} (see docs/topology.md)")
         try:
@@ -435,7 +423,7 @@ class Sla(Strict):
     @property
     def unit(self) -> str | None:
         """The unit the statistic is judged in: the metric's, or none for a success ratio."""
-        return "dimensionless" if self.stat == "success_ratio" else metrics.unit_of(self.metric)
+        return "dimensionless" if self.stat == "success_ratio" else metric_names.unit_of(self.metric)
 
     @property
     def limit(self) -> float:
@@ -492,20 +480,6 @@ class Topology(Strict):
             raise ValueError(f"bootstrap.sample: {self.bootstrap.sample} leaves no warm peer of {self.peer_count}")
         return self
 
-    def dilation_of(self, phase: Phase) -> float:
-        """The time dilation a phase runs at (its own, else the network's; a number once chosen)."""
-        network = self.network.time_dilation
-        return phase.time_dilation or (network if isinstance(network, float) else 1.0)
-
-    @property
-    def switches_dilation(self) -> bool:
-        """Whether some phase runs at another dilation than the network's."""
-        return any(p.time_dilation not in (None, self.network.time_dilation) for p in self.workload)
-
-    def with_dilation(self, factor: float) -> Topology:
-        """The topology with the network's dilation chosen (`auto` calibrated)."""
-        return self.model_copy(update={"network": self.network.model_copy(update={"time_dilation": factor})})
-
     def quick(self) -> Topology:
         """The same network with a smaller workload, for a fast look (`lab run --quick`)."""
         smaller = {
@@ -559,16 +533,6 @@ class Topology(Strict):
         host it is the index order."""
         return [i for column in itertools.zip_longest(*self.hosts()) for i in column if i is not None]
 
-    def group_plans(self) -> dict[str, LinkPlan]:
-        """Each group's link plan, by group name, with its region's latency to each region."""
-        latency = self.regions.latency if self.regions else {}
-        return {group.name: group.link.plan(latency.get(group.region or "")) for group in self.groups}
-
-    def peer_plans(self) -> list[LinkPlan]:
-        """Each peer's link plan, by peer index."""
-        by_group = self.group_plans()
-        return [by_group[group.name] for group in self.peer_groups()]
-
     def peer_regions(self) -> list[str | None]:
         return [group.region for group in self.peer_groups()]
 
@@ -582,6 +546,47 @@ class Topology(Strict):
     def rng(self, purpose: str) -> random.Random:
         """A random stream per purpose, so adding a phase never reshuffles another."""
         return random.Random(f"{self.seed}:{purpose}")
+
+
+# -- settings changed by name (`lab sweep --set`, `lab run --set`, the calibration pilot) --------
+
+def _scale_peers(data: dict[str, Any], total: int) -> None:
+    if data.get("total") is not None:
+        data["total"] = total
+        return
+    counts = [group["count"] for group in data["groups"]]
+    scaled = [max(1, math.floor(total * count / sum(counts))) for count in counts]
+    scaled[0] += total - sum(scaled)
+    if scaled[0] < 1:
+        raise TopologyError(f"peers={total}: too few for {len(counts)} groups")
+    for group, count in zip(data["groups"], scaled, strict=True):
+        group["count"] = count
+
+
+def _set_path(node: Any, path: list[str], value: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _set_path(item, path, value)
+        return
+    if len(path) == 1:
+        node[path[0]] = value
+        return
+    _set_path(node.setdefault(path[0], {}), path[1:], value)
+
+
+def set_field(data: dict[str, Any], name: str, value: str) -> None:
+    """Sets a setting in a topology's data (as a file holds it), before it is validated: `peers`
+    (every group scaled to the new total), a link field (`delay`, `loss`, ... on every group's
+    link), or any dotted path (`libp2p.gossipsub.heartbeat`; a path through a list sets every
+    element). The value is read as YAML reads it in a topology file."""
+    if name == "peers":
+        if not re.fullmatch(r"\d+", value) or int(value) < 1:
+            raise TopologyError(f"--set peers={value}: must be a positive whole number")
+        _scale_peers(data, int(value))
+    elif name in Link.model_fields:
+        _set_path(data, ["groups", "link", name], yaml.safe_load(value))
+    else:
+        _set_path(data, name.split("."), yaml.safe_load(value))
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -626,6 +631,8 @@ def parse_topology(data: object, source: str = "<topology>") -> Topology:
 def load_topology(path: Path) -> Topology:
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise TopologyError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise TopologyError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:

@@ -4,7 +4,8 @@ With `network.time_dilation: N`, every clock a peer reads runs N times slower th
 machine's (the technique of "To Infinity and Beyond: Time-Warped Network Emulation", NSDI
 2006, and DieCast, NSDI 2008): to the peers the machine looks N times faster, while the lab
 stretches link delays by N and divides rates by N, so the network looks as configured. All
-processes of a run share one epoch (nodes/protocol.py `Dilation`), so their timestamps compare.
+processes of a run share one epoch (nodes/protocol.py `Dilation`, which the first START call of a
+host process brings), so their timestamps compare.
 
 What is dilated here:
 - trio's clock (`trio.run(clock=...)`): sleeps, timeouts, `move_on_after`, and through them
@@ -26,18 +27,19 @@ from datetime import datetime, tzinfo
 
 import trio
 
-from nodes.protocol import Dilation
+from nodes.protocol import Dilation, Segment
 
 _real_monotonic_ns = time.monotonic_ns
 _real_time_ns = time.time_ns
-_installed: Dilation | None = None  # the process's timeline, once installed
 
 
 class DilatedClock(trio.abc.Clock):
-    """trio's clock in virtual seconds: a deadline d away sleeps d x factor real seconds."""
+    """trio's clock in virtual seconds: a deadline d away sleeps d x factor real seconds. The
+    machine's clock until the run's timeline arrives (`adopt`)."""
 
-    def __init__(self, dilation: Dilation) -> None:
-        self.dilation = dilation
+    def __init__(self) -> None:
+        self.dilation = Dilation()
+        self.adopted = False
 
     def start_clock(self) -> None:
         pass
@@ -49,14 +51,19 @@ class DilatedClock(trio.abc.Clock):
         return self.dilation.sleep_s(deadline, _real_monotonic_ns())
 
 
-def install(dilation: Dilation) -> DilatedClock | None:
-    """Dilates the process's clocks (before the peers start); returns trio's clock, or None when
-    the factor is 1 and will stay so. Later changes of factor (`Dilation.switch`, which the
-    orchestrator announces to every host process) take effect through the same object."""
-    global _installed
-    if dilation.factor == 1 and not dilation.switchable:
-        return None
-    _installed = dilation
+CLOCK = DilatedClock()  # the host process's trio clock: trio.run(..., clock=CLOCK)
+
+
+def adopt(dilation: Dilation) -> None:
+    """The run's timeline, from the first START call this host process answers, before its
+    peers exist (later peers of the host share it; changes arrive by `retime`). trio's clock
+    steps back once, from the machine's time to the run's, while nothing waits on it. Python's
+    clocks are replaced only when the run is dilated at some time."""
+    if CLOCK.adopted:
+        return
+    CLOCK.dilation, CLOCK.adopted = dilation, True
+    if not dilation.dilated:
+        return
 
     def monotonic_ns() -> int:
         return dilation.virtual_ns(_real_monotonic_ns())
@@ -77,13 +84,12 @@ def install(dilation: Dilation) -> DilatedClock | None:
     from libp2p.kad_dht import common  # its timeReceived stamps, compared with time.time()
 
     common.datetime = VirtualDatetime  # type: ignore[misc]
-    return DilatedClock(dilation)
 
 
 def retime(factor: float, real_ns: int, real_wall_ns: int) -> None:
     """The orchestrator's announced change of factor (once per process: the same instant twice
     is one change)."""
-    if _installed is None:
+    if not CLOCK.dilation.dilated:
         raise RuntimeError("this host's clocks are not dilated (network.time_dilation 1 and no phase of its own)")
-    if all(segment.real_ns != real_ns for segment in _installed.segments):
-        _installed.switch(factor, real_ns, real_wall_ns)
+    dilation = CLOCK.dilation
+    dilation.follow(Segment(real_ns, real_wall_ns, dilation.virtual_ns(real_ns), dilation.virtual_wall_ns(real_wall_ns), factor))

@@ -46,7 +46,7 @@ from nodes.control import ControlChannel
 from nodes.lag import watch_lag
 from nodes.market import ANNOUNCE_TOPIC, Market
 from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
-from nodes.protocol import DILATION_ENV, Call, Dilation, Op, PeerSettings, concurrent_search_op
+from nodes.protocol import Call, Op, PeerSettings, concurrent_search_op
 from nodes.recorder import OpFailed, Recorder, install_work_handler
 
 PR_SET_PDEATHSIG = 1
@@ -307,7 +307,9 @@ async def run_peer(index: int, control: str, reports_lag: bool) -> None:
         start = await channel.receive()
         if start is None or start.get("op") != Call.START:
             raise RuntimeError(f"expected a start call, got {start!r}")
-        peer = Peer(index, channel, PeerSettings.of(start["args"]), reports_lag)
+        settings = PeerSettings.of(start["args"])
+        clock.adopt(settings.dilation)
+        peer = Peer(index, channel, settings, reports_lag)
         async with peer.running():
             await channel.reply(start, peer.identity())
             await peer.serve()
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     library_logger.propagate = True
     library_logger.setLevel(logging.WARNING)
     install_work_handler()
-    trio.run(run, args.index, args.control, clock=clock.install(Dilation.of_env(os.environ.get(DILATION_ENV))))
+    trio.run(run, args.index, args.control, clock=clock.CLOCK)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-DILATION_ENV = "P2P_LAB_TIME"  # a host process's virtual clock: Dilation.env()
-
 
 @dataclass(frozen=True)
 class Segment:
@@ -30,26 +28,52 @@ class Segment:
     factor: float
 
 
+@dataclass
 class Dilation:
-    """Virtual time, shared by every process of a run (nodes/clock.py, docs/design.md): a clock
-    running `factor` times slower than the machine's, equal to it at the run's start (the
-    epoch), so the timestamps of all processes compare. The factor may change between phases:
-    a change is announced before it takes effect (a segment from a real instant on), so every
-    process switches at the same instant and virtual time never jumps."""
+    """A run's virtual time (nodes/clock.py, docs/design.md), settled once per run and taken by
+    every part of it: the network (TCP's minimum RTO), the links (delays and rates), the peers
+    (their clocks, through their START call), the collector (its interval), the workload's waits,
+    the guard and the report.
 
-    def __init__(self, factor: float = 1.0, segments: list[Segment] | None = None, switchable: bool = False) -> None:
-        self.segments = segments or [Segment(0, 0, 0, 0, factor)]
-        self.switchable = switchable  # install the virtual clock even at factor 1: a phase may change it
+    `network` is the factor the run starts at (`network.time_dilation`, `auto` resolved by its
+    pilot), `phases` each workload phase's factor (its own, else the network's), `reason` why.
+    The timeline (`segments`) is a clock running `factor` times slower than the machine's, equal
+    to it at the run's start (`start`), so the timestamps of all processes compare. A change of
+    factor is announced before it takes effect (`switch`: a segment from a real instant on), so
+    every process switches at the same instant and virtual time never jumps."""
 
-    @classmethod
-    def starting_now(cls, factor: float, switchable: bool = False) -> Dilation:
+    network: float = 1.0
+    reason: str = "network.time_dilation: 1"
+    phases: tuple[float, ...] = ()
+    segments: list[Segment] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.segments:  # not started: the machine's clock at the network's factor
+            self.segments = [Segment(0, 0, 0, 0, self.network)]
+
+    def start(self) -> None:
+        """Puts the epoch at this instant: the run's start, for every process of the run."""
         real, wall = time.monotonic_ns(), time.time_ns()
-        return cls(factor, [Segment(real, wall, real, wall, factor)], switchable)
+        self.segments = [Segment(real, wall, real, wall, self.network)]
+
+    @property
+    def switchable(self) -> bool:
+        """Whether the factor changes during the run (so clocks must follow it even at factor 1)."""
+        return any(f != self.network for f in self.phases) or len({s.factor for s in self.segments}) > 1
+
+    @property
+    def dilated(self) -> bool:
+        """Whether the run's clocks differ from the machine's at any time."""
+        return self.network != 1 or self.switchable
 
     @property
     def factor(self) -> float:
         """The factor in force now."""
         return self._segment(time.monotonic_ns()).factor
+
+    def of_phase(self, number: int) -> float:
+        """The factor of workload phase `number` (1-based)."""
+        return self.phases[number - 1] if number <= len(self.phases) else self.network
 
     @property
     def epoch_monotonic_ns(self) -> int:
@@ -85,6 +109,12 @@ class Dilation:
             real, virtual, factor = s.real_ns, s.virtual_ns, s.factor
         return max(0.0, (real - real_now_ns + (deadline - virtual) * factor) / 1e9)
 
+    def real_s(self, virtual_s: float) -> float:
+        """The machine's seconds from now that `virtual_s` of the run's time take (a timeout, a
+        settle bound, an interval), across any announced change of factor."""
+        real_now = time.monotonic_ns()
+        return self.sleep_s(self.virtual_ns(real_now) / 1e9 + virtual_s, real_now)
+
     def switch(self, factor: float, at_real_ns: int, at_real_wall_ns: int) -> Segment:
         """From `at_real_ns` (later than every announced change) on, the new factor."""
         segment = Segment(at_real_ns, at_real_wall_ns, self.virtual_ns(at_real_ns), self.virtual_wall_ns(at_real_wall_ns),
@@ -92,23 +122,18 @@ class Dilation:
         self.segments.append(segment)
         return segment
 
-    def env(self) -> str:
-        segments = [f"{s.real_ns}:{s.real_wall_ns}:{s.virtual_ns}:{s.virtual_wall_ns}:{s.factor!r}" for s in self.segments]
-        return ";".join(segments + (["switchable"] if self.switchable else []))
+    def follow(self, segment: Segment) -> None:
+        """A change another process announced (the same instant twice is one change)."""
+        if all(s.real_ns != segment.real_ns for s in self.segments):
+            self.segments.append(segment)
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def of_env(cls, text: str | None) -> Dilation:
-        if not text:
-            return cls()
-        parts = text.split(";")
-        segments = []
-        for part in (p for p in parts if p != "switchable"):
-            real, wall, virtual, virtual_wall, factor = part.split(":")
-            segments.append(Segment(int(real), int(wall), int(virtual), int(virtual_wall), float(factor)))
-        return cls(segments[0].factor, segments, "switchable" in parts)
-
-    def record(self) -> list[dict[str, Any]]:
-        return [asdict(s) for s in self.segments]
+    def of(cls, record: Mapping[str, Any]) -> Dilation:
+        return cls(float(record["network"]), str(record["reason"]), tuple(float(f) for f in record["phases"]),
+                   [Segment(**s) for s in record["segments"]])
 
 
 class Call(StrEnum):
@@ -266,10 +291,11 @@ class Gossipsub:
 @dataclass(frozen=True)
 class PeerSettings:
     """Everything a peer is told in its start call: the library settings of the topology, its
-    key seed and where it listens."""
+    key seed, where it listens and the run's virtual time."""
 
     seed: int
     listen: str
+    dilation: Dilation  # the run's virtual time: the first START of a host process sets its clocks
     connections: Connections
     dht: Dht
     yamux: Yamux
@@ -281,7 +307,8 @@ class PeerSettings:
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> PeerSettings:
         return cls(
-            seed=record["seed"], listen=record["listen"], connections=Connections(**record["connections"]),
+            seed=record["seed"], listen=record["listen"], dilation=Dilation.of(record["dilation"]),
+            connections=Connections(**record["connections"]),
             dht=Dht(**record["dht"]), yamux=Yamux(**record["yamux"]), gossipsub=Gossipsub(**record["gossipsub"]),
         )
 

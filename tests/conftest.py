@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from lab import runid
+from lab.errors import CgroupError
 from lab.network.netlink import netns
-from lab.peers.cgroup import CgroupError, cpu_root
+from lab.peers.cgroup import cpu_root
 from nodes.protocol import Event
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from conftest import ROOT, TINY, needs_root, write_topology
 from lab import runid
 from lab.cli import main
+from lab.local_machine import choose_mode
 from lab.network import doctor
-from lab.orchestrator import choose_mode
 from lab.peers import cgroup
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from nodes.protocol import Dilation
+from conftest import DEFAULT, ROOT
+from lab.calibration import fixed
+from lab.peers.settings import peer_settings
+from lab.topology import load_topology
+from nodes.protocol import Dilation, PeerSettings
 
 SECOND = 1_000_000_000
 
 
 def timeline() -> tuple[Dilation, int]:
-    dilation = Dilation.starting_now(4.0)
+    dilation = Dilation(4.0)
+    dilation.start()
     return dilation, dilation.segments[0].real_ns
 
 
@@ -35,11 +41,22 @@ def test_a_change_of_factor_is_continuous_and_sleeps_span_it() -> None:
     assert dilation.sleep_s(math.inf, epoch) == math.inf  # trio's "no deadline"
 
 
-def test_every_process_rebuilds_the_same_timeline_from_the_environment() -> None:
+def test_every_process_rebuilds_the_same_timeline_from_its_start_call() -> None:
     dilation, epoch = timeline()
     dilation.switch(10.0, epoch + 8 * SECOND, dilation.segments[0].real_wall_ns + 8 * SECOND)
-    copy = Dilation.of_env(dilation.env())
-    assert copy.segments == dilation.segments and not copy.switchable
-    assert Dilation.of_env(Dilation.starting_now(1.0, switchable=True).env()).switchable
+    settings = peer_settings(load_topology(DEFAULT), "/ip4/127.0.0.1/tcp/0", dilation)
+    copy = PeerSettings.of(json.loads(json.dumps(settings.record()))).dilation  # as the START call carries it
+    assert copy == dilation and copy.switchable
     probe = epoch + 12_345_678_901
     assert copy.virtual_ns(probe) == dilation.virtual_ns(probe)
+    copy.follow(copy.segments[-1])  # an announced change heard twice is one change
+    assert len(copy.segments) == 2
+
+
+def test_the_dilation_is_settled_once_with_each_phase_s_factor() -> None:
+    written = load_topology(ROOT / "topologies" / "1000-peers.yaml")
+    dilation = fixed(written, 6.0, "network.time_dilation: 6")
+    gossip = next(number for number, phase in enumerate(written.workload, 1) if phase.phase == "gossip")
+    assert dilation.of_phase(1) == 6.0 and dilation.of_phase(gossip) == written.workload[gossip - 1].time_dilation
+    assert dilation.switchable and dilation.dilated
+    assert not fixed(load_topology(DEFAULT), 1.0, "").dilated  # the machine's own clock: nothing to install

@@ -15,10 +15,11 @@ from pathlib import Path
 from lab.peers.settings import peer_settings
 from lab.topology import load_topology
 from nodes.peer import gossipsub_router, resource_manager, tune_library
+from nodes.protocol import Dilation
 from libp2p.kad_dht import kad_dht
 from libp2p.stream_muxer.yamux import yamux
 
-settings = peer_settings(load_topology(Path("topologies/1000-peers.yaml")), "/ip4/127.0.0.1/tcp/0")
+settings = peer_settings(load_topology(Path("topologies/1000-peers.yaml")), "/ip4/127.0.0.1/tcp/0", Dilation())
 tune_library(settings)
 print(json.dumps({
     "rtt_interval": yamux.RTT_MEASURE_INTERVAL,

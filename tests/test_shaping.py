@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from conftest import needs_root
+from lab.errors import ShapingError
 from lab.network.fabric import NamespaceNetwork
 from lab.runid import ENV_VAR, RunId
 from lab.shaping import plan as plans
-from lab.shaping.backend import ShapingError, choose_backend
+from lab.shaping.backend import choose_backend
 from lab.shaping.links import Links, make_backend
 from lab.shaping.verify import measure_pair
 from lab.topology import Link, Topology, parse_topology

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lab.errors import TopologyError
 from lab.quantities import bits_per_second
 from lab.shaping import plan as plans
+from lab.shaping.links import peer_plans
 from lab.shaping.tc import netem_options, u32_destination_key, u32_source_key
 from lab.shaping.userspace import hub_rules, peer_rules
 from lab.shaping.verify import delay_checks, judge, loss_check, rate_check, sample_pairs
-from lab.topology import TopologyError, parse_topology
+from lab.topology import parse_topology
 
 BASE = {"name": "t", "seed": 1, "workload": [{"phase": "bootstrap"}]}
 
@@ -54,9 +56,9 @@ def test_plans_add_region_latency_per_destination_and_prefixes_cover_each_region
         regions={"latency": {"eu": {"eu": "5ms", "us": "40ms"}, "us": {"eu": "40ms", "us": "5ms"}}},
         groups=[{"name": "a", "count": 3, "region": "eu", "link": {"delay": "10ms"}}, {"name": "b", "count": 2, "region": "us"}],
     )
-    peer_plans = t.peer_plans()
-    assert peer_plans[0].delay_to("us") == pytest.approx(0.050) and peer_plans[0].delay_to("eu") == pytest.approx(0.015)
-    assert peer_plans[4].delay_to("eu") == pytest.approx(0.040) and peer_plans[4].is_impaired
+    by_peer = peer_plans(t)
+    assert by_peer[0].delay_to("us") == pytest.approx(0.050) and by_peer[0].delay_to("eu") == pytest.approx(0.015)
+    assert by_peer[4].delay_to("eu") == pytest.approx(0.040) and by_peer[4].is_impaired
     ips = [f"198.18.0.{i}" for i in range(2, 7)]
     assert plans.prefixes_by_region(ips, t.peer_regions()) == {
         "eu": ["198.18.0.2/31", "198.18.0.4/32"],

@@ -11,9 +11,9 @@ import yaml
 
 from conftest import TINY, needs_root, run_lab
 from lab import exits
+from lab.errors import TopologyError
 from lab.output.plots import scaling_curve
 from lab.sweep import Setting, grid, numeric, point_dir
-from lab.topology import TopologyError
 
 
 def base() -> dict:

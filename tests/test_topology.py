@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.topology import TopologyError, load_topology, parse_topology
+from lab.errors import TopologyError
+from lab.topology import load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -44,10 +44,12 @@ from scipy import stats
 
 from lab.analysis.figures import Analysis, analyze
 from lab.analysis.guard import judge
-from lab.analysis.metrics import Metric, higher_is_better
-from lab.analysis.records import MANIFEST, RecordsError, load, read_json
-from lab.analysis.repeats import REPEAT_FILE
-from lab.topology import TopologyError, parse_topology
+from lab.analysis.metrics import Metric
+from lab.analysis.records import load, read_json
+from lab.errors import RecordsError, TopologyError
+from lab.manifest import MANIFEST, REPEAT, Manifest
+from lab.metric_names import higher_is_better
+from lab.topology import parse_topology
 from nodes.protocol import Event
 
 MIN_SAMPLES = 8
@@ -346,13 +348,13 @@ def _failure_reason(comparison: Comparison, alpha: float) -> str:
 # -- reading the sides --------------------------------------------------------------------------
 
 def is_repeat(run_dir: Path) -> bool:
-    return (run_dir / REPEAT_FILE).is_file()
+    return (run_dir / REPEAT).is_file()
 
 
-def _primary(manifest: dict[str, Any]) -> set[str]:
+def _primary(manifest: Manifest) -> set[str]:
     """The metrics the run's SLAs name."""
     try:
-        return {sla.metric for sla in parse_topology(manifest.get("topology")).slas}
+        return {sla.metric for sla in parse_topology(manifest.topology).slas}
     except TopologyError:
         return set()
 
@@ -382,10 +384,10 @@ def load_side(run_dir: Path) -> tuple[Level, dict[str, MetricData], set[str], li
         data, names, notes, _ = _of_run(run_dir)
         return "samples", data, names, notes, {"path": str(run_dir), "samples": {n: len(d.values) for n, d in data.items()}}
     try:
-        repeat = read_json(run_dir / REPEAT_FILE)
+        repeat = read_json(run_dir / REPEAT)
         dirs = [run_dir / run["dir"] for run in repeat["runs"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RecordsError(f"{run_dir / REPEAT_FILE}: not a repeat file ({exc}); rerun `lab run --repeat`") from None
+        raise RecordsError(f"{run_dir / REPEAT}: not a repeat file ({exc}); rerun `lab run --repeat`") from None
     merged: dict[str, MetricData] = {}  # per metric: each run's median and p95, attempts and failures summed
     primary: set[str] = set()
     skipped: list[str] = []

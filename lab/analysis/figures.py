@@ -18,7 +18,9 @@ from lab.analysis.peerlogs import count_levels
 from lab.analysis.records import RunRecords
 from lab.analysis.sla import Verdict, builtin_verdicts, evaluate
 from lab.analysis.stats import Summary, summarize
-from lab.topology import TopologyError, parse_topology
+from lab.errors import TopologyError
+from lab.manifest import LabErrorRecord
+from lab.topology import parse_topology
 from nodes.protocol import Event
 
 INDEPENDENCE_NOTE = ("samples within one run are not independent (shared network, shared CPU); "
@@ -39,11 +41,11 @@ class PeriodSummary:
 @dataclass(frozen=True)
 class Errors:
     operations: dict[str, dict[str, int]]  # failed operations: op -> cause -> count
-    lab: list[dict[str, Any]]  # the lab's own: peers that did not start, failed calls, lost peers
+    lab: list[LabErrorRecord]  # the lab's own: peers that did not start, failed calls, lost peers
     peer_logs: dict[str, Any]  # what the peers logged, counted by level and message
 
     def record(self) -> dict[str, Any]:
-        return {"operations": self.operations, "lab": self.lab, "peer_logs": self.peer_logs}
+        return {"operations": self.operations, "lab": [e.model_dump(mode="json") for e in self.lab], "peer_logs": self.peer_logs}
 
 
 @dataclass
@@ -116,24 +118,22 @@ def _verdicts(records: RunRecords, summary: dict[str, Summary], fidelity: list[P
     """The topology's SLAs (from the manifest), judged by the guard, and the lab's own conditions."""
     manifest = records.manifest
     try:
-        topology = parse_topology(manifest.get("topology"), f"{records.path}/manifest.json topology")
+        topology = parse_topology(manifest.topology, f"{records.path}/manifest.json topology")
     except TopologyError as exc:
         notes.append(f"no SLA verdicts: {exc}")
         return []
-    lost = int(manifest.get("peers_lost") or 0)
     slas = [guarded(v, summary, records.events, fidelity) for v in evaluate(topology.slas, summary)]
-    return slas + builtin_verdicts(topology.peer_count, records.peers_ready, lost)
+    return slas + builtin_verdicts(topology.peer_count, manifest.peers_ready, manifest.peers_lost)
 
 
 def analyze(records: RunRecords) -> Analysis:
-    metrics = all_metrics(records.events, records.samples, records.peers_ready)
+    metrics = all_metrics(records.events, records.samples, records.manifest.peers_ready)
     summary = summarize_metrics(metrics)
     periods = [PeriodSummary(p.label, p.start_ns, summarize_metrics(dict(sorted(p.metrics.items()))))
                for p in impairment_periods(records.events)]
-    errors = Errors(_operation_errors(records), list(records.manifest.get("lab_errors") or []),
-                    count_levels(records.log_dir))
+    errors = Errors(_operation_errors(records), list(records.manifest.lab_errors), count_levels(records.log_dir))
     notes = list(records.skipped)
     fidelity = phase_lags(records.events)
     verdicts = _verdicts(records, summary, fidelity, notes)
-    partial = records.manifest.get("status") != "complete"
+    partial = records.manifest.status != "complete"
     return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes)

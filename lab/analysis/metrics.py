@@ -24,38 +24,17 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from lab.analysis.records import MIB, Sample
-from nodes.protocol import CONCURRENT_SEARCH, Event, Op
-
-MEMORY_FIELDS = {"memory_rss_mib": "rss", "memory_uss_mib": "uss", "memory_pss_mib": "pss"}
-RUN_PSS = "memory_run_pss_mib"
-TIME_TO_READY = "time_to_ready"
-DELIVERY_RATIO = "gossip_delivery_ratio"
-RUN_STARTED = "run_started"  # the orchestrator's event at the start of a run
-PHASE = "phase"  # the orchestrator's event for each workload phase, from its start to its end
-IMPAIRMENT = "impairment"  # the orchestrator's event for each change of the links
-OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
-# phase -> (metric, the operation it divides by)
-CPU_PER_OPERATION = {"bootstrap": ("cpu_s_per_join", Op.BOOTSTRAP), "lookup": ("cpu_s_per_lookup", Op.GET),
-                     "publish": ("cpu_s_per_publish", Op.PUBLISH), "gossip": ("cpu_s_per_delivery", Op.GOSSIP_DELIVERY)}
-
-
-def unit_of(metric: str) -> str | None:
-    """The unit a metric is summarised in, or None for a name the lab never produces."""
-    if metric in OPERATIONS or (metric.startswith(CONCURRENT_SEARCH) and metric[len(CONCURRENT_SEARCH):].isdigit()):
-        return "millisecond"
-    if metric in MEMORY_FIELDS or metric == RUN_PSS:
-        return "mebibyte"
-    if metric in ("cpu_seconds", TIME_TO_READY) or metric in {name for name, _ in CPU_PER_OPERATION.values()}:
-        return "second"
-    if metric == DELIVERY_RATIO:
-        return "dimensionless"
-    return None
-
-
-def higher_is_better(metric: str) -> bool:
-    """Only delivery ratios improve upwards; latency, memory and CPU improve downwards."""
-    return unit_of(metric) == "dimensionless"
+from lab.events import IMPAIRMENT, MIB, PHASE, RUN_STARTED, Sample, announced_message
+from lab.metric_names import (
+    CPU_PER_OPERATION,
+    CPU_SECONDS,
+    DELIVERY_RATIO,
+    MEMORY_FIELDS,
+    RUN_PSS,
+    TIME_TO_READY,
+    unit_of,
+)
+from nodes.protocol import Event, Op
 
 
 @dataclass
@@ -106,13 +85,6 @@ def impairment_periods(events: list[Event]) -> list[Period]:
     return periods
 
 
-def announced_message(event: Event) -> str | None:
-    """The message an event says was sent: a gossip-phase announcement or a publish that announced."""
-    if event.ok and event.op in (Op.GOSSIP_PUBLISH, Op.PUBLISH):
-        return event.message
-    return None
-
-
 def announced_messages(events: list[Event]) -> set[str]:
     return {message for event in events if (message := announced_message(event))}
 
@@ -149,7 +121,7 @@ def resource_metrics(samples: list[Sample]) -> dict[str, Metric]:
     metrics = {
         name: Metric(name, "mebibyte", list(by_peer.values()), len(by_peer)) for name, by_peer in peaks.items()
     }
-    metrics["cpu_seconds"] = Metric("cpu_seconds", "second", list(cpu.values()), len(cpu))
+    metrics[CPU_SECONDS] = Metric(CPU_SECONDS, "second", list(cpu.values()), len(cpu))
     if run_pss:
         metrics[RUN_PSS] = Metric(RUN_PSS, "mebibyte", [max(run_pss.values())], 1)
     return metrics

@@ -11,78 +11,14 @@ whose manifest is unreadable, or that has no events file, is unusable: RecordsEr
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.errors import RecordsError
+from lab.events import Sample
+from lab.manifest import EVENTS, LOGS, RESOURCES, Manifest, read_manifest
 from nodes.protocol import BadRecord, Event
-
-MANIFEST = "manifest.json"
-EVENTS = "events.jsonl"
-RESOURCES = "resources.jsonl"
-LOGS = "logs"
-MIB = 1024 * 1024
-
-
-class RecordsError(ValueError):
-    """A results directory that cannot be read; the message names the file and the fix."""
-
-
-def _number(record: Mapping[str, Any], name: str, optional: bool = False) -> Any:
-    value = record.get(name)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRecord(f"{name}: expected a number, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One collector sample of one process: a host process with its peers, or one of the lab's own."""
-
-    t_ns: int
-    sweep: int
-    role: str  # "peer" for host processes; "orchestrator", "delay_line" for the lab's own
-    peers: tuple[int, ...]  # the peers the process hosted then
-    pid: int
-    rss: int
-    uss: int | None  # read on detailed sweeps only
-    pss: int | None
-    cpu_user: float
-    cpu_system: float
-    fds: int
-
-    @property
-    def cpu_seconds(self) -> float:
-        return self.cpu_user + self.cpu_system
-
-    def per_peer(self, value: float) -> float:
-        """A host process's figure divided among the peers it hosted at this sample."""
-        return value / max(len(self.peers), 1)
-
-    def record(self) -> dict[str, Any]:
-        return {**asdict(self), "peers": list(self.peers), "peer": self.peers[0] if self.peers else None}
-
-    @classmethod
-    def of(cls, record: Mapping[str, Any]) -> Sample:
-        if not isinstance(record, Mapping):
-            raise BadRecord(f"expected an object, got {type(record).__name__}")
-        peers = record.get("peers") or ([record["peer"]] if record.get("peer") is not None else [])
-        if not isinstance(peers, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in peers):
-            raise BadRecord(f"peers: expected a list of peer indexes, got {peers!r}")
-        role = record.get("role", "peer")
-        if not isinstance(role, str):
-            raise BadRecord(f"role: expected a string, got {role!r}")
-        return cls(
-            t_ns=int(_number(record, "t_ns")), sweep=int(_number(record, "sweep")), role=role, peers=tuple(peers),
-            pid=int(_number(record, "pid")), rss=int(_number(record, "rss")),
-            uss=_number(record, "uss", optional=True), pss=_number(record, "pss", optional=True),
-            cpu_user=float(_number(record, "cpu_user")), cpu_system=float(_number(record, "cpu_system")),
-            fds=int(_number(record, "fds", optional=True) or 0),
-        )
 
 
 @dataclass
@@ -90,14 +26,10 @@ class RunRecords:
     """What one run left: its manifest, events, samples, and where its peers' logs are."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     events: list[Event]
     samples: list[Sample]
     skipped: list[str] = field(default_factory=list)  # one line per file with damaged lines, naming them
-
-    @property
-    def peers_ready(self) -> int:
-        return int(self.manifest.get("peers_ready") or 0)
 
     @property
     def log_dir(self) -> Path:
@@ -148,15 +80,8 @@ def _typed(path: Path, make: Any, skipped: list[str]) -> list[Any]:
 def load(run_dir: Path) -> RunRecords:
     """A results directory's records. A missing resources file (a run killed before its first
     sample) is an empty list, said in `skipped`."""
-    manifest_path, events_path = run_dir / MANIFEST, run_dir / EVENTS
-    try:
-        manifest = read_json(manifest_path)
-    except OSError as exc:
-        raise RecordsError(f"{manifest_path}: cannot read ({exc.strerror}); is {run_dir} a results directory?") from None
-    except ValueError as exc:
-        raise RecordsError(f"{manifest_path}: not JSON ({exc}); the run's manifest is damaged") from None
-    if not isinstance(manifest, dict):
-        raise RecordsError(f"{manifest_path}: not a JSON object; the run's manifest is damaged")
+    manifest = read_manifest(run_dir)
+    events_path = run_dir / EVENTS
     if not events_path.is_file():
         raise RecordsError(f"{events_path}: missing; is {run_dir} a results directory?")
     skipped: list[str] = []

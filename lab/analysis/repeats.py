@@ -15,8 +15,6 @@ import numpy as np
 
 from lab.analysis.stats import Summary, median_ci
 
-REPEAT_FILE = "repeat.json"
-
 
 def between_runs(summaries: list[dict[str, Summary]]) -> dict[str, dict[str, Any]]:
     """`summaries` are the runs' metric summaries, in run order."""

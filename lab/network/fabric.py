@@ -36,8 +36,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lab.errors import NetworkError
 from lab.network.netlink import NetlinkError, NetNS, netns
 from lab.runid import RunId
+from nodes.protocol import Dilation
 
 FABRIC = ipaddress.ip_network("198.18.0.0/15")
 GATEWAY = str(FABRIC.network_address + 1)
@@ -57,9 +59,6 @@ MAX_PEERS = FABRIC.num_addresses - 4  # network address, gateway, reference, bro
 
 Progress = Callable[[int, int], None]
 
-
-class NetworkError(RuntimeError):
-    """The kernel refused part of the network; the message says what and why."""
 
 
 @dataclass(frozen=True)
@@ -112,16 +111,17 @@ def _write_sysctls_in(netns_name: str, settings: dict[str, str]) -> None:
 class NamespaceNetwork:
     """Builds and removes the namespaced fabric of one run."""
 
-    def __init__(self, run: RunId, hosts: list[list[int]], dilation: float = 1.0) -> None:
-        """`dilation`: the run's time dilation; TCP's minimum retransmission timeout on every
-        host route is stretched by it (Linux's 200 ms would look `dilation` times shorter to
-        peers on a dilated clock)."""
+    def __init__(self, run: RunId, hosts: list[list[int]], dilation: Dilation | None = None) -> None:
+        """`dilation`: the run's virtual time; TCP's minimum retransmission timeout on every
+        host route is stretched by the factor in force (Linux's 200 ms would look that many times
+        shorter to peers on a dilated clock)."""
         peers = sum(map(len, hosts))
         if peers > MAX_PEERS:
             raise NetworkError(f"198.18.0.0/15 holds at most {MAX_PEERS} peers, not {peers}")
         self.run = run
         self.hosts = hosts
-        self.metrics = _rto_metrics(dilation)
+        self.dilation = dilation or Dilation()
+        self.metrics = _rto_metrics(self.dilation.factor)
         self.created: list[str] = []
         self.hosts_built: dict[str, list[PeerSlot]] = {}  # namespace -> its peer slots
         self.reference: PeerSlot | None = None
@@ -190,9 +190,9 @@ class NamespaceNetwork:
             ns.route(command, dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0, prefsrc=slots[0].ip, table=table,
                      metrics=self.metrics)
 
-    def retime(self, dilation: float) -> None:
-        """TCP's minimum RTO on every host's routes for a new dilation (a phase changed it)."""
-        self.metrics = _rto_metrics(dilation)
+    def retime(self) -> None:
+        """TCP's minimum RTO on every host's routes at the factor now in force (a phase changed it)."""
+        self.metrics = _rto_metrics(self.dilation.factor)
         for name, slots in self.hosts_built.items():
             with NetNS(name) as ns:
                 self._routes(ns, ns.link_lookup(ifname="eth0")[0], slots, "replace")

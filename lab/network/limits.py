@@ -21,13 +21,12 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
+from lab.errors import LimitError
+
 FDS_PER_PEER = 6
 BASE_FDS = 256
 MAX_NET_NAMESPACES = Path("/proc/sys/user/max_net_namespaces")
 
-
-class LimitError(RuntimeError):
-    """A limit the run needs cannot be had; the message names it and the fix."""
 
 
 def needed_open_files(peers: int, host_connections: int = 0) -> int:

@@ -18,8 +18,6 @@ from prometheus_client.openmetrics.exposition import generate_latest
 from lab.analysis.metrics import Metric
 from lab.analysis.stats import Summary
 
-SAMPLES_CSV = "samples.csv"
-SUMMARY_PROM = "summary.prom"
 EXPORTED_STATS = ("n", "success_ratio", "mean", "min", "p50", "p95", "p99", "max")
 FAMILY_SUFFIX = {"millisecond": "milliseconds", "mebibyte": "mebibytes", "second": "seconds", "dimensionless": "ratio"}
 

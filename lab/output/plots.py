@@ -15,8 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lab.analysis.metrics import MEMORY_FIELDS, Metric  # noqa: E402
-from lab.analysis.records import MIB, Sample  # noqa: E402
+from lab.analysis.metrics import Metric  # noqa: E402
+from lab.events import MIB, Sample  # noqa: E402
+from lab.metric_names import MEMORY_FIELDS  # noqa: E402
 from nodes.protocol import Event, Op  # noqa: E402
 
 BAND = (5, 50, 95)

@@ -17,11 +17,9 @@ from lab.analysis.compare import DEFAULT_ALPHA, DEFAULT_NOISE, compare_dirs, run
 from lab.analysis.figures import Analysis, analyze
 from lab.analysis.metrics import Metric
 from lab.analysis.records import RunRecords, load
+from lab.manifest import PLOTS, REPORT
 from lab.output import plots
 from nodes.protocol import Op
-
-REPORT = "report.html"
-PLOTS = "plots"
 
 
 def _save(figure: Figure, directory: Path, name: str) -> str:
@@ -47,7 +45,7 @@ def _figures(records: RunRecords, analysis: Analysis, baseline: tuple[Path, dict
     ]
     if any(e.op == Op.GOSSIP_DELIVERY for e in records.events):
         wanted.append(("gossip_delivery", "Gossip delivery: share of peers reached over time",
-                       plots.delivery_curve(records.events, records.peers_ready)))
+                       plots.delivery_curve(records.events, records.manifest.peers_ready)))
     wanted += [
         ("memory_over_time", "Memory per peer over time (RSS)", plots.memory_over_time(records.samples)),
         ("memory_per_peer", "Peak memory per peer", plots.memory_per_peer(analysis.metrics)),
@@ -72,7 +70,7 @@ def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
     base = (baseline, run_samples(baseline)) if baseline is not None else None
     context: dict[str, Any] = {
         "manifest": records.manifest,
-        "manifest_text": json.dumps(records.manifest, indent=2),
+        "manifest_text": json.dumps(records.manifest.record(), indent=2),
         "summary": analysis.summary_record(),
         "verdicts": analysis.verdicts_record(),
         "notes": analysis.notes,

@@ -1,13 +1,6 @@
-"""The results directory: self-describing, written as the run goes so an interrupted run
-still leaves a readable directory whose manifest says it is partial.
-
-    manifest.json    topology, seed, versions, kernel, mode, commit, times, status
-    events.jsonl     one operation per line, as the peers reported it
-    resources.jsonl  psutil samples per process
-    logs/            stderr of every peer
-    summary.json     statistics per metric
-    verdicts.json    each SLA: measured value, threshold, pass/fail
-"""
+"""The results directory as it is written: self-describing, written as the run goes so an
+interrupted run still leaves a readable directory whose manifest says it is partial. Its
+files and the manifest's fields are lab/manifest.py's."""
 
 from __future__ import annotations
 
@@ -16,12 +9,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from lab.analysis.records import EVENTS, LOGS, MANIFEST, RESOURCES
-
-__all__ = ["EVENTS", "MANIFEST", "RESOURCES", "SUMMARY", "VERDICTS", "ResultsDir", "write_json"]
-
-SUMMARY = "summary.json"
-VERDICTS = "verdicts.json"
+from lab.manifest import LOGS, MANIFEST, Manifest
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -34,7 +22,6 @@ def write_json(path: Path, data: Any) -> None:
 class ResultsDir:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.manifest: dict[str, Any] = {}
         self._streams: dict[str, IO[str]] = {}
 
     @classmethod
@@ -48,9 +35,8 @@ class ResultsDir:
     def log_dir(self) -> Path:
         return self.path / LOGS
 
-    def update_manifest(self, **fields: Any) -> None:
-        self.manifest.update(fields)
-        write_json(self.path / MANIFEST, self.manifest)
+    def save(self, manifest: Manifest) -> None:
+        write_json(self.path / MANIFEST, manifest.record())
 
     def append(self, name: str, record: dict[str, Any]) -> None:
         """Line-buffered, so every complete record is on disk if the run dies."""

@@ -21,6 +21,7 @@ import signal
 import time
 from pathlib import Path
 
+from lab.errors import CgroupError
 from lab.runid import RunId
 
 PERIOD_US = 10_000  # a short period: a quota of q per period throttles for (1 - q) periods, which is timer lag
@@ -28,9 +29,6 @@ WEIGHT = {"v1": ("cpu.shares", "262144"), "v2": ("cpu.weight", "10000")}  # the 
 V1 = Path("/sys/fs/cgroup/cpu")
 V2 = Path("/sys/fs/cgroup")
 
-
-class CgroupError(RuntimeError):
-    """The CPU limit cannot be had here; the message says why and what to do."""
 
 
 def cpu_root() -> tuple[Path, str]:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import psutil
 
-from lab.analysis.records import Sample
+from lab.events import Sample
+from nodes.protocol import Dilation
 
 
 def sample_process(process: psutil.Process, role: str, peers: list[int], detailed: bool, sweep: int,
@@ -49,12 +50,13 @@ class Collector:
         targets: Callable[[], dict[int, list[int]]],
         sink: Callable[[Sample], None],
         helpers: Callable[[], dict[str, int]] = dict,
-        clock: Callable[[], int] = time.monotonic_ns,
+        dilation: Dilation | None = None,
     ) -> None:
         """`targets` returns {pid: [peer index, ...]} of the host processes alive now; `helpers` {role: pid} of
-        the lab's own helper processes (the delay line), sampled so the lab's cost is known; `clock` the
-        run's (virtual) time for the samples' stamps. `interval_s` is in the machine's time."""
-        self.clock = clock
+        the lab's own helper processes (the delay line), sampled so the lab's cost is known; `dilation` the
+        run's virtual time, which stamps the samples and in which `interval_s` is counted (so the
+        interval follows a phase's change of factor)."""
+        self.dilation = dilation or Dilation()
         self.interval_s = interval_s
         self.detail_every = detail_every
         self.targets = targets
@@ -75,10 +77,10 @@ class Collector:
                 process = self._processes.get(pid) or self._processes.setdefault(pid, psutil.Process(pid))
             except psutil.NoSuchProcess:
                 continue
-            sample = sample_process(process, role, peers, detailed, self.sweeps, self.clock)
+            sample = sample_process(process, role, peers, detailed, self.sweeps, self.dilation.now_ns)
             if sample is not None:
                 samples.append(sample)
-        own = sample_process(self._self, "orchestrator", [], detailed, self.sweeps, self.clock)
+        own = sample_process(self._self, "orchestrator", [], detailed, self.sweeps, self.dilation.now_ns)
         if own is not None:
             samples.append(own)
         self.sweeps += 1
@@ -89,7 +91,7 @@ class Collector:
         """Samples until cancelled."""
         while True:
             await self.sample_once(detailed=self.sweeps % self.detail_every == 0)
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(self.dilation.real_s(self.interval_s))
 
     async def sample_once(self, detailed: bool = True) -> None:
         for sample in await asyncio.to_thread(self.sweep, detailed):

@@ -18,23 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.machine import CallFailed, PeerLost
 from lab.network.fabric import PeerSlot
 from lab.peers.cgroup import CpuLimit
 from lab.peers.forkserver import ForkedProcess, ForkServer
 from lab.runid import ENV_VAR
 from nodes import wire
-from nodes.protocol import DILATION_ENV, Call, Dilation, Event, PeerSettings
+from nodes.protocol import Call, Event, PeerSettings
 
 EventSink = Callable[[Event], None]
 STDERR_TAIL_LINES = 12
-
-
-class PeerLost(RuntimeError):
-    """The peer died or stopped answering; the message carries its cause."""
-
-
-class CallFailed(RuntimeError):
-    """The peer answered the call with an error."""
 
 
 @dataclass
@@ -83,13 +76,11 @@ class Fleet:
     """Spawns, drives and stops the peer processes of one run."""
 
     def __init__(self, run_id: str, control_path: Path, log_dir: Path, on_event: EventSink, hosting: str = "spawn",
-                 dilation: Dilation | None = None, cpu_limit: CpuLimit | None = None) -> None:
+                 cpu_limit: CpuLimit | None = None) -> None:
         """`hosting`: "spawn" starts a fresh interpreter per peer; "fork" forks peers from a
-        fork server that imported py-libp2p once (docs/design.md, Peers). `dilation`: the run's
-        virtual time, which every host process's clocks follow (nodes/clock.py); `cpu_limit`: the
+        fork server that imported py-libp2p once (docs/design.md, Peers); `cpu_limit`: the
         cgroup every host process is confined to."""
         self.run_id = run_id
-        self.dilation = dilation or Dilation()
         self.cpu_limit = cpu_limit
         self.forks = ForkServer(self._environment()) if hosting == "fork" else None
         self.control_path = control_path
@@ -102,7 +93,7 @@ class Fleet:
         self._watchers: list[asyncio.Task[None]] = []
 
     def _environment(self) -> dict[str, str]:
-        return {**os.environ, ENV_VAR: self.run_id, "PYTHONUNBUFFERED": "1", DILATION_ENV: self.dilation.env()}
+        return {**os.environ, ENV_VAR: self.run_id, "PYTHONUNBUFFERED": "1"}
 
     async def open(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.control_path), limit=wire.MAX_LINE)
@@ -114,6 +105,9 @@ class Fleet:
     @property
     def peers(self) -> list[PeerProcess]:
         return [self._peers[index] for index in sorted(self._peers)]
+
+    def peer(self, index: int) -> PeerProcess:
+        return self._peers[index]
 
     @property
     def alive(self) -> list[PeerProcess]:

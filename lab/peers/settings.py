@@ -1,18 +1,19 @@
 """What each peer is told when it starts: the topology's library settings, typed for the wire
-(nodes/protocol.py), and where the peer listens."""
+(nodes/protocol.py), where the peer listens and the run's virtual time."""
 
 from __future__ import annotations
 
 from lab.topology import Topology
-from nodes.protocol import Connections, Dht, Gossipsub, PeerSettings, Yamux
+from nodes.protocol import Connections, Dht, Dilation, Gossipsub, PeerSettings, Yamux
 
 
-def peer_settings(topology: Topology, listen: str) -> PeerSettings:
+def peer_settings(topology: Topology, listen: str, dilation: Dilation) -> PeerSettings:
     libp2p = topology.libp2p
     connections, dht, yamux, gossipsub = libp2p.connections, libp2p.dht, libp2p.yamux, libp2p.gossipsub
     return PeerSettings(
         seed=topology.seed,
         listen=listen,
+        dilation=dilation,
         connections=Connections(connections.max_per_peer, connections.max_connections, connections.max_inbound,
                                 connections.auto_connect, connections.dial_timeout),
         dht=Dht(dht.mode, dht.join, dht.get_quorum, dht.maintenance_interval, dht.random_walk, dht.max_peers_per_subnet),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from lab.errors import ShapingError
 from lab.network import doctor
 from lab.network.fabric import PeerSlot
 from lab.network.netlink import NetlinkError, NetNS
@@ -15,10 +16,6 @@ Host = list[tuple[PeerSlot, LinkPlan]]  # every peer of one host with the plan i
 NETEM_NEEDS = ("sch_netem", "htb")
 USERSPACE_NEEDS = ("iptables statistic", "nfqueue", "htb")
 
-
-class ShapingError(RuntimeError):
-    """Impairment cannot be had as asked (missing kernel feature, unsupported parameter,
-    links measured not doing what was configured); one line saying what and the fix."""
 
 
 class Backend(ABC):

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lab.analysis.metrics import IMPAIRMENT
+from lab.errors import ShapingError
+from lab.events import IMPAIRMENT
 from lab.network.fabric import PeerSlot
 from lab.runid import RunId
-from lab.shaping.backend import Backend, ShapingError
+from lab.shaping.backend import Backend
 from lab.shaping.netem import NetemBackend
 from lab.shaping.plan import LinkPlan
 from lab.shaping.userspace import UserspaceBackend
@@ -23,13 +24,34 @@ from nodes.protocol import Dilation, Event
 BACKENDS: dict[str, type[Backend]] = {"netem": NetemBackend, "userspace": UserspaceBackend}
 
 
+def link_plan(link: Link, to_region: dict[str, float] | None = None) -> LinkPlan:
+    """What the backends apply for a topology's link, plus extra delay by destination region."""
+    return LinkPlan(
+        delay_s=link.delay, jitter_s=link.jitter, distribution=link.distribution, loss=link.loss,
+        loss_correlation=link.loss_correlation, duplicate=link.duplicate, reorder=link.reorder, corrupt=link.corrupt,
+        rate_bps=link.rate, limit=link.limit, to_region=dict(to_region or {}),
+    )
+
+
+def group_plans(topology: Topology) -> dict[str, LinkPlan]:
+    """Each group's link plan, by group name, with its region's latency to each region."""
+    latency = topology.regions.latency if topology.regions else {}
+    return {group.name: link_plan(group.link, latency.get(group.region or "")) for group in topology.groups}
+
+
+def peer_plans(topology: Topology) -> list[LinkPlan]:
+    """Each peer's link plan, by peer index."""
+    by_group = group_plans(topology)
+    return [by_group[group.name] for group in topology.peer_groups()]
+
+
 def topology_problem(backend: str, topology: Topology) -> str | None:
     """The first link in the topology the backend cannot apply, named by its field path, so
     the run refuses before building anything."""
     links = [(f"groups[{i}].link", g.link) for i, g in enumerate(topology.groups)]
     links += [(f"workload[{i}].link", p.link) for i, p in enumerate(topology.workload) if isinstance(p, ImpairPhase)]
     for where, link in links:
-        if problem := BACKENDS[backend].unsupported(link.plan()):
+        if problem := BACKENDS[backend].unsupported(link_plan(link)):
             return f"{where}.{problem}"
     return None
 
@@ -66,7 +88,7 @@ class Links:
         self.reference_applied = False
         self.groups = [group.name for group in topology.peer_groups()]
         self.regions = topology.peer_regions()
-        self.initial = topology.peer_plans()
+        self.initial = peer_plans(topology)
         self.current = [LinkPlan(to_region=p.to_region) for p in self.initial]  # nothing applied yet
         self.hosts: dict[int, list[int]] = {}  # peers by host: they share its eth0, so a change reshapes the host
         for slot in slots:
@@ -104,7 +126,7 @@ class Links:
         return Change(sorted(new), {"topology": True}, "topology", self.dilation.now_ns())
 
     def set_link(self, peers: list[int], link: Link, source: str) -> Change:
-        self._apply({i: self.initial[i].with_link(link.plan()) for i in peers})
+        self._apply({i: self.initial[i].with_link(link_plan(link)) for i in peers})
         return Change(peers, link.model_dump(mode="json"), source, self.dilation.now_ns())
 
     def restore(self, peers: list[int], source: str) -> Change:

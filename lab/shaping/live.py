@@ -18,14 +18,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from lab.blocking import in_thread_to_completion
-from lab.shaping.backend import ShapingError
+from lab.errors import ShapingError
+from lab.events import VERIFICATION
 from lab.shaping.links import Change, Links
 from lab.shaping.verify import worst
 from lab.topology import Link
 from nodes.protocol import Event, NetemRequest
 
 Record = Callable[[Event], None]
-VERIFICATION = "impairment_verification"  # the event of a `lab netem --verify`
 REQUEST_TIMEOUT_S = 600.0
 
 

@@ -29,9 +29,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lab.errors import ShapingError
 from lab.network.fabric import PeerSlot
 from lab.runid import ENV_VAR, RunId
-from lab.shaping.backend import Backend, Host, ShapingError
+from lab.shaping.backend import Backend, Host
 from lab.shaping.delayer import QUEUE_NUM
 from lab.shaping.plan import LinkPlan
 

@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from lab.analysis.metrics import announced_message
+from lab.events import announced_message
 from lab.workload.ticker import Ticker
 from nodes.protocol import Event, Op
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from lab.peers.fleet import CallFailed, Fleet, PeerLost, PeerProcess
-from lab.shaping.live import LiveLinks
+from lab.machine import CallFailed, Machine, PeerInfo, PeerLost
+from lab.manifest import LabErrorRecord
 from lab.topology import (
     BootstrapPhase,
     ConcurrentSearchPhase,
@@ -34,7 +34,7 @@ from lab.workload.barrier import Deliveries
 from lab.workload.catalogue import make_catalogue, query_for
 from lab.workload.kademlia import converged_tables
 from lab.workload.ticker import Ticker
-from nodes.protocol import Call
+from nodes.protocol import Call, Dilation
 
 
 @dataclass
@@ -45,7 +45,7 @@ class PhaseReport:
     seconds: float = 0.0
     cpu_busy: float = 0.0  # share of the machine's CPU time not idle during the phase
     lab_cpu: float = 0.0  # share of the machine's CPU the orchestrator (collector included) took
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[LabErrorRecord] = field(default_factory=list)
 
     def line(self) -> str:
         return (
@@ -71,11 +71,15 @@ def _own_cpu_seconds() -> float:
 
 @dataclass
 class Workload:
+    """The phases of one run, driven through the machine that holds its peers. Every wait a phase
+    states (timeouts, settle bounds, intervals, durations) is in the run's virtual time and is
+    turned into the machine's time by the run's `Dilation` when it starts."""
+
     topology: Topology
-    fleet: Fleet
+    machine: Machine
     echo: Callable[[str], None]
     deliveries: Deliveries  # fed every event of the run by the orchestrator
-    live: LiveLinks | None = None
+    dilation: Dilation
     catalogue: list[dict[str, Any]] = field(default_factory=list)
     published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
     holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
@@ -85,10 +89,10 @@ class Workload:
         """Each peer index's place in the topology's join order, which a run never changes."""
         return {index: i for i, index in enumerate(self.topology.join_order())}
 
-    def peers(self) -> list[PeerProcess]:
+    def peers(self) -> list[PeerInfo]:
         """The live peers in the topology's join order: one peer from each host process in turn,
         so a phase's concurrent calls land in different processes, not on one event loop."""
-        return sorted(self.fleet.alive, key=lambda p: self._join_position[p.index])
+        return sorted(self.machine.alive(), key=lambda p: self._join_position[p.index])
 
     async def run(self, phase: Phase) -> PhaseReport:
         report = PhaseReport(phase.phase)
@@ -100,28 +104,28 @@ class Workload:
         report.lab_cpu = (_own_cpu_seconds() - lab_before) / (report.seconds * (psutil.cpu_count() or 1))
         return report
 
-    async def _call(self, report: PhaseReport, timeout: float, peer: PeerProcess, op: Call, args: dict[str, Any]) -> Any:
-        """One call; its timeout starts when it is sent. A failure is kept in the report with
-        the peer and its cause, and the call's result is None."""
+    async def _call(self, report: PhaseReport, timeout: float, peer: PeerInfo, op: Call, args: dict[str, Any]) -> Any:
+        """One call; its timeout (virtual seconds) starts when it is sent. A failure is kept in the
+        report with the peer and its cause, and the call's result is None."""
         report.calls += 1
         try:
-            return await self.fleet.call(peer, op, args, timeout)
+            return await self.machine.call(peer.index, op, args, self.dilation.real_s(timeout))
         except (PeerLost, CallFailed) as exc:
             report.failed += 1
-            report.errors.append({"phase": report.phase, "peer": peer.index, "op": op, "error": str(exc)})
+            report.errors.append(LabErrorRecord(phase=report.phase, peer=peer.index, op=op, error=str(exc)))
             return None
 
     async def _calls(
         self,
         report: PhaseReport,
         timeout: float,
-        calls: list[tuple[PeerProcess, Call, dict[str, Any]]],
+        calls: list[tuple[PeerInfo, Call, dict[str, Any]]],
         concurrency: int | None = None,
     ) -> list[Any]:
         """Calls, at most `concurrency` at once (all if None), with a progress line while pending."""
         limit = asyncio.Semaphore(concurrency or max(len(calls), 1))
 
-        async def one(peer: PeerProcess, op: Call, args: dict[str, Any], ticker: Ticker) -> Any:
+        async def one(peer: PeerInfo, op: Call, args: dict[str, Any], ticker: Ticker) -> Any:
             async with limit:
                 try:
                     return await self._call(report, timeout, peer, op, args)
@@ -157,13 +161,13 @@ class Workload:
             await self._call(report, phase.timeout, peer, Call.BOOTSTRAP, self._join_args(seeds[:i], floor))
         await self._joins(phase, report, joiners, seeds, rng, dial_plans)
 
-    async def _warm(self, phase: BootstrapPhase, report: PhaseReport, warm: list[PeerProcess], rng: random.Random) -> None:
+    async def _warm(self, phase: BootstrapPhase, report: PhaseReport, warm: list[PeerInfo], rng: random.Random) -> None:
         """Each warm peer gets its converged routing table (lab/workload/kademlia.py) and dials a
         few random warm peers, so GossipSub has connections to build its meshes on."""
         tables = converged_tables({p.index: p.peer_id for p in warm}, rng)
         by_index = {p.index: p for p in warm}
         dials = min(self.topology.bootstrap.warm_dials, len(warm) - 1)
-        calls: list[tuple[PeerProcess, Call, dict[str, Any]]] = []
+        calls: list[tuple[PeerInfo, Call, dict[str, Any]]] = []
         for peer in warm:
             others = rng.sample(warm, dials + 1)
             dial = [p for p in others if p is not peer][:dials]
@@ -174,9 +178,9 @@ class Workload:
         self.echo(f"  warm start: {len(warm)} peers from converged routing tables (median {sizes[len(sizes) // 2]} peers), "
                   f"{dials} dials each")
 
-    async def _joins(self, phase: BootstrapPhase, report: PhaseReport, joiners: list[PeerProcess],
-                     seeds: list[PeerProcess], rng: random.Random,
-                     dial_plans: dict[int, list[PeerProcess]] | None = None) -> None:
+    async def _joins(self, phase: BootstrapPhase, report: PhaseReport, joiners: list[PeerInfo],
+                     seeds: list[PeerInfo], rng: random.Random,
+                     dial_plans: dict[int, list[PeerInfo]] | None = None) -> None:
         """Cold joins into the network `seeds` already form, `concurrency` at a time."""
         settings = self.topology.bootstrap
         timeout = phase.timeout
@@ -185,7 +189,7 @@ class Workload:
         joined = len(seeds)
         limit = asyncio.Semaphore(phase.concurrency)
 
-        async def join(peer: PeerProcess, ticker: Ticker) -> None:
+        async def join(peer: PeerInfo, ticker: Ticker) -> None:
             nonlocal joined
             async with limit:
                 floor = min(settings.min_routing_table, joined)
@@ -197,7 +201,7 @@ class Workload:
             await asyncio.gather(*(join(peer, ticker) for peer in joiners))
 
     @staticmethod
-    def _join_args(dial: list[PeerProcess], floor: int) -> dict[str, Any]:
+    def _join_args(dial: list[PeerInfo], floor: int) -> dict[str, Any]:
         return {"dial": [p.dial_address for p in dial], "min_routing_table": floor}
 
     async def _publish(self, phase: PublishPhase, report: PhaseReport) -> None:
@@ -225,17 +229,17 @@ class Workload:
 
     async def _settle(self, first: int, settle: float) -> None:
         """The phase's barrier: its announcements reach every live peer (or `settle` seconds run out)."""
-        await self.deliveries.settle(first, self._alive, settle, self.echo)
+        await self.deliveries.settle(first, self._alive, self.dilation.real_s(settle), self.echo)
 
     def _alive(self) -> set[int]:
         """Re-read on every poll of a wait: peers may be lost meanwhile."""
-        return {p.index for p in self.fleet.alive}
+        return {p.index for p in self.machine.alive()}
 
-    def _not_held(self, peer: PeerProcess) -> list[dict[str, Any]]:
+    def _not_held(self, peer: PeerInfo) -> list[dict[str, Any]]:
         held = self.holdings.get(peer.index, set())
         return [p for p in self.catalogue if p["id"] not in held]
 
-    def _taking_part(self, peers: int | None, purpose: str) -> list[PeerProcess]:
+    def _taking_part(self, peers: int | None, purpose: str) -> list[PeerInfo]:
         """A phase's `peers` of the live peers, drawn from the seed (its own stream), in join order."""
         live = self.peers()
         if peers is None or peers >= len(live):
@@ -275,13 +279,13 @@ class Workload:
         first = self.deliveries.mark()
         for number in range(phase.announcements):
             if not publishers:
-                report.errors.append({"phase": report.phase, "error": "no peer holds a package to announce"})
+                report.errors.append(LabErrorRecord(phase=report.phase, error="no peer holds a package to announce"))
                 break
             peer = rng.choice(publishers)
             package = self.published[peer.index][0]
             announcement = {"message_id": f"gossip:{number}", "package_id": package}
             await self._call(report, phase.timeout, peer, Call.ANNOUNCE, announcement)
-            await asyncio.sleep(phase.interval)
+            await asyncio.sleep(self.dilation.real_s(phase.interval))
         await self._settle(first, phase.settle)
 
     async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseReport) -> None:
@@ -297,13 +301,13 @@ class Workload:
 
     async def _idle(self, phase: IdlePhase, report: PhaseReport) -> None:
         """The network at rest: only the collector and the peers' own timers run."""
-        await asyncio.sleep(phase.duration)
+        await asyncio.sleep(self.dilation.real_s(phase.duration))
 
     async def _impair(self, phase: ImpairPhase, report: PhaseReport) -> None:
         """Changes the groups' links now; with a duration, restores them later while the next
         phases run. Both moments are events with timestamps."""
-        assert self.live is not None, "impairment needs network namespaces (checked before the run)"
-        now = await self.live.impair_groups(phase.groups, phase.link, f"workload phase impair {phase.groups}", phase.duration)
+        duration = self.dilation.real_s(phase.duration) if phase.duration is not None else None
+        now = await self.machine.impair(phase.groups, phase.link, f"workload phase impair {phase.groups}", duration)
         report.calls += 1
         for_how_long = f" for {phase.duration:g}s" if phase.duration is not None else ""
         self.echo(f"[impair] {now}{for_how_long}")

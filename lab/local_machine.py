@@ -1,0 +1,293 @@
+"""The machine the coordinator runs on, as a `Machine` (lab/machine.py): its namespaces, links,
+host processes and collector, built and undone in one exit stack of its own.
+
+`probe` checks, before anything is built, what this machine gives a topology: network
+namespaces or loopback, an impairment backend, the open-file and namespace limits, a cgroup
+for `network.cpu_limit`. Every refusal is a SetupError naming the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lab.blocking import in_thread_to_completion
+from lab.errors import CgroupError, LimitError, SetupError, ShapingError
+from lab.machine import LinksApplied, Machine, MachineRecord, PeerInfo, Stream
+from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
+from lab.network import doctor, limits
+from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
+from lab.peers.cgroup import CpuLimit, cpu_root
+from lab.peers.collector import Collector
+from lab.peers.fleet import Fleet, PeerProcess
+from lab.peers.settings import peer_settings
+from lab.runid import RunId
+from lab.shaping import plan as plans
+from lab.shaping.backend import choose_backend
+from lab.shaping.links import Links, group_plans, make_backend, topology_problem
+from lab.shaping.live import LiveLinks
+from lab.shaping.verify import worst
+from lab.topology import Link, Topology
+from lab.workload.ticker import Ticker
+from nodes.protocol import Call, Dilation, Segment
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What this machine gives a topology: the network mode and impairment backend, each with why."""
+
+    mode: str
+    mode_reason: str
+    backend: str | None
+    backend_reason: str
+    raised_limits: str | None = None  # what `probe` raised (open files), to say so
+
+
+def choose_mode(requested: str) -> tuple[str, str]:
+    """(mode, why): netns where the kernel and privileges allow it, else loopback."""
+    problem = doctor.netns_problem()
+    if requested == "loopback":
+        return "loopback", "requested by the topology"
+    if problem is None:
+        return "netns", "root and network namespaces available"
+    if requested == "netns":
+        raise SetupError(f"network.mode is netns but {problem}; run as root or set network.mode: auto")
+    return "loopback", f"falling back to loopback (127.0.0.0/8): {problem}"
+
+
+def choose_impairment(topology: Topology, mode: str, mode_reason: str) -> tuple[str | None, str]:
+    """(backend or None, why), given choose_mode's mode and its reason. Refuses, before anything
+    is built, impairment the machine or the backend cannot give; without impairment in the
+    topology a missing backend only means `lab netem` will not work on this run."""
+    if mode != "netns":
+        if topology.is_impaired:
+            raise SetupError(f"the topology impairs links, which needs network namespaces, but this run is in loopback mode "
+                             f"({mode_reason}); see `lab doctor`")
+        return None, "loopback mode has no links to impair"
+    try:
+        name, why = choose_backend(topology.impairment.backend)
+    except ShapingError as exc:
+        if topology.is_impaired or topology.impairment.backend != "auto":
+            raise SetupError(str(exc)) from None
+        return None, str(exc)
+    if problem := topology_problem(name, topology):
+        raise SetupError(f"{problem}; set impairment.backend or change the link")
+    return name, why
+
+
+def probe(topology: Topology) -> Probe:
+    """Checks the machine for `topology` before anything is created (blocking: run it in a thread)."""
+    mode, mode_reason = choose_mode(topology.network.mode)
+    backend, backend_reason = choose_impairment(topology, mode, mode_reason)
+    try:
+        connections = min(topology.peer_count - 1, topology.libp2p.connections.max_connections)
+        raised = limits.raise_open_files(topology.peer_count, topology.network.peers_per_host * connections)
+        if mode == "netns":
+            limits.check_namespaces(len(topology.hosts()))
+        if topology.network.cpu_limit:
+            cpu_root()
+    except (LimitError, CgroupError) as exc:
+        raise SetupError(str(exc)) from None
+    return Probe(mode, mode_reason, backend, backend_reason, raised)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where this machine's run writes: the peers' control socket, `lab netem`'s socket, the peers' logs."""
+
+    control: Path
+    impairment: Path
+    logs: Path
+
+
+class LocalMachine(Machine):
+    def __init__(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
+                 stream: Stream) -> None:
+        self.run_id = run_id
+        self.topology = topology
+        self.hosts = topology.hosts()
+        self.dilation = dilation
+        self.probe = probe
+        self.paths = paths
+        self.stream = stream
+        self.network: NamespaceNetwork | LoopbackNetwork | None = None
+        self.slots: list[PeerSlot] = []
+        self.live: LiveLinks | None = None
+        self.fleet: Fleet | None = None
+        self.collector: Collector | None = None
+        self.lost: list[LabErrorRecord] = []
+        self._undo = AsyncExitStack()
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        await self._undo.__aexit__(kind, error, trace)
+
+    # -- the network ------------------------------------------------------------------------
+
+    async def build(self) -> int:
+        started = time.monotonic()
+        network: NamespaceNetwork | LoopbackNetwork
+        if self.probe.mode == "netns":
+            network = NamespaceNetwork(self.run_id, self.hosts, self.dilation)
+        else:
+            network = LoopbackNetwork(self.hosts)
+        self.network = network
+
+        async def teardown() -> None:
+            removed = await in_thread_to_completion(network.teardown)
+            self.stream.echo(f"[cleanup] removed {len(removed)} namespaces")
+
+        self._undo.push_async_callback(teardown)
+        self.slots = await in_thread_to_completion(network.build)
+        self.stream.echo(f"[network] {len(self.slots)} peer slots in {len(self.hosts)} hosts built in "
+                         f"{time.monotonic() - started:.1f}s")
+        return len(self.slots)
+
+    # -- the links ----------------------------------------------------------------------------
+
+    async def shape(self, verify: bool) -> LinksApplied | None:
+        """Opens the socket `lab netem` uses, applies the topology's impairment and measures it."""
+        if self.probe.backend is None or self.network is None:
+            return None
+        prefixes = plans.prefixes_by_region([s.ip for s in self.slots], self.topology.peer_regions())
+        backend = make_backend(self.probe.backend, prefixes, self.run_id, self.topology.seed)
+        links = Links(backend, self.slots, self.topology, self.network.reference, self.dilation)
+        self.live = live = LiveLinks(links, self.stream.event, self.topology.impairment.probes)
+        self._undo.push_async_callback(live.close)
+        await live.serve(self.paths.impairment)
+        self.stream.echo(f"[links] backend {self.probe.backend} ({self.probe.backend_reason})")
+        change = await in_thread_to_completion(links.apply_initial)
+        if change is None:
+            return None
+        self.stream.event(change.event())
+        groups = {name: plan.describe() for name, plan in group_plans(self.topology).items()}
+        for name, text in groups.items():
+            self.stream.echo(f"[links] {name}: {text}")
+        if not verify:
+            return LinksApplied(groups)
+        reports = await in_thread_to_completion(lambda: links.verify(self.topology.impairment.probes))
+        return LinksApplied(groups, worst(r.status for r in reports), [r.as_dict() for r in reports],
+                            [line for r in reports for line in r.lines("failed")],
+                            [line for r in reports for line in r.lines("unverified")])
+
+    async def impair(self, groups: list[str], link: Link, source: str, duration_s: float | None) -> str:
+        if self.live is None:
+            raise ShapingError("impairment needs network namespaces and a backend (checked before the run)")
+        return await self.live.impair_groups(groups, link, source, duration_s)
+
+    # -- the peers ----------------------------------------------------------------------------
+
+    async def start_peers(self) -> list[LabErrorRecord]:
+        fleet = await self._fleet()
+        self._collect(fleet)
+        limit = asyncio.Semaphore(self.topology.network.spawn_concurrency)
+        timeout = self.topology.network.start_timeout
+        started = time.monotonic()
+        hosts: dict[int, list[PeerSlot]] = {}
+        for slot in self.slots:
+            hosts.setdefault(slot.host, []).append(slot)
+        failed: list[LabErrorRecord] = []
+
+        async def start(host: list[PeerSlot], ticker: Ticker) -> None:
+            settings = [peer_settings(self.topology, slot.listen, self.dilation) for slot in host]
+            async with limit:
+                failures = await fleet.start_host(host, settings, timeout)
+            failed.extend(LabErrorRecord(phase="start", peer=index, error=why) for index, why in failures.items())
+            ticker.done += len(host)
+
+        async with Ticker(self.stream.echo, "peers started", len(self.slots)) as ticker:
+            await asyncio.gather(*(start(host, ticker) for host in hosts.values()))
+        self.stream.echo(f"[peers] {len(self.slots) - len(failed)}/{len(self.slots)} ready in {len(hosts)} host processes "
+                         f"in {time.monotonic() - started:.1f}s")
+        return failed
+
+    async def _fleet(self) -> Fleet:
+        cores = self.topology.network.cpu_limit
+        cpu_limit = CpuLimit(self.run_id, cores) if cores else None
+        if cpu_limit is not None:
+            cpu_limit.create()
+            self._undo.callback(cpu_limit.remove)  # after the fleet has stopped (exit stack order)
+            self.stream.echo(f"[peers] confined to {cores:g} cores ({cpu_limit.version} {cpu_limit.path})")
+        self.fleet = fleet = Fleet(self.run_id.value, self.paths.control, self.paths.logs, self.stream.event,
+                                   self.topology.network.peer_hosting, cpu_limit)
+        self._undo.push_async_callback(self._stop, fleet)
+        await fleet.open()
+        return fleet
+
+    def _collect(self, fleet: Fleet) -> None:
+        settings = self.topology.collector
+        self.collector = collector = Collector(settings.interval, settings.detail_every, fleet.processes, self.stream.sample,
+                                               self.live.helper_pids if self.live else dict, self.dilation)
+        collecting = asyncio.create_task(collector.run())
+
+        async def last_sample() -> None:
+            await collector.sample_once()
+            collecting.cancel()
+
+        self._undo.push_async_callback(last_sample)
+
+    async def _stop(self, fleet: Fleet) -> None:
+        """Peers lost during the run are reported before the fleet stops (stopping is not losing)."""
+        self.lost = [LabErrorRecord(phase="run", peer=p.index, error=p.lost or "", stderr_tail=p.stderr_tail())
+                     for p in self._lost(fleet)]
+        await fleet.stop()
+        self.stream.echo(f"[cleanup] stopped {len(fleet.peers)} peers")
+        finals = [p.final for p in fleet.peers if p.final]
+        if finals:
+            held = {key: sorted(f[key] for f in finals) for key in ("connections", "routing_table", "gossip_mesh")}
+            self.stream.echo("[peers] at the end, per peer: " + ", ".join(
+                f"{key} median {values[len(values) // 2]} max {values[-1]}" for key, values in held.items()))
+
+    @staticmethod
+    def _lost(fleet: Fleet) -> list[PeerProcess]:
+        """Peers that became ready (have a peer id) and then died; those that never started are
+        reported when they fail to start."""
+        return [p for p in fleet.peers if p.lost is not None and p.peer_id]
+
+    def alive(self) -> list[PeerInfo]:
+        if self.fleet is None:
+            return []
+        return [PeerInfo(p.index, p.peer_id, tuple(p.addrs), p.slot.host) for p in self.fleet.alive if p.peer_id]
+
+    async def call(self, peer: int, op: Call, args: dict[str, Any], timeout_s: float) -> Any:
+        assert self.fleet is not None, "peers are called after start_peers"
+        return await self.fleet.call(self.fleet.peer(peer), op, args, timeout_s)
+
+    # -- time ---------------------------------------------------------------------------------
+
+    async def retime(self, segment: Segment) -> list[LabErrorRecord]:
+        """Tells one live peer per host process the new segment, waits for its instant, then the
+        links and TCP's minimum RTO follow."""
+        self.dilation.follow(segment)
+        errors: list[LabErrorRecord] = []
+        if self.fleet is not None:
+            hosts = {p.pid: p for p in self.fleet.alive}  # one live peer per host process
+            notice = max(0.0, (segment.real_ns - time.monotonic_ns()) / 1e9)
+            args = {"real_ns": segment.real_ns, "real_wall_ns": segment.real_wall_ns, "factor": segment.factor}
+            answers = await asyncio.gather(*(self.fleet.call(p, Call.RETIME, args, notice) for p in hosts.values()),
+                                           return_exceptions=True)
+            errors = [LabErrorRecord(phase="retime", peer=p.index, error=str(answer))
+                      for p, answer in zip(hosts.values(), answers, strict=True) if isinstance(answer, Exception)]
+        await asyncio.sleep(max(0.0, (segment.real_ns - time.monotonic_ns()) / 1e9))
+        if self.live is not None:
+            await self.live.retime()
+        network = self.network
+        if isinstance(network, NamespaceNetwork):
+            await in_thread_to_completion(network.retime)
+        return errors
+
+    def record(self) -> MachineRecord:
+        groups = self.topology.peer_groups()
+        peers = [
+            PeerRecord(index=p.index, group=groups[p.index].name, peer_id=p.peer_id, ip=p.slot.ip, netns=p.slot.netns,
+                       pid=p.pid, lost=p.lost, final=p.final)
+            for p in (self.fleet.peers if self.fleet else [])
+        ]
+        collector = self.collector
+        sweeps = CollectorRecord(sweeps=collector.sweeps, seconds=collector.sweep_seconds) if collector else None
+        return MachineRecord(peers, self.lost, sweeps)

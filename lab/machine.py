@@ -1,0 +1,127 @@
+"""One machine's part of a run, behind one small typed interface.
+
+A run splits in two. What one machine builds and owns: its namespaces, the links and their
+backend, its host processes and their control plane, the resource samples of its processes,
+and the cleanup of everything under its name prefix. What the run coordinates: placement of
+hosts, the workload's phases, the switches of time dilation, the analysis. The coordinator
+(lab/orchestrator.py) drives a `Machine` through the calls below and hears from it through an
+event stream (`Stream`: the peers' events, the lab's own, resource samples, progress lines);
+it never touches a namespace, a qdisc or a process itself. A machine is an async context
+manager: leaving it undoes everything it built, in reverse, whatever happened.
+
+`LocalMachine` (lab/local_machine.py) is the one implementation today, in the coordinator's
+process; a machine elsewhere implements the same calls and streams the same records.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from lab.events import Sample
+from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
+from lab.topology import Link
+from nodes.protocol import Call, Event, Segment
+
+
+class PeerLost(RuntimeError):
+    """The peer died or stopped answering; the message carries its cause."""
+
+
+class CallFailed(RuntimeError):
+    """The peer answered the call with an error."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Where a machine's records go as they happen."""
+
+    event: Callable[[Event], None]
+    sample: Callable[[Sample], None]
+    echo: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """A peer that became ready, as the coordinator addresses it wherever it runs."""
+
+    index: int
+    peer_id: str
+    addrs: tuple[str, ...]
+    host: int  # its host process (and namespace), numbered over the whole run
+
+    @property
+    def dial_address(self) -> str:
+        """The peer's IPv4 multiaddr with its /p2p/ id, as other peers dial it."""
+        return next(a for a in self.addrs if a.startswith("/ip4/"))
+
+
+@dataclass(frozen=True)
+class LinksApplied:
+    """The topology's impairment in force on a machine's links, and its measurement."""
+
+    groups: dict[str, str]  # group -> its link, described
+    status: str | None = None  # passed, failed or unverified; None when not measured
+    reports: list[dict[str, Any]] = field(default_factory=list)  # each measured pair (lab/shaping/verify.py)
+    failures: list[str] = field(default_factory=list)  # one line per check that disagreed
+    unverified: list[str] = field(default_factory=list)  # one line per check too noisy to tell
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """What a machine reports of itself once it has stopped."""
+
+    peers: list[PeerRecord]
+    lost: list[LabErrorRecord]  # peers that became ready and died before the end
+    collector: CollectorRecord | None
+
+
+class Machine(ABC):
+    """The calls a run makes of one machine. Peer indexes are the run's."""
+
+    @abstractmethod
+    async def build(self) -> int:
+        """Builds the network of this machine's hosts; returns its peer slots."""
+
+    @abstractmethod
+    async def shape(self, verify: bool) -> LinksApplied | None:
+        """Applies the topology's impairment (None: the topology asks for none) and, if asked,
+        measures it before any peer starts."""
+
+    @abstractmethod
+    async def start_peers(self) -> list[LabErrorRecord]:
+        """Starts the host processes; returns one record per peer that did not start (it takes no
+        part in the run). Starts sampling resources."""
+
+    @abstractmethod
+    def alive(self) -> list[PeerInfo]:
+        """The ready peers that are alive now."""
+
+    @abstractmethod
+    async def call(self, peer: int, op: Call, args: dict[str, Any], timeout_s: float) -> Any:
+        """One call to a peer, its answer; PeerLost or CallFailed otherwise."""
+
+    @abstractmethod
+    async def impair(self, groups: list[str], link: Link, source: str, duration_s: float | None) -> str:
+        """Changes the groups' links now (restored after `duration_s`, the machine's seconds, if
+        given); returns what they do now."""
+
+    @abstractmethod
+    async def retime(self, segment: Segment) -> list[LabErrorRecord]:
+        """The run's factor changes at the segment's real instant: the peers' clocks, the links
+        and TCP's timers follow together; returns the hosts that could not be told."""
+
+    @abstractmethod
+    def record(self) -> MachineRecord:
+        """The peers with what they held at the end, and the collector's figures (after exit)."""
+
+    async def __aenter__(self) -> Machine:
+        return self
+
+    @abstractmethod
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        """Stops the peers, the links' helpers and the sampling, removes the network."""

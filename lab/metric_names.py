@@ -1,0 +1,39 @@
+"""Every metric the lab produces, by name, with its unit and the direction that is better.
+
+The bottom floor beside lab/events.py: the topology schema checks an SLA's metric and unit
+here, and analysis, compare and the exports read the same names, without one stage importing
+another to learn them. What each metric measures is said in lab/analysis/metrics.py, which
+derives them.
+"""
+
+from __future__ import annotations
+
+from nodes.protocol import CONCURRENT_SEARCH, Op
+
+MEMORY_FIELDS = {"memory_rss_mib": "rss", "memory_uss_mib": "uss", "memory_pss_mib": "pss"}
+RUN_PSS = "memory_run_pss_mib"
+TIME_TO_READY = "time_to_ready"
+DELIVERY_RATIO = "gossip_delivery_ratio"
+CPU_SECONDS = "cpu_seconds"
+OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
+# phase -> (metric, the operation it divides by)
+CPU_PER_OPERATION = {"bootstrap": ("cpu_s_per_join", Op.BOOTSTRAP), "lookup": ("cpu_s_per_lookup", Op.GET),
+                     "publish": ("cpu_s_per_publish", Op.PUBLISH), "gossip": ("cpu_s_per_delivery", Op.GOSSIP_DELIVERY)}
+
+
+def unit_of(metric: str) -> str | None:
+    """The unit a metric is summarised in, or None for a name the lab never produces."""
+    if metric in OPERATIONS or (metric.startswith(CONCURRENT_SEARCH) and metric[len(CONCURRENT_SEARCH):].isdigit()):
+        return "millisecond"
+    if metric in MEMORY_FIELDS or metric == RUN_PSS:
+        return "mebibyte"
+    if metric in (CPU_SECONDS, TIME_TO_READY) or metric in {name for name, _ in CPU_PER_OPERATION.values()}:
+        return "second"
+    if metric == DELIVERY_RATIO:
+        return "dimensionless"
+    return None
+
+
+def higher_is_better(metric: str) -> bool:
+    """Only delivery ratios improve upwards; latency, memory and CPU improve downwards."""
+    return unit_of(metric) == "dimensionless"
