@@ -16,7 +16,7 @@ class LabError(Exception):
     """An error the lab expected: one line saying what and the fix."""
 
     exit_code = exits.CRASH
-    label = "error"  # what the command prints before the message
+    label = "Error"  # what the command prints before the message (click's own word for its errors)
 
 
 class BadInput(LabError):

@@ -43,9 +43,8 @@ from lab.manifest import (
     LabCost,
     LabErrorRecord,
     Manifest,
-    PhaseRecord,
 )
-from lab.output import provenance
+from lab.output import provenance, terminal
 from lab.output.export import write_openmetrics, write_samples_csv
 from lab.output.results import ResultsDir, write_json
 from lab.topology import Topology
@@ -191,7 +190,7 @@ class Run:
 
     async def _phases(self, machine: Machine) -> str:
         """The workload's phases in order; "complete" if all ran, "failed" if no peer was left."""
-        workload = Workload(self.topology, machine, self.echo, self.deliveries, self.dilation)
+        workload = Workload(self.topology, machine, self.echo, self.deliveries, self.dilation, self.errors)
         phases = self.topology.workload
         for number, phase in enumerate(phases, 1):
             if not machine.alive():
@@ -201,15 +200,13 @@ class Run:
             if factor != self.dilation.factor:
                 await self._retime(machine, factor)
             started = self.dilation.now_ns()
-            report = await workload.run(phase)
+            record = await workload.run(phase)
             self.on_event(Event(PHASE, None, started, self.dilation.now_ns(), True, details={
-                "phase": phase.phase, "number": number, "cpu_busy": report.cpu_busy, "time_dilation": factor}))
-            self.errors.extend(report.errors)
-            self.manifest.phases.append(PhaseRecord(
-                phase=report.phase, calls=report.calls, failed=report.failed, seconds=report.seconds,
-                cpu_busy=report.cpu_busy, lab_cpu=report.lab_cpu, ended_s=time.monotonic() - self.started))
+                "phase": phase.phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": factor}))
+            record.ended_s = time.monotonic() - self.started
+            self.manifest.phases.append(record)
             self.results.save(self.manifest)
-            self.echo(f"[{number}/{len(phases)}] {report.line()}")
+            self.echo(f"[{number}/{len(phases)}] {terminal.phase_line(record)}")
         return "complete"
 
     async def _retime(self, machine: Machine, factor: float) -> None:

@@ -21,6 +21,7 @@ from lab.analysis.compare import run_samples
 from lab.analysis.figures import analyze
 from lab.analysis.records import load, read_jsonl
 from lab.analysis.stats import summarize
+from lab.manifest import read_manifest
 from lab.output.report import write_report
 
 pytestmark = [pytest.mark.slow]
@@ -231,6 +232,9 @@ def test_lab_clean_removes_what_a_killed_orchestrator_left(tmp_path: Path) -> No
     assert done.returncode == 0
     assert f"run {run}: removed namespace {runid.RunId(run).hub_netns}" in done.stdout
     assert leftovers(run) == []
+    manifest = read_manifest(tmp_path / "results")  # the killed run says so: partial, not "running"
+    assert manifest.status == "killed" and manifest.partial and f"run {run}: marked" in done.stdout
+    assert run_lab("report", str(tmp_path / "results")).returncode == 0  # and it still reads
 
 
 @needs_root

@@ -10,6 +10,7 @@ from lab.analysis.figures import Errors
 from lab.analysis.guard import PhaseLag
 from lab.analysis.sla import Verdict
 from lab.analysis.stats import Summary
+from lab.manifest import PhaseRecord
 
 SHOWN = ("n", "success_ratio", "p50", "p95", "p99", "max")
 
@@ -60,6 +61,12 @@ def comparison_lines(report: Report, output: str) -> list[str]:
     if output == "markdown":
         return intro + [""] + ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows]] + reasons
     return intro + _aligned([header, *rows]) + reasons
+
+
+def phase_line(record: PhaseRecord) -> str:
+    """`lab run`'s line at the end of a workload phase."""
+    return (f"{record.phase}: {record.calls - record.failed}/{record.calls} calls ok in {record.seconds:.1f}s"
+            f" (machine CPU {record.cpu_busy:.0%} busy, the lab's own {record.lab_cpu:.1%})")
 
 
 def verdict_lines(verdicts: list[Verdict]) -> list[str]:

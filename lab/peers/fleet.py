@@ -21,7 +21,7 @@ from typing import Any
 from lab.machine import CallFailed, PeerLost
 from lab.network.fabric import PeerSlot
 from lab.peers.cgroup import CpuLimit
-from lab.peers.forkserver import ForkedProcess, ForkServer
+from lab.peers.forks import ForkedProcess, ForkServer
 from lab.runid import ENV_VAR
 from nodes import wire
 from nodes.protocol import Call, Event, PeerSettings

@@ -1,58 +1,11 @@
 """Measured, not assumed: what the links really do between sample peers, and how sure we are.
 
-Probes are UDP datagrams from a socket inside the source peer's namespace to one inside the
-destination's. All namespaces share one kernel clock, so each datagram's one-way delay is
-its kernel receive timestamp (SO_TIMESTAMPNS) minus the kernel's send timestamp, taken as it
-reaches the sender's first qdisc (SO_TIMESTAMPING's TX_SCHED, before any impairment): no round
-trip to halve, no clock sync, and no Python scheduling in the figure.
-
-The probe path's own noise: a delayed packet leaves when a timer fires (netem's, or the delay
-line's), and on a busy or emulated machine timers fire late, by however long the CPU was
-elsewhere. That lateness is only ever added. It is measured at the same moment, through the
-same backend: beside every pair's probes, the run's reference host (lab/network/fabric.py), whose link
-has a known delay and nothing else, sends reference probes to the same receiver, and their
-excess over the known delay is the noise. Measured under qemu's CPU emulation with the host
-loaded (docs/impairment.md): a 12 ms link's excess, median 0.23-0.32 ms and p90 2.5-2.8 ms; the
-reference's, 0.16-0.25 and 0.9-2.1 ms; an unimpaired path's, 0.02 ms (no timer on it, so it
-cannot stand for the noise).
-
-Each check ends passed, failed or unverified, by a 99% interval of its noise-corrected value
-against the band the configuration allows:
-- failed: the interval lies outside the band: the link is wrong, whatever the noise;
-- unverified: the interval meets the band but is wider than it: too noisy to tell;
-- passed: the interval meets the band and is no wider than it.
-
-- delay: median delay minus the reference's median excess (bootstrap interval, two samples);
-  band configured ± (max(1 ms, 5%) + the 99% sampling margin of a median of n draws of the
-  configured jitter: a correct link with jitter has a wide interval by itself, not from noise);
-  the reference's lateness stands for the link's as a distribution, not packet by packet, so
-  above the band it is unverified, not failed, while it lies within the noise's p90 - p50 of
-  it, and below the band it fails only when the raw median (noise not removed: noise only adds
-  delay) is below the band too, else it is unverified;
-- jitter: sqrt(var(delays) - var(reference)) (bootstrap interval); band the configured
-  distribution's standard deviation ± (max(1 ms, 25%) + the sample sd's 99% margin);
-  skipped with reorder;
-- loss: the lost count inside the binomial interval of the configured loss (and corruption,
-  which the receiver's checksum turns into loss); 99.9% for the whole verification, so each of
-  k pairs gets 1 - 0.001/k (Bonferroni). A machine stalled for long loses packets of every path
-  (the kernel's backlog queue overflows): more loss than configured is unverified, not failed,
-  when the reference lost enough beside it to explain it;
-- rate: a UDP stream offering twice the rate for 1 s (longer if needed for 12 windows), reference
-  probes beside it; the sender's socket buffer is large, so a slow link queues the stream in the
-  kernel instead of pacing the sender, and the sender's kernel send stamps are what it offered.
-  The link's rate is the median over windows of k consecutive arrivals (a late timer stretches a
-  few windows, not the median; k spans 8 jitters), interval from the windows' order statistics;
-  band 90%..110% of the rate, its low end times (1 - loss). Above the band it fails: nothing
-  speeds a link up. Within the band it passes only when the link held the stream back: the
-  sender offered, over the whole stream, at least 10% more than the band's top, and the link
-  delivered at least 10% less than it offered (after the configured loss and corruption).
-  Otherwise the arrivals show the sender's pace, which a faster link would have carried as
-  well: unverified. Below the band it is unverified, not failed, when the sender could not
-  offer the band's low end (a busy CPU) or when late timers explain the shortfall: a shaper
-  that waits for a timer per datagram of T seconds, late by L on average (the reference's mean
-  excess), passes at least rate x T / (T + L).
-  Under qemu with the host loaded, HTB with a netem leaf passed 8.0-8.3 Mbit/s of a 10 Mbit/s
-  link, 4.4-4.5 of 5, and 1.00 of 1 and 1.99 of 2.
+One-way delays are kernel receive stamps minus kernel send stamps (one clock for every
+namespace), beside probes from the network's reference host through a link of known delay,
+whose lateness is this machine's timer noise at that moment. Each check (delay, jitter, loss,
+rate) ends passed, failed or unverified by a 99% interval of its noise-corrected value against
+the band the configuration allows. The estimators, the bands, why each rule is what it is and
+the measurements behind them: docs/impairment.md, "Verified, not assumed".
 """
 
 from __future__ import annotations

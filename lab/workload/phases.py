@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from lab.machine import CallFailed, Machine, PeerInfo, PeerLost
-from lab.manifest import LabErrorRecord
+from lab.manifest import LabErrorRecord, PhaseRecord
 from lab.topology import (
     BootstrapPhase,
     ConcurrentSearchPhase,
@@ -35,23 +35,6 @@ from lab.workload.catalogue import make_catalogue, query_for
 from lab.workload.kademlia import converged_tables
 from lab.workload.ticker import Ticker
 from nodes.protocol import Call, Dilation
-
-
-@dataclass
-class PhaseReport:
-    phase: str
-    calls: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    cpu_busy: float = 0.0  # share of the machine's CPU time not idle during the phase
-    lab_cpu: float = 0.0  # share of the machine's CPU the orchestrator (collector included) took
-    errors: list[LabErrorRecord] = field(default_factory=list)
-
-    def line(self) -> str:
-        return (
-            f"{self.phase}: {self.calls - self.failed}/{self.calls} calls ok in {self.seconds:.1f}s"
-            f" (machine CPU {self.cpu_busy:.0%} busy, the lab's own {self.lab_cpu:.1%})"
-        )
 
 
 def cpu_busy_since(before: Any) -> float:
@@ -80,6 +63,7 @@ class Workload:
     echo: Callable[[str], None]
     deliveries: Deliveries  # fed every event of the run by the orchestrator
     dilation: Dilation
+    errors: list[LabErrorRecord] = field(default_factory=list)  # failed calls and what a phase could not do
     catalogue: list[dict[str, Any]] = field(default_factory=list)
     published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
     holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
@@ -94,17 +78,17 @@ class Workload:
         so a phase's concurrent calls land in different processes, not on one event loop."""
         return sorted(self.machine.alive(), key=lambda p: self._join_position[p.index])
 
-    async def run(self, phase: Phase) -> PhaseReport:
-        report = PhaseReport(phase.phase)
+    async def run(self, phase: Phase) -> PhaseRecord:
+        report = PhaseRecord(phase=phase.phase)
         started, cpu_before, lab_before = time.monotonic(), psutil.cpu_times(), _own_cpu_seconds()
-        runner: Callable[[Any, PhaseReport], Awaitable[None]] = getattr(self, f"_{phase.phase}")
+        runner: Callable[[Any, PhaseRecord], Awaitable[None]] = getattr(self, f"_{phase.phase}")
         await runner(phase, report)
         report.seconds = time.monotonic() - started
         report.cpu_busy = cpu_busy_since(cpu_before)
         report.lab_cpu = (_own_cpu_seconds() - lab_before) / (report.seconds * (psutil.cpu_count() or 1))
         return report
 
-    async def _call(self, report: PhaseReport, timeout: float, peer: PeerInfo, op: Call, args: dict[str, Any]) -> Any:
+    async def _call(self, report: PhaseRecord, timeout: float, peer: PeerInfo, op: Call, args: dict[str, Any]) -> Any:
         """One call; its timeout (virtual seconds) starts when it is sent. A failure is kept in the
         report with the peer and its cause, and the call's result is None."""
         report.calls += 1
@@ -112,12 +96,12 @@ class Workload:
             return await self.machine.call(peer.index, op, args, self.dilation.real_s(timeout))
         except (PeerLost, CallFailed) as exc:
             report.failed += 1
-            report.errors.append(LabErrorRecord(phase=report.phase, peer=peer.index, op=op, error=str(exc)))
+            self.errors.append(LabErrorRecord(phase=report.phase, peer=peer.index, op=op, error=str(exc)))
             return None
 
     async def _calls(
         self,
-        report: PhaseReport,
+        report: PhaseRecord,
         timeout: float,
         calls: list[tuple[PeerInfo, Call, dict[str, Any]]],
         concurrency: int | None = None,
@@ -137,7 +121,7 @@ class Workload:
 
     # -- phases ------------------------------------------------------------------------------
 
-    async def _bootstrap(self, phase: BootstrapPhase, report: PhaseReport) -> None:
+    async def _bootstrap(self, phase: BootstrapPhase, report: PhaseRecord) -> None:
         """Cold: bootstrap peers join each other first, then the others join. Warm: every peer but
         a sample starts from a converged routing table and a few connections, then the sample
         joins cold into that network. Joins run `concurrency` at a time.
@@ -161,7 +145,7 @@ class Workload:
             await self._call(report, phase.timeout, peer, Call.BOOTSTRAP, self._join_args(seeds[:i], floor))
         await self._joins(phase, report, joiners, seeds, rng, dial_plans)
 
-    async def _warm(self, phase: BootstrapPhase, report: PhaseReport, warm: list[PeerInfo], rng: random.Random) -> None:
+    async def _warm(self, phase: BootstrapPhase, report: PhaseRecord, warm: list[PeerInfo], rng: random.Random) -> None:
         """Each warm peer gets its converged routing table (lab/workload/kademlia.py) and dials a
         few random warm peers, so GossipSub has connections to build its meshes on."""
         tables = converged_tables({p.index: p.peer_id for p in warm}, rng)
@@ -178,7 +162,7 @@ class Workload:
         self.echo(f"  warm start: {len(warm)} peers from converged routing tables (median {sizes[len(sizes) // 2]} peers), "
                   f"{dials} dials each")
 
-    async def _joins(self, phase: BootstrapPhase, report: PhaseReport, joiners: list[PeerInfo],
+    async def _joins(self, phase: BootstrapPhase, report: PhaseRecord, joiners: list[PeerInfo],
                      seeds: list[PeerInfo], rng: random.Random,
                      dial_plans: dict[int, list[PeerInfo]] | None = None) -> None:
         """Cold joins into the network `seeds` already form, `concurrency` at a time."""
@@ -204,7 +188,7 @@ class Workload:
     def _join_args(dial: list[PeerInfo], floor: int) -> dict[str, Any]:
         return {"dial": [p.dial_address for p in dial], "min_routing_table": floor}
 
-    async def _publish(self, phase: PublishPhase, report: PhaseReport) -> None:
+    async def _publish(self, phase: PublishPhase, report: PhaseRecord) -> None:
         rng = self.topology.rng("publish")
         self.catalogue = make_catalogue(self.topology.rng("catalogue"), phase.packages)
         peers = self.peers()
@@ -247,7 +231,7 @@ class Workload:
         chosen = {p.index for p in self.topology.rng(f"{purpose} peers").sample(live, peers)}
         return [p for p in live if p.index in chosen]
 
-    async def _lookup(self, phase: LookupPhase, report: PhaseReport) -> None:
+    async def _lookup(self, phase: LookupPhase, report: PhaseRecord) -> None:
         rng = self.topology.rng("lookup")
         calls = []
         for peer in self._taking_part(phase.peers, "lookup"):
@@ -257,7 +241,7 @@ class Workload:
             calls.append((peer, Call.GET, {"ids": [p["id"] for p in chosen]}))
         await self._calls(report, phase.timeout, calls, phase.concurrency)
 
-    async def _search(self, phase: SearchPhase, report: PhaseReport) -> None:
+    async def _search(self, phase: SearchPhase, report: PhaseRecord) -> None:
         """Each query runs twice: the first goes local or remote, the repeat hits the cache."""
         rng = self.topology.rng("search")
         calls = []
@@ -273,13 +257,13 @@ class Workload:
             calls.append((peer, Call.SEARCH, {"queries": queries + queries, "fanout": phase.fanout}))
         await self._calls(report, phase.timeout, calls, phase.concurrency)
 
-    async def _gossip(self, phase: GossipPhase, report: PhaseReport) -> None:
+    async def _gossip(self, phase: GossipPhase, report: PhaseRecord) -> None:
         rng = self.topology.rng("gossip")
         publishers = [p for p in self.peers() if self.published.get(p.index)]
         first = self.deliveries.mark()
         for number in range(phase.announcements):
             if not publishers:
-                report.errors.append(LabErrorRecord(phase=report.phase, error="no peer holds a package to announce"))
+                self.errors.append(LabErrorRecord(phase=report.phase, error="no peer holds a package to announce"))
                 break
             peer = rng.choice(publishers)
             package = self.published[peer.index][0]
@@ -288,7 +272,7 @@ class Workload:
             await asyncio.sleep(self.dilation.real_s(phase.interval))
         await self._settle(first, phase.settle)
 
-    async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseReport) -> None:
+    async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseRecord) -> None:
         rng = self.topology.rng("concurrent_search")
         searchers = rng.sample(self.peers(), min(phase.peers, len(self.peers())))
         for level in phase.levels:
@@ -299,11 +283,11 @@ class Workload:
                 calls.append((peer, Call.CONCURRENT_SEARCH, {"queries": queries, "fanout": phase.fanout}))
             await self._calls(report, phase.timeout, calls)
 
-    async def _idle(self, phase: IdlePhase, report: PhaseReport) -> None:
+    async def _idle(self, phase: IdlePhase, report: PhaseRecord) -> None:
         """The network at rest: only the collector and the peers' own timers run."""
         await asyncio.sleep(self.dilation.real_s(phase.duration))
 
-    async def _impair(self, phase: ImpairPhase, report: PhaseReport) -> None:
+    async def _impair(self, phase: ImpairPhase, report: PhaseRecord) -> None:
         """Changes the groups' links now; with a duration, restores them later while the next
         phases run. Both moments are events with timestamps."""
         duration = self.dilation.real_s(phase.duration) if phase.duration is not None else None

@@ -1,85 +1,12 @@
-"""Pure logic of impairment: topology fields, plans, tc and iptables texts, verification rules."""
+"""Link verification's rules (lab/shaping/verify.py): each check against its band, with the probe path's noise removed."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lab.errors import TopologyError
-from lab.quantities import bits_per_second
 from lab.shaping import plan as plans
-from lab.shaping.links import peer_plans
-from lab.shaping.tc import netem_options, u32_destination_key, u32_source_key
-from lab.shaping.userspace import hub_rules, peer_rules
 from lab.shaping.verify import delay_checks, judge, loss_check, rate_check, sample_pairs
-from lab.topology import parse_topology
-
-BASE = {"name": "t", "seed": 1, "workload": [{"phase": "bootstrap"}]}
-
-
-def topology(**fields: object):
-    return parse_topology({**BASE, **fields})
-
-
-def test_tc_rate_spellings_mean_what_tc_means() -> None:
-    assert bits_per_second("10mbit") == 10e6  # pint alone would read millibit
-    assert bits_per_second("10Mbit/s") == 10e6
-    assert bits_per_second("2gbit") == 2e9
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"groups": [{"name": "a", "count": 2, "region": "x"}]}, "groups[0].region: no regions are defined"),
-        ({"regions": {"latency": {"x": {"x": "1ms"}}}, "groups": [{"name": "a", "count": 2}]},
-         "groups[0].region: must be one of"),
-        ({"regions": {"latency": {"x": {"x": "1ms", "y": "2ms"}, "y": {"y": "1ms"}}}, "groups": [{"name": "a", "count": 2}]},
-         "regions.latency.y: needs exactly the regions"),
-        ({"groups": [{"name": "a", "count": 2, "link": {"reorder": "5%"}}]}, "groups[0].link.reorder: needs delay"),
-        ({"groups": [{"name": "a", "count": 2, "link": {"delay": "1ms", "jitter": "5ms"}}]}, "groups[0].link.jitter:"),
-        ({"groups": [{"name": "a", "count": 2, "link": {"rate": "fast"}}]}, "groups[0].link.rate:"),
-    ],
-)
-def test_bad_impairment_fields_are_named(fields: dict, message: str) -> None:
-    with pytest.raises(TopologyError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        topology(**fields)
-
-
-def test_impair_phase_must_name_known_groups() -> None:
-    with pytest.raises(TopologyError, match=r"workload\[1\].groups: unknown groups \['z'\]"):
-        topology(groups=[{"name": "a", "count": 2}],
-                 workload=[{"phase": "bootstrap"}, {"phase": "impair", "groups": ["z"], "link": {"loss": "1%"}}])
-
-
-def test_plans_add_region_latency_per_destination_and_prefixes_cover_each_region() -> None:
-    t = topology(
-        regions={"latency": {"eu": {"eu": "5ms", "us": "40ms"}, "us": {"eu": "40ms", "us": "5ms"}}},
-        groups=[{"name": "a", "count": 3, "region": "eu", "link": {"delay": "10ms"}}, {"name": "b", "count": 2, "region": "us"}],
-    )
-    by_peer = peer_plans(t)
-    assert by_peer[0].delay_to("us") == pytest.approx(0.050) and by_peer[0].delay_to("eu") == pytest.approx(0.015)
-    assert by_peer[4].delay_to("eu") == pytest.approx(0.040) and by_peer[4].is_impaired
-    ips = [f"198.18.0.{i}" for i in range(2, 7)]
-    assert plans.prefixes_by_region(ips, t.peer_regions()) == {
-        "eu": ["198.18.0.2/31", "198.18.0.4/32"],
-        "us": ["198.18.0.5/32", "198.18.0.6/32"],
-    }
-    assert t.is_impaired and not topology(groups=[{"name": "a", "count": 2}]).is_impaired
-
-
-def test_tc_and_iptables_texts() -> None:
-    plan = plans.LinkPlan(delay_s=0.02, jitter_s=0.002, loss=0.05, reorder=0.1, to_region={"us": 0.04})
-    assert netem_options(plan, "us") == {"delay": 60000, "jitter": 2000, "loss": 5.0, "duplicate": 0.0, "limit": 1000,
-                                         "prob_reorder": 10.0}
-    assert u32_destination_key("198.18.0.4/31") == "0xc6120004/0xfffffffe+16"
-    assert u32_source_key("198.18.0.9") == "0xc6120009/0xffffffff+12"
-    rate_only = plans.LinkPlan(rate_bps=1e6)
-    rules = hub_rules({"h0001": peer_rules("h0001", "198.18.0.2", plan) + peer_rules("h0001", "198.18.0.3", rate_only),
-                       "h0002": peer_rules("h0002", "198.18.0.4", rate_only)})
-    assert "-A PLAB -i h0001 -j PLAB-h0001" in rules
-    assert "-A PLAB-h0001 -s 198.18.0.2 -m statistic --mode random --probability 0.050000 -j DROP" in rules
-    assert "-A PLAB-h0001 -s 198.18.0.2 -j NFQUEUE --queue-num 0" in rules
-    assert "198.18.0.3" not in rules and "h0002" not in rules  # rate alone is an HTB class on the host's eth0
 
 
 def test_verification_rules() -> None:
