@@ -95,6 +95,8 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
     click.echo("")
     for line in terminal.metrics_table(outcome.analysis.summary):
         click.echo(line)
+    for line in terminal.ready_lines(outcome.analysis):
+        click.echo(line)
     click.echo("")
     for line in terminal.fidelity_lines(outcome.analysis.fidelity):
         click.echo(line)

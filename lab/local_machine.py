@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from lab.blocking import in_thread_to_completion
 from lab.errors import CgroupError, LimitError, SetupError, ShapingError
-from lab.machine import LinksApplied, Machine, MachineRecord, PeerInfo, Stream
+from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, PeerInfo, Stream
 from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
 from lab.network import doctor, limits
 from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
@@ -121,6 +121,7 @@ class LocalMachine(Machine):
         self.fleet: Fleet | None = None
         self.collector: Collector | None = None
         self.lost: list[LabErrorRecord] = []
+        self.syns_counted = 0  # SYN retransmissions at the last watch
         self._undo = AsyncExitStack()
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -174,6 +175,15 @@ class LocalMachine(Machine):
         return LinksApplied(groups, worst(r.status for r in reports), [r.as_dict() for r in reports],
                             [line for r in reports for line in r.lines("failed")],
                             [line for r in reports for line in r.lines("unverified")])
+
+    async def watch(self) -> LinkWatch:
+        network, live = self.network, self.live
+        watched = await live.watch() if live is not None else LinkWatch()
+        if not isinstance(network, NamespaceNetwork):
+            return watched
+        total = await in_thread_to_completion(network.syn_retransmits)
+        syns, self.syns_counted = total - self.syns_counted, total
+        return replace(watched, syn_retransmits=syns)
 
     async def impair(self, groups: list[str], link: Link, source: str, duration_s: float | None) -> str:
         if self.live is None:

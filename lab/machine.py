@@ -71,6 +71,27 @@ class LinksApplied:
 
 
 @dataclass(frozen=True)
+class LinkWatch:
+    """What a machine's links did over a stretch of the run (a workload phase): how late the
+    delay line released packets against their due time (the machine's seconds), the packets
+    dropped by cause, and the SYNs TCP had to send again (the kernel's initial SYN timeout, 1 s,
+    is not dilated). None where the backend cannot tell (kernel netem keeps no release times)."""
+
+    released: int = 0
+    late_p50_s: float | None = None
+    late_p99_s: float | None = None
+    late_max_s: float | None = None
+    tolerance_s: float | None = None  # the delay check's tolerance for the shortest delay in force
+    drops: dict[str, int] = field(default_factory=dict)  # cause -> packets
+    syn_retransmits: int | None = None
+
+    @property
+    def late(self) -> bool:
+        """The links ran later than link verification would let a link be off."""
+        return self.tolerance_s is not None and self.late_p50_s is not None and self.late_p50_s > self.tolerance_s
+
+
+@dataclass(frozen=True)
 class MachineRecord:
     """What a machine reports of itself once it has stopped."""
 
@@ -108,6 +129,10 @@ class Machine(ABC):
     async def impair(self, groups: list[str], link: Link, source: str, duration_s: float | None) -> str:
         """Changes the groups' links now (restored after `duration_s`, the machine's seconds, if
         given); returns what they do now."""
+
+    @abstractmethod
+    async def watch(self) -> LinkWatch:
+        """What the links did since the last call (the first call starts the count)."""
 
     @abstractmethod
     async def retime(self, segment: Segment) -> list[LabErrorRecord]:

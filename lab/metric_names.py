@@ -15,6 +15,9 @@ RUN_PSS = "memory_run_pss_mib"
 TIME_TO_READY = "time_to_ready"
 DELIVERY_RATIO = "gossip_delivery_ratio"
 CPU_SECONDS = "cpu_seconds"
+# Metrics a warm start (bootstrap.mode: warm) does not measure, and why: an SLA on one is not judged.
+NOT_MEASURED_WARM = {TIME_TO_READY: "a warm start gave most peers their routing tables, so the network's time to ready "
+                                    "was not measured, only the sample's joins (bootstrap.mode: cold measures it)"}
 OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
 # phase -> (metric, the operation it divides by)
 CPU_PER_OPERATION = {"bootstrap": ("cpu_s_per_join", Op.BOOTSTRAP), "lookup": ("cpu_s_per_lookup", Op.GET),

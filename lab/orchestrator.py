@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -199,10 +199,14 @@ class Run:
             factor = self.dilation.of_phase(number)
             if factor != self.dilation.factor:
                 await self._retime(machine, factor)
+            await machine.watch()  # the links' count starts with the phase
             started = self.dilation.now_ns()
             record = await workload.run(phase)
-            self.on_event(Event(PHASE, None, started, self.dilation.now_ns(), True, details={
-                "phase": phase.phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": factor}))
+            ended = self.dilation.now_ns()
+            links = await machine.watch()
+            self.on_event(Event(PHASE, None, started, ended, True, details={
+                "phase": phase.phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": factor,
+                "links": asdict(links)}))
             record.ended_s = time.monotonic() - self.started
             self.manifest.phases.append(record)
             self.results.save(self.manifest)

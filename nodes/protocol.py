@@ -90,6 +90,11 @@ class Dilation:
         s = next((s for s in reversed(self.segments) if s.real_wall_ns <= real_wall_ns), self.segments[0])
         return s.virtual_wall_ns + round((real_wall_ns - s.real_wall_ns) / s.factor)
 
+    def real_ns(self, virtual_ns: int) -> int:
+        """The machine's monotonic instant at which the run's clock read `virtual_ns`."""
+        s = next((s for s in reversed(self.segments) if s.virtual_ns <= virtual_ns), self.segments[0])
+        return s.real_ns + round((virtual_ns - s.virtual_ns) * s.factor)
+
     def now_ns(self) -> int:
         """Virtual monotonic nanoseconds now (the clock every event of the run is on)."""
         return self.virtual_ns(time.monotonic_ns())

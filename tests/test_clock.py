@@ -39,6 +39,8 @@ def test_a_change_of_factor_is_continuous_and_sleeps_span_it() -> None:
     # from 4 s real (1 s virtual) to a deadline at 2.2 s virtual: 4 s real to the change, then 0.2 s x 10
     assert dilation.sleep_s((epoch + 2.2 * SECOND) / 1e9, epoch + 4 * SECOND) == pytest.approx(6.0)
     assert dilation.sleep_s(math.inf, epoch) == math.inf  # trio's "no deadline"
+    for real in (epoch, epoch + 3 * SECOND, epoch + 8 * SECOND, epoch + 25 * SECOND):  # and back to the machine's clock
+        assert dilation.real_ns(dilation.virtual_ns(real)) == real
 
 
 def test_every_process_rebuilds_the_same_timeline_from_its_start_call() -> None:

@@ -1,17 +1,22 @@
 """Verdicts, metric derivation and peer-log counting on hand-made records."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from conftest import event
-from lab.analysis.figures import guarded
+from lab.analysis.figures import analyze, guarded
 from lab.analysis.guard import Judgement, judge, phase_lags
-from lab.analysis.metrics import all_metrics, cpu_per_operation, delivery_ratio, latency_metrics, resource_metrics, unit_of
+from lab.analysis.metrics import all_metrics, cpu_per_operation, delivery_ratio, latency_metrics, resource_metrics
 from lab.analysis.peerlogs import count_levels
-from lab.analysis.records import Sample
-from lab.analysis.sla import evaluate
+from lab.analysis.records import RunRecords
+from lab.analysis.sla import verdict
 from lab.analysis.stats import summarize
+from lab.events import Sample
+from lab.machine import LinkWatch
+from lab.manifest import Manifest
+from lab.metric_names import unit_of
 from lab.topology import Sla
 from nodes.protocol import LAG_BINS_MS, Event
 
@@ -29,22 +34,22 @@ def test_latency_metric_in_ms_with_failures_as_attempts() -> None:
 
 def test_threshold_converted_to_the_metric_unit() -> None:
     summary = {"get": summarize([900.0, 950.0, 999.0], unit="millisecond")}
-    assert evaluate([sla(threshold="1s")], summary)[0].passed is True
-    assert evaluate([sla(threshold="900ms")], summary)[0].passed is False
-    assert evaluate([sla(op=">", threshold="0.5s")], summary)[0].passed is True
+    assert verdict(sla(threshold="1s"), summary).passed is True
+    assert verdict(sla(threshold="900ms"), summary).passed is False
+    assert verdict(sla(op=">", threshold="0.5s"), summary).passed is True
 
 
 def test_success_ratio_threshold_in_percent() -> None:
     summary = {"get": summarize([1.0] * 98, attempts=100, unit="millisecond")}
-    assert evaluate([sla(stat="success_ratio", op=">=", threshold="99%")], summary)[0].passed is False
-    assert evaluate([sla(stat="success_ratio", op=">=", threshold="98%")], summary)[0].passed is True
+    assert verdict(sla(stat="success_ratio", op=">=", threshold="99%"), summary).passed is False
+    assert verdict(sla(stat="success_ratio", op=">=", threshold="98%"), summary).passed is True
 
 
 def test_unmeasured_metric_fails_with_reason() -> None:
-    verdict = evaluate([sla()], {})[0]
-    assert verdict.passed is False and verdict.reason == "metric not measured"
+    unmeasured = verdict(sla(), {})
+    assert unmeasured.passed is False and unmeasured.reason == "metric not measured"
     failed_only = {"get": summarize([], attempts=2, unit="millisecond")}
-    assert "no successful samples" in evaluate([sla()], failed_only)[0].reason
+    assert "no successful samples" in verdict(sla(), failed_only).reason
 
 
 def test_delivery_ratio_per_message() -> None:
@@ -148,6 +153,25 @@ def test_time_to_ready_runs_from_the_run_start_to_the_last_join() -> None:
     assert metrics["time_to_ready"].values == [5.0] and unit_of("time_to_ready") == "second"
     failed_join = event("bootstrap", 3000, ok=False, start_ns=3_000_000_000)
     assert all_metrics([started, joins[0], failed_join], [], ready_peers=2)["time_to_ready"].values == []  # never ready
+    warm = [event("warm", 10, start_ns=1_500_000_000, peer=p) for p in (2, 3)]  # most peers were given their tables
+    assert "time_to_ready" not in all_metrics([started, *warm, *joins], [], ready_peers=4)
+
+
+def test_an_sla_on_what_a_warm_start_did_not_measure_is_not_judged(tmp_path: Path) -> None:
+    topology = {"name": "w", "seed": 1, "groups": [{"name": "a", "count": 4}], "workload": [{"phase": "bootstrap"}],
+                "bootstrap": {"mode": "warm", "sample": 2, "peers": 1},
+                "slas": [{"metric": "time_to_ready", "stat": "max", "op": "<", "threshold": "5min"},
+                         {"metric": "bootstrap", "stat": "p50", "op": "<", "threshold": "1s"}]}
+    started = event("run_started", 0, peer=None, start_ns=0)
+    quiet = [0] * (len(LAG_BINS_MS) + 1)
+    quiet[0] = 10
+    events = [started, *(event("warm", 10, peer=p) for p in (0, 1)), *(event("bootstrap", 20, peer=p) for p in (2, 3)),
+              event("phase", 100, peer=None, phase="bootstrap", number=1), event("loop_lag", 100, counts=quiet)]
+    records = RunRecords(tmp_path, Manifest(status="complete", topology=topology, peers_ready=4), events, [])
+    analysis = analyze(records)
+    unjudged, joins = analysis.verdicts[:2]
+    assert unjudged.status == "unjudged" and "warm start" in unjudged.reason and unjudged.measured is None
+    assert joins.status == "pass" and analysis.outcome == "pass"  # said, not counted against the run
 
 
 def test_cpu_per_operation_is_the_peers_cpu_in_the_phase_over_its_operations() -> None:
@@ -187,6 +211,28 @@ def test_the_guard_calls_a_latency_inconclusive_when_the_loop_lag_is_not_small_a
     after = [phase, *gets, lag_window(0, 0.2), lag_window(5_000_000_000, 50)]
     assert phase_lags(after)[0].lag.p99_ms == 50
     assert judge("get", summary, after, phase_lags(after)) == Judgement(True, 0.2, 0.5, ["lookup"])
+    # No lag measured while they ran: the guard cannot vouch for them
+    unwatched = judge("get", summary, [phase, *gets], phase_lags([phase, *gets]))
+    assert unwatched is not None and not unwatched.conclusive and "cannot vouch" in unwatched.reason()
+
+
+def test_links_that_ran_late_in_a_phase_make_its_latencies_inconclusive() -> None:
+    counts = [0] * (len(LAG_BINS_MS) + 1)
+    counts[LAG_BINS_MS.index(0.2)] = 20
+    gets = [event("get", 10, start_ns=1_000_000 * i) for i in range(10)]
+    summary = summarize([g.ms for g in gets], unit="millisecond")
+
+    def phase(late_p50_s: float) -> list[Event]:
+        links = asdict(LinkWatch(500, late_p50_s, 0.004, 0.009, 0.0015, {"loss": 5}, 0))
+        return [event("phase", 10_000, peer=None, start_ns=0, phase="lookup", number=3, links=links), *gets,
+                event("loop_lag", 1000, start_ns=0, counts=counts)]
+
+    on_time, late = phase(0.0004), phase(0.002)  # 0.4 ms and 2 ms against a 1.5 ms tolerance
+    assert judge("get", summary, on_time, phase_lags(on_time)) == Judgement(True, 0.2, 0.5, ["lookup"])
+    judged = judge("get", summary, late, phase_lags(late))
+    assert judged is not None and not judged.conclusive and judged.dilation_needed is None
+    assert "links ran late in lookup (delay line p50 2 ms late, tolerance 1.5 ms)" in judged.reason()
+    assert phase_lags(late)[0].links == LinkWatch(500, 0.002, 0.004, 0.009, 0.0015, {"loss": 5}, 0)
 
 
 def test_the_guard_doubts_a_failed_success_ratio_but_not_a_held_one() -> None:
@@ -197,7 +243,7 @@ def test_the_guard_doubts_a_failed_success_ratio_but_not_a_held_one() -> None:
     gets = [event("get", 10, ok=i > 0, start_ns=1_000_000 * i) for i in range(10)]  # 9 of 10 succeed
     busy = [phase, *gets, event("loop_lag", 1000, counts=counts)]
     summary = {"get": summarize([g.ms for g in gets if g.ok], attempts=10, unit="millisecond")}
-    held, failed = evaluate([Sla(metric="get", stat="success_ratio", op=">=", threshold="80%"),
-                             Sla(metric="get", stat="success_ratio", op=">=", threshold="99%")], summary)
+    held = verdict(Sla(metric="get", stat="success_ratio", op=">=", threshold="80%"), summary)
+    failed = verdict(Sla(metric="get", stat="success_ratio", op=">=", threshold="99%"), summary)
     assert guarded(held, summary, busy, phase_lags(busy)).status == "pass"
     assert guarded(failed, summary, busy, phase_lags(busy)).status == "inconclusive"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lab.shaping import plan as plans
-from lab.shaping.verify import delay_checks, judge, loss_check, rate_check, sample_pairs
+from lab.shaping.verify import delay_checks, judge, loss_check, loss_probes, rate_check, sample_pairs
 
 
 def test_verification_rules() -> None:
@@ -131,6 +131,19 @@ def test_a_rate_passes_only_when_the_link_held_the_stream_back() -> None:
 def test_sample_pairs_cover_every_ordered_pair_of_groups() -> None:
     assert sample_pairs(["a", "a", "b", "b"]) == [(0, 1), (0, 3), (2, 1), (2, 3)]
     assert sample_pairs(["a", "b"]) == [(0, 1), (1, 0)]  # a one-peer group has no pair within itself
+    # Peers sharing a host: one pair of them too, whose packets leave by their shared eth0 and come back
+    assert sample_pairs(["a", "a", "b", "b"], hosts=[0, 0, 1, 1]) == [(0, 1), (0, 3), (2, 1), (2, 3)]  # (0, 1) is one
+    assert sample_pairs(["a"] * 6, hosts=[0, 0, 0, 1, 1, 1]) == [(0, 1), (0, 5)]
+
+
+def test_a_loss_check_can_fail_a_link_that_loses_nothing_or_says_it_cannot() -> None:
+    one_percent = plans.LinkPlan(loss=0.01)
+    enough = loss_probes(one_percent, pairs=4)
+    assert loss_check(one_percent, enough, enough, pairs=4).status == "failed"  # nothing lost where 1% should be
+    assert loss_check(one_percent, enough, enough - 9, pairs=4).status == "passed"
+    too_few = loss_check(one_percent, 400, 400, pairs=4)  # 400 probes lose nothing at 1% one time in 55
+    assert too_few.status == "unverified" and f"{enough} would" in too_few.reason
+    assert loss_probes(plans.LinkPlan()) == 0 and loss_check(plans.LinkPlan(), 400, 400).status == "passed"
 
 
 def test_loss_the_reference_also_saw_is_unverified_not_failed() -> None:

@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from lab.analysis.guard import GUARD_SHARE, PhaseLag, judge, phase_lags
-from lab.analysis.metrics import Metric, all_metrics, impairment_periods
+from lab.analysis.metrics import Metric, all_metrics, impairment_periods, ready_span
 from lab.analysis.peerlogs import count_levels
 from lab.analysis.records import RunRecords
-from lab.analysis.sla import Verdict, builtin_verdicts, evaluate
+from lab.analysis.sla import Verdict, builtin_verdicts, verdict
 from lab.analysis.stats import Summary, summarize
 from lab.errors import TopologyError
 from lab.manifest import LabErrorRecord
+from lab.metric_names import NOT_MEASURED_WARM
 from lab.topology import parse_topology
 from nodes.protocol import Event
 
@@ -58,14 +59,16 @@ class Analysis:
     partial: bool
     fidelity: list[PhaseLag] = field(default_factory=list)  # each phase's loop lag and busy share
     notes: list[str] = field(default_factory=list)  # what the records lacked (damaged lines, missing files)
+    ready_machine_s: float | None = None  # time to ready in the machine's seconds (the metric is the run's)
 
     @property
     def passed(self) -> bool:
-        return all(v.passed for v in self.verdicts)
+        return self.outcome == "pass"
 
     @property
     def outcome(self) -> str:
-        """fail if any verdict failed, else inconclusive if any was, else pass."""
+        """fail if any verdict failed, else inconclusive if any was, else pass (an SLA the run did
+        not measure, unjudged, is said, not counted)."""
         statuses = {v.status for v in self.verdicts}
         return "fail" if "fail" in statuses else "inconclusive" if "inconclusive" in statuses else "pass"
 
@@ -76,9 +79,12 @@ class Analysis:
             "note": INDEPENDENCE_NOTE,
             "metrics": {name: s.record() for name, s in self.summary.items()},
             "impairment_periods": [p.record() for p in self.periods],
-            "fidelity": {"rule": f"a time metric's verdict is inconclusive when the loop lag p99 while its operations "
-                                 f"ran exceeds {GUARD_SHARE:.0%} of its median", "phases": [p.record() for p in self.fidelity]},
+            "fidelity": {"rule": f"a latency verdict is inconclusive when the loop lag p99 while its operations ran "
+                                 f"exceeds {GUARD_SHARE:.0%} of its median, when no lag was measured then, or when the "
+                                 "delay line ran later than the links' tolerance in a phase they ran in",
+                         "phases": [p.record() for p in self.fidelity]},
             "errors": self.errors.record(),
+            "time_to_ready_machine_s": self.ready_machine_s,
         }
 
     def verdicts_record(self) -> dict[str, Any]:
@@ -122,7 +128,10 @@ def _verdicts(records: RunRecords, summary: dict[str, Summary], fidelity: list[P
     except TopologyError as exc:
         notes.append(f"no SLA verdicts: {exc}")
         return []
-    slas = [guarded(v, summary, records.events, fidelity) for v in evaluate(topology.slas, summary)]
+    unmeasured = NOT_MEASURED_WARM if topology.bootstrap.mode == "warm" else {}
+    slas = [Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), None, "unjudged", unmeasured[sla.metric],
+                    sla.unit, sla.limit, sla.description) if sla.metric in unmeasured
+            else guarded(verdict(sla, summary), summary, records.events, fidelity) for sla in topology.slas]
     return slas + builtin_verdicts(topology.peer_count, manifest.peers_ready, manifest.peers_lost)
 
 
@@ -136,4 +145,7 @@ def analyze(records: RunRecords) -> Analysis:
     fidelity = phase_lags(records.events)
     verdicts = _verdicts(records, summary, fidelity, notes)
     partial = records.manifest.status != "complete"
-    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes)
+    span = ready_span(records.events)
+    dilation = records.manifest.time_dilation
+    ready_s = (dilation.real_ns(span[1]) - dilation.real_ns(span[0])) / 1e9 if span and span[2] else None
+    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s)

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from lab.analysis.metrics import PHASE, unit_of
 from lab.analysis.stats import Summary
+from lab.events import PHASE
+from lab.machine import LinkWatch
+from lab.metric_names import TIME_TO_READY, unit_of
 from nodes.protocol import ANSWERED_LOCALLY, LAG_BINS_MS, LOOP_LAG, Event
 
 GUARD_SHARE = 0.05
@@ -76,9 +78,10 @@ class PhaseLag:
     cpu_busy: float | None  # the machine's busy share during the phase
     lag: Lag
     time_dilation: float = 1.0
+    links: LinkWatch | None = None  # what the links did during the phase
 
     def record(self) -> dict[str, object]:
-        return {**asdict(self), "lag": asdict(self.lag)}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -90,14 +93,16 @@ class Judgement:
     limit_ms: float | None
     phases: list[str]
     dilation_needed: float | None = None
+    late_links: list[str] = field(default_factory=list)  # phases whose delay line ran later than a link may be off
 
     def reason(self) -> str:
         if self.lag_p99_ms is None or self.limit_ms is None:
-            return "no loop lag measured while its operations ran"
-        relation = "<=" if self.conclusive else ">"
-        text = (f"loop lag p99 {self.lag_p99_ms:g} ms {relation} {GUARD_SHARE:.0%} of the median "
-                f"({self.limit_ms:.3g} ms) while its operations ran in {', '.join(self.phases)}")
-        if self.conclusive:
+            return "no loop lag measured while its operations ran: the guard cannot vouch for them"
+        late = f"; links ran late in {'; '.join(self.late_links)}" if self.late_links else ""
+        lagging = self.lag_p99_ms > self.limit_ms
+        text = (f"loop lag p99 {self.lag_p99_ms:g} ms {'>' if lagging else '<='} {GUARD_SHARE:.0%} of the median "
+                f"({self.limit_ms:.3g} ms) while its operations ran in {', '.join(self.phases)}{late}")
+        if not lagging:
             return text
         return (f"{text}: the machine was too busy; needs time_dilation >= {self.dilation_needed:g} if that time is "
                 "waiting on links and timers, a less busy machine if it is computing")
@@ -115,11 +120,18 @@ def _pooled(events: list[Event], spans: list[tuple[int, int]]) -> Lag:
     return Lag.of(counts, windows)
 
 
+def _links(record: object) -> LinkWatch | None:
+    try:
+        return LinkWatch(**record) if isinstance(record, dict) else None
+    except TypeError:  # a record of another version: the phase's links are unknown
+        return None
+
+
 def phase_lags(events: list[Event]) -> list[PhaseLag]:
     return [
         PhaseLag(str(e.details.get("phase")), int(e.details.get("number", 0)), e.start_ns, e.end_ns,
                  e.details.get("cpu_busy"), _pooled(events, [(e.start_ns, e.end_ns)]),
-                 float(e.details.get("time_dilation", 1)))
+                 float(e.details.get("time_dilation", 1)), _links(e.details.get("links")))
         for e in events if e.op == PHASE
     ]
 
@@ -142,17 +154,19 @@ def _spans_of(metric: str, events: list[Event], phases: list[PhaseLag]) -> tuple
 
 
 def judge(metric: str, summary: Summary, events: list[Event], phases: list[PhaseLag]) -> Judgement | None:
-    """The guard's judgement of a time metric; None for metrics it does not judge."""
-    scale = MS_PER_UNIT.get(summary.unit)
-    if scale is None or summary.p50 is None or metric in ANSWERED_LOCALLY:
+    """The guard's judgement of a latency metric (time to ready included); None for the metrics
+    it does not judge: operations answered locally, and figures that are not a wait (memory, CPU)."""
+    if summary.p50 is None or metric in ANSWERED_LOCALLY or not (summary.unit == "millisecond" or metric == TIME_TO_READY):
         return None
     involved, spans = _spans_of(metric, events, phases)
     lag = _pooled(events, spans)
     names = [p.phase for p in involved]
+    late = [f"{p.phase} (delay line p50 {p.links.late_p50_s * 1e3:.3g} ms late, tolerance {p.links.tolerance_s * 1e3:.3g} ms)"
+            for p in involved if p.links is not None and p.links.late
+            and p.links.late_p50_s is not None and p.links.tolerance_s is not None]
     if lag.p99_ms is None:
-        return Judgement(True, None, None, names)
-    limit = GUARD_SHARE * summary.p50 * scale
-    if lag.p99_ms <= limit:
-        return Judgement(True, lag.p99_ms, limit, names)
+        return Judgement(False, None, None, names, late_links=late)
+    limit = GUARD_SHARE * summary.p50 * MS_PER_UNIT[summary.unit]
     factor = max(p.time_dilation for p in involved)
-    return Judgement(False, lag.p99_ms, limit, names, float(math.ceil(factor * lag.p99_ms / limit)))
+    needed = float(math.ceil(factor * lag.p99_ms / limit)) if lag.p99_ms > limit else None
+    return Judgement(lag.p99_ms <= limit and not late, lag.p99_ms, limit, names, needed, late)

@@ -10,7 +10,9 @@
   shared pages counted once;
 - `cpu_seconds`: each peer's user+system CPU time at its last sample (split like memory);
 - `time_to_ready`: seconds from the run's start (its `run_started` event) to the end of the
-  last bootstrap: how long the lab took to give a listening, bootstrapped network;
+  last bootstrap: how long the lab took to give a listening, bootstrapped network. Only a cold
+  start measures it: under a warm start most peers were given their tables and never joined,
+  so the figure would be the sample's, not the network's, and it is not produced;
 - `cpu_s_per_join`, `cpu_s_per_lookup`, `cpu_s_per_publish`, `cpu_s_per_delivery`: per phase of
   that kind (bootstrap, lookup, publish, gossip), the peers' CPU-seconds from its first such
   operation to its end (the machine's seconds, from the collector's samples, interpolated)
@@ -127,14 +129,22 @@ def resource_metrics(samples: list[Sample]) -> dict[str, Metric]:
     return metrics
 
 
-def time_to_ready(events: list[Event]) -> Metric:
-    metric = Metric(TIME_TO_READY, "second")
+def ready_span(events: list[Event]) -> tuple[int, int, bool] | None:
+    """(the run's start, the last join's end, whether every join succeeded) in the run's time,
+    for a cold start; None for a run without joins or with a warm start."""
     started = [e.start_ns for e in events if e.op == RUN_STARTED]
     joins = [e for e in events if e.op == Op.BOOTSTRAP]
-    if started and joins:
+    if not started or not joins or any(e.op == Op.WARM for e in events):
+        return None
+    return started[0], max(e.end_ns for e in joins), all(e.ok for e in joins)
+
+
+def time_to_ready(events: list[Event]) -> Metric:
+    metric = Metric(TIME_TO_READY, "second")
+    if (span := ready_span(events)) is not None:
+        start, end, ready = span
         metric.attempts = 1
-        if all(e.ok for e in joins):
-            metric.values.append((max(e.end_ns for e in joins) - started[0]) / 1e9)
+        metric.values += [(end - start) / 1e9] if ready else []
     return metric
 
 

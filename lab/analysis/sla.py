@@ -13,7 +13,7 @@ from lab.topology import Sla
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
-Status = Literal["pass", "fail", "inconclusive"]
+Status = Literal["pass", "fail", "inconclusive", "unjudged"]  # unjudged: the run did not measure what the SLA names
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,6 @@ def verdict(sla: Sla, summary: dict[str, Summary]) -> Verdict:
     reason = f"{sla.stat} {measured:.4g} {sla.op} {sla.limit:.4g} {sla.unit}: {'holds' if passed else 'fails'}"
     return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), measured, "pass" if passed else "fail", reason,
                    sla.unit, sla.limit, sla.description)
-
-
-def evaluate(slas: list[Sla], summary: dict[str, Summary]) -> list[Verdict]:
-    return [verdict(sla, summary) for sla in slas]
 
 
 def builtin_verdicts(peers: int, ready: int, lost: int) -> list[Verdict]:

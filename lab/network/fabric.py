@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab.errors import NetworkError
-from lab.network.netlink import NetlinkError, NetNS, netns
+from lab.network.netlink import NetlinkError, NetNS, inside, netns
 from lab.runid import RunId
 from nodes.protocol import Dilation
 
@@ -196,6 +196,19 @@ class NamespaceNetwork:
         for name, slots in self.hosts_built.items():
             with NetNS(name) as ns:
                 self._routes(ns, ns.link_lookup(ifname="eth0")[0], slots, "replace")
+
+    def syn_retransmits(self) -> int:
+        """SYNs the peers' TCP sent again, summed over the hosts (TcpExt TCPSynRetrans of each
+        namespace, since it was made): the kernel's initial SYN timeout is 1 s of the machine's
+        time, not dilated, so each one cost the peers 1/N of a second where a real network takes 1."""
+        total = 0
+        for name in self.hosts_built:
+            with inside(name), open("/proc/thread-self/net/netstat") as table:
+                lines = table.read().splitlines()
+            for names, values in zip(lines[::2], lines[1::2], strict=False):
+                if names.startswith("TcpExt:"):
+                    total += int(dict(zip(names.split(), values.split(), strict=True)).get("TCPSynRetrans", 0))
+        return total
 
     def teardown(self) -> list[str]:
         """Removes every namespace this run made (veth pairs go with them)."""

@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 from lab.analysis.compare import Report
-from lab.analysis.figures import Errors
+from lab.analysis.figures import Analysis, Errors
 from lab.analysis.guard import PhaseLag
 from lab.analysis.sla import Verdict
 from lab.analysis.stats import Summary
 from lab.manifest import PhaseRecord
+from lab.metric_names import TIME_TO_READY
 
 SHOWN = ("n", "success_ratio", "p50", "p95", "p99", "max")
 
@@ -63,22 +64,43 @@ def comparison_lines(report: Report, output: str) -> list[str]:
     return intro + _aligned([header, *rows]) + reasons
 
 
+def ready_lines(analysis: Analysis) -> list[str]:
+    """Time to ready on both clocks: the run's (what the SLA judges) and the machine's."""
+    ready = analysis.summary.get(TIME_TO_READY)
+    if ready is None or ready.max is None or analysis.ready_machine_s is None:
+        return []
+    return [f"time to ready: {ready.max:.1f} s of the run's time, {analysis.ready_machine_s:.1f} s of the machine's"]
+
+
 def phase_line(record: PhaseRecord) -> str:
     """`lab run`'s line at the end of a workload phase."""
     return (f"{record.phase}: {record.calls - record.failed}/{record.calls} calls ok in {record.seconds:.1f}s"
             f" (machine CPU {record.cpu_busy:.0%} busy, the lab's own {record.lab_cpu:.1%})")
 
 
+STATUS_WORD = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE", "unjudged": "NOT JUDGED"}
+
+
 def verdict_lines(verdicts: list[Verdict]) -> list[str]:
-    return [f"{v.status.upper()}  {v.metric} {v.stat} {v.op} {v.threshold}: {v.reason}" for v in verdicts]
+    return [f"{STATUS_WORD[v.status]}  {v.metric} {v.stat} {v.op} {v.threshold}: {v.reason}" for v in verdicts]
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else _cell(seconds * 1e3)
 
 
 def fidelity_lines(phases: list[PhaseLag]) -> list[str]:
-    """Per phase: how late the peers' event loops ran timers, beside how busy the machine was."""
-    rows = [["phase", "loop lag p50 (ms)", "p99", "max", "machine busy"]]
+    """Per phase: how late the peers' event loops ran timers, beside how busy the machine was,
+    and what the links did (the delay line's lateness against its tolerance, drops, SYNs sent again)."""
+    rows = [["phase", "loop lag p50 (ms)", "p99", "max", "machine busy", "links late p50/p99 (ms)", "tolerance",
+             "drops", "SYN resent"]]
     for p in phases:
+        links = p.links
+        late = f"{_ms(links.late_p50_s)}/{_ms(links.late_p99_s)}{' LATE' if links.late else ''}" if links else "-"
+        drops = ", ".join(f"{cause} {n}" for cause, n in sorted(links.drops.items()) if n) if links else ""
         rows.append([f"{p.number} {p.phase}", _cell(p.lag.p50_ms), _cell(p.lag.p99_ms), _cell(p.lag.max_ms),
-                     "-" if p.cpu_busy is None else f"{p.cpu_busy:.0%}"])
+                     "-" if p.cpu_busy is None else f"{p.cpu_busy:.0%}", late, _ms(links.tolerance_s) if links else "-",
+                     drops or "-", _cell(links.syn_retransmits) if links else "-"])
     return _aligned(rows) if phases else []
 
 

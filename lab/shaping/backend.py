@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
 
 from lab.errors import ShapingError
 from lab.network import doctor
@@ -16,6 +18,17 @@ Host = list[tuple[PeerSlot, LinkPlan]]  # every peer of one host with the plan i
 NETEM_NEEDS = ("sch_netem", "htb")
 USERSPACE_NEEDS = ("iptables statistic", "nfqueue", "htb")
 
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What a backend counted: packets dropped by cause since it started (a counter the kernel
+    restarts when its rules or qdiscs are replaced restarts here too), and the delay line's
+    lateness over the packets it released since it was last asked."""
+
+    drops: Counter[str] = field(default_factory=Counter)
+    released: int = 0
+    late_s: tuple[float | None, float | None, float | None] = (None, None, None)  # p50, p99, max
 
 
 class Backend(ABC):
@@ -56,6 +69,16 @@ class Backend(ABC):
         except NetlinkError as exc:
             what = "; ".join(f"peer {s.index}: {plan.describe()}" for s, plan in host)
             raise ShapingError(f"host of peer {slot.index}: tc refused {what} ({exc})") from exc
+
+    def retime(self, ratio: float) -> int:
+        """Stretches what held packets have left to wait by `ratio` (the run's dilation changed by
+        it); returns how many were held. Kernel netem's queued packets are dropped once instead,
+        when the change rebuilds its trees."""
+        return 0
+
+    def counters(self) -> Counters:
+        """Drops by cause, and the delay line's lateness (only the userspace backend has one)."""
+        return Counters()
 
     def helper_pids(self) -> dict[str, int]:
         """{role: pid} of helper processes, for the collector (only the userspace backend has one)."""

@@ -9,8 +9,10 @@ address. A packet's release time is its arrival plus the sender's delay, plus th
 to its destination, plus jitter; reordered packets go at once. Verdicts are given after the
 callback returns, which libnetfilter_queue allows.
 
-Control: one JSON request per line on a Unix socket (`configure`, `stats`), answered once
-the change is in force. Run as `python -m lab.shaping.delayer --control SOCKET --seed N`.
+Control: one JSON request per line on a Unix socket (`configure`, `retime`, `stats`), answered
+once the change is in force. `retime` stretches what every held packet has left to wait by a
+ratio: the run's time dilation changed, and a packet held across the change keeps its delay in
+the run's time, not in the machine's. Run as `python -m lab.shaping.delayer --control SOCKET --seed N`.
 """
 
 from __future__ import annotations
@@ -140,6 +142,13 @@ class Delayer:
                 self.senders[address] = Sender(peer["index"], plan, random.Random(f"{self.seed}:delay:{peer['index']}"))
         return {"ok": True, "senders": len(self.senders)}
 
+    def _retime(self, request: dict[str, Any]) -> dict[str, Any]:
+        now, ratio = time.monotonic(), float(request["ratio"])
+        for held in self.heap:
+            held.due = now + max(0.0, held.due - now) * ratio
+        heapq.heapify(self.heap)
+        return {"ok": True, "retimed": len(self.heap)}
+
     def _stats(self) -> dict[str, Any]:
         late = sorted(self.lateness)
         self.lateness.clear()
@@ -169,7 +178,8 @@ class Delayer:
             return
         request = json.loads(line)
         try:
-            reply = self._configure(request) if request["op"] == "configure" else self._stats()
+            answers = {"configure": self._configure, "retime": self._retime, "stats": lambda _: self._stats()}
+            reply = answers[request["op"]](request)
         except Exception as exc:  # the reply carries it to the orchestrator, which reports it
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         connection.sendall(json.dumps(reply).encode() + b"\n")

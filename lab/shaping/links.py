@@ -6,18 +6,20 @@ One object serves the topology's initial impairment, the workload's `impair` pha
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from lab.errors import ShapingError
 from lab.events import IMPAIRMENT
+from lab.machine import LinkWatch
 from lab.network.fabric import PeerSlot
 from lab.runid import RunId
 from lab.shaping.backend import Backend
 from lab.shaping.netem import NetemBackend
 from lab.shaping.plan import LinkPlan
 from lab.shaping.userspace import UserspaceBackend
-from lab.shaping.verify import REFERENCE_PLAN, PairReport, verify
+from lab.shaping.verify import REFERENCE_PLAN, PairReport, delay_tolerance, verify
 from lab.topology import ImpairPhase, Link, Topology
 from nodes.protocol import Dilation, Event
 
@@ -90,6 +92,8 @@ class Links:
         self.regions = topology.peer_regions()
         self.initial = peer_plans(topology)
         self.current = [LinkPlan(to_region=p.to_region) for p in self.initial]  # nothing applied yet
+        self.counted: Counter[str] = Counter()  # the backend's drop counts at the last watch
+        self.applied_factor = self.dilation.factor  # the dilation the plans in the kernel are at
         self.hosts: dict[int, list[int]] = {}  # peers by host: they share its eth0, so a change reshapes the host
         for slot in slots:
             self.hosts.setdefault(slot.host, []).append(slot.index)
@@ -116,7 +120,7 @@ class Links:
         hosts = sorted({self.slots[i].host for i in new})
         factor = self.dilation.factor
         self.backend.apply([[(self.slots[i], after[i].dilated(factor)) for i in self.hosts[host]] for host in hosts])
-        self.current = after
+        self.current, self.applied_factor = after, factor
 
     def apply_initial(self) -> Change | None:
         new = {i: p for i, p in enumerate(self.initial) if p.is_impaired}
@@ -139,11 +143,14 @@ class Links:
         return Change(peers, None, source, self.dilation.now_ns())
 
     def retime(self) -> Change:
-        """The links in force again, at the dilation now in force (a phase changed it)."""
+        """The links in force again, at the dilation now in force (a phase changed it), the
+        packets held at the change included."""
         shaped = [i for i, plan in enumerate(self.current) if plan.is_impaired]
+        held = self.backend.retime(self.dilation.factor / self.applied_factor)
         if shaped:
             self._apply({i: self.current[i] for i in shaped})
-        return Change(shaped, {"time_dilation": self.dilation.factor}, "time dilation", self.dilation.now_ns())
+        return Change(shaped, {"time_dilation": self.dilation.factor, "held_packets_retimed": held}, "time dilation",
+                      self.dilation.now_ns())
 
     def show(self, peers: list[int]) -> list[dict[str, Any]]:
         return [
@@ -151,6 +158,20 @@ class Links:
              "kernel": self.backend.kernel_state(self.slots[i])}
             for i in peers
         ]
+
+    def watch(self) -> LinkWatch:
+        """What the links did since the last call: drops by cause (a count the kernel restarted
+        when a change replaced its rules counts from that restart), the delay line's lateness,
+        and the tolerance the delay check gives the shortest delay in force."""
+        counters = self.backend.counters()
+        drops = {cause: now - self.counted[cause] if now >= self.counted[cause] else now
+                 for cause, now in counters.drops.items()}
+        self.counted = counters.drops
+        delays = [plan.delay_to(region) for plan in self.current for region in (None, *plan.to_region)]
+        shortest = min((d for d in delays if d > 0), default=None)
+        tolerance = delay_tolerance(shortest * self.dilation.factor) if shortest is not None else None
+        p50, p99, most = counters.late_s
+        return LinkWatch(counters.released, p50, p99, most, tolerance, drops)
 
     def reference_link(self) -> PeerSlot | None:
         """The reference host, its known delay in force (applied on first use)."""

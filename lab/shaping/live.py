@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from lab.blocking import in_thread_to_completion
 from lab.errors import ShapingError
 from lab.events import VERIFICATION
+from lab.machine import LinkWatch
 from lab.shaping.links import Change, Links
 from lab.shaping.verify import worst
 from lab.topology import Link
@@ -61,6 +62,11 @@ class LiveLinks:
     async def retime(self) -> None:
         """Every link again, at the dilation now in force."""
         await self._change(self.links.retime)
+
+    async def watch(self) -> LinkWatch:
+        """What the links did since the last call (under the lock: the delay line answers one request at a time)."""
+        async with self.lock:
+            return await in_thread_to_completion(self.links.watch)
 
     def helper_pids(self) -> dict[str, int]:
         """The backend's helper processes, for the collector."""

@@ -108,6 +108,12 @@ def install_host_tree(ns: NetNS, index: int, peers: list[tuple[str, LinkPlan]], 
                       target=handle(1, minor), keys=keys + ([u32_destination_key(prefix)] if prefix else []))
 
 
+def netem_drops(ns: NetNS, index: int) -> int:
+    """Packets the interface's netem qdiscs dropped (their configured loss and their full queues)."""
+    return sum(int((q.get_attr("TCA_STATS") or {}).get("drop", 0)) for q in ns.get_qdiscs(index=index)
+               if q.get_attr("TCA_KIND") == "netem")
+
+
 def describe(ns: NetNS, index: int) -> list[str]:
     """What the kernel has on the interface now, one line per qdisc, read back from it."""
     lines = []

@@ -23,16 +23,20 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from lab.errors import ShapingError
 from lab.network.fabric import PeerSlot
+from lab.network.netlink import inside
 from lab.runid import ENV_VAR, RunId
-from lab.shaping.backend import Backend, Host
+from lab.shaping.backend import Backend, Counters, Host
 from lab.shaping.delayer import QUEUE_NUM
 from lab.shaping.plan import LinkPlan
 
@@ -64,6 +68,14 @@ def hub_rules(rules_by_port: dict[str, list[str]]) -> str:
     return "\n".join([*lines, "COMMIT", ""])
 
 
+def _queue_drops(netns: str) -> int:
+    """Packets the kernel dropped from our netfilter queue, full or unanswered (nfnetlink_queue's
+    queue_dropped and user_dropped), in the hub's namespace."""
+    with inside(netns), open("/proc/thread-self/net/netfilter/nfnetlink_queue") as table:
+        rows = [line.split() for line in table]
+    return sum(int(row[5]) + int(row[6]) for row in rows if row and int(row[0]) == QUEUE_NUM)
+
+
 def _in_netns(netns: str, command: list[str], stdin: str | None = None) -> str:
     done = subprocess.run(["ip", "netns", "exec", netns, *command], input=stdin, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
@@ -93,12 +105,12 @@ class DelayLine:
         self.socket.connect(control)
         self.reader = self.socket.makefile("r")
 
-    def request(self, message: dict[str, object]) -> dict[str, object]:
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
         self.socket.sendall(json.dumps(message).encode() + b"\n")
         line = self.reader.readline()
         if not line:
             raise ShapingError(f"delay line died (status {self.process.poll()})")
-        reply: dict[str, object] = json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
         if not reply.get("ok"):
             raise ShapingError(f"delay line refused: {reply.get('error')}")
         return reply
@@ -163,8 +175,27 @@ class UserspaceBackend(Backend):
     def helper_pids(self) -> dict[str, int]:
         return {"delay_line": self.delay_line.process.pid} if self.delay_line else {}
 
-    def delay_line_stats(self) -> dict[str, object] | None:
+    def delay_line_stats(self) -> dict[str, Any] | None:
         return self.delay_line.request({"op": "stats"}) if self.delay_line else None
+
+    def retime(self, ratio: float) -> int:
+        return int(self.delay_line.request({"op": "retime", "ratio": ratio})["retimed"]) if self.delay_line else 0
+
+    def counters(self) -> Counters:
+        """Configured loss (the hub's statistic rules), a link's full queue (the delay line's
+        `limit`), the kernel's netfilter queue overflowing (the delay line fell behind), and the
+        delay line's lateness."""
+        drops: Counter[str] = Counter()
+        if self.rules_by_port:
+            saved = _in_netns(self.hub_netns, ["iptables-save", "-c", "-t", "filter"])
+            drops["loss"] = sum(int(m.group(1)) for m in re.finditer(r"^\[(\d+):\d+\] -A \S+ .* -j DROP$", saved, re.M))
+        stats = self.delay_line_stats()
+        if stats is None:
+            return Counters(drops)
+        drops["limit"] = sum(peer["dropped_limit"] for peer in stats["peers"].values())
+        drops["queue"] = _queue_drops(self.hub_netns)
+        late = stats["lateness_s"]
+        return Counters(drops, stats["released"], (late["p50"], late["p99"], late["max"]))
 
     def close(self) -> None:
         if self.delay_line is not None:

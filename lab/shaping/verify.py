@@ -10,6 +10,7 @@ the measurements behind them: docs/impairment.md, "Verified, not assumed".
 
 from __future__ import annotations
 
+import itertools
 import math
 import socket
 import statistics
@@ -61,6 +62,7 @@ MIN_WINDOWS = 12  # rate windows per stream
 BOOTSTRAP_RESAMPLES = 1000
 MIN_WINDOW = 8  # arrivals per rate window
 MAX_PAIRS = 32
+MAX_LOSS_PROBES = 4000  # 20 s of probes: a loss too small to check within them is said to be unverified
 REFERENCE_PLAN = LinkPlan(delay_s=0.010)  # the reference host's link: a known delay, nothing else
 
 Status = Literal["passed", "failed", "unverified"]
@@ -157,6 +159,11 @@ def _late_spread(noise: np.ndarray) -> float:
     return float(np.percentile(noise, 90) - np.median(noise))
 
 
+def delay_tolerance(expected_s: float) -> float:
+    """How far a link's delay may be off before the delay check minds: max(1 ms, 5%)."""
+    return max(0.001, 0.05 * expected_s)
+
+
 def delay_checks(plan: LinkPlan, region: str | None, delays: list[float], noise: list[float], seed: int = 0) -> list[Check]:
     """`delays`: one-way delays of the link's probes (s); `noise`: the reference probes' excess over
     their known delay, at the same moment (empty where the link has no delay: no timer holds its
@@ -169,7 +176,7 @@ def delay_checks(plan: LinkPlan, region: str | None, delays: list[float], noise:
     # at the median): allowed on top of the error.
     scale = plan.jitter_s if plan.distribution == "uniform" else plan.jitter_s * math.sqrt(math.pi / 2)
     sampling = z * scale / math.sqrt(measured.size)
-    tolerance = max(0.001, 0.05 * expected) + sampling
+    tolerance = delay_tolerance(expected) + sampling
     interval = _bootstrap((measured, excess), lambda d, r, axis: np.median(d, axis=axis) - np.median(r, axis=axis), seed)
     delay = Check("delay_s", expected, float(np.median(measured) - np.median(excess)), expected - tolerance,
                   expected + tolerance, interval)
@@ -210,11 +217,25 @@ def loss_check(plan: LinkPlan, sent: int, received: int, pairs: int = 1, referen
     lost = (sent - received) / sent
     check = Check("loss", expected, lost, float(low) / sent, float(high) / sent, (lost, lost))
     check.status = "passed" if check.low <= lost <= check.high else "failed"
+    if check.status == "passed" and expected and not lost and not low:
+        check.status = "unverified"  # a link that loses nothing would have passed too
+        check.reason = (f"could not verify: {sent} probes cannot tell {expected:.2%} loss from none; "
+                        f"{loss_probes(plan, pairs)} would")
     explained = stats.binom.ppf(confidence, sent, 1 - (1 - expected) * (1 - reference_lost)) / sent
     if check.status == "failed" and lost > check.high and reference_lost and lost <= explained:
         check.status = "unverified"
         check.reason = f"could not verify: the probe path itself lost {reference_lost:.1%} (the reference's probes)"
     return check
+
+
+def loss_probes(plan: LinkPlan, pairs: int = 1) -> int:
+    """Probes enough for the loss check to fail a link that loses nothing: the chance that all of
+    them arrive on a right link is below the check's error rate."""
+    if not plan.lost:
+        return 0
+    if plan.lost >= 1:
+        return 1
+    return math.ceil(math.log((1 - LOSS_CONFIDENCE) / pairs / 2) / math.log(1 - plan.lost))  # the interval is two-sided
 
 
 def window_rates(times_ns: list[int], bits: float, window: int) -> np.ndarray:
@@ -425,9 +446,11 @@ def measure_pair(source: PeerSlot, dest: PeerSlot, plan: LinkPlan, dest_region: 
     return report
 
 
-def sample_pairs(groups: list[str]) -> list[tuple[int, int]]:
+def sample_pairs(groups: list[str], hosts: list[int] | None = None) -> list[tuple[int, int]]:
     """One (source, destination) pair per ordered pair of groups: the group's first peer sends
-    to the other group's last peer (its second-last within one group)."""
+    to the other group's last peer (its second-last within one group); and where peers share a
+    host (`hosts`: each peer's), one pair of two peers of one host, whose packets leave through
+    their shared eth0 and come back through the hub."""
     members: dict[str, list[int]] = {}
     for index, group in enumerate(groups):
         members.setdefault(group, []).append(index)
@@ -437,6 +460,9 @@ def sample_pairs(groups: list[str]) -> list[tuple[int, int]]:
             candidates = [d for d in reversed(dests) if d != sources[0]]
             if candidates:
                 pairs.append((sources[0], candidates[0]))
+    on_one_host = [(a, b) for a, b in itertools.pairwise(range(len(groups))) if hosts and hosts[a] == hosts[b]]
+    if on_one_host and not any(hosts and hosts[s] == hosts[d] for s, d in pairs):
+        pairs.insert(0, on_one_host[0])
     return pairs[:MAX_PAIRS]
 
 
@@ -445,9 +471,10 @@ def verify(slots: list[PeerSlot], plans: list[LinkPlan], regions: list[str | Non
     """Delay and loss of every sample pair at once (each pair has its own sockets and threads),
     with the reference beside each; then the rate of each rate-limited source, one stream per
     source link at a time."""
-    pairs = sample_pairs(groups)
+    pairs = sample_pairs(groups, [slot.host for slot in slots])
     with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
-        futures = [pool.submit(measure_pair, slots[s], slots[d], plans[s], regions[d], probes, len(pairs), reference)
+        futures = [pool.submit(measure_pair, slots[s], slots[d], plans[s], regions[d],
+                               min(MAX_LOSS_PROBES, max(probes, loss_probes(plans[s], len(pairs)))), len(pairs), reference)
                    for s, d in pairs]
         reports = [future.result() for future in futures]
         first_of_source = {r.source: r for r in reversed(reports) if plans[r.source].rate_bps}
