@@ -205,8 +205,9 @@ class LocalMachine(Machine):
 
         async def start(host: list[PeerSlot], ticker: Ticker) -> None:
             settings = [peer_settings(self.topology, slot.listen, self.dilation) for slot in host]
+            deployed = [slot.index for slot in host] == [self.topology.deployed_peer]
             async with limit:
-                failures = await fleet.start_host(host, settings, timeout)
+                failures = await fleet.start_host(host, settings, timeout, fresh=deployed)
             failed.extend(LabErrorRecord(phase="start", peer=index, error=why) for index, why in failures.items())
             ticker.done += len(host)
 

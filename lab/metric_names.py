@@ -11,6 +11,12 @@ from __future__ import annotations
 from nodes.protocol import CONCURRENT_SEARCH, Op
 
 MEMORY_FIELDS = {"memory_rss_mib": "rss", "memory_uss_mib": "uss", "memory_pss_mib": "pss"}
+# The deployed peer's (network.deployed_peer): one peer alone in a fresh process, after the same workload.
+DEPLOYED_FIELDS = {"memory_deployed_rss_mib": "rss", "memory_deployed_uss_mib": "uss", "memory_deployed_pss_mib": "pss"}
+DEPLOYED_OF = dict(zip(MEMORY_FIELDS, DEPLOYED_FIELDS, strict=True))  # a per-peer figure -> its deployed estimate
+# What each further peer adds to a shared host's resident memory, against the deployed peer's (RSS only: a
+# forked host's USS and PSS leave out the pages it shares with its fork server, a fresh process's do not).
+MARGINAL_RSS = "memory_marginal_rss_mib"
 RUN_PSS = "memory_run_pss_mib"
 TIME_TO_READY = "time_to_ready"
 DELIVERY_RATIO = "gossip_delivery_ratio"
@@ -28,7 +34,7 @@ def unit_of(metric: str) -> str | None:
     """The unit a metric is summarised in, or None for a name the lab never produces."""
     if metric in OPERATIONS or (metric.startswith(CONCURRENT_SEARCH) and metric[len(CONCURRENT_SEARCH):].isdigit()):
         return "millisecond"
-    if metric in MEMORY_FIELDS or metric == RUN_PSS:
+    if metric in MEMORY_FIELDS or metric in DEPLOYED_FIELDS or metric in (MARGINAL_RSS, RUN_PSS):
         return "mebibyte"
     if metric in (CPU_SECONDS, TIME_TO_READY) or metric in {name for name, _ in CPU_PER_OPERATION.values()}:
         return "second"

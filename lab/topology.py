@@ -286,6 +286,12 @@ class Network(Strict):
         "own shaped link (by source address); 1 isolates every peer, more is what fits 1000 peers in memory "
         "(docs/design.md, Hosts)",
     )
+    deployed_peer: bool = Field(
+        default=True,
+        description="with peers_per_host > 1, the last peer runs alone in a process of its own, started as a fresh "
+        "interpreter, after the same workload: its memory is what a peer deployed alone needs, and a per-peer "
+        "memory SLA is judged on it (the shared hosts' figures split one interpreter among many peers)",
+    )
 
 
 Concurrency = Annotated[int, Field(ge=1, description="peers acting at once; more loads the machine, not the protocol")]
@@ -515,16 +521,26 @@ class Topology(Strict):
         """The group of each peer, by peer index."""
         return [group for group, size in zip(self.groups, self.group_sizes(), strict=True) for _ in range(size)]
 
+    @property
+    def deployed_peer(self) -> int | None:
+        """The peer that runs alone in a process of its own among shared hosts (the last one), so
+        that its memory shows what a peer deployed alone needs; None with a host per peer."""
+        return self.peer_count - 1 if self.network.peers_per_host > 1 and self.network.deployed_peer else None
+
     def hosts(self) -> list[list[int]]:
         """Peer indices of each host process, in order: up to `peers_per_host` consecutive peers
-        of one group (a host never spans groups, so a group's link is its hosts' links)."""
+        of one group (a host never spans groups, so a group's link is its hosts' links); the
+        deployed peer in a host of its own, last."""
         hosts: list[list[int]] = []
         first = 0
         for size in self.group_sizes():
             for start in range(first, first + size, self.network.peers_per_host):
-                hosts.append(list(range(start, min(start + self.network.peers_per_host, first + size))))
+                hosts.append([i for i in range(start, min(start + self.network.peers_per_host, first + size))
+                              if i != self.deployed_peer])
             first += size
-        return hosts
+        if self.deployed_peer is not None:
+            hosts.append([self.deployed_peer])
+        return [host for host in hosts if host]
 
     def join_order(self) -> list[int]:
         """Peer indices in the order they join: round-robin over the hosts, so the bootstrap peers

@@ -46,7 +46,7 @@ def backend_name() -> str:
 SHARED = """
 name: shared
 seed: 5
-network: {peers_per_host: 2}
+network: {peers_per_host: 2, deployed_peer: false}
 groups:
   - {name: a, count: 2, link: {delay: 10ms, loss: 5%}}
   - {name: b, count: 2, link: {delay: 30ms, rate: 2mbit}}

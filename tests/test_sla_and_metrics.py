@@ -247,3 +247,24 @@ def test_the_guard_doubts_a_failed_success_ratio_but_not_a_held_one() -> None:
     failed = verdict(Sla(metric="get", stat="success_ratio", op=">=", threshold="99%"), summary)
     assert guarded(held, summary, busy, phase_lags(busy)).status == "pass"
     assert guarded(failed, summary, busy, phase_lags(busy)).status == "inconclusive"
+
+
+def test_a_per_peer_memory_sla_is_judged_on_the_deployed_peer_not_the_split(tmp_path: Path) -> None:
+    mib = 1024 * 1024
+
+    def sample(pid: int, peers: list[int], rss: int) -> Sample:
+        return Sample.of({"t_ns": 0, "sweep": 0, "role": "peer", "peers": peers, "pid": pid, "rss": rss * mib,
+                          "uss": rss * mib // 2, "pss": rss * mib // 2, "cpu_user": 1.0, "cpu_system": 0.0})
+
+    samples = [sample(1, [0, 1, 2], 150), sample(2, [3], 100)]  # three peers share 150 MiB; one alone holds 100
+    metrics = resource_metrics(samples, deployed=3)
+    assert metrics["memory_rss_mib"].values == [50.0] * 3  # the split share: what the run cost per peer
+    assert metrics["memory_deployed_rss_mib"].values == [100.0] and metrics["memory_deployed_uss_mib"].values == [50.0]
+    assert metrics["memory_marginal_rss_mib"].values == [25.0]  # each peer beyond one adds (150 - 100) / 2
+    topology = {"name": "m", "seed": 1, "groups": [{"name": "a", "count": 4}], "workload": [{"phase": "bootstrap"}],
+                "network": {"peers_per_host": 3},
+                "slas": [{"metric": "memory_rss_mib", "stat": "max", "op": "<=", "threshold": "60MiB"}]}
+    records = RunRecords(tmp_path, Manifest(status="complete", topology=topology, peers_ready=4), [], samples)
+    memory = analyze(records).verdicts[0]
+    assert memory.status == "fail" and memory.measured == 100.0
+    assert "judged on the deployed peer" in memory.reason and "split 50 mebibyte per peer" in memory.reason

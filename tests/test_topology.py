@@ -90,8 +90,9 @@ def test_join_order_takes_one_peer_from_each_host_in_turn() -> None:
             "workload": [{"phase": "bootstrap"}],
         }
     )
-    assert hosted.hosts() == [[0, 1], [2, 3], [4], [5, 6]]
-    assert hosted.join_order() == [0, 2, 4, 5, 1, 3, 6]
+    assert hosted.hosts() == [[0, 1], [2, 3], [4], [5], [6]]  # the last peer alone: the deployed peer
+    assert hosted.join_order() == [0, 2, 4, 5, 6, 1, 3]
+    assert hosted.deployed_peer == 6
     single = parse_topology({**hosted.model_dump(mode="json"), "network": {"peers_per_host": 1}})
     assert single.join_order() == list(range(7))
 
@@ -122,4 +123,8 @@ def test_hosts_hold_consecutive_peers_of_one_group() -> None:
     groups = [{"name": "a", "count": 5}, {"name": "b", "count": 4}]
     topology = parse_topology(base(groups=groups, network={"peers_per_host": 3}))
     assert topology.hosts() == [[0, 1, 2], [3, 4], [5, 6, 7], [8]]  # a host never spans groups a and b
+    shared = parse_topology(base(groups=groups, network={"peers_per_host": 3, "deployed_peer": False}))
+    assert shared.hosts() == [[0, 1, 2], [3, 4], [5, 6, 7], [8]] and shared.deployed_peer is None
+    assert parse_topology(base(groups=[{"name": "a", "count": 6}], network={"peers_per_host": 3})).hosts() == [
+        [0, 1, 2], [3, 4], [5]]
     assert parse_topology(base(groups=groups)).hosts() == [[i] for i in range(9)]  # default: a host per peer

@@ -20,8 +20,8 @@ from lab.analysis.sla import Verdict, builtin_verdicts, verdict
 from lab.analysis.stats import Summary, summarize
 from lab.errors import TopologyError
 from lab.manifest import LabErrorRecord
-from lab.metric_names import NOT_MEASURED_WARM
-from lab.topology import parse_topology
+from lab.metric_names import DEPLOYED_OF, NOT_MEASURED_WARM
+from lab.topology import Sla, Topology, parse_topology
 from nodes.protocol import Event
 
 INDEPENDENCE_NOTE = ("samples within one run are not independent (shared network, shared CPU); "
@@ -120,30 +120,44 @@ def guarded(verdict: Verdict, summary: dict[str, Summary], events: list[Event], 
     return replace(verdict, status="inconclusive", guard=guard, reason=f"{verdict.reason}; {judgement.reason()}")
 
 
-def _verdicts(records: RunRecords, summary: dict[str, Summary], fidelity: list[PhaseLag], notes: list[str]) -> list[Verdict]:
-    """The topology's SLAs (from the manifest), judged by the guard, and the lab's own conditions."""
-    manifest = records.manifest
+def _judged(sla: Sla, topology: Topology, summary: dict[str, Summary], events: list[Event],
+            fidelity: list[PhaseLag]) -> Verdict:
+    """One SLA's verdict: not judged where the run did not measure its metric; a per-peer memory
+    figure judged on the deployed peer where hosts are shared; a latency as the guard lets it stand."""
+    unmeasured = NOT_MEASURED_WARM if topology.bootstrap.mode == "warm" else {}
+    if sla.metric in unmeasured:
+        return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), None, "unjudged", unmeasured[sla.metric],
+                       sla.unit, sla.limit, sla.description)
+    deployed = DEPLOYED_OF.get(sla.metric) if topology.deployed_peer is not None else None
+    if deployed is not None and deployed in summary:
+        judged = verdict(sla, summary, judged_on=deployed)
+        split = summary[sla.metric].stat(sla.stat) if sla.metric in summary else None
+        shared = f"; the shared hosts split {split:.4g} {sla.unit} per peer (what the run cost)" if split is not None else ""
+        return replace(judged, reason=f"{judged.reason}, judged on the deployed peer (alone in a fresh process){shared}")
+    return guarded(verdict(sla, summary), summary, events, fidelity)
+
+
+def _topology(records: RunRecords, notes: list[str]) -> Topology | None:
     try:
-        topology = parse_topology(manifest.topology, f"{records.path}/manifest.json topology")
+        return parse_topology(records.manifest.topology, f"{records.path}/manifest.json topology")
     except TopologyError as exc:
         notes.append(f"no SLA verdicts: {exc}")
-        return []
-    unmeasured = NOT_MEASURED_WARM if topology.bootstrap.mode == "warm" else {}
-    slas = [Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), None, "unjudged", unmeasured[sla.metric],
-                    sla.unit, sla.limit, sla.description) if sla.metric in unmeasured
-            else guarded(verdict(sla, summary), summary, records.events, fidelity) for sla in topology.slas]
-    return slas + builtin_verdicts(topology.peer_count, manifest.peers_ready, manifest.peers_lost)
+        return None
 
 
 def analyze(records: RunRecords) -> Analysis:
-    metrics = all_metrics(records.events, records.samples, records.manifest.peers_ready)
+    notes = list(records.skipped)
+    topology = _topology(records, notes)
+    manifest = records.manifest
+    metrics = all_metrics(records.events, records.samples, manifest.peers_ready, topology.deployed_peer if topology else None)
     summary = summarize_metrics(metrics)
     periods = [PeriodSummary(p.label, p.start_ns, summarize_metrics(dict(sorted(p.metrics.items()))))
                for p in impairment_periods(records.events)]
-    errors = Errors(_operation_errors(records), list(records.manifest.lab_errors), count_levels(records.log_dir))
-    notes = list(records.skipped)
+    errors = Errors(_operation_errors(records), list(manifest.lab_errors), count_levels(records.log_dir))
     fidelity = phase_lags(records.events)
-    verdicts = _verdicts(records, summary, fidelity, notes)
+    verdicts = [] if topology is None else [
+        *(_judged(sla, topology, summary, records.events, fidelity) for sla in topology.slas),
+        *builtin_verdicts(topology.peer_count, manifest.peers_ready, manifest.peers_lost)]
     partial = records.manifest.status != "complete"
     span = ready_span(records.events)
     dilation = records.manifest.time_dilation

@@ -4,7 +4,13 @@
   (failed operations count as attempts, not as samples);
 - `gossip_delivery_ratio`: per announced message, the share of other ready peers that got it;
 - `memory_rss_mib`, `memory_uss_mib`, `memory_pss_mib`: each peer's peak, from psutil samples;
-  a host process's figure is split evenly among the peers it hosts (`network.peers_per_host`);
+  a host process's figure is split evenly among the peers it hosts (`network.peers_per_host`):
+  what the run cost per peer, not what a peer needs;
+- `memory_deployed_rss_mib` (`_uss_`, `_pss_`): with shared hosts, the peak of the deployed peer,
+  alone in a fresh process of its own through the same workload: what a peer deployed alone
+  needs, on which a per-peer memory SLA is judged; `memory_marginal_rss_mib`: per shared host,
+  what each of its peers beyond one adds to its resident memory (its peak less the deployed
+  peer's, over its peers less one);
 - `memory_run_pss_mib`: the peak, over the collector's detailed sweeps, of the PSS of every
   process of the run (peers and the lab itself) added up: the run's footprint on the machine,
   shared pages counted once;
@@ -31,6 +37,8 @@ from lab.metric_names import (
     CPU_PER_OPERATION,
     CPU_SECONDS,
     DELIVERY_RATIO,
+    DEPLOYED_FIELDS,
+    MARGINAL_RSS,
     MEMORY_FIELDS,
     RUN_PSS,
     TIME_TO_READY,
@@ -104,28 +112,46 @@ def delivery_ratio(events: list[Event], ready_peers: int) -> Metric:
     return metric
 
 
-def resource_metrics(samples: list[Sample]) -> dict[str, Metric]:
+def resource_metrics(samples: list[Sample], deployed: int | None = None) -> dict[str, Metric]:
+    """`deployed`: the peer alone in a process of its own among shared hosts (its memory is
+    the deployed figures, not a split share)."""
     peaks: dict[str, dict[int, float]] = {name: {} for name in MEMORY_FIELDS}
+    hosts: dict[int, dict[str, float]] = defaultdict(dict)  # pid -> kind -> the process's peak (MiB)
+    sizes: dict[int, int] = defaultdict(int)  # pid -> the most peers it hosted
     cpu: dict[int, float] = {}
     run_pss: dict[int, float] = defaultdict(float)
+    alone_pid: int | None = None
     for sample in samples:
         if sample.pss is not None:
             run_pss[sample.sweep] += sample.pss / MIB
         if sample.role != "peer":
             continue
-        shares = {name: sample.per_peer(value) / MIB for name, key in MEMORY_FIELDS.items()
-                  if (value := getattr(sample, key)) is not None}
         cpu_share = sample.per_peer(sample.cpu_seconds)
         for peer in sample.peers:
-            for name, share in shares.items():
-                peaks[name][peer] = max(peaks[name].get(peer, 0.0), share)
             cpu[peer] = cpu_share
+        sizes[sample.pid] = max(sizes[sample.pid], len(sample.peers))
+        for kind in MEMORY_FIELDS.values():
+            if (value := getattr(sample, kind)) is not None:
+                hosts[sample.pid][kind] = max(hosts[sample.pid].get(kind, 0.0), value / MIB)
+        if deployed is not None and sample.peers == (deployed,):
+            alone_pid = sample.pid
+            continue
+        for name, kind in MEMORY_FIELDS.items():
+            if (value := getattr(sample, kind)) is not None:
+                for peer in sample.peers:
+                    peaks[name][peer] = max(peaks[name].get(peer, 0.0), sample.per_peer(value) / MIB)
     metrics = {
         name: Metric(name, "mebibyte", list(by_peer.values()), len(by_peer)) for name, by_peer in peaks.items()
     }
     metrics[CPU_SECONDS] = Metric(CPU_SECONDS, "second", list(cpu.values()), len(cpu))
     if run_pss:
         metrics[RUN_PSS] = Metric(RUN_PSS, "mebibyte", [max(run_pss.values())], 1)
+    if alone_pid is not None:
+        alone = hosts[alone_pid]
+        metrics.update({name: Metric(name, "mebibyte", [alone[kind]], 1) for name, kind in DEPLOYED_FIELDS.items()
+                        if kind in alone})
+        grown = [(peaks_of["rss"] - alone["rss"]) / (sizes[pid] - 1) for pid, peaks_of in hosts.items() if sizes[pid] > 1]
+        metrics[MARGINAL_RSS] = Metric(MARGINAL_RSS, "mebibyte", grown, len(grown))
     return metrics
 
 
@@ -178,10 +204,10 @@ def cpu_per_operation(events: list[Event], samples: list[Sample]) -> dict[str, M
     return metrics
 
 
-def all_metrics(events: list[Event], samples: list[Sample], ready_peers: int) -> dict[str, Metric]:
+def all_metrics(events: list[Event], samples: list[Sample], ready_peers: int, deployed: int | None = None) -> dict[str, Metric]:
     metrics = latency_metrics(events)
     metrics[TIME_TO_READY] = time_to_ready(events)
-    metrics.update(resource_metrics(samples))
+    metrics.update(resource_metrics(samples, deployed))
     metrics.update(cpu_per_operation(events, samples))
     ratio = delivery_ratio(events, ready_peers)
     if ratio.attempts:

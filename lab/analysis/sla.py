@@ -39,8 +39,10 @@ class Verdict:
         return {**asdict(self), "passed": self.passed}
 
 
-def verdict(sla: Sla, summary: dict[str, Summary]) -> Verdict:
-    metric = summary.get(sla.metric)
+def verdict(sla: Sla, summary: dict[str, Summary], judged_on: str | None = None) -> Verdict:
+    """The SLA against its metric's statistic, or against another metric's (`judged_on`: a
+    per-peer memory figure's deployed estimate)."""
+    metric = summary.get(judged_on or sla.metric)
     measured = metric.stat(sla.stat) if metric else None
     if measured is None:
         reason = "metric not measured" if metric is None else f"no successful samples for {sla.stat}"

@@ -123,10 +123,11 @@ class Fleet:
                 hosted.setdefault(peer.pid, []).append(peer.index)
         return hosted
 
-    async def start_host(self, slots: list[PeerSlot], settings: list[PeerSettings], timeout: float) -> dict[int, str]:
+    async def start_host(self, slots: list[PeerSlot], settings: list[PeerSettings], timeout: float,
+                         fresh: bool = False) -> dict[int, str]:
         """Starts one host process for `slots` (each peer with its settings) and waits until each
         peer listens; returns {peer index: why} for the peers that did not start (they take no
-        part in the run)."""
+        part in the run). `fresh`: a new interpreter even where hosts are forked (the deployed peer)."""
         log_path = self.log_dir / f"host-{slots[0].host:04d}.stderr"
         peers = [PeerProcess(slot, log_path) for slot in slots]
         for peer in peers:
@@ -134,7 +135,7 @@ class Fleet:
         indices = [slot.index for slot in slots]
         netns = slots[0].netns
         process: asyncio.subprocess.Process | ForkedProcess
-        if self.forks is not None:
+        if self.forks is not None and not fresh:
             process = await self.forks.spawn(indices, self.control_path, netns, log_path)
         else:
             command = [sys.executable, "-m", "nodes.peer", "--index", *map(str, indices), "--control", str(self.control_path)]
