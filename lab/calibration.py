@@ -28,6 +28,7 @@ from lab.analysis.figures import Analysis
 from lab.errors import CalibrationError
 from lab.metric_names import CPU_PER_OPERATION
 from lab.topology import BootstrapPhase, Topology, parse_topology, set_field
+from lab.workload.phases import rerun_phases
 from nodes.protocol import Dilation
 
 PILOT_PEERS = 40
@@ -37,8 +38,10 @@ Pilot = Callable[[Topology, Dilation, Path], Awaitable[Analysis]]  # runs a topo
 
 
 def fixed(topology: Topology, factor: float, reason: str) -> Dilation:
-    """The run's dilation at `factor`, each phase at its own factor if it states one."""
-    return Dilation(factor, reason, tuple(phase.time_dilation or factor for phase in topology.workload))
+    """The run's dilation at `factor`, each phase at its own factor if it states one, and the 2N
+    check's stretches at twice their phase's."""
+    phases = tuple(phase.time_dilation or factor for phase in topology.workload)
+    return Dilation(factor, reason, phases, tuple(2 * phases[number - 1] for number, _ in rerun_phases(topology)))
 
 
 def pilot_topology(topology: Topology) -> Topology:

@@ -18,6 +18,7 @@ from nodes.protocol import BadRecord, Event, Op
 RUN_STARTED = "run_started"  # the orchestrator's event at the start of a run
 PHASE = "phase"  # the orchestrator's event for each workload phase, from its start to its end
 IMPAIRMENT = "impairment"  # the orchestrator's event for each change of the links
+RERUN = "rerun"  # the orchestrator's event for each stretch of the 2N check: operations started in it are its
 VERIFICATION = "impairment_verification"  # the event of a `lab netem --verify`
 MIB = 1024 * 1024
 

@@ -24,6 +24,10 @@ CPU_SECONDS = "cpu_seconds"
 # Metrics a warm start (bootstrap.mode: warm) does not measure, and why: an SLA on one is not judged.
 NOT_MEASURED_WARM = {TIME_TO_READY: "a warm start gave most peers their routing tables, so the network's time to ready "
                                     "was not measured, only the sample's joins (bootstrap.mode: cold measures it)"}
+# The 2N check: a latency metric -> the kind of workload phase whose operations measure it again.
+RERUN_PHASE: dict[str, str] = {Op.BOOTSTRAP: "bootstrap", Op.CONNECT: "bootstrap", Op.GET: "lookup", Op.DHT_LOOKUP: "lookup",
+               Op.DHT_FIND_PROVIDERS: "lookup", Op.FETCH: "lookup", Op.SEARCH_REMOTE: "search",
+               Op.GOSSIP_DELIVERY: "gossip", Op.GOSSIP_PUBLISH: "gossip"}
 OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
 # phase -> (metric, the operation it divides by)
 CPU_PER_OPERATION = {"bootstrap": ("cpu_s_per_join", Op.BOOTSTRAP), "lookup": ("cpu_s_per_lookup", Op.GET),

@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -26,7 +26,7 @@ from lab.analysis.figures import Analysis, analyze
 from lab.analysis.records import RunRecords
 from lab.analysis.repeats import between_runs
 from lab.errors import SetupError
-from lab.events import MIB, PHASE, RUN_STARTED, Sample
+from lab.events import MIB, PHASE, RERUN, RUN_STARTED, Sample
 from lab.local_machine import LocalMachine, Paths, Probe, probe
 from lab.machine import Machine, Stream
 from lab.manifest import (
@@ -43,13 +43,14 @@ from lab.manifest import (
     LabCost,
     LabErrorRecord,
     Manifest,
+    PhaseRecord,
 )
 from lab.output import provenance, terminal
 from lab.output.export import write_openmetrics, write_samples_csv
 from lab.output.results import ResultsDir, write_json
 from lab.topology import Topology
 from lab.workload.barrier import Deliveries
-from lab.workload.phases import Workload
+from lab.workload.phases import Workload, rerun_phases
 from nodes.protocol import Dilation, Event
 
 RETIME_NOTICE_NS = 2_000_000_000  # a change of dilation is announced this far ahead of its instant
@@ -189,29 +190,39 @@ class Run:
             self.echo(f"  peer {error.peer}: {error.error}")
 
     async def _phases(self, machine: Machine) -> str:
-        """The workload's phases in order; "complete" if all ran, "failed" if no peer was left."""
+        """The workload's phases in order, then the 2N check's; "complete" if all ran, "failed" if
+        no peer was left."""
         workload = Workload(self.topology, machine, self.echo, self.deliveries, self.dilation, self.errors)
         phases = self.topology.workload
         for number, phase in enumerate(phases, 1):
             if not machine.alive():
                 self.echo(f"[run] no live peer: phases {number}-{len(phases)} not run (causes above and in manifest.json)")
                 return "failed"
-            factor = self.dilation.of_phase(number)
-            if factor != self.dilation.factor:
-                await self._retime(machine, factor)
-            await machine.watch()  # the links' count starts with the phase
-            started = self.dilation.now_ns()
-            record = await workload.run(phase)
-            ended = self.dilation.now_ns()
-            links = await machine.watch()
-            self.on_event(Event(PHASE, None, started, ended, True, details={
-                "phase": phase.phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": factor,
-                "links": asdict(links)}))
-            record.ended_s = time.monotonic() - self.started
-            self.manifest.phases.append(record)
-            self.results.save(self.manifest)
+            record = await self._phase(machine, PHASE, number, self.dilation.of_phase(number), workload.run(phase))
             self.echo(f"[{number}/{len(phases)}] {terminal.phase_line(record)}")
+        for (number, phase), factor in zip(rerun_phases(self.topology), self.dilation.later, strict=True):
+            self.echo(f"[2N] {phase.phase} again at dilation {factor:g} ({self.topology.fidelity.rerun} operations)")
+            record = await self._phase(machine, RERUN, number, factor, workload.rerun(phase, self.topology.fidelity.rerun))
+            self.echo(f"[2N] {terminal.phase_line(record)}")
         return "complete"
+
+    async def _phase(self, machine: Machine, kind: str, number: int, factor: float, work: Awaitable[PhaseRecord]) -> PhaseRecord:
+        """One stretch of work at its dilation, recorded as an event of `kind` spanning it, with
+        what the links did meanwhile, and in the manifest."""
+        if factor != self.dilation.factor:
+            await self._retime(machine, factor)
+        await machine.watch()  # the links' count starts with the stretch
+        started = self.dilation.now_ns()
+        record = await work
+        ended = self.dilation.now_ns()
+        links = await machine.watch()
+        phase = record.phase.removesuffix(" (2N)")
+        self.on_event(Event(kind, None, started, ended, True, details={
+            "phase": phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": factor, "links": asdict(links)}))
+        record.ended_s = time.monotonic() - self.started
+        self.manifest.phases.append(record)
+        self.results.save(self.manifest)
+        return record
 
     async def _retime(self, machine: Machine, factor: float) -> None:
         """Changes the run's time dilation at a real instant RETIME_NOTICE_NS ahead, announced to

@@ -1,9 +1,11 @@
-"""Physical quantities in topology files ("500ms", "5%", "50MiB"), parsed by pint.
+"""Physical quantities: parsed once from topology files ("500ms", "5%", "50MiB") by pint, and
+shown once as people read them (`shown`: the terminal, the report, the markdown a CI step posts).
 
 One unit registry for the whole lab, so a threshold of "2s" compares correctly with a
 metric summarised in milliseconds.
 """
 
+import math
 import re
 from functools import cache
 
@@ -54,3 +56,29 @@ def bits_per_second(text: str | int | float) -> float:
     if match:
         return float(match.group(1)) * 1000 ** " kmgt".index(match.group(2).lower() or " ")
     return convert(text, "bit/s")
+
+
+SYMBOL = {"millisecond": "ms", "second": "s", "mebibyte": "MiB", "dimensionless": "", None: ""}
+
+
+def digits(value: float, significant: int = 3) -> str:
+    """`value` with `significant` digits, never in exponent form for everyday magnitudes, and
+    whole numbers from 1000 on (2779.0859812999993 -> 2779; 0.0012345 -> 0.00123)."""
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    if abs(value) >= 10 ** (significant - 1):
+        return f"{value:,.0f}".replace(",", "")
+    decimals = significant - 1 - math.floor(math.log10(abs(value)))
+    return f"{value:.{max(0, decimals)}f}"
+
+
+def shown(value: float | None, unit: str | None) -> str:
+    """A value and its unit ("1.23 s", "48.6 MiB", "99.5%" for a ratio); "-" for no value."""
+    if value is None:
+        return "-"
+    if unit == "dimensionless":
+        return f"{digits(100 * value)}%"
+    symbol = SYMBOL.get(unit, unit or "")
+    return f"{digits(value)} {symbol}".rstrip()

@@ -437,6 +437,19 @@ class Sla(Strict):
         return self._limit
 
 
+class Fidelity(Strict):
+    """How a latency verdict bounds its own error (docs/design.md, The fidelity guard)."""
+
+    rerun: int = Field(
+        default=50, ge=0, le=10_000,
+        description="after the workload, this many operations of each latency SLA's metric are measured again at "
+        "twice the time dilation of the phase they ran in, on the same network (the 2N check); a verdict is "
+        "conclusive only if its median and its statistic move less than `tolerance` or their interval. 0: no 2N "
+        "check, latency verdicts rest on the timer-lag guard alone",
+    )
+    tolerance: Percent = Field(default=0.05, description="the smallest move of a figure at 2N that counts as a move")
+
+
 class Collector(Strict):
     interval: Duration = 1.0
     detail_every: int = Field(default=5, ge=1, description="every Nth sample also reads USS and PSS (smaps)")
@@ -454,6 +467,7 @@ class Topology(Strict):
     libp2p: Libp2p = Libp2p()
     network: Network = Network()
     collector: Collector = Collector()
+    fidelity: Fidelity = Fidelity()
     workload: list[Phase] = Field(min_length=1)
     slas: list[Sla] = []
 

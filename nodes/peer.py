@@ -224,6 +224,16 @@ class Peer:
             details["routing_table"] = self.dht.get_routing_table_size()
         return self.stats()
 
+    async def op_leave(self) -> dict[str, Any]:
+        """Leaves the network without stopping: every connection closed, the routing table
+        emptied, so that a bootstrap call joins it again as a newcomer would (keys, store and
+        packages kept)."""
+        for peer_id in list(self.host.get_connected_peers()):
+            await self.host.disconnect(peer_id)
+        for peer_id in self.dht.routing_table.get_peer_ids():
+            self.dht.routing_table.remove_peer(peer_id)
+        return self.stats()
+
     async def op_retime(self, real_ns: int, real_wall_ns: int, factor: float) -> None:
         """The host process's clocks change factor from a real instant on (nodes/clock.py)."""
         clock.retime(factor, real_ns, real_wall_ns)

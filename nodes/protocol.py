@@ -36,7 +36,8 @@ class Dilation:
     the guard and the report.
 
     `network` is the factor the run starts at (`network.time_dilation`, `auto` resolved by its
-    pilot), `phases` each workload phase's factor (its own, else the network's), `reason` why.
+    pilot), `phases` each workload phase's factor (its own, else the network's), `later` those the
+    run switches to after its phases (the 2N check's), `reason` why.
     The timeline (`segments`) is a clock running `factor` times slower than the machine's, equal
     to it at the run's start (`start`), so the timestamps of all processes compare. A change of
     factor is announced before it takes effect (`switch`: a segment from a real instant on), so
@@ -45,6 +46,7 @@ class Dilation:
     network: float = 1.0
     reason: str = "network.time_dilation: 1"
     phases: tuple[float, ...] = ()
+    later: tuple[float, ...] = ()
     segments: list[Segment] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -59,7 +61,8 @@ class Dilation:
     @property
     def switchable(self) -> bool:
         """Whether the factor changes during the run (so clocks must follow it even at factor 1)."""
-        return any(f != self.network for f in self.phases) or len({s.factor for s in self.segments}) > 1
+        factors = (*self.phases, *self.later, *(s.factor for s in self.segments))
+        return any(f != self.network for f in factors)
 
     @property
     def dilated(self) -> bool:
@@ -138,7 +141,7 @@ class Dilation:
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> Dilation:
         return cls(float(record["network"]), str(record["reason"]), tuple(float(f) for f in record["phases"]),
-                   [Segment(**s) for s in record["segments"]])
+                   tuple(float(f) for f in record.get("later", ())), [Segment(**s) for s in record["segments"]])
 
 
 class Call(StrEnum):
@@ -147,6 +150,7 @@ class Call(StrEnum):
     START = "start"  # args: the peer's PeerSettings; answer: its peer id and addresses
     BOOTSTRAP = "bootstrap"  # dial seeds, join the DHT
     WARM = "warm"  # take a converged routing table, dial a few peers (bootstrap.mode: warm)
+    LEAVE = "leave"  # close every connection and empty the routing table: the peer can join again, cold
     RETIME = "retime"  # to one peer per host process: its clocks change factor at a real instant (Dilation.switch)
     PUBLISH = "publish"
     GET = "get"

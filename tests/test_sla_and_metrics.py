@@ -159,7 +159,7 @@ def test_time_to_ready_runs_from_the_run_start_to_the_last_join() -> None:
 
 def test_an_sla_on_what_a_warm_start_did_not_measure_is_not_judged(tmp_path: Path) -> None:
     topology = {"name": "w", "seed": 1, "groups": [{"name": "a", "count": 4}], "workload": [{"phase": "bootstrap"}],
-                "bootstrap": {"mode": "warm", "sample": 2, "peers": 1},
+                "bootstrap": {"mode": "warm", "sample": 2, "peers": 1}, "fidelity": {"rerun": 0},
                 "slas": [{"metric": "time_to_ready", "stat": "max", "op": "<", "threshold": "5min"},
                          {"metric": "bootstrap", "stat": "p50", "op": "<", "threshold": "1s"}]}
     started = event("run_started", 0, peer=None, start_ns=0)
@@ -267,4 +267,4 @@ def test_a_per_peer_memory_sla_is_judged_on_the_deployed_peer_not_the_split(tmp_
     records = RunRecords(tmp_path, Manifest(status="complete", topology=topology, peers_ready=4), [], samples)
     memory = analyze(records).verdicts[0]
     assert memory.status == "fail" and memory.measured == 100.0
-    assert "judged on the deployed peer" in memory.reason and "split 50 mebibyte per peer" in memory.reason
+    assert "judged on the deployed peer" in memory.reason and "split 50.0 MiB per peer" in memory.reason

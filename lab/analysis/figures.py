@@ -13,16 +13,20 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from lab.analysis.guard import GUARD_SHARE, PhaseLag, judge, phase_lags
-from lab.analysis.metrics import Metric, all_metrics, impairment_periods, ready_span
+from lab.analysis.metrics import Metric, all_metrics, impairment_periods, latency_metrics, ready_span
 from lab.analysis.peerlogs import count_levels
+from lab.analysis.recheck import Stretch, recheck, split
 from lab.analysis.records import RunRecords
 from lab.analysis.sla import Verdict, builtin_verdicts, verdict
 from lab.analysis.stats import Summary, summarize
 from lab.errors import TopologyError
 from lab.manifest import LabErrorRecord
-from lab.metric_names import DEPLOYED_OF, NOT_MEASURED_WARM
+from lab.metric_names import DEPLOYED_OF, NOT_MEASURED_WARM, RERUN_PHASE
+from lab.quantities import shown
 from lab.topology import Sla, Topology, parse_topology
-from nodes.protocol import Event
+from nodes.protocol import ANSWERED_LOCALLY, Event
+
+Reruns = dict[str, tuple[Stretch, list[Event]]]  # by the kind of phase measured again
 
 INDEPENDENCE_NOTE = ("samples within one run are not independent (shared network, shared CPU); "
                      "intervals describe this run, not run-to-run variation")
@@ -37,6 +41,17 @@ class PeriodSummary:
     def record(self) -> dict[str, Any]:
         return {"period": self.label, "start_ns": self.start_ns,
                 "metrics": {name: s.record() for name, s in self.metrics.items()}}
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """A kind of phase measured again by the 2N check: at which dilation, and its figures."""
+
+    time_dilation: float
+    metrics: dict[str, Summary]
+
+    def record(self) -> dict[str, Any]:
+        return {"time_dilation": self.time_dilation, "metrics": {name: s.record() for name, s in self.metrics.items()}}
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class Analysis:
     fidelity: list[PhaseLag] = field(default_factory=list)  # each phase's loop lag and busy share
     notes: list[str] = field(default_factory=list)  # what the records lacked (damaged lines, missing files)
     ready_machine_s: float | None = None  # time to ready in the machine's seconds (the metric is the run's)
+    reruns: dict[str, Rerun] = field(default_factory=dict)  # the 2N check's figures, by the kind of phase rerun
 
     @property
     def passed(self) -> bool:
@@ -85,6 +101,7 @@ class Analysis:
                          "phases": [p.record() for p in self.fidelity]},
             "errors": self.errors.record(),
             "time_to_ready_machine_s": self.ready_machine_s,
+            "reruns": {phase: rerun.record() for phase, rerun in self.reruns.items()},
         }
 
     def verdicts_record(self) -> dict[str, Any]:
@@ -120,10 +137,24 @@ def guarded(verdict: Verdict, summary: dict[str, Summary], events: list[Event], 
     return replace(verdict, status="inconclusive", guard=guard, reason=f"{verdict.reason}; {judgement.reason()}")
 
 
-def _judged(sla: Sla, topology: Topology, summary: dict[str, Summary], events: list[Event],
-            fidelity: list[PhaseLag]) -> Verdict:
+def rechecked(verdict: Verdict, sla: Sla, metric: Metric | None, reruns: Reruns, tolerance: float) -> Verdict:
+    """A latency verdict as the 2N check lets it stand: inconclusive unless its figures held at
+    twice the dilation (a success ratio and an operation answered locally are not rechecked)."""
+    if metric is None or metric.unit != "millisecond" or sla.stat == "success_ratio" or sla.metric in ANSWERED_LOCALLY:
+        return verdict
+    stretch, again = reruns.get(RERUN_PHASE.get(sla.metric, ""), (None, []))
+    check = recheck(sla, metric.values, stretch, again, tolerance)
+    record = {**asdict(check), "reason": check.reason(metric.unit)}
+    if check.conclusive or verdict.status == "inconclusive":
+        return replace(verdict, rerun=record)
+    return replace(verdict, status="inconclusive", rerun=record, reason=f"{verdict.reason}; {record['reason']}")
+
+
+def _judged(sla: Sla, topology: Topology, metrics: dict[str, Metric], summary: dict[str, Summary], events: list[Event],
+            fidelity: list[PhaseLag], reruns: Reruns) -> Verdict:
     """One SLA's verdict: not judged where the run did not measure its metric; a per-peer memory
-    figure judged on the deployed peer where hosts are shared; a latency as the guard lets it stand."""
+    figure judged on the deployed peer where hosts are shared; a latency as the guard and the 2N
+    check let it stand."""
     unmeasured = NOT_MEASURED_WARM if topology.bootstrap.mode == "warm" else {}
     if sla.metric in unmeasured:
         return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), None, "unjudged", unmeasured[sla.metric],
@@ -132,9 +163,12 @@ def _judged(sla: Sla, topology: Topology, summary: dict[str, Summary], events: l
     if deployed is not None and deployed in summary:
         judged = verdict(sla, summary, judged_on=deployed)
         split = summary[sla.metric].stat(sla.stat) if sla.metric in summary else None
-        shared = f"; the shared hosts split {split:.4g} {sla.unit} per peer (what the run cost)" if split is not None else ""
+        shared = f"; the shared hosts split {shown(split, sla.unit)} per peer (what the run cost)" if split is not None else ""
         return replace(judged, reason=f"{judged.reason}, judged on the deployed peer (alone in a fresh process){shared}")
-    return guarded(verdict(sla, summary), summary, events, fidelity)
+    judged = guarded(verdict(sla, summary), summary, events, fidelity)
+    if not topology.fidelity.rerun:
+        return judged
+    return rechecked(judged, sla, metrics.get(sla.metric), reruns, topology.fidelity.tolerance)
 
 
 def _topology(records: RunRecords, notes: list[str]) -> Topology | None:
@@ -149,17 +183,20 @@ def analyze(records: RunRecords) -> Analysis:
     notes = list(records.skipped)
     topology = _topology(records, notes)
     manifest = records.manifest
-    metrics = all_metrics(records.events, records.samples, manifest.peers_ready, topology.deployed_peer if topology else None)
+    events, reruns = split(records.events)
+    metrics = all_metrics(events, records.samples, manifest.peers_ready, topology.deployed_peer if topology else None)
     summary = summarize_metrics(metrics)
     periods = [PeriodSummary(p.label, p.start_ns, summarize_metrics(dict(sorted(p.metrics.items()))))
-               for p in impairment_periods(records.events)]
+               for p in impairment_periods(events)]
     errors = Errors(_operation_errors(records), list(manifest.lab_errors), count_levels(records.log_dir))
-    fidelity = phase_lags(records.events)
+    fidelity = phase_lags(events)
     verdicts = [] if topology is None else [
-        *(_judged(sla, topology, summary, records.events, fidelity) for sla in topology.slas),
+        *(_judged(sla, topology, metrics, summary, events, fidelity, reruns) for sla in topology.slas),
         *builtin_verdicts(topology.peer_count, manifest.peers_ready, manifest.peers_lost)]
     partial = records.manifest.status != "complete"
-    span = ready_span(records.events)
+    span = ready_span(events)
     dilation = records.manifest.time_dilation
     ready_s = (dilation.real_ns(span[1]) - dilation.real_ns(span[0])) / 1e9 if span and span[2] else None
-    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s)
+    again = {phase: Rerun(stretch.factor, summarize_metrics(latency_metrics(stretch_events)))
+             for phase, (stretch, stretch_events) in reruns.items()}
+    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again)

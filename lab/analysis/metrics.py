@@ -76,12 +76,15 @@ class Period:
     metrics: dict[str, Metric] = field(default_factory=dict)
 
 
+UNCHANGED = ("topology", "time dilation")  # the links as written, and the same links at another dilation
+
+
 def impairment_periods(events: list[Event]) -> list[Period]:
     """Latency metrics split at every impairment change made during the run (workload phases,
     `lab netem`), so an effect can be read before, during and after. Operations belong to the
     period in which they started. Empty when the links never changed during the run."""
-    changes = sorted((e for e in events if e.op == IMPAIRMENT and e.details.get("source") != "topology"),
-                     key=lambda e: e.start_ns)
+    changes = sorted((e for e in events if e.op == IMPAIRMENT and e.details.get("source") not in UNCHANGED
+                      and e.details.get("peers")), key=lambda e: e.start_ns)
     if not changes:
         return []
     periods = [Period("before any change", None)]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from lab.analysis.stats import Summary
+from lab.quantities import shown
 from lab.topology import Sla
 
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -30,6 +31,7 @@ class Verdict:
     description: str = ""
     builtin: bool = False  # the lab's own condition, not the topology's
     guard: dict[str, Any] | None = None  # the fidelity guard's judgement (lab/analysis/guard.py)
+    rerun: dict[str, Any] | None = None  # the 2N check (lab/analysis/recheck.py)
 
     @property
     def passed(self) -> bool:
@@ -48,7 +50,7 @@ def verdict(sla: Sla, summary: dict[str, Summary], judged_on: str | None = None)
         reason = "metric not measured" if metric is None else f"no successful samples for {sla.stat}"
         return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), None, "fail", reason, description=sla.description)
     passed = bool(COMPARE[sla.op](measured, sla.limit))
-    reason = f"{sla.stat} {measured:.4g} {sla.op} {sla.limit:.4g} {sla.unit}: {'holds' if passed else 'fails'}"
+    reason = f"{sla.stat} {shown(measured, sla.unit)} {sla.op} {shown(sla.limit, sla.unit)}: {'holds' if passed else 'fails'}"
     return Verdict(sla.metric, sla.stat, sla.op, str(sla.threshold), measured, "pass" if passed else "fail", reason,
                    sla.unit, sla.limit, sla.description)
 

@@ -19,6 +19,7 @@ from lab.analysis.metrics import Metric
 from lab.analysis.records import RunRecords, load
 from lab.manifest import PLOTS, REPORT
 from lab.output import plots
+from lab.quantities import shown
 from nodes.protocol import Op
 
 
@@ -65,6 +66,7 @@ def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("lab.output", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
+    environment.filters["shown"] = shown
     records = load(run_dir)
     analysis = analyze(records)
     base = (baseline, run_samples(baseline)) if baseline is not None else None

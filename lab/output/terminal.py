@@ -82,7 +82,13 @@ STATUS_WORD = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE", "
 
 
 def verdict_lines(verdicts: list[Verdict]) -> list[str]:
-    return [f"{STATUS_WORD[v.status]}  {v.metric} {v.stat} {v.op} {v.threshold}: {v.reason}" for v in verdicts]
+    """One line per verdict, and under a latency's its 2N check's figures where the reason does not give them."""
+    lines = []
+    for v in verdicts:
+        lines.append(f"{STATUS_WORD[v.status]}  {v.metric} {v.stat} {v.op} {v.threshold}: {v.reason}")
+        if v.rerun is not None and v.rerun["reason"] not in v.reason:
+            lines.append(f"    {v.rerun['reason']}")
+    return lines
 
 
 def _ms(seconds: float | None) -> str:

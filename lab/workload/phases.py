@@ -7,6 +7,7 @@ topology seed, one random stream per purpose, so the same seed gives the same sc
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ import psutil
 
 from lab.machine import CallFailed, Machine, PeerInfo, PeerLost
 from lab.manifest import LabErrorRecord, PhaseRecord
+from lab.metric_names import RERUN_PHASE
 from lab.topology import (
     BootstrapPhase,
     ConcurrentSearchPhase,
@@ -52,6 +54,19 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
+RERUN_ORDER = ("gossip", "lookup", "search", "bootstrap")  # joins last: a peer that joins again changes the network
+
+
+def rerun_phases(topology: Topology) -> list[tuple[int, Phase]]:
+    """The 2N check's phases: for each kind of phase a latency SLA's metric is measured in (the
+    last such phase, by number), in RERUN_ORDER; none with `fidelity.rerun: 0`."""
+    if not topology.fidelity.rerun:
+        return []
+    kinds = {RERUN_PHASE[sla.metric] for sla in topology.slas if sla.metric in RERUN_PHASE and sla.stat != "success_ratio"}
+    last = {phase.phase: (number, phase) for number, phase in enumerate(topology.workload, 1)}
+    return [last[kind] for kind in RERUN_ORDER if kind in kinds and kind in last]
+
+
 @dataclass
 class Workload:
     """The phases of one run, driven through the machine that holds its peers. Every wait a phase
@@ -79,10 +94,17 @@ class Workload:
         return sorted(self.machine.alive(), key=lambda p: self._join_position[p.index])
 
     async def run(self, phase: Phase) -> PhaseRecord:
-        report = PhaseRecord(phase=phase.phase)
+        return await self._measured(phase.phase, getattr(self, f"_{phase.phase}"), phase)
+
+    async def rerun(self, phase: Phase, count: int) -> PhaseRecord:
+        """The 2N check's operations: about `count` more of the phase's kind (joins, gets, remote
+        searches, announcements), on the same network, at whatever dilation is in force."""
+        return await self._measured(f"{phase.phase} (2N)", getattr(self, f"_again_{phase.phase}"), phase, count)
+
+    async def _measured(self, name: str, runner: Callable[..., Awaitable[None]], phase: Phase, *args: Any) -> PhaseRecord:
+        report = PhaseRecord(phase=name)
         started, cpu_before, lab_before = time.monotonic(), psutil.cpu_times(), _own_cpu_seconds()
-        runner: Callable[[Any, PhaseRecord], Awaitable[None]] = getattr(self, f"_{phase.phase}")
-        await runner(phase, report)
+        await runner(phase, report, *args)
         report.seconds = time.monotonic() - started
         report.cpu_busy = cpu_busy_since(cpu_before)
         report.lab_cpu = (_own_cpu_seconds() - lab_before) / (report.seconds * (psutil.cpu_count() or 1))
@@ -231,21 +253,21 @@ class Workload:
         chosen = {p.index for p in self.topology.rng(f"{purpose} peers").sample(live, peers)}
         return [p for p in live if p.index in chosen]
 
-    async def _lookup(self, phase: LookupPhase, report: PhaseRecord) -> None:
-        rng = self.topology.rng("lookup")
+    async def _lookup(self, phase: LookupPhase, report: PhaseRecord, purpose: str = "lookup") -> None:
+        rng = self.topology.rng(purpose)
         calls = []
-        for peer in self._taking_part(phase.peers, "lookup"):
+        for peer in self._taking_part(phase.peers, purpose):
             candidates = self._not_held(peer)
             chosen = rng.sample(candidates, min(phase.per_peer, len(candidates)))
             self.holdings.setdefault(peer.index, set()).update(p["id"] for p in chosen)
             calls.append((peer, Call.GET, {"ids": [p["id"] for p in chosen]}))
         await self._calls(report, phase.timeout, calls, phase.concurrency)
 
-    async def _search(self, phase: SearchPhase, report: PhaseRecord) -> None:
+    async def _search(self, phase: SearchPhase, report: PhaseRecord, purpose: str = "search") -> None:
         """Each query runs twice: the first goes local or remote, the repeat hits the cache."""
-        rng = self.topology.rng("search")
+        rng = self.topology.rng(purpose)
         calls = []
-        for peer in self._taking_part(phase.peers, "search"):
+        for peer in self._taking_part(phase.peers, purpose):
             held = [p for p in self.catalogue if p["id"] in self.holdings.get(peer.index, set())]
             remote = self._not_held(peer)
             queries = []
@@ -257,8 +279,8 @@ class Workload:
             calls.append((peer, Call.SEARCH, {"queries": queries + queries, "fanout": phase.fanout}))
         await self._calls(report, phase.timeout, calls, phase.concurrency)
 
-    async def _gossip(self, phase: GossipPhase, report: PhaseRecord) -> None:
-        rng = self.topology.rng("gossip")
+    async def _gossip(self, phase: GossipPhase, report: PhaseRecord, purpose: str = "gossip") -> None:
+        rng = self.topology.rng(purpose)
         publishers = [p for p in self.peers() if self.published.get(p.index)]
         first = self.deliveries.mark()
         for number in range(phase.announcements):
@@ -267,10 +289,49 @@ class Workload:
                 break
             peer = rng.choice(publishers)
             package = self.published[peer.index][0]
-            announcement = {"message_id": f"gossip:{number}", "package_id": package}
+            announcement = {"message_id": f"{purpose}:{number}", "package_id": package}
             await self._call(report, phase.timeout, peer, Call.ANNOUNCE, announcement)
             await asyncio.sleep(self.dilation.real_s(phase.interval))
         await self._settle(first, phase.settle)
+
+    # -- the 2N check's operations: the same calls again, drawn from streams of their own ------
+
+    async def _again_bootstrap(self, phase: BootstrapPhase, report: PhaseRecord, count: int) -> None:
+        """Joins again: peers (not the bootstrap peers) leave the network, then join it cold,
+        `concurrency` at a time, in rounds of distinct peers until `count` joins were made."""
+        settings = self.topology.bootstrap
+        rng = self.topology.rng("rerun bootstrap")
+        live = self.peers()
+        seeds = live[: settings.peers] if settings.mode == "cold" else []
+        movers = [p for p in live if p not in seeds]
+        limit = asyncio.Semaphore(phase.concurrency)
+
+        async def rejoin(peer: PeerInfo, stayed: list[PeerInfo], ticker: Ticker) -> None:
+            async with limit:
+                await self._call(report, phase.timeout, peer, Call.LEAVE, {})
+                dial = rng.sample(stayed, min(settings.dials, len(stayed)))
+                await self._call(report, phase.timeout, peer, Call.BOOTSTRAP,
+                                 self._join_args(dial, min(settings.min_routing_table, len(stayed))))
+                ticker.done += 1
+
+        async with Ticker(self.echo, "peers joined again", count) as ticker:
+            while ticker.done < count and movers:
+                batch = rng.sample(movers, min(len(movers), count - ticker.done, max(1, len(live) // 2)))
+                stayed = [p for p in live if p not in batch]
+                await asyncio.gather(*(rejoin(peer, stayed, ticker) for peer in batch))
+
+    async def _again_lookup(self, phase: LookupPhase, report: PhaseRecord, count: int) -> None:
+        peers = min(count, len(self.peers()))
+        again = phase.model_copy(update={"peers": peers, "per_peer": math.ceil(count / peers)})
+        await self._lookup(again, report, "rerun lookup")
+
+    async def _again_search(self, phase: SearchPhase, report: PhaseRecord, count: int) -> None:
+        again = phase.model_copy(update={"peers": min(count, len(self.peers())), "queries_per_peer": 1})  # a remote one
+        await self._search(again, report, "rerun search")
+
+    async def _again_gossip(self, phase: GossipPhase, report: PhaseRecord, count: int) -> None:
+        receivers = max(1, len(self.peers()) - 1)
+        await self._gossip(phase.model_copy(update={"announcements": math.ceil(count / receivers)}), report, "rerun gossip")
 
     async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseRecord) -> None:
         rng = self.topology.rng("concurrent_search")
