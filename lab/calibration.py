@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from lab.analysis.figures import Analysis
-from lab.errors import CalibrationError
+from lab.errors import CalibrationError, SetupError
 from lab.metric_names import CPU_PER_OPERATION
 from lab.topology import BootstrapPhase, Topology, parse_topology, set_field
 from lab.workload.phases import rerun_phases
@@ -39,9 +39,10 @@ Pilot = Callable[[Topology, Dilation, Path], Awaitable[Analysis]]  # runs a topo
 
 def fixed(topology: Topology, factor: float, reason: str) -> Dilation:
     """The run's dilation at `factor`, each phase at its own factor if it states one, and the 2N
-    check's stretches at twice their phase's."""
+    check's stretches, each kind at its phase's factor then at twice it."""
     phases = tuple(phase.time_dilation or factor for phase in topology.workload)
-    return Dilation(factor, reason, phases, tuple(2 * phases[number - 1] for number, _ in rerun_phases(topology)))
+    again = tuple(f for number, _ in rerun_phases(topology) for f in (phases[number - 1], 2 * phases[number - 1]))
+    return Dilation(factor, reason, phases, again)
 
 
 def pilot_topology(topology: Topology) -> Topology:
@@ -51,18 +52,33 @@ def pilot_topology(topology: Topology) -> Topology:
     set_field(data, "peers", str(peers))
     data["bootstrap"]["peers"] = min(data["bootstrap"]["peers"], max(2, peers // 4))
     data["network"]["time_dilation"] = PILOT_FACTOR
+    data["network"]["cpu"] = "scaled"  # the CPU a join costs is the same in either model; the pilot need not fit `core`
     data["workload"] = [phase for phase in data["workload"] if phase["phase"] == "bootstrap"][:1]
     data["slas"] = []
     data["name"] = f"{topology.name}-calibration"
     return parse_topology(data, f"{topology.name} pilot")
 
 
+def core_floor(topology: Topology) -> float:
+    """The least dilation at which `network.cpu: core` fits this machine: every peer has 1/N of a
+    core, so N >= peers / cores (the cores of network.cpu_limit, else the machine's); 1 otherwise."""
+    if topology.network.cpu != "core":
+        return 1.0
+    return topology.peer_count / (topology.network.cpu_limit or os.cpu_count() or 1)
+
+
 async def settle(topology: Topology, pilot: Pilot, echo: Callable[[str], None]) -> Dilation:
     """The run's Dilation: the topology's factor, or for `auto` the one a pilot run (`pilot`)
-    measures this machine to need."""
+    measures this machine to need (at least what `network.cpu: core` needs to fit it)."""
     factor = topology.network.time_dilation
     if factor != "auto":
-        return fixed(topology, factor, f"network.time_dilation: {factor:g}")
+        dilation = fixed(topology, factor, f"network.time_dilation: {factor:g}")
+        lowest = min(dilation.network, *dilation.phases, *dilation.later)
+        if lowest < core_floor(topology):
+            raise SetupError(f"network.cpu: core gives each peer 1/N of a core: {topology.peer_count} peers on "
+                             f"{topology.network.cpu_limit or os.cpu_count()} cores need time_dilation >= "
+                             f"{math.ceil(core_floor(topology)):g} in every phase, not {lowest:g} (or time_dilation: auto)")
+        return dilation
     small = pilot_topology(topology)
     echo(f"[calibration] time_dilation auto: a pilot of {small.peer_count} peers at dilation {PILOT_FACTOR:g}")
     with tempfile.TemporaryDirectory(prefix="p2p-lab-calibration-") as work:
@@ -73,7 +89,7 @@ async def settle(topology: Topology, pilot: Pilot, echo: Callable[[str], None]) 
     concurrency = next(p.concurrency for p in topology.workload if isinstance(p, BootstrapPhase))
     cores = os.cpu_count() or 1
     demand = concurrency * per_join.p50 / (joins.p50 / 1000)
-    chosen = float(max(1, math.ceil(demand / (UTILIZATION * cores))))
+    chosen = float(max(1, math.ceil(demand / (UTILIZATION * cores)), math.ceil(core_floor(topology))))
     why = (f"auto: a pilot of {small.peer_count} peers (dilated {PILOT_FACTOR:g}) measured a join at {per_join.p50:.3g} "
            f"CPU-s and {joins.p50:.4g} ms; {concurrency} joins at once ask {demand:.3g} cores at dilation 1; this machine "
            f"has {cores}, kept under {UTILIZATION:.0%} busy: dilation {chosen:g} (a floor: joins cost more in larger "

@@ -22,7 +22,7 @@ from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, PeerInf
 from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
 from lab.network import doctor, limits
 from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
-from lab.peers.cgroup import CpuLimit, cpu_root
+from lab.peers.cgroup import PeerCgroups, cpu_root
 from lab.peers.collector import Collector
 from lab.peers.fleet import Fleet, PeerProcess
 from lab.peers.settings import peer_settings
@@ -89,7 +89,7 @@ def probe(topology: Topology) -> Probe:
         raised = limits.raise_open_files(topology.peer_count, topology.network.peers_per_host * connections)
         if mode == "netns":
             limits.check_namespaces(len(topology.hosts()))
-        if topology.network.cpu_limit:
+        if topology.network.cpu_limit or topology.network.cpu == "core":
             cpu_root()
     except (LimitError, CgroupError) as exc:
         raise SetupError(str(exc)) from None
@@ -122,6 +122,7 @@ class LocalMachine(Machine):
         self.collector: Collector | None = None
         self.lost: list[LabErrorRecord] = []
         self.syns_counted = 0  # SYN retransmissions at the last watch
+        self.cgroups: PeerCgroups | None = None
         self._undo = AsyncExitStack()
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -218,14 +219,18 @@ class LocalMachine(Machine):
         return failed
 
     async def _fleet(self) -> Fleet:
-        cores = self.topology.network.cpu_limit
-        cpu_limit = CpuLimit(self.run_id, cores) if cores else None
-        if cpu_limit is not None:
-            cpu_limit.create()
-            self._undo.callback(cpu_limit.remove)  # after the fleet has stopped (exit stack order)
-            self.stream.echo(f"[peers] confined to {cores:g} cores ({cpu_limit.version} {cpu_limit.path})")
+        network = self.topology.network
+        cores = network.cpu_limit
+        per_host = {host: len(peers) for host, peers in enumerate(self.hosts)} if network.cpu == "core" else None
+        if cores or per_host:
+            self.cgroups = cgroups = PeerCgroups(self.run_id, cores, per_host, self.dilation.factor)
+            cgroups.create()
+            self._undo.callback(cgroups.remove)  # after the fleet has stopped (exit stack order)
+            confined = f"{cores:g} cores in all" if cores else "the machine"
+            core = f"; each host 1/{self.dilation.factor:g} core per peer (network.cpu: core)" if per_host else ""
+            self.stream.echo(f"[peers] confined to {confined}{core} ({cgroups.version} {cgroups.path})")
         self.fleet = fleet = Fleet(self.run_id.value, self.paths.control, self.paths.logs, self.stream.event,
-                                   self.topology.network.peer_hosting, cpu_limit)
+                                   network.peer_hosting, self.cgroups)
         self._undo.push_async_callback(self._stop, fleet)
         await fleet.open()
         return fleet
@@ -285,6 +290,8 @@ class LocalMachine(Machine):
             errors = [LabErrorRecord(phase="retime", peer=p.index, error=str(answer))
                       for p, answer in zip(hosts.values(), answers, strict=True) if isinstance(answer, Exception)]
         await asyncio.sleep(max(0.0, (segment.real_ns - time.monotonic_ns()) / 1e9))
+        if self.cgroups is not None:
+            self.cgroups.retime(segment.factor)
         if self.live is not None:
             await self.live.retime()
         network = self.network

@@ -200,13 +200,17 @@ class Run:
                 return "failed"
             record = await self._phase(machine, PHASE, number, self.dilation.of_phase(number), workload.run(phase))
             self.echo(f"[{number}/{len(phases)}] {terminal.phase_line(record)}")
-        for (number, phase), factor in zip(rerun_phases(self.topology), self.dilation.later, strict=True):
-            self.echo(f"[2N] {phase.phase} again at dilation {factor:g} ({self.topology.fidelity.rerun} operations)")
-            record = await self._phase(machine, RERUN, number, factor, workload.rerun(phase, self.topology.fidelity.rerun))
-            self.echo(f"[2N] {terminal.phase_line(record)}")
+        factors = iter(self.dilation.later)
+        count = self.topology.fidelity.rerun
+        for number, phase in rerun_phases(self.topology):
+            for doubled, factor in zip((False, True), factors, strict=False):
+                self.echo(f"[2N] {phase.phase} again at dilation {factor:g} ({count} operations)")
+                record = await self._phase(machine, RERUN, number, factor, workload.rerun(phase, count), doubled=doubled)
+                self.echo(f"[2N] {terminal.phase_line(record)}")
         return "complete"
 
-    async def _phase(self, machine: Machine, kind: str, number: int, factor: float, work: Awaitable[PhaseRecord]) -> PhaseRecord:
+    async def _phase(self, machine: Machine, kind: str, number: int, factor: float, work: Awaitable[PhaseRecord],
+                     doubled: bool = False) -> PhaseRecord:
         """One stretch of work at its dilation, recorded as an event of `kind` spanning it, with
         what the links did meanwhile, and in the manifest."""
         if factor != self.dilation.factor:
@@ -218,7 +222,8 @@ class Run:
         links = await machine.watch()
         phase = record.phase.removesuffix(" (2N)")
         self.on_event(Event(kind, None, started, ended, True, details={
-            "phase": phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": factor, "links": asdict(links)}))
+            "phase": phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": factor, "links": asdict(links),
+            **({"doubled": doubled} if kind == RERUN else {})}))
         record.ended_s = time.monotonic() - self.started
         self.manifest.phases.append(record)
         self.results.save(self.manifest)

@@ -272,6 +272,13 @@ class Network(Strict):
         if isinstance(value, float) and not 1 <= value <= 1000:
             raise ValueError("must be between 1 and 1000, or auto")
         return value
+    cpu: Literal["scaled", "core"] = Field(
+        default="scaled",
+        description="the CPU model (docs/scaling.md): scaled, the peers' computation runs time_dilation times faster "
+        "against their links (their waits are emulated, their computation is not); core, each host process gets "
+        "its peers / N cores at dilation N, so that in the run's time every peer has one core of this machine "
+        "(needs N >= peers / cores; a shared host's peers share their quota)",
+    )
     cpu_limit: float | None = Field(
         default=None,
         gt=0,

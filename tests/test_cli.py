@@ -118,10 +118,10 @@ print(doctor.netns_problem())
 def test_the_namespace_probe_waits_for_a_starved_cpu(tmp_path: Path) -> None:
     """At a five-hundredth of a core, pyroute2's own 2 s wait for its helper process made the
     probe report namespaces missing (lab/network/netlink.py); with the lab's waits it passes."""
-    limit = cgroup.CpuLimit(runid.RunId.new(), 0.1)  # its smallest quota, 1000 us per period...
+    limit = cgroup.PeerCgroups(runid.RunId.new(), 0.002)  # the kernel's smallest quota, 1 ms, per half second
     limit.create()
     try:
-        (limit.path / "cpu.cfs_period_us").write_text("500000")  # ...per half second instead: 0.002 cores
+        assert (limit.path / "cpu.cfs_period_us").read_text().strip() == "500000"
         done = subprocess.run([sys.executable, "-c", STARVED_PROBE, str(limit.path)], capture_output=True, text=True,
                               timeout=600, cwd=ROOT)
     finally:

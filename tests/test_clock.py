@@ -61,4 +61,8 @@ def test_the_dilation_is_settled_once_with_each_phase_s_factor() -> None:
     gossip = next(number for number, phase in enumerate(written.workload, 1) if phase.phase == "gossip")
     assert dilation.of_phase(1) == 6.0 and dilation.of_phase(gossip) == written.workload[gossip - 1].time_dilation
     assert dilation.switchable and dilation.dilated
-    assert not fixed(load_topology(DEFAULT), 1.0, "").dilated  # the machine's own clock: nothing to install
+    default = load_topology(DEFAULT)
+    checked = fixed(default, 1.0, "")  # its 2N check measures again at 1, then at 2
+    assert checked.later == (1.0, 2.0, 1.0, 2.0) and checked.dilated
+    unchecked = default.model_copy(update={"fidelity": default.fidelity.model_copy(update={"rerun": 0})})
+    assert not fixed(unchecked, 1.0, "").dilated  # the machine's own clock: nothing to install

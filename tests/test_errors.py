@@ -61,7 +61,7 @@ def one_error_line(result: Result) -> str:
         (fabric.NamespaceNetwork, "build", NetworkError("netlink refused building the network: test"), {}),
         (backend.Backend, "replace_tree", ShapingError("host of peer 0: tc refused delay 10ms (test)"),
          {"groups": [{"name": "peers", "count": 6, "link": {"rate": "50mbit"}}]}),
-        (cgroup.CpuLimit, "create", CgroupError("network.cpu_limit: cannot create it (test)"),
+        (cgroup.PeerCgroups, "create", CgroupError("network.cpu_limit: cannot create it (test)"),
          {"network": {"cpu_limit": 1.5}}),
         (limits, "check_namespaces", LimitError("network namespaces: test"), {}),
         (phases.Workload, "run", SetupError("the run cannot go on here (test)"), {}),

@@ -1,5 +1,6 @@
-"""The 2N check (lab/analysis/recheck.py): a latency measured again at twice the dilation must not
-move beyond its noise; operations measured again are kept apart from the workload's figures."""
+"""The 2N check (lab/analysis/recheck.py): operations measured again at the phase's dilation and
+at twice it must not move beyond their noise; operations measured again are kept apart from the
+workload's figures."""
 
 from __future__ import annotations
 
@@ -9,43 +10,52 @@ import numpy as np
 
 from conftest import event
 from lab.analysis.figures import analyze
-from lab.analysis.recheck import Stretch, recheck, split
+from lab.analysis.recheck import Again, Stretch, recheck, split
 from lab.analysis.records import RunRecords
 from lab.analysis.sla import Verdict
 from lab.manifest import Manifest
 from lab.topology import Sla
-from nodes.protocol import LAG_BINS_MS
+from nodes.protocol import LAG_BINS_MS, Event
 
 P95 = Sla(metric="dht_lookup", stat="p95", op="<=", threshold="500ms")
 
 
-def lookups(values: np.ndarray, start_ns: int = 0) -> list:
-    return [event("dht_lookup", float(v), start_ns=start_ns + i) for i, v in enumerate(values)]
+def lookups(values: np.ndarray, start_ns: int = 0, op: str = "dht_lookup") -> list[Event]:
+    return [event(op, float(v), start_ns=start_ns + i) for i, v in enumerate(values)]
+
+
+def stretch(values: np.ndarray, factor: float, doubled: bool) -> Again:
+    return Stretch("lookup", factor, doubled, 0, 1), lookups(values)
 
 
 def test_operations_in_a_rerun_stretch_are_its_own_not_the_workloads() -> None:
     workload = lookups(np.full(5, 100.0))
-    stretch = event("rerun", 10_000, peer=None, start_ns=1_000_000_000, phase="lookup", time_dilation=12.0)
-    again = lookups(np.full(3, 50.0), start_ns=1_000_000_001)
-    main, reruns = split([*workload, stretch, *again])
-    assert main == [*workload, stretch]  # the stretch's own event marks it; it is no operation
-    found, events = reruns["lookup"]
-    assert found == Stretch("lookup", 12.0, 1_000_000_000, 11_000_000_000) and events == again
+    marks = [event("rerun", 10_000, peer=None, start_ns=at, phase="lookup", time_dilation=f, doubled=d)
+             for at, f, d in ((10**9, 6.0, False), (10**11, 12.0, True))]
+    again, doubled = lookups(np.full(3, 90.0), start_ns=10**9 + 1), lookups(np.full(3, 50.0), start_ns=10**11 + 1)
+    main, reruns = split([*workload, marks[0], *again, marks[1], *doubled])
+    assert main == [*workload, *marks]  # the stretches' own events mark them; they are no operations
+    assert reruns["lookup"][False] == (Stretch("lookup", 6.0, False, 10**9, 11 * 10**9), again)
+    assert reruns["lookup"][True] == (Stretch("lookup", 12.0, True, 10**11, 110 * 10**9), doubled)
 
 
 def test_a_figure_that_halves_at_twice_the_dilation_measured_queueing() -> None:
     rng = np.random.default_rng(3)
     queued = rng.lognormal(np.log(800), 0.3, 200)  # mostly waiting for a CPU: halves when the machine looks 2x faster
-    stretch = Stretch("lookup", 12.0, 0, 1)
-    check = recheck(P95, list(queued), stretch, lookups(rng.lognormal(np.log(400), 0.3, 50)), 0.05)
+    check = recheck(P95, list(queued), stretch(rng.lognormal(np.log(800), 0.3, 50), 6, False),
+                    stretch(rng.lognormal(np.log(400), 0.3, 50), 12, True), 0.05)
     assert not check.conclusive and [m.name for m in check.moves] == ["p50", "p95"]
     assert check.moves[0].move < -0.3 and "moved" in check.reason("millisecond")
+    assert check.factors == (6, 12) and check.n == (50, 50)
 
 
 def test_a_figure_of_the_protocol_holds_within_its_noise() -> None:
     rng = np.random.default_rng(4)
-    protocol = rng.lognormal(np.log(300), 0.3, 200)
-    check = recheck(P95, list(protocol), Stretch("lookup", 12.0, 0, 1), lookups(rng.lognormal(np.log(300), 0.3, 50)), 0.05)
+
+    def protocol(n: int) -> np.ndarray:
+        return rng.lognormal(np.log(300), 0.3, n)
+
+    check = recheck(P95, list(protocol(200)), stretch(protocol(50), 6, False), stretch(protocol(50), 12, True), 0.05)
     assert check.conclusive, check.reason("millisecond")
     p50 = check.moves[0]
     assert p50.tolerance > 0.05  # 50 operations bound a median to some percent, not to 5%: the noise is the band
@@ -53,8 +63,8 @@ def test_a_figure_of_the_protocol_holds_within_its_noise() -> None:
 
 
 def test_no_rerun_or_too_few_operations_is_not_conclusive() -> None:
-    assert not recheck(P95, [100.0] * 50, None, [], 0.05).conclusive
-    few = recheck(P95, [100.0] * 50, Stretch("lookup", 12.0, 0, 1), lookups(np.full(3, 100.0)), 0.05)
+    assert not recheck(P95, [100.0] * 50, None, None, 0.05).conclusive
+    few = recheck(P95, [100.0] * 50, stretch(np.full(50, 100.0), 6, False), stretch(np.full(3, 100.0), 12, True), 0.05)
     assert not few.conclusive and "too few operations" in few.reason("millisecond")
 
 
@@ -65,16 +75,17 @@ def test_a_verdict_is_conclusive_only_with_its_2n_figure_held(tmp_path: Path) ->
     quiet[0] = 10
     rng = np.random.default_rng(5)
 
-    def verdict_with(again: np.ndarray) -> Verdict:
-        joins = [event("bootstrap", float(v), start_ns=i) for i, v in enumerate(rng.lognormal(np.log(100), 0.2, 60))]
-        stretch = event("rerun", 1000, peer=None, start_ns=10**9, phase="bootstrap", time_dilation=2.0)
-        rejoins = [event("bootstrap", float(v), start_ns=10**9 + i) for i, v in enumerate(again)]
+    def verdict_with(at_2n: float) -> Verdict:
         events = [event("phase", 1, peer=None, phase="bootstrap", number=1), event("loop_lag", 1, counts=quiet),
-                  *joins, stretch, *rejoins]
+                  *lookups(rng.lognormal(np.log(100), 0.2, 60), op="bootstrap")]
+        for start, factor, median in ((10**9, 1.0, 100), (10**11, 2.0, at_2n)):
+            events.append(event("rerun", 1000, peer=None, start_ns=start, phase="bootstrap", time_dilation=factor,
+                                doubled=factor == 2.0))
+            events += lookups(rng.lognormal(np.log(median), 0.2, 50), start_ns=start + 1, op="bootstrap")
         manifest = Manifest(status="complete", topology=topology, peers_ready=4)
         return analyze(RunRecords(tmp_path, manifest, events, [])).verdicts[0]
 
-    held = verdict_with(rng.lognormal(np.log(100), 0.2, 50))
+    held = verdict_with(100)
     assert held.status == "pass" and held.rerun is not None and held.rerun["conclusive"], held.reason
-    moved = verdict_with(rng.lognormal(np.log(50), 0.2, 50))  # half as long at twice the dilation: queueing
-    assert moved.status == "inconclusive" and "2N check at dilation 2" in moved.reason
+    moved = verdict_with(50)  # half as long at twice the dilation: queueing
+    assert moved.status == "inconclusive" and "2N check, 50 operations at dilation 1 then 50 at 2" in moved.reason

@@ -15,7 +15,7 @@ from typing import Any
 from lab.analysis.guard import GUARD_SHARE, PhaseLag, judge, phase_lags
 from lab.analysis.metrics import Metric, all_metrics, impairment_periods, latency_metrics, ready_span
 from lab.analysis.peerlogs import count_levels
-from lab.analysis.recheck import Stretch, recheck, split
+from lab.analysis.recheck import Again, recheck, split
 from lab.analysis.records import RunRecords
 from lab.analysis.sla import Verdict, builtin_verdicts, verdict
 from lab.analysis.stats import Summary, summarize
@@ -26,7 +26,7 @@ from lab.quantities import shown
 from lab.topology import Sla, Topology, parse_topology
 from nodes.protocol import ANSWERED_LOCALLY, Event
 
-Reruns = dict[str, tuple[Stretch, list[Event]]]  # by the kind of phase measured again
+Reruns = dict[str, dict[bool, Again]]  # by the kind of phase measured again, then by whether at twice its dilation
 
 INDEPENDENCE_NOTE = ("samples within one run are not independent (shared network, shared CPU); "
                      "intervals describe this run, not run-to-run variation")
@@ -45,13 +45,15 @@ class PeriodSummary:
 
 @dataclass(frozen=True)
 class Rerun:
-    """A kind of phase measured again by the 2N check: at which dilation, and its figures."""
+    """A stretch of the 2N check: a kind of phase measured again at a dilation, and its figures."""
 
     time_dilation: float
+    doubled: bool
     metrics: dict[str, Summary]
 
     def record(self) -> dict[str, Any]:
-        return {"time_dilation": self.time_dilation, "metrics": {name: s.record() for name, s in self.metrics.items()}}
+        return {"time_dilation": self.time_dilation, "doubled": self.doubled,
+                "metrics": {name: s.record() for name, s in self.metrics.items()}}
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Analysis:
     fidelity: list[PhaseLag] = field(default_factory=list)  # each phase's loop lag and busy share
     notes: list[str] = field(default_factory=list)  # what the records lacked (damaged lines, missing files)
     ready_machine_s: float | None = None  # time to ready in the machine's seconds (the metric is the run's)
-    reruns: dict[str, Rerun] = field(default_factory=dict)  # the 2N check's figures, by the kind of phase rerun
+    reruns: dict[str, list[Rerun]] = field(default_factory=dict)  # the 2N check's figures, by the kind of phase rerun
 
     @property
     def passed(self) -> bool:
@@ -101,7 +103,7 @@ class Analysis:
                          "phases": [p.record() for p in self.fidelity]},
             "errors": self.errors.record(),
             "time_to_ready_machine_s": self.ready_machine_s,
-            "reruns": {phase: rerun.record() for phase, rerun in self.reruns.items()},
+            "reruns": {phase: [rerun.record() for rerun in stretches] for phase, stretches in self.reruns.items()},
         }
 
     def verdicts_record(self) -> dict[str, Any]:
@@ -142,8 +144,8 @@ def rechecked(verdict: Verdict, sla: Sla, metric: Metric | None, reruns: Reruns,
     twice the dilation (a success ratio and an operation answered locally are not rechecked)."""
     if metric is None or metric.unit != "millisecond" or sla.stat == "success_ratio" or sla.metric in ANSWERED_LOCALLY:
         return verdict
-    stretch, again = reruns.get(RERUN_PHASE.get(sla.metric, ""), (None, []))
-    check = recheck(sla, metric.values, stretch, again, tolerance)
+    stretches = reruns.get(RERUN_PHASE.get(sla.metric, ""), {})
+    check = recheck(sla, metric.values, stretches.get(False), stretches.get(True), tolerance)
     record = {**asdict(check), "reason": check.reason(metric.unit)}
     if check.conclusive or verdict.status == "inconclusive":
         return replace(verdict, rerun=record)
@@ -197,6 +199,6 @@ def analyze(records: RunRecords) -> Analysis:
     span = ready_span(events)
     dilation = records.manifest.time_dilation
     ready_s = (dilation.real_ns(span[1]) - dilation.real_ns(span[0])) / 1e9 if span and span[2] else None
-    again = {phase: Rerun(stretch.factor, summarize_metrics(latency_metrics(stretch_events)))
-             for phase, (stretch, stretch_events) in reruns.items()}
+    again = {phase: [Rerun(stretch.factor, stretch.doubled, summarize_metrics(latency_metrics(stretch_events)))
+                     for stretch, stretch_events in by_doubling.values()] for phase, by_doubling in reruns.items()}
     return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again)

@@ -5,10 +5,12 @@ operation of many steps (a lookup's dozens of hand-offs, each behind its host's 
 measurement that is the protocol's, not the machine's, does not depend on how much the machine
 was slowed: at twice the dilation the machine looks twice as fast again, and the protocol's time
 stays. So after the workload the run measures some of the operations again at twice the
-dilation of the phase they ran in (lab/workload/phases.py `rerun`), on the same network, and a
-verdict is conclusive only if the median and the SLA's statistic moved less than
-max(`fidelity.tolerance`, their noise): the half-width of the two figures' 95% intervals
-(bootstrap), added in quadrature.
+dilation of the phase they ran in (lab/workload/phases.py `rerun`), on the same network: first
+at the phase's own dilation, then at twice it, so that the network's state (grown since the
+phase, peers that joined again) is the same for both. A verdict is conclusive only if the median
+and the SLA's statistic moved less than max(`fidelity.tolerance`, their noise) between the two:
+the half-width of the two figures' 95% intervals (bootstrap), added in quadrature. The
+workload's own figure is shown beside them.
 
 What it means for a time spent computing: with `network.cpu: scaled`, computation runs N times
 faster against the links, so a computed time halves at 2N and the check says so (the figure is
@@ -44,10 +46,12 @@ STATISTIC: dict[str, Statistic] = {
 
 @dataclass(frozen=True)
 class Stretch:
-    """One stretch of the 2N check: a kind of phase measured again at a dilation."""
+    """One stretch of the 2N check: a kind of phase measured again at a dilation, the phase's
+    own (`doubled` false: the control, on the network as it is by then) or twice it."""
 
     phase: str
     factor: float
+    doubled: bool
     start_ns: int
     end_ns: int
 
@@ -55,29 +59,36 @@ class Stretch:
         return self.start_ns <= event.start_ns <= self.end_ns
 
 
-def split(events: list[Event]) -> tuple[list[Event], dict[str, tuple[Stretch, list[Event]]]]:
-    """The workload's events, and each rerun phase's stretch with the operations started in it."""
-    stretches = [Stretch(str(e.details.get("phase")), float(e.details.get("time_dilation", 1)), e.start_ns, e.end_ns)
-                 for e in events if e.op == RERUN]
-    reruns: dict[str, tuple[Stretch, list[Event]]] = {s.phase: (s, []) for s in stretches}
+Again = tuple[Stretch, list[Event]]  # a stretch and the operations started in it
+
+
+def split(events: list[Event]) -> tuple[list[Event], dict[str, dict[bool, Again]]]:
+    """The workload's events, and by kind of phase the 2N check's two stretches (by `doubled`)
+    with the operations started in each."""
+    stretches = [Stretch(str(e.details.get("phase")), float(e.details.get("time_dilation", 1)),
+                         bool(e.details.get("doubled")), e.start_ns, e.end_ns) for e in events if e.op == RERUN]
+    reruns: dict[str, dict[bool, Again]] = {}
+    for stretch in stretches:
+        reruns.setdefault(stretch.phase, {})[stretch.doubled] = (stretch, [])
     main = []
     for event in events:
         inside = next((s for s in stretches if s.holds(event)), None) if event.op != RERUN else None
         if inside is None:
             main.append(event)
         else:
-            reruns[inside.phase][1].append(event)
+            reruns[inside.phase][inside.doubled][1].append(event)
     return main, reruns
 
 
 @dataclass(frozen=True)
 class Move:
-    """One figure at the run's dilation and at twice it."""
+    """One figure measured again at the phase's dilation and at twice it."""
 
     name: str
-    value: float
-    again: float
-    move: float  # (again - value) / value
+    workload: float  # as the workload measured it
+    again: float  # measured again at the phase's dilation, just before
+    doubled: float  # at twice it
+    move: float  # (doubled - again) / again
     tolerance: float  # max(fidelity.tolerance, the noise of the two figures)
 
     @property
@@ -85,8 +96,8 @@ class Move:
         return abs(self.move) <= self.tolerance
 
     def describe(self, unit: str) -> str:
-        return (f"{self.name} {shown(self.value, unit)} -> {shown(self.again, unit)} ({self.move:+.1%}, "
-                f"{'within' if self.held else 'beyond'} {self.tolerance:.1%})")
+        return (f"{self.name} {shown(self.again, unit)} -> {shown(self.doubled, unit)} ({self.move:+.1%}, "
+                f"{'within' if self.held else 'beyond'} {self.tolerance:.1%}; the workload's {shown(self.workload, unit)})")
 
 
 @dataclass(frozen=True)
@@ -94,17 +105,18 @@ class Recheck:
     """The 2N check of one SLA."""
 
     conclusive: bool
-    factor: float | None
-    n: int
+    factors: tuple[float, float] | None  # the two stretches' dilations: the phase's, twice it
+    n: tuple[int, int]  # operations measured again at each
     moves: tuple[Move, ...]
     why: str = ""  # when there is no figure to compare
 
     def reason(self, unit: str) -> str:
-        if not self.moves:
+        if not self.moves or self.factors is None:
             return f"2N check: {self.why}"
-        shown = "; ".join(m.describe(unit) for m in self.moves)
+        shown_moves = "; ".join(m.describe(unit) for m in self.moves)
         verdict = "held" if self.conclusive else "moved: the figure depends on how fast the machine was made to look"
-        return f"2N check at dilation {self.factor:g} ({self.n} operations): {shown}: {verdict}"
+        return (f"2N check, {self.n[0]} operations at dilation {self.factors[0]:g} then {self.n[1]} at "
+                f"{self.factors[1]:g}: {shown_moves}: {verdict}")
 
 
 def _noise(values: np.ndarray, stat: str, value: float) -> float:
@@ -116,21 +128,27 @@ def _noise(values: np.ndarray, stat: str, value: float) -> float:
     return float((interval.high - interval.low) / 2 / abs(value))
 
 
-def recheck(sla: Sla, measured: list[float], stretch: Stretch | None, again: list[Event], tolerance: float) -> Recheck:
-    """`measured`: the metric's values in the workload; `again`: the events of the stretch that
-    measured it again (none if no stretch did)."""
-    if stretch is None:
-        return Recheck(False, None, 0, (), f"no operations of {sla.metric} were measured again")
-    values = latency_metrics(again).get(sla.metric)
-    rerun = np.asarray(values.values if values else [], dtype=float)
-    if len(rerun) < MIN_RERUN or len(measured) < MIN_RERUN:
-        return Recheck(False, stretch.factor, len(rerun), (), f"too few operations to compare ({len(measured)} in the "
-                       f"workload, {len(rerun)} at dilation {stretch.factor:g}; at least {MIN_RERUN} each)")
-    first = np.asarray(measured, dtype=float)
+def _values(metric: str, stretch: Again | None) -> np.ndarray:
+    found = latency_metrics(stretch[1]).get(metric) if stretch else None
+    return np.asarray(found.values if found else [], dtype=float)
+
+
+def recheck(sla: Sla, measured: list[float], again: Again | None, doubled: Again | None, tolerance: float) -> Recheck:
+    """`measured`: the metric's values in the workload; `again`, `doubled`: the stretches that
+    measured it again at the phase's dilation and at twice it (None if none did). The two
+    stretches run on the network as it is after the workload, one after the other, so that a
+    move between them is the dilation's, not the network's."""
+    if again is None or doubled is None:
+        return Recheck(False, None, (0, 0), (), f"no operations of {sla.metric} were measured again")
+    first, second = _values(sla.metric, again), _values(sla.metric, doubled)
+    factors = (again[0].factor, doubled[0].factor)
+    if min(len(first), len(second), len(measured)) < MIN_RERUN:
+        return Recheck(False, factors, (len(first), len(second)), (), f"too few operations to compare ({len(measured)} in "
+                       f"the workload, {len(first)} and {len(second)} measured again; at least {MIN_RERUN} each)")
     moves = []
     for stat in dict.fromkeys(("p50", sla.stat)):
-        value, later = (float(STATISTIC[stat](x, None)) for x in (first, rerun))
-        noise = math.hypot(_noise(first, stat, value), _noise(rerun, stat, later))
-        moves.append(Move(stat, value, later, (later - value) / value if value else math.inf, max(tolerance, noise)))
-    return Recheck(all(m.held for m in moves), stretch.factor, len(rerun), tuple(moves))
-
+        workload, before, after = (float(STATISTIC[stat](np.asarray(x, dtype=float), None)) for x in (measured, first, second))
+        noise = math.hypot(_noise(first, stat, before), _noise(second, stat, after))
+        move = (after - before) / before if before else math.inf
+        moves.append(Move(stat, workload, before, after, move, max(tolerance, noise)))
+    return Recheck(all(m.held for m in moves), factors, (len(first), len(second)), tuple(moves))

@@ -20,7 +20,7 @@ from typing import Any
 
 from lab.machine import CallFailed, PeerLost
 from lab.network.fabric import PeerSlot
-from lab.peers.cgroup import CpuLimit
+from lab.peers.cgroup import PeerCgroups
 from lab.peers.forks import ForkedProcess, ForkServer
 from lab.runid import ENV_VAR
 from nodes import wire
@@ -76,12 +76,12 @@ class Fleet:
     """Spawns, drives and stops the peer processes of one run."""
 
     def __init__(self, run_id: str, control_path: Path, log_dir: Path, on_event: EventSink, hosting: str = "spawn",
-                 cpu_limit: CpuLimit | None = None) -> None:
+                 cgroups: PeerCgroups | None = None) -> None:
         """`hosting`: "spawn" starts a fresh interpreter per peer; "fork" forks peers from a
-        fork server that imported py-libp2p once (docs/design.md, Peers); `cpu_limit`: the
-        cgroup every host process is confined to."""
+        fork server that imported py-libp2p once (docs/design.md, Peers); `cgroups`: where every
+        host process is confined (network.cpu_limit, network.cpu: core)."""
         self.run_id = run_id
-        self.cpu_limit = cpu_limit
+        self.cgroups = cgroups
         self.forks = ForkServer(self._environment()) if hosting == "fork" else None
         self.control_path = control_path
         self.log_dir = log_dir
@@ -99,8 +99,8 @@ class Fleet:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.control_path), limit=wire.MAX_LINE)
         if self.forks is not None:
             await self.forks.open()
-            if self.cpu_limit is not None and self.forks.process is not None:  # before it forks: hosts are born in it
-                self.cpu_limit.add(self.forks.process.pid)
+            if self.cgroups is not None and self.forks.process is not None:  # before it forks: hosts are born in it
+                self.cgroups.add_server(self.forks.process.pid)
 
     @property
     def peers(self) -> list[PeerProcess]:
@@ -150,8 +150,8 @@ class Fleet:
                     env=self._environment(),
                     start_new_session=True,  # a Ctrl-C reaches the orchestrator, which stops peers in order
                 )
-            if self.cpu_limit is not None:
-                self.cpu_limit.add(process.pid)
+        if self.cgroups is not None:
+            self.cgroups.add_host(slots[0].host, process.pid)
         for peer in peers:
             peer.process = process
         self._watchers.append(asyncio.create_task(self._watch(process, peers)))
