@@ -18,7 +18,7 @@ from lab.analysis import compare as compare_runs
 from lab.analysis.records import read_json
 from lab.errors import OUTCOMES, BadInput, Interrupted, LabError, SlaFailed
 from lab.local_machine import choose_mode
-from lab.manifest import EVENTS, MANIFEST, REPEAT, SWEEP, SWEEP_TABLE
+from lab.manifest import EVENTS, MANIFEST, REPEAT, SWEEP, SWEEP_TABLE, stored
 from lab.metric_names import unit_of
 from lab.network import doctor
 from lab.orchestrator import RunOutcome, default_out, run_repeated, run_topology
@@ -139,7 +139,7 @@ def compare(
     if unknown:
         raise BadInput(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
     for label, run_dir in (("BASELINE", baseline), ("CANDIDATE", candidate)):
-        single = (run_dir / MANIFEST).is_file() and (run_dir / EVENTS).is_file()
+        single = (run_dir / MANIFEST).is_file() and stored(run_dir, EVENTS) is not None
         if not single and not compare_runs.is_repeat(run_dir):
             raise BadInput(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl, no repeat.json)")
     report = compare_runs.compare_dirs(baseline, candidate, noise_share, alpha, metrics)

@@ -168,6 +168,12 @@ class Manifest(Record):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def stored(run_dir: Path, name: str) -> Path | None:
+    """Where a line file of the directory is: as written, or compressed (`events.jsonl.gz`, the
+    form a committed run keeps), or None."""
+    return next((path for path in (run_dir / name, run_dir / f"{name}.gz") if path.is_file()), None)
+
+
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """An older manifest in the current shape. Schema 0 (no `schema` field): the time dilation
     was {factor, reason, segments}, the verification's outcome also a `verified` flag."""

@@ -10,6 +10,7 @@ whose manifest is unreadable, or that has no events file, is unusable: RecordsEr
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from lab.errors import RecordsError
 from lab.events import Sample
-from lab.manifest import EVENTS, LOGS, RESOURCES, Manifest, read_manifest
+from lab.manifest import EVENTS, LOGS, RESOURCES, Manifest, read_manifest, stored
 from nodes.protocol import BadRecord, Event
 
 
@@ -46,10 +47,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _lines(path: Path, damaged: list[int]) -> list[tuple[int, Any]]:
-    """(line number, parsed JSON) of every complete line; numbers of the lines that are not JSON
-    go to `damaged` (a last line cut short by a kill is not counted: it is how a killed run ends)."""
+    """(line number, parsed JSON) of every complete line (of a gzip file too); numbers of the lines
+    that are not JSON go to `damaged` (a last line cut short by a kill is not counted: it is how a
+    killed run ends)."""
     parsed = []
-    with path.open(errors="replace") as handle:
+    opened = gzip.open(path, "rt", errors="replace") if path.suffix == ".gz" else path.open(errors="replace")
+    with opened as handle:
         for number, line in enumerate(handle, 1):
             if not line.endswith("\n"):
                 continue
@@ -81,13 +84,14 @@ def load(run_dir: Path) -> RunRecords:
     """A results directory's records. A missing resources file (a run killed before its first
     sample) is an empty list, said in `skipped`."""
     manifest = read_manifest(run_dir)
-    events_path = run_dir / EVENTS
-    if not events_path.is_file():
-        raise RecordsError(f"{events_path}: missing; is {run_dir} a results directory?")
+    events_path = stored(run_dir, EVENTS)
+    if events_path is None:
+        raise RecordsError(f"{run_dir / EVENTS}: missing; is {run_dir} a results directory?")
     skipped: list[str] = []
     events = _typed(events_path, Event.of, skipped)
-    samples_path = run_dir / RESOURCES
-    samples = _typed(samples_path, Sample.of, skipped) if samples_path.is_file() else []
-    if not samples_path.is_file():
-        skipped.append(f"{samples_path}: missing (the run ended before its first resource sample): no memory or CPU figures")
+    samples_path = stored(run_dir, RESOURCES)
+    samples = _typed(samples_path, Sample.of, skipped) if samples_path else []
+    if samples_path is None:
+        skipped.append(f"{run_dir / RESOURCES}: missing (the run ended before its first resource sample): no memory or CPU "
+                       "figures")
     return RunRecords(run_dir, manifest, events, samples, skipped)
