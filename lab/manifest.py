@@ -85,10 +85,6 @@ class Impairment(Record):
     verification_status: Literal["passed", "failed", "unverified"] | None = None
     verification: list[dict[str, Any]] = Field(default_factory=list)  # each pair's report (lab/shaping/verify.py)
 
-    @property
-    def verified(self) -> bool:
-        return self.verification_status == "passed"
-
 
 class PhaseRecord(Record):
     """One workload phase as the orchestrator ran it (machine time, the machine's CPU)."""

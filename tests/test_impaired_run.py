@@ -71,7 +71,6 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
     # Right links are never called wrong; on a machine too busy to tell (qemu beside other VMs) the
     # run goes on, unverified, and says so.
     assert impairment["verification_status"] in ("passed", "unverified"), output
-    assert impairment["verified"] is (impairment["verification_status"] == "passed")
     if impairment["verification_status"] == "unverified":
         assert "the run goes on with its impairment unverified" in output, output
     assert impairment["backend"] == choose_backend("auto")[0]
@@ -118,7 +117,7 @@ def test_a_link_the_machine_cannot_verify_is_a_warning_and_strict_refuses_it(tmp
     assert loose.returncode == 0, loose.stdout + loose.stderr
     assert "rate_bps: configured 3e+10" in loose.stdout and "the sender offered only" in loose.stdout, loose.stdout
     impairment = json.loads((tmp_path / "loose" / "manifest.json").read_text())["impairment"]
-    assert impairment["verification_status"] == "unverified" and impairment["verified"] is False
+    assert impairment["verification_status"] == "unverified"
     strict_file = write_topology(tmp_path / "strict.yaml", **fields, impairment={"verify": "strict"})
     strict = run_lab("run", str(strict_file), "--out", str(tmp_path / "strict"), "--no-report", timeout=1200)
     assert strict.returncode == 2, strict.stdout + strict.stderr
