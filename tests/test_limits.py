@@ -33,7 +33,7 @@ def test_a_hard_limit_this_process_may_not_raise_is_a_one_line_refusal() -> None
     if done.returncode == 0:
         pytest.skip("this process may raise its hard limit (CAP_SYS_RESOURCE)")
     assert done.stderr.strip().splitlines()[-1] == (
-        "lab.network.limits.LimitError: open files: 1000 peers need 6256, the hard limit is 64 and this process may not "
+        "lab.errors.LimitError: open files: 1000 peers need 6256, the hard limit is 64 and this process may not "
         "raise it; start the lab from a shell with `ulimit -n 6256`"
     )
 

@@ -75,11 +75,11 @@ def test_200_peers_in_forked_hosts_run_to_the_end_and_leave_nothing(tmp_path: Pa
 
     # Virtual time: the file's dilation, the publish phase's own, and back; every phase's loop lag.
     dilation = manifest["time_dilation"]
-    assert dilation["factor"] == topology.network.time_dilation
-    assert [s["factor"] for s in dilation["segments"]] == [dilation["factor"], 12.0, dilation["factor"]]
+    assert dilation["network"] == topology.network.time_dilation
+    assert [s["factor"] for s in dilation["segments"]] == [dilation["network"], 12.0, dilation["network"]]
     phases = [e for e in events if e["op"] == "phase"]
     assert [(e["phase"], e["time_dilation"]) for e in phases] == [
-        ("bootstrap", dilation["factor"]), ("publish", 12.0), ("gossip", dilation["factor"])]
+        ("bootstrap", dilation["network"]), ("publish", 12.0), ("gossip", dilation["network"])]
     summary = json.loads((out / "summary.json").read_text())
     assert [p["phase"] for p in summary["fidelity"]["phases"]] == ["bootstrap", "publish", "gossip"]
     assert all(p["lag"]["windows"] > 0 for p in summary["fidelity"]["phases"])
