@@ -1,21 +1,19 @@
-"""`network.time_dilation: auto`: the dilation a topology needs on this machine, from a pilot.
+"""The run's time dilation, settled once: the topology's factors, or `auto`'s, found by pilots.
 
-The fidelity guard's physics (lab/analysis/guard.py): timers run late once the peers ask for
-more CPU than the machine has, and dilating time by N spreads the same work over N times as
-much real time. So the factor is the peers' demand at N = 1, in cores, over what the machine
+`auto` starts from the machine's physics (lab/analysis/guard.py): timers run late once the peers
+ask for more CPU than the machine has, and dilating time by N spreads the same work over N times
+as much real time. So it estimates the peers' demand at N = 1, in cores, over what the machine
 can give without queueing:
 
-    N = ceil(concurrency x (CPU-s per join) / (join latency) / (UTILIZATION x cores))
+    N0 = ceil(concurrency x (CPU-s per join) / (join latency) / (UTILIZATION x cores))
 
-The join is the unit because the bootstrap is the phase that keeps `concurrency` operations
-in flight from the first second. Its cost and latency are measured here, by a pilot: the
-topology scaled to PILOT_PEERS peers, its workload cut to the bootstrap, run at PILOT_FACTOR so
-that the pilot itself does not queue. What the pilot cannot see: a join costs more in a larger
-network (more of its queries need new connections; docs/scaling.md), and phases after the
-bootstrap may ask for more. The figure is a floor, recorded with its inputs in the manifest,
-and the guard of the run says whether it sufficed and what it would have needed.
+from a pilot (the topology scaled to PILOT_PEERS peers, its workload cut to the bootstrap, run
+at PILOT_FACTOR so that the pilot itself does not queue). Then it doubles N from N0 until the 2N
+check holds (lab/analysis/recheck.py): a pilot joins at N, joins some peers again at N and at 2N,
+and N is enough once the joins no longer move. What the pilots cannot see: a join costs more in
+a larger network (more of its queries need new connections; docs/scaling.md), and phases after
+the bootstrap may ask for more. The run's own guard and 2N check say whether it sufficed.
 """
-
 from __future__ import annotations
 
 import math
@@ -33,6 +31,9 @@ from nodes.protocol import Dilation
 
 PILOT_PEERS = 40
 PILOT_FACTOR = 10.0
+PILOT_RERUN = 30  # joins the 2N check of each pilot measures again
+MAX_DOUBLINGS = 4
+MAX_FACTOR = 1000.0
 UTILIZATION = 0.5  # of the machine's cores: the busy share below which timers stay on time
 Pilot = Callable[[Topology, Dilation, Path], Awaitable[Analysis]]  # runs a topology at a dilation into a directory
 
@@ -45,16 +46,17 @@ def fixed(topology: Topology, factor: float, reason: str) -> Dilation:
     return Dilation(factor, reason, phases, again)
 
 
-def pilot_topology(topology: Topology) -> Topology:
-    """The topology at PILOT_PEERS peers (or fewer), bootstrap only."""
+def pilot_topology(topology: Topology, factor: float, rerun: int = 0) -> Topology:
+    """The topology at PILOT_PEERS peers (or fewer), bootstrap only, at `factor`; with `rerun`, a
+    bootstrap SLA that any join meets, so that the 2N check measures `rerun` joins again."""
     data = topology.model_dump(mode="json")
     peers = min(topology.peer_count, PILOT_PEERS)
     set_field(data, "peers", str(peers))
     data["bootstrap"]["peers"] = min(data["bootstrap"]["peers"], max(2, peers // 4))
-    data["network"]["time_dilation"] = PILOT_FACTOR
-    data["network"]["cpu"] = "scaled"  # the CPU a join costs is the same in either model; the pilot need not fit `core`
+    data["network"]["time_dilation"] = factor
     data["workload"] = [phase for phase in data["workload"] if phase["phase"] == "bootstrap"][:1]
-    data["slas"] = []
+    data["slas"] = [{"metric": "bootstrap", "stat": "p50", "op": "<", "threshold": "1h"}] if rerun else []
+    data["fidelity"] = {**data["fidelity"], "rerun": rerun}
     data["name"] = f"{topology.name}-calibration"
     return parse_topology(data, f"{topology.name} pilot")
 
@@ -68,8 +70,8 @@ def core_floor(topology: Topology) -> float:
 
 
 async def settle(topology: Topology, pilot: Pilot, echo: Callable[[str], None]) -> Dilation:
-    """The run's Dilation: the topology's factor, or for `auto` the one a pilot run (`pilot`)
-    measures this machine to need (at least what `network.cpu: core` needs to fit it)."""
+    """The run's Dilation: the topology's factor, or for `auto` the one pilot runs (`pilot`)
+    measure this machine to need (at least what `network.cpu: core` needs to fit it)."""
     factor = topology.network.time_dilation
     if factor != "auto":
         dilation = fixed(topology, factor, f"network.time_dilation: {factor:g}")
@@ -79,20 +81,38 @@ async def settle(topology: Topology, pilot: Pilot, echo: Callable[[str], None]) 
                              f"{topology.network.cpu_limit or os.cpu_count()} cores need time_dilation >= "
                              f"{math.ceil(core_floor(topology)):g} in every phase, not {lowest:g} (or time_dilation: auto)")
         return dilation
-    small = pilot_topology(topology)
-    echo(f"[calibration] time_dilation auto: a pilot of {small.peer_count} peers at dilation {PILOT_FACTOR:g}")
     with tempfile.TemporaryDirectory(prefix="p2p-lab-calibration-") as work:
-        analysis = await pilot(small, fixed(small, PILOT_FACTOR, "the calibration pilot's"), Path(work) / "pilot")
+        start, estimate = await _estimate(topology, pilot, Path(work) / "estimate", echo)
+        chosen, held = start, False
+        for attempt in range(MAX_DOUBLINGS):
+            small = pilot_topology(topology, chosen, PILOT_RERUN)
+            echo(f"[calibration] the 2N check of {small.peer_count} joins at dilation {chosen:g}")
+            analysis = await pilot(small, fixed(small, chosen, "a calibration pilot's"), Path(work) / f"check-{attempt}")
+            check = analysis.verdicts[0].rerun if analysis.verdicts else None
+            held = bool(check and check["conclusive"])
+            echo(f"[calibration] {check['reason'] if check else 'no 2N check'}")
+            if held or chosen >= MAX_FACTOR:
+                break
+            chosen = min(MAX_FACTOR, 2 * chosen)
+    why = (f"auto: {estimate}; joins measured again at twice it {'held' if held else 'still moved'} at dilation "
+           f"{chosen:g}{'' if held else ' (the largest tried)'}")
+    echo(f"[calibration] {why}")
+    return fixed(topology, chosen, why)
+
+
+async def _estimate(topology: Topology, pilot: Pilot, path: Path, echo: Callable[[str], None]) -> tuple[float, str]:
+    """Where doubling starts: the peers' CPU demand at dilation 1 over what the machine gives
+    without queueing, from a pilot at PILOT_FACTOR; and how it was reached."""
+    small = pilot_topology(topology, max(PILOT_FACTOR, math.ceil(core_floor(pilot_topology(topology, 1)))))
+    echo(f"[calibration] time_dilation auto: a pilot of {small.peer_count} peers at dilation {small.network.time_dilation}")
+    analysis = await pilot(small, fixed(small, float(small.network.time_dilation), "the calibration pilot's"), path)
     per_join, joins = analysis.summary.get(CPU_PER_OPERATION["bootstrap"][0]), analysis.summary.get("bootstrap")
     if per_join is None or per_join.p50 is None or joins is None or joins.p50 is None:
         raise CalibrationError("time_dilation auto: the pilot measured no join (see its output above); set a factor")
     concurrency = next(p.concurrency for p in topology.workload if isinstance(p, BootstrapPhase))
     cores = os.cpu_count() or 1
     demand = concurrency * per_join.p50 / (joins.p50 / 1000)
-    chosen = float(max(1, math.ceil(demand / (UTILIZATION * cores)), math.ceil(core_floor(topology))))
-    why = (f"auto: a pilot of {small.peer_count} peers (dilated {PILOT_FACTOR:g}) measured a join at {per_join.p50:.3g} "
-           f"CPU-s and {joins.p50:.4g} ms; {concurrency} joins at once ask {demand:.3g} cores at dilation 1; this machine "
-           f"has {cores}, kept under {UTILIZATION:.0%} busy: dilation {chosen:g} (a floor: joins cost more in larger "
-           "networks; the guard says whether it sufficed)")
-    echo(f"[calibration] {why}")
-    return fixed(topology, chosen, why)
+    start = float(max(1, math.ceil(demand / (UTILIZATION * cores)), math.ceil(core_floor(topology))))
+    return start, (f"a pilot of {small.peer_count} peers measured a join at {per_join.p50:.3g} CPU-s and {joins.p50:.4g} "
+                   f"ms; {concurrency} joins at once ask {demand:.3g} cores at dilation 1; this machine has {cores}, kept "
+                   f"under {UTILIZATION:.0%} busy: from dilation {start:g}")

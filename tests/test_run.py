@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -358,4 +359,23 @@ def test_a_run_whose_peers_never_start_stops_with_their_causes(tmp_path: Path) -
     assert manifest["status"] == "failed" and manifest["peers_ready"] == 0 and manifest["phases"] == []
     verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
     assert any(v["metric"] == "peers_ready" and not v["passed"] for v in verdicts), verdicts
+    assert leftovers(run_id_of(done.stdout)) == []
+
+
+@needs_root
+def test_auto_dilation_doubles_until_joins_measured_again_hold(tmp_path: Path) -> None:
+    """time_dilation: auto: an estimate from a pilot, then pilots whose 2N check joins peers again at
+    N and 2N, doubling N until the joins no longer move; the run then goes at that N."""
+    topology = write_topology(tmp_path / "auto.yaml", network={"time_dilation": "auto"}, workload=[{"phase": "bootstrap"}],
+                              slas=[{"metric": "bootstrap", "stat": "p50", "op": "<", "threshold": "60s"}])
+    out = tmp_path / "results"
+    done = run_lab("run", str(topology), "--out", str(out), "--no-report")
+    assert done.returncode in (0, 4), done.stdout + done.stderr
+    checks = [line for line in done.stdout.splitlines() if line.startswith("[calibration] the 2N check of 6 joins")]
+    assert checks, done.stdout
+    dilation = read_manifest(out).time_dilation
+    assert dilation.reason.startswith("auto: a pilot of 6 peers") and "measured again at twice it" in dilation.reason
+    tried = [float(line.split("dilation ")[-1]) for line in checks]
+    assert dilation.network == tried[-1] and all(b == 2 * a for a, b in itertools.pairwise(tried))
+    assert dilation.later == (dilation.network, 2 * dilation.network)  # the run's own 2N check of its bootstrap
     assert leftovers(run_id_of(done.stdout)) == []
