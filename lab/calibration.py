@@ -23,15 +23,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from lab.analysis.figures import Analysis
+from lab.analysis.recheck import MIN_RERUN
 from lab.errors import CalibrationError, SetupError
 from lab.metric_names import CPU_PER_OPERATION
 from lab.topology import BootstrapPhase, Topology, parse_topology, set_field
-from lab.workload.phases import rerun_phases
+from lab.workload.phases import STRETCHES, rerun_phases
 from nodes.protocol import Dilation
 
 PILOT_PEERS = 40
 PILOT_FACTOR = 10.0
-PILOT_RERUN = 30  # joins the 2N check of each pilot measures again
+PILOT_RERUN = 30  # joins the 2N check of each pilot measures again (fewer if the topology's fidelity.rerun is)
 MAX_DOUBLINGS = 4
 MAX_FACTOR = 1000.0
 UTILIZATION = 0.5  # of the machine's cores: the busy share below which timers stay on time
@@ -40,9 +41,9 @@ Pilot = Callable[[Topology, Dilation, Path], Awaitable[Analysis]]  # runs a topo
 
 def fixed(topology: Topology, factor: float, reason: str) -> Dilation:
     """The run's dilation at `factor`, each phase at its own factor if it states one, and the 2N
-    check's stretches, each kind at its phase's factor then at twice it."""
+    check's stretches, each kind at its phase's factor and at twice it (STRETCHES)."""
     phases = tuple(phase.time_dilation or factor for phase in topology.workload)
-    again = tuple(f for number, _ in rerun_phases(topology) for f in (phases[number - 1], 2 * phases[number - 1]))
+    again = tuple(phases[number - 1] * (2 if doubled else 1) for number, _ in rerun_phases(topology) for doubled in STRETCHES)
     return Dilation(factor, reason, phases, again)
 
 
@@ -84,16 +85,18 @@ async def settle(topology: Topology, pilot: Pilot, echo: Callable[[str], None]) 
     with tempfile.TemporaryDirectory(prefix="p2p-lab-calibration-") as work:
         start, estimate = await _estimate(topology, pilot, Path(work) / "estimate", echo)
         chosen, held = start, False
+        rerun = max(MIN_RERUN, min(PILOT_RERUN, topology.fidelity.rerun))
         for attempt in range(MAX_DOUBLINGS):
-            small = pilot_topology(topology, chosen, PILOT_RERUN)
-            echo(f"[calibration] the 2N check of {small.peer_count} joins at dilation {chosen:g}")
+            if attempt:
+                chosen = min(MAX_FACTOR, 2 * chosen)
+            small = pilot_topology(topology, chosen, rerun)
+            echo(f"[calibration] the 2N check of {small.peer_count} peers' joins at dilation {chosen:g}")
             analysis = await pilot(small, fixed(small, chosen, "a calibration pilot's"), Path(work) / f"check-{attempt}")
             check = analysis.verdicts[0].rerun if analysis.verdicts else None
             held = bool(check and check["conclusive"])
             echo(f"[calibration] {check['reason'] if check else 'no 2N check'}")
             if held or chosen >= MAX_FACTOR:
                 break
-            chosen = min(MAX_FACTOR, 2 * chosen)
     why = (f"auto: {estimate}; joins measured again at twice it {'held' if held else 'still moved'} at dilation "
            f"{chosen:g}{'' if held else ' (the largest tried)'}")
     echo(f"[calibration] {why}")

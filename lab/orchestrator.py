@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import time
@@ -50,7 +51,7 @@ from lab.output.export import write_openmetrics, write_samples_csv
 from lab.output.results import ResultsDir, write_json
 from lab.topology import Topology
 from lab.workload.barrier import Deliveries
-from lab.workload.phases import Workload, rerun_phases
+from lab.workload.phases import STRETCHES, Workload, rerun_phases
 from nodes.protocol import Dilation, Event
 
 RETIME_NOTICE_NS = 2_000_000_000  # a change of dilation is announced this far ahead of its instant
@@ -201,16 +202,17 @@ class Run:
             record = await self._phase(machine, PHASE, number, self.dilation.of_phase(number), workload.run(phase))
             self.echo(f"[{number}/{len(phases)}] {terminal.phase_line(record)}")
         factors = iter(self.dilation.later)
-        count = self.topology.fidelity.rerun
+        count = math.ceil(self.topology.fidelity.rerun / 2)  # each of the two stretches at N and at 2N
         for number, phase in rerun_phases(self.topology):
-            for doubled, factor in zip((False, True), factors, strict=False):
-                self.echo(f"[2N] {phase.phase} again at dilation {factor:g} ({count} operations)")
+            for doubled, factor in zip(STRETCHES, factors, strict=False):
+                again = "warm-up" if doubled is None else "again"
+                self.echo(f"[2N] {phase.phase} {again} at dilation {factor:g} ({count} operations)")
                 record = await self._phase(machine, RERUN, number, factor, workload.rerun(phase, count), doubled=doubled)
                 self.echo(f"[2N] {terminal.phase_line(record)}")
         return "complete"
 
     async def _phase(self, machine: Machine, kind: str, number: int, factor: float, work: Awaitable[PhaseRecord],
-                     doubled: bool = False) -> PhaseRecord:
+                     doubled: bool | None = False) -> PhaseRecord:
         """One stretch of work at its dilation, recorded as an event of `kind` spanning it, with
         what the links did meanwhile, and in the manifest."""
         if factor != self.dilation.factor:

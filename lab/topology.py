@@ -462,6 +462,9 @@ class Collector(Strict):
     detail_every: int = Field(default=5, ge=1, description="every Nth sample also reads USS and PSS (smaps)")
 
 
+QUICK_RERUN = 20  # `--quick`: the 2N check's operations per kind, at most
+
+
 class Topology(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(ge=0)
@@ -521,7 +524,8 @@ class Topology(Strict):
         for phase in self.workload:
             updates = {name: shrink(getattr(phase, name)) for name, shrink in smaller.items() if hasattr(phase, name)}
             workload.append(phase.model_copy(update=updates))
-        return self.model_copy(update={"workload": workload})
+        fidelity = self.fidelity.model_copy(update={"rerun": min(self.fidelity.rerun, QUICK_RERUN)})
+        return self.model_copy(update={"workload": workload, "fidelity": fidelity})
 
     def group_sizes(self) -> list[int]:
         """Peers per group; percentages are rounded so that they add up to `total`."""

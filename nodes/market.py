@@ -182,6 +182,16 @@ class Market:
         terms = query_terms(query)
         return [p for p in self.packages.values() if p.matches(terms)]
 
+    def forget(self, packages: list[str], queries: list[str]) -> None:
+        """Drops fetched packages and cached search results (never one this peer published)."""
+        for package_id in packages:
+            package = self.packages.get(package_id)
+            if package is not None and package.publisher != str(self.host.get_id()):
+                self.packages.pop(package_id, None)
+                self.bodies.pop(package_id, None)
+        for query in queries:
+            self.search_cache.pop(query, None)
+
     async def search(self, query: str, fanout: int, op: str | None = None) -> list[Package]:
         """`op` names a forced remote search (concurrency runs); otherwise cache, local, remote."""
         if op is None:

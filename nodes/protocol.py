@@ -151,6 +151,7 @@ class Call(StrEnum):
     BOOTSTRAP = "bootstrap"  # dial seeds, join the DHT
     WARM = "warm"  # take a converged routing table, dial a few peers (bootstrap.mode: warm)
     LEAVE = "leave"  # close every connection and empty the routing table: the peer can join again, cold
+    FORGET = "forget"  # drop fetched packages and cached search results: a get or search can go to the network again
     RETIME = "retime"  # to one peer per host process: its clocks change factor at a real instant (Dilation.switch)
     PUBLISH = "publish"
     GET = "get"

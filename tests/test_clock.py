@@ -62,7 +62,7 @@ def test_the_dilation_is_settled_once_with_each_phase_s_factor() -> None:
     assert dilation.of_phase(1) == 6.0 and dilation.of_phase(gossip) == written.workload[gossip - 1].time_dilation
     assert dilation.switchable and dilation.dilated
     default = load_topology(DEFAULT)
-    checked = fixed(default, 1.0, "")  # its 2N check measures again at 1, then at 2
-    assert checked.later == (1.0, 2.0, 1.0, 2.0) and checked.dilated
+    checked = fixed(default, 1.0, "")  # its 2N check measures again at 1 and at 2
+    assert checked.later == (1.0, 1.0, 2.0, 2.0, 1.0) * 2 and checked.dilated  # warm-up, N, 2N, 2N, N: gossip, joins
     unchecked = default.model_copy(update={"fidelity": default.fidelity.model_copy(update={"rerun": 0})})
     assert not fixed(unchecked, 1.0, "").dilated  # the machine's own clock: nothing to install

@@ -107,14 +107,15 @@ def test_a_damaged_results_directory_is_one_line_and_exit_2(tmp_path: Path) -> N
 
 @needs_root
 def test_an_sla_failure_is_exit_1_and_an_unjudgeable_one_exit_4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    failing = [{"metric": "bootstrap", "stat": "p50", "op": "<", "threshold": "1us"}]
+    failing = [{"metric": "memory_rss_mib", "stat": "max", "op": "<", "threshold": "1MiB"}]
     result, run = invoke(tmp_path, write_topology(tmp_path / "f.yaml", workload=ONLY_BOOTSTRAP, slas=failing))
     assert result.exit_code == exits.FAILED, result.output
-    assert one_error_line(result) == "failed: 1 verdicts FAILED: bootstrap p50"
+    assert one_error_line(result) == "failed: 1 verdicts FAILED: memory_rss_mib max"
     assert run is not None and leftovers(run) == []
     monkeypatch.setattr(guard, "GUARD_SHARE", 1e-12)  # any lag at all is too much: no latency can be judged
     holding = [{"metric": "bootstrap", "stat": "p50", "op": "<", "threshold": "60s"}]
-    result, run = invoke(tmp_path / "second", write_topology(tmp_path / "i.yaml", workload=ONLY_BOOTSTRAP, slas=holding))
+    result, run = invoke(tmp_path / "second", write_topology(tmp_path / "i.yaml", workload=ONLY_BOOTSTRAP, slas=holding,
+                                                             fidelity={"rerun": 0}))
     assert result.exit_code == exits.INCONCLUSIVE, result.output
     assert one_error_line(result) == "inconclusive: 1 verdicts INCONCLUSIVE: bootstrap p50"
     assert run is not None and leftovers(run) == []

@@ -26,39 +26,49 @@ from lab import exits
 pytestmark = [pytest.mark.slow, pytest.mark.netns, needs_root, pytest.mark.timeout(1800)]
 
 MODEL = ROOT / "bench" / "time-dilation-30.yaml"
-CORES = 0.1  # a twentieth of our 2-core machines (the smallest quota the lab sets)
-SUFFICIENT = 40  # the module's docstring says why
-# Small, because at a sufficient dilation every wait on a link takes 40 times its real length:
-# a warm start with two peers joining cold, one package, one get per peer.
+CORES = 0.25  # an eighth of our 2-core machines
+SUFFICIENT = 16  # the module's docstring says why
+# Small, because at a sufficient dilation every wait on a link takes 16 times its real length:
+# a warm start with two peers joining cold, one package, one get per peer, and ten of each kind
+# measured again by the 2N check.
 BOOTSTRAP = {"peers": 4, "dials": 2, "min_routing_table": 3, "mode": "warm", "sample": 2}
 WORKLOAD = [
     {"phase": "bootstrap", "concurrency": 2, "timeout": "300s"},
     {"phase": "publish", "packages": 1, "concurrency": 1, "announce": False, "timeout": "300s"},
-    {"phase": "lookup", "per_peer": 1, "concurrency": 2, "timeout": "300s"},
+    {"phase": "lookup", "per_peer": 2, "concurrency": 2, "timeout": "300s"},
 ]
 SLAS = [{"metric": "get", "stat": "p50", "op": "<", "threshold": "60s"}]
 
 
-def confined_run(tmp_path: Path, dilation: float) -> tuple[int, dict[str, Any]]:
-    """One run confined to CORES at `dilation`; its exit code and the `get` verdict."""
-    name = f"dilation-{dilation:g}"
+def run(tmp_path: Path, dilation: float, cores: float | None) -> tuple[int, dict[str, Any], float]:
+    """One run on `cores` (None: the whole machine) at `dilation`; its exit code, the `get`
+    verdict and the get median (ms)."""
+    name = f"dilation-{dilation:g}-cores-{cores}"
     path = write_topology(tmp_path / f"{name}.yaml", MODEL, total=10, groups=[{"name": "peers", "percent": 100,
                           "link": {"delay": "40ms"}}], bootstrap=BOOTSTRAP, workload=WORKLOAD, slas=SLAS,
-                          network={"peer_hosting": "fork", "peers_per_host": 5, "cpu_limit": CORES,
+                          fidelity={"rerun": 10},
+                          network={"peer_hosting": "fork", "peers_per_host": 5, "deployed_peer": False, "cpu_limit": cores,
                                    "time_dilation": dilation, "start_timeout": "300s"})
     out = tmp_path / name
     done = run_lab("run", str(path), "--out", str(out), "--no-report", timeout=1500)
     verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
-    return done.returncode, next(v for v in verdicts if v["metric"] == "get")
+    p50 = json.loads((out / "summary.json").read_text())["metrics"]["get"]["p50"]
+    return done.returncode, next(v for v in verdicts if v["metric"] == "get"), p50
 
 
 @needs_cpu_controller
 def test_a_confined_machine_is_inconclusive_until_time_is_dilated_enough(tmp_path: Path) -> None:
-    code, verdict = confined_run(tmp_path, 1)
+    _, _, uncontended = run(tmp_path, 1, None)
+
+    code, verdict, _ = run(tmp_path, 1, CORES)
     assert code == exits.INCONCLUSIVE and verdict["status"] == "inconclusive", verdict
     needed = verdict["guard"]["dilation_needed"]
     assert needed is not None and needed > 1, verdict
+    moved = verdict["rerun"]  # the gets measured again at twice the dilation were quicker: they had queued
+    assert moved["moves"] and moved["moves"][0]["move"] < -moved["moves"][0]["tolerance"], moved
 
-    code, verdict = confined_run(tmp_path, SUFFICIENT)
+    code, verdict, p50 = run(tmp_path, SUFFICIENT, CORES)
     assert code == exits.PASS and verdict["status"] == "pass", verdict
     assert verdict["guard"]["conclusive"] and verdict["guard"]["lag_p99_ms"] <= verdict["guard"]["limit_ms"]
+    assert verdict["rerun"]["conclusive"], verdict["rerun"]["reason"]
+    assert abs(p50 - uncontended) <= 0.10 * uncontended, (p50, uncontended)

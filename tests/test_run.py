@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow]
 
 
 def run_id_of(stdout: str) -> str:
-    first = stdout.splitlines()[0]
+    first = next((line for line in stdout.splitlines() if line.startswith("run ")), stdout[:200])
     assert first.startswith("run "), first
     return first.split()[1].rstrip(":")
 
@@ -58,9 +58,12 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     assert len({p["peer_id"] for p in manifest["peers"]}) == 10
     assert all(p["ip"].startswith("198.18.") and p["netns"] and p["group"] == "peers" for p in manifest["peers"])
     assert len(list((out / "logs").glob("host-*.stderr"))) == 10
-    assert [p["phase"] for p in manifest["phases"]] == [p["phase"] for p in manifest["topology"]["workload"]]
+    workload = [p["phase"] for p in manifest["topology"]["workload"]]
+    rerun = [f"{kind} (2N)" for kind in ("gossip", "bootstrap") for _ in range(5)]  # warm-up, N, 2N, 2N, N of each
+    assert [p["phase"] for p in manifest["phases"]] == workload + rerun
 
-    events = read_jsonl(out / "events.jsonl")
+    everything = read_jsonl(out / "events.jsonl")  # the 2N check's operations come after the workload's
+    events = [e for e in everything if e["start_ns"] < next(e["start_ns"] for e in everything if e["op"] == "rerun")]
     summary = json.loads((out / "summary.json").read_text())["metrics"]
     counts = Counter(e["op"] for e in events)
     quick = {p["phase"]: p for p in manifest["topology"]["workload"]}
@@ -69,7 +72,8 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     assert counts["get"] == 10 * quick["lookup"]["per_peer"]
     # publish and gossip end at their announcement barrier: it says all arrived exactly when the
     # events show every other peer received every announcement
-    barriers = [line for line in done.stdout.splitlines() if line.startswith("  barrier: ")]
+    workload_lines = done.stdout.split("[2N]")[0].splitlines()
+    barriers = [line for line in workload_lines if line.startswith("  barrier: ")]
     assert len(barriers) == 2, done.stdout
     all_reached = all("reached every live peer" in line for line in barriers)
     assert all_reached == (summary["gossip_delivery_ratio"]["min"] == 1.0), barriers
@@ -306,7 +310,8 @@ def test_forked_peers_run_and_a_killed_one_is_reported(tmp_path: Path) -> None:
 def test_a_killed_host_loses_its_peers_and_only_them(tmp_path: Path) -> None:
     """network.peers_per_host: 3: six peers in two forked hosts; one host killed, its three
     peers are reported lost with the exit status, the other three finish the workload."""
-    topology = write_topology(tmp_path / "hosts.yaml", network={"peer_hosting": "fork", "peers_per_host": 3})
+    topology = write_topology(tmp_path / "hosts.yaml", network={"peer_hosting": "fork", "peers_per_host": 3,
+                                                                "deployed_peer": False})
     out = tmp_path / "results"
     process, run = start_run(out, topology)
     wait_for_line(process, "[1/6]")
@@ -366,16 +371,19 @@ def test_a_run_whose_peers_never_start_stops_with_their_causes(tmp_path: Path) -
 def test_auto_dilation_doubles_until_joins_measured_again_hold(tmp_path: Path) -> None:
     """time_dilation: auto: an estimate from a pilot, then pilots whose 2N check joins peers again at
     N and 2N, doubling N until the joins no longer move; the run then goes at that N."""
-    topology = write_topology(tmp_path / "auto.yaml", network={"time_dilation": "auto"}, workload=[{"phase": "bootstrap"}],
+    topology = write_topology(tmp_path / "auto.yaml", network={"time_dilation": "auto"},
+                              groups=[{"name": "peers", "count": 6, "link": {"delay": "20ms"}}], fidelity={"rerun": 10},
+                              workload=[{"phase": "bootstrap", "concurrency": 2}],
                               slas=[{"metric": "bootstrap", "stat": "p50", "op": "<", "threshold": "60s"}])
     out = tmp_path / "results"
     done = run_lab("run", str(topology), "--out", str(out), "--no-report")
     assert done.returncode in (0, 4), done.stdout + done.stderr
-    checks = [line for line in done.stdout.splitlines() if line.startswith("[calibration] the 2N check of 6 joins")]
+    checks = [line for line in done.stdout.splitlines() if line.startswith("[calibration] the 2N check of 6 peers")]
     assert checks, done.stdout
     dilation = read_manifest(out).time_dilation
     assert dilation.reason.startswith("auto: a pilot of 6 peers") and "measured again at twice it" in dilation.reason
     tried = [float(line.split("dilation ")[-1]) for line in checks]
     assert dilation.network == tried[-1] and all(b == 2 * a for a, b in itertools.pairwise(tried))
-    assert dilation.later == (dilation.network, 2 * dilation.network)  # the run's own 2N check of its bootstrap
+    n = dilation.network
+    assert dilation.later == (n, n, 2 * n, 2 * n, n)  # the run's own 2N check of its bootstrap
     assert leftovers(run_id_of(done.stdout)) == []

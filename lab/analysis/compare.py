@@ -364,7 +364,7 @@ def _doubts(analysis: Analysis, events: list[Event]) -> dict[str, str]:
     doubts = {}
     for name, summary in analysis.summary.items():
         judgement = judge(name, summary, events, analysis.fidelity)
-        if judgement is not None and not judgement.conclusive:
+        if judgement is not None and not judgement.conclusive and judgement.lag_p99_ms is not None:  # doubts what it saw
             doubts[name] = judgement.reason()
     return doubts
 

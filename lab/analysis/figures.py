@@ -146,7 +146,7 @@ def rechecked(verdict: Verdict, sla: Sla, metric: Metric | None, reruns: Reruns,
         return verdict
     stretches = reruns.get(RERUN_PHASE.get(sla.metric, ""), {})
     check = recheck(sla, metric.values, stretches.get(False), stretches.get(True), tolerance)
-    record = {**asdict(check), "reason": check.reason(metric.unit)}
+    record = check.record(metric.unit)
     if check.conclusive or verdict.status == "inconclusive":
         return replace(verdict, rerun=record)
     return replace(verdict, status="inconclusive", rerun=record, reason=f"{verdict.reason}; {record['reason']}")
@@ -199,6 +199,6 @@ def analyze(records: RunRecords) -> Analysis:
     span = ready_span(events)
     dilation = records.manifest.time_dilation
     ready_s = (dilation.real_ns(span[1]) - dilation.real_ns(span[0])) / 1e9 if span and span[2] else None
-    again = {phase: [Rerun(stretch.factor, stretch.doubled, summarize_metrics(latency_metrics(stretch_events)))
-                     for stretch, stretch_events in by_doubling.values()] for phase, by_doubling in reruns.items()}
+    again = {phase: [Rerun(stretch.factor, doubled, summarize_metrics(latency_metrics(stretch_events)))
+                     for doubled, (stretch, stretch_events) in sides.items()] for phase, sides in reruns.items()}
     return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again)

@@ -4,13 +4,14 @@ The timer-lag guard (guard.py) screens each timer; it cannot see queueing that a
 operation of many steps (a lookup's dozens of hand-offs, each behind its host's other peers). A
 measurement that is the protocol's, not the machine's, does not depend on how much the machine
 was slowed: at twice the dilation the machine looks twice as fast again, and the protocol's time
-stays. So after the workload the run measures some of the operations again at twice the
-dilation of the phase they ran in (lab/workload/phases.py `rerun`), on the same network: first
-at the phase's own dilation, then at twice it, so that the network's state (grown since the
-phase, peers that joined again) is the same for both. A verdict is conclusive only if the median
-and the SLA's statistic moved less than max(`fidelity.tolerance`, their noise) between the two:
-the half-width of the two figures' 95% intervals (bootstrap), added in quadrature. The
-workload's own figure is shown beside them.
+stays. So after the workload the run measures some of the operations again (lab/workload/
+phases.py `rerun`: the same gets and searches after the peers forget their results, joins after
+a leave, new announcements) on the same network, at the phase's own dilation N and at twice it:
+once at N to warm up (not counted), then N, 2N, 2N, N, so that what the network learns from the
+same operations done again is learnt before anything counts, and what it still learns falls on
+both sides alike. A verdict is conclusive only if the median and the SLA's statistic moved less
+than max(`fidelity.tolerance`, their noise) between the two sides: the half-width of the two
+figures' 95% intervals (bootstrap), added in quadrature. The workload's own figure is shown beside them.
 
 What it means for a time spent computing: with `network.cpu: scaled`, computation runs N times
 faster against the links, so a computed time halves at 2N and the check says so (the figure is
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -47,11 +48,12 @@ STATISTIC: dict[str, Statistic] = {
 @dataclass(frozen=True)
 class Stretch:
     """One stretch of the 2N check: a kind of phase measured again at a dilation, the phase's
-    own (`doubled` false: the control, on the network as it is by then) or twice it."""
+    own (`doubled` false: the control, on the network as it is by then) or twice it (true), or a
+    warm-up that does not count (None)."""
 
     phase: str
     factor: float
-    doubled: bool
+    doubled: bool | None
     start_ns: int
     end_ns: int
 
@@ -63,19 +65,20 @@ Again = tuple[Stretch, list[Event]]  # a stretch and the operations started in i
 
 
 def split(events: list[Event]) -> tuple[list[Event], dict[str, dict[bool, Again]]]:
-    """The workload's events, and by kind of phase the 2N check's two stretches (by `doubled`)
-    with the operations started in each."""
+    """The workload's events, and by kind of phase the 2N check's two sides (by `doubled`), each
+    its first stretch with the operations started in any of its stretches."""
     stretches = [Stretch(str(e.details.get("phase")), float(e.details.get("time_dilation", 1)),
-                         bool(e.details.get("doubled")), e.start_ns, e.end_ns) for e in events if e.op == RERUN]
+                         e.details.get("doubled"), e.start_ns, e.end_ns) for e in events if e.op == RERUN]
     reruns: dict[str, dict[bool, Again]] = {}
     for stretch in stretches:
-        reruns.setdefault(stretch.phase, {})[stretch.doubled] = (stretch, [])
+        if stretch.doubled is not None:
+            reruns.setdefault(stretch.phase, {}).setdefault(stretch.doubled, (stretch, []))  # a side's stretches pooled
     main = []
     for event in events:
         inside = next((s for s in stretches if s.holds(event)), None) if event.op != RERUN else None
         if inside is None:
             main.append(event)
-        else:
+        elif inside.doubled is not None:  # a warm-up's operations count nowhere
             reruns[inside.phase][inside.doubled][1].append(event)
     return main, reruns
 
@@ -109,6 +112,11 @@ class Recheck:
     n: tuple[int, int]  # operations measured again at each
     moves: tuple[Move, ...]
     why: str = ""  # when there is no figure to compare
+
+    def record(self, unit: str) -> dict[str, Any]:
+        """What verdicts.json keeps, as JSON reads it back (lists, not tuples)."""
+        return {"conclusive": self.conclusive, "factors": list(self.factors) if self.factors else None, "n": list(self.n),
+                "moves": [asdict(m) for m in self.moves], "why": self.why, "reason": self.reason(unit)}
 
     def reason(self, unit: str) -> str:
         if not self.moves or self.factors is None:

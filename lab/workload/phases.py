@@ -55,6 +55,11 @@ def _own_cpu_seconds() -> float:
 
 
 RERUN_ORDER = ("gossip", "lookup", "search", "bootstrap")  # joins last: a peer that joins again changes the network
+# The 2N check's stretches of each kind, at the phase's dilation (False) or twice it (True): a
+# warm-up at the phase's (None: not counted), then ABBA, so that what the network learns from the
+# same operations done again (caches, reputations) is learnt before anything counts, and what it
+# still learns falls on both sides alike.
+STRETCHES = (None, False, True, True, False)
 
 
 def rerun_phases(topology: Topology) -> list[tuple[int, Phase]]:
@@ -82,6 +87,8 @@ class Workload:
     catalogue: list[dict[str, Any]] = field(default_factory=list)
     published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
     holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
+    fetched: list[tuple[int, str]] = field(default_factory=list)  # (peer, package) of the lookup phases' gets
+    searched: list[tuple[int, str]] = field(default_factory=list)  # (peer, query) of the search phases' remote queries
 
     @cached_property
     def _join_position(self) -> dict[int, int]:
@@ -97,8 +104,9 @@ class Workload:
         return await self._measured(phase.phase, getattr(self, f"_{phase.phase}"), phase)
 
     async def rerun(self, phase: Phase, count: int) -> PhaseRecord:
-        """The 2N check's operations: about `count` more of the phase's kind (joins, gets, remote
-        searches, announcements), on the same network, at whatever dilation is in force."""
+        """The 2N check's operations: about `count` more of the phase's kind (joins, the same gets
+        and remote searches again, announcements), on the same network, at whatever dilation is in
+        force; the same ones at every call."""
         return await self._measured(f"{phase.phase} (2N)", getattr(self, f"_again_{phase.phase}"), phase, count)
 
     async def _measured(self, name: str, runner: Callable[..., Awaitable[None]], phase: Phase, *args: Any) -> PhaseRecord:
@@ -253,21 +261,22 @@ class Workload:
         chosen = {p.index for p in self.topology.rng(f"{purpose} peers").sample(live, peers)}
         return [p for p in live if p.index in chosen]
 
-    async def _lookup(self, phase: LookupPhase, report: PhaseRecord, purpose: str = "lookup") -> None:
-        rng = self.topology.rng(purpose)
+    async def _lookup(self, phase: LookupPhase, report: PhaseRecord) -> None:
+        rng = self.topology.rng("lookup")
         calls = []
-        for peer in self._taking_part(phase.peers, purpose):
+        for peer in self._taking_part(phase.peers, "lookup"):
             candidates = self._not_held(peer)
-            chosen = rng.sample(candidates, min(phase.per_peer, len(candidates)))
-            self.holdings.setdefault(peer.index, set()).update(p["id"] for p in chosen)
-            calls.append((peer, Call.GET, {"ids": [p["id"] for p in chosen]}))
+            chosen = [p["id"] for p in rng.sample(candidates, min(phase.per_peer, len(candidates)))]
+            self.holdings.setdefault(peer.index, set()).update(chosen)
+            self.fetched += [(peer.index, package) for package in chosen]
+            calls.append((peer, Call.GET, {"ids": chosen}))
         await self._calls(report, phase.timeout, calls, phase.concurrency)
 
-    async def _search(self, phase: SearchPhase, report: PhaseRecord, purpose: str = "search") -> None:
+    async def _search(self, phase: SearchPhase, report: PhaseRecord) -> None:
         """Each query runs twice: the first goes local or remote, the repeat hits the cache."""
-        rng = self.topology.rng(purpose)
+        rng = self.topology.rng("search")
         calls = []
-        for peer in self._taking_part(phase.peers, purpose):
+        for peer in self._taking_part(phase.peers, "search"):
             held = [p for p in self.catalogue if p["id"] in self.holdings.get(peer.index, set())]
             remote = self._not_held(peer)
             queries = []
@@ -276,6 +285,7 @@ class Workload:
                 pool = (remote, held)[number % 2] or held or remote
                 if pool:
                     queries.append(query_for(rng.choice(pool)))
+                    self.searched += [(peer.index, queries[-1])] if pool is remote else []
             calls.append((peer, Call.SEARCH, {"queries": queries + queries, "fanout": phase.fanout}))
         await self._calls(report, phase.timeout, calls, phase.concurrency)
 
@@ -321,13 +331,35 @@ class Workload:
                 await asyncio.gather(*(rejoin(peer, stayed, ticker) for peer in batch))
 
     async def _again_lookup(self, phase: LookupPhase, report: PhaseRecord, count: int) -> None:
-        peers = min(count, len(self.peers()))
-        again = phase.model_copy(update={"peers": peers, "per_peer": math.ceil(count / peers)})
-        await self._lookup(again, report, "rerun lookup")
+        """The same gets again: a sample of the lookup phases' (peer, package) pairs, each peer
+        forgetting the packages first, so that every get goes to the network as it did."""
+        await self._again(phase, report, count, self.fetched, Call.GET, lambda ids: ({"packages": ids, "queries": []},
+                                                                                    {"ids": ids}))
 
     async def _again_search(self, phase: SearchPhase, report: PhaseRecord, count: int) -> None:
-        again = phase.model_copy(update={"peers": min(count, len(self.peers())), "queries_per_peer": 1})  # a remote one
-        await self._search(again, report, "rerun search")
+        """The same remote searches again, each peer forgetting its cached results first."""
+        await self._again(phase, report, count, self.searched, Call.SEARCH,
+                          lambda queries: ({"packages": [], "queries": queries}, {"queries": queries, "fanout": phase.fanout}))
+
+    async def _again(self, phase: LookupPhase | SearchPhase, report: PhaseRecord, count: int, done: list[tuple[int, str]],
+                     op: Call, args: Callable[[list[str]], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """A sample (the same for every stretch) of the (peer, item) pairs a phase did, again:
+        each peer forgets its items, then asks for them, `concurrency` peers at a time."""
+        live = {p.index: p for p in self.peers()}
+        sample = self.topology.rng(f"rerun {phase.phase}").sample(done, min(count, len(done)))
+        by_peer: dict[int, list[str]] = {}
+        for peer, item in sample:
+            if peer in live:
+                by_peer.setdefault(peer, []).append(item)
+        limit = asyncio.Semaphore(phase.concurrency)
+
+        async def again(peer: PeerInfo, items: list[str]) -> None:
+            forget, ask = args(items)
+            async with limit:
+                await self._call(report, phase.timeout, peer, Call.FORGET, forget)
+                await self._call(report, phase.timeout, peer, op, ask)
+
+        await asyncio.gather(*(again(live[peer], items) for peer, items in by_peer.items()))
 
     async def _again_gossip(self, phase: GossipPhase, report: PhaseRecord, count: int) -> None:
         receivers = max(1, len(self.peers()) - 1)
