@@ -228,17 +228,24 @@ class Peer:
         """Leaves the network without stopping: every connection closed, the routing table
         emptied, so that a bootstrap call joins it again as a newcomer would (keys, store and
         packages kept)."""
-        async with trio.open_nursery() as nursery:  # at once: py-libp2p pauses 0.2 s in closing each connection
-            for peer_id in list(self.host.get_connected_peers()):
-                nursery.start_soon(self.host.disconnect, peer_id)
+        await self._disconnect()
         for peer_id in self.dht.routing_table.get_peer_ids():
             self.dht.routing_table.remove_peer(peer_id)
         return self.stats()
 
-    async def op_forget(self, packages: list[str], queries: list[str]) -> None:
+    async def op_forget(self, packages: list[str], queries: list[str], disconnect: bool = False) -> None:
         """Drops packages this peer fetched and search results it cached, so that the same get or
-        search goes to the network again (the 2N check measures the same operations again)."""
+        search goes to the network again (the 2N check measures the same operations again); with
+        `disconnect`, its connections too (routing table and addresses kept), so that the get dials
+        what it needs, as a get in a large network does."""
         self.market.forget(packages, queries)
+        if disconnect:
+            await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        async with trio.open_nursery() as nursery:  # at once: py-libp2p pauses 0.2 s in closing each connection
+            for peer_id in list(self.host.get_connected_peers()):
+                nursery.start_soon(self.host.disconnect, peer_id)
 
     async def op_retime(self, real_ns: int, real_wall_ns: int, factor: float) -> None:
         """The host process's clocks change factor from a real instant on (nodes/clock.py)."""

@@ -1,15 +1,14 @@
 """The fidelity guard, end to end, on a machine made slow for real: the peers' host processes
-confined to a sliver of the CPU by a cgroup quota (`network.cpu_limit`), ten peers behind 40 ms
-links (the scale model of bench/time_dilation.py, with the 1000-peer topology's delay between
+confined to an eighth of the CPU by a cgroup quota (`network.cpu_limit`), ten peers behind 40
+ms links (the scale model of bench/time_dilation.py, with the 1000-peer topology's delay between
 regions).
 
-Undilated, the confined peers' latencies are mostly waiting for that sliver: the guard must
-call them inconclusive (exit 4) and say that a time dilation above 1 would be needed. At a
-sufficient dilation the same confinement gives conclusive verdicts. Sufficient, measured: at
-0.1 cores a host's timers ran up to ~200 ms late in real time (the quota's periods and
-py-libp2p's CPU steps), so at 40 at most 5 ms in virtual time; a `get` over 20 ms links took
-a median 136 ms at 40, so over 40 ms links about twice that, of which the guard allows 5%:
-~13 ms.
+Undilated, the confined peers' gets wait for that eighth: the 2N check must find them quicker
+at twice the dilation and call the verdict inconclusive (exit 4), whether or not the timer-lag
+screen saw it (measured: a lag p99 of 20 ms against 18 ms allowed, a hair's breadth). At a
+sufficient dilation the same confinement gives a conclusive verdict, whose median lies within
+10% of an uncontended run's (the whole machine, undilated). Sufficient, measured: at 16 the
+gets' lag p99 was 0.2 ms against 13 ms allowed, and measured again at 16 and 32 they held.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ BOOTSTRAP = {"peers": 4, "dials": 2, "min_routing_table": 3, "mode": "warm", "sa
 WORKLOAD = [
     {"phase": "bootstrap", "concurrency": 2, "timeout": "300s"},
     {"phase": "publish", "packages": 1, "concurrency": 1, "announce": False, "timeout": "300s"},
-    {"phase": "lookup", "per_peer": 2, "concurrency": 2, "timeout": "300s"},
+    {"phase": "lookup", "per_peer": 1, "concurrency": 8, "timeout": "300s"},
 ]
 SLAS = [{"metric": "get", "stat": "p50", "op": "<", "threshold": "60s"}]
 
@@ -46,7 +45,7 @@ def run(tmp_path: Path, dilation: float, cores: float | None) -> tuple[int, dict
     name = f"dilation-{dilation:g}-cores-{cores}"
     path = write_topology(tmp_path / f"{name}.yaml", MODEL, total=10, groups=[{"name": "peers", "percent": 100,
                           "link": {"delay": "40ms"}}], bootstrap=BOOTSTRAP, workload=WORKLOAD, slas=SLAS,
-                          fidelity={"rerun": 10},
+                          fidelity={"rerun": 10, "tolerance": "10%"},
                           network={"peer_hosting": "fork", "peers_per_host": 5, "deployed_peer": False, "cpu_limit": cores,
                                    "time_dilation": dilation, "start_timeout": "300s"})
     out = tmp_path / name
@@ -62,10 +61,10 @@ def test_a_confined_machine_is_inconclusive_until_time_is_dilated_enough(tmp_pat
 
     code, verdict, _ = run(tmp_path, 1, CORES)
     assert code == exits.INCONCLUSIVE and verdict["status"] == "inconclusive", verdict
-    needed = verdict["guard"]["dilation_needed"]
-    assert needed is not None and needed > 1, verdict
     moved = verdict["rerun"]  # the gets measured again at twice the dilation were quicker: they had queued
     assert moved["moves"] and moved["moves"][0]["move"] < -moved["moves"][0]["tolerance"], moved
+    if not verdict["guard"]["conclusive"]:  # where the timer-lag screen saw it too, it names a dilation
+        assert verdict["guard"]["dilation_needed"] > 1, verdict
 
     code, verdict, p50 = run(tmp_path, SUFFICIENT, CORES)
     assert code == exits.PASS and verdict["status"] == "pass", verdict

@@ -332,9 +332,10 @@ class Workload:
 
     async def _again_lookup(self, phase: LookupPhase, report: PhaseRecord, count: int) -> None:
         """The same gets again: a sample of the lookup phases' (peer, package) pairs, each peer
-        forgetting the packages first, so that every get goes to the network as it did."""
-        await self._again(phase, report, count, self.fetched, Call.GET, lambda ids: ({"packages": ids, "queries": []},
-                                                                                    {"ids": ids}))
+        forgetting the packages and closing its connections first, so that every get goes to the
+        network and dials what it needs, as a get in a large network does."""
+        await self._again(phase, report, count, self.fetched, Call.GET,
+                          lambda ids: ({"packages": ids, "queries": [], "disconnect": True}, {"ids": ids}))
 
     async def _again_search(self, phase: SearchPhase, report: PhaseRecord, count: int) -> None:
         """The same remote searches again, each peer forgetting its cached results first."""
