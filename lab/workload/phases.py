@@ -7,10 +7,11 @@ topology seed, one random stream per purpose, so the same seed gives the same sc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -89,6 +90,7 @@ class Workload:
     holdings: dict[int, set[str]] = field(default_factory=dict)  # published and planned to fetch
     fetched: list[tuple[int, str]] = field(default_factory=list)  # (peer, package) of the lookup phases' gets
     searched: list[tuple[int, str]] = field(default_factory=list)  # (peer, query) of the search phases' remote queries
+    announced: Iterator[int] = field(default_factory=itertools.count)  # numbers messages: one id is one message
 
     @cached_property
     def _join_position(self) -> dict[int, int]:
@@ -293,7 +295,8 @@ class Workload:
         rng = self.topology.rng(purpose)
         publishers = [p for p in self.peers() if self.published.get(p.index)]
         first = self.deliveries.mark()
-        for number in range(phase.announcements):
+        for _ in range(phase.announcements):
+            number = next(self.announced)
             if not publishers:
                 self.errors.append(LabErrorRecord(phase=report.phase, error="no peer holds a package to announce"))
                 break
