@@ -60,7 +60,9 @@ def test_200_peers_in_forked_hosts_run_to_the_end_and_leave_nothing(tmp_path: Pa
     impairment = manifest["impairment"]
     assert impairment["applied"] and impairment["verification_status"] in ("passed", "unverified"), impairment
     assert not [c for r in impairment["verification"] for c in r["checks"] if c["status"] == "failed"]
-    assert {r["dest"] for r in impairment["verification"]} and len(impairment["verification"]) == 4
+    pairs = [(r["source"], r["dest"]) for r in impairment["verification"]]
+    host = {p["index"]: p["netns"] for p in peers}
+    assert len(pairs) == 5 and sum(host[s] == host[d] for s, d in pairs) == 1  # each pair of groups, and one within a host
 
     # Warm start: all but the sample from converged tables, the sample joined cold; gossip
     # reached peers of every host.

@@ -295,7 +295,7 @@ class Workload:
         rng = self.topology.rng(purpose)
         publishers = [p for p in self.peers() if self.published.get(p.index)]
         first = self.deliveries.mark()
-        for _ in range(phase.announcements):
+        for sent in range(phase.announcements):
             number = next(self.announced)
             if not publishers:
                 self.errors.append(LabErrorRecord(phase=report.phase, error="no peer holds a package to announce"))
@@ -303,8 +303,9 @@ class Workload:
             peer = rng.choice(publishers)
             package = self.published[peer.index][0]
             announcement = {"message_id": f"{purpose}:{number}", "package_id": package}
+            if sent:  # the interval lies between announcements, not after the last
+                await asyncio.sleep(self.dilation.real_s(phase.interval))
             await self._call(report, phase.timeout, peer, Call.ANNOUNCE, announcement)
-            await asyncio.sleep(self.dilation.real_s(phase.interval))
         await self._settle(first, phase.settle)
 
     # -- the 2N check's operations: the same calls again, drawn from streams of their own ------
