@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,13 +18,22 @@ from lab import sweep as sweeps
 from lab.analysis import compare as compare_runs
 from lab.analysis.records import read_json
 from lab.errors import OUTCOMES, BadInput, Interrupted, LabError, SlaFailed
+from lab.history import text as history_text
+from lab.history.acks import read_acks
+from lab.history.baseline import compare_with_history
+from lab.history.changes import Rules
+from lab.history.nights import gather
+from lab.history.page import write_page
+from lab.history.trends import build
 from lab.local_machine import choose_mode
 from lab.manifest import EVENTS, MANIFEST, REPEAT, SWEEP, SWEEP_TABLE, stored
 from lab.metric_names import unit_of
 from lab.network import doctor
 from lab.orchestrator import RunOutcome, default_out, run_repeated, run_topology
 from lab.output import terminal
+from lab.output.export import write_history_openmetrics
 from lab.output.report import write_report
+from lab.output.results import strict_json, write_json
 from lab.shaping import live
 from lab.shaping.backend import choose_backend
 from lab.topology import load_topology
@@ -117,8 +127,9 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
 
 
 @main.command()
-@click.argument("baseline", type=click.Path(path_type=Path))
-@click.argument("candidate", type=click.Path(path_type=Path))
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[BASELINE] CANDIDATE")
+@click.option("--baseline-from", "history_root", type=click.Path(path_type=Path, file_okay=False),
+              help="Take the baseline from this history: the stable nights of the candidate's topology and testbed.")
 @click.option("--metric", "metrics", multiple=True, help="Compare only these metrics (repeatable).")
 @click.option("--noise", default=f"{compare_runs.DEFAULT_NOISE:.0%}", show_default=True, help="Changes inside ±noise are noise.")
 @click.option(
@@ -128,21 +139,26 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, re
 @click.option("--strict", is_flag=True, help="Exit 1 if any metric regressed, 2 if nothing could be compared.")
 @click.option("--format", "output", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
 def compare(
-    baseline: Path, candidate: Path, metrics: tuple[str, ...], noise: str, alpha: float, strict: bool, output: str
+    dirs: tuple[Path, ...], history_root: Path | None, metrics: tuple[str, ...], noise: str, alpha: float, strict: bool,
+    output: str
 ) -> None:
-    """Compare two results directories metric by metric (rule: docs/compare.md)."""
-    try:
-        noise_share = quantities.fraction(noise)
-    except ValueError as exc:
-        raise BadInput(f"--noise: {exc}") from None
+    """Compare two results directories metric by metric, or a run with the stable stretch of a history
+    (--baseline-from); rule: docs/compare.md."""
+    noise_share = _share("--noise", noise)
     unknown = [m for m in metrics if unit_of(m) is None]
     if unknown:
         raise BadInput(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
-    for label, run_dir in (("BASELINE", baseline), ("CANDIDATE", candidate)):
-        single = (run_dir / MANIFEST).is_file() and stored(run_dir, EVENTS) is not None
-        if not single and not compare_runs.is_repeat(run_dir):
-            raise BadInput(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl, no repeat.json)")
-    report = compare_runs.compare_dirs(baseline, candidate, noise_share, alpha, metrics)
+    if len(dirs) != (1 if history_root else 2):
+        raise BadInput("give BASELINE and CANDIDATE, or --baseline-from ROOT and CANDIDATE")
+    if history_root:
+        report = compare_with_history(history_root, dirs[0], Rules(noise=noise_share), alpha, metrics)
+    else:
+        for label, run_dir in zip(("BASELINE", "CANDIDATE"), dirs, strict=True):
+            single = (run_dir / MANIFEST).is_file() and stored(run_dir, EVENTS) is not None
+            if not single and not compare_runs.is_repeat(run_dir):
+                raise BadInput(f"{label} {run_dir} is not a results directory (no manifest.json and events.jsonl, "
+                               "no repeat.json)")
+        report = compare_runs.compare_dirs(dirs[0], dirs[1], noise_share, alpha, metrics)
     for line in report.skipped:
         click.echo(f"note: {line}", err=True)
     for line in terminal.comparison_lines(report, output):
@@ -153,6 +169,58 @@ def compare(
     regressed = [c.metric for c in report.comparisons if c.verdict == "regressed"]
     if strict and regressed:
         raise SlaFailed(f"regressed (--strict): {', '.join(regressed)}")
+
+
+def _share(option: str, text: str) -> float:
+    try:
+        return quantities.fraction(text)
+    except ValueError as exc:
+        raise BadInput(f"{option}: {exc}") from None
+
+
+@main.command()
+@click.argument("roots", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False), metavar="ROOT...")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Where history.html, .json, .md and .prom go (default: the first ROOT).")
+@click.option("--format", "output", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@click.option("--metric", "metrics", multiple=True, help="Only these metrics (repeatable).")
+@click.option("--last", type=click.IntRange(min=2), help="Only the newest N nights of each topology.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="Only nights from this date (UTC) on.")
+@click.option("--noise", default=f"{compare_runs.DEFAULT_NOISE:.0%}", show_default=True, help="Changes inside ±noise are noise.")
+@click.option("--confirm", type=click.IntRange(min=1), default=Rules.confirm, show_default=True,
+              help="Nights that must follow a change before it is confirmed.")
+def history(roots: tuple[Path, ...], out: Path | None, output: str, metrics: tuple[str, ...], last: int | None,
+            since: datetime | None, noise: str, confirm: int) -> None:
+    """Gather the runs under ROOTs into nightly series per topology and testbed, find their change points, write
+    history.html/.json/.md/.prom; exit 1 on a confirmed, unacknowledged regression (docs/nightly.md)."""
+    unknown = [m for m in metrics if unit_of(m) is None]
+    if unknown:
+        raise BadInput(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
+    rules = Rules(noise=_share("--noise", noise), confirm=confirm)
+    gathered = gather(list(roots))
+    for line in gathered.skipped:
+        click.echo(f"skipped: {line}", err=True)
+    if not gathered.nights:
+        raise BadInput(f"no complete runs under {', '.join(map(str, roots))}: nothing to make a history of")
+    found = build(gathered.nights, rules, read_acks(roots[0]), metrics, last, since.replace(tzinfo=UTC) if since else None)
+    found.skipped = gathered.skipped
+    out = out or roots[0]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "history.json", found.record())
+    (out / "history.md").write_text(history_text.markdown(found))
+    write_history_openmetrics(out / "history.prom", found)
+    page = write_page(found, out)
+    if output == "json":
+        click.echo(strict_json(found.record()))
+    elif output == "markdown":
+        click.echo(history_text.markdown(found), nl=False)
+    else:
+        for line in history_text.table(found):
+            click.echo(line)
+        click.echo(f"history: {page}")
+    if found.failing:
+        raise SlaFailed(f"{len(found.failing)} confirmed regressions: "
+                        + ", ".join(f"{f.series.metric} at {f.night.run_id}" for f in found.failing))
 
 
 def _running_run(run_dir: Path | None) -> dict[str, Any]:

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -41,6 +44,24 @@ def event(op: str, ms: float, ok: bool = True, peer: int | None = 0, start_ns: i
     """A hand-made event as peers report them: `ms` long, started at `start_ns`."""
     return Event.of({"op": op, "peer": peer, "start_ns": start_ns, "end_ns": start_ns + int(ms * 1e6), "ok": ok,
                      "error": None if ok else "x", **fields})
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's headless chromium (installed by install.sh --test) driven by selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield browser
+    finally:
+        browser.quit()
 
 
 def lab_command(*args: str) -> list[str]:

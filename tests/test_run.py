@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import DEFAULT, ROOT, TINY, lab_command, leftovers, needs_root, run_lab, write_topology
+from conftest import DEFAULT, ROOT, TINY, chromium, lab_command, leftovers, needs_root, run_lab, write_topology
 from lab import runid
 from lab.analysis.compare import run_samples
 from lab.analysis.figures import analyze
@@ -247,25 +247,15 @@ def test_lab_clean_removes_what_a_killed_orchestrator_left(tmp_path: Path) -> No
 def test_report_opens_in_a_real_browser_with_every_image_and_the_runs_verdicts(netns_run: tuple) -> None:
     """lab run wrote report.html; Debian's chromium (installed by install.sh --test) loads it
     from disk, with no server, and shows what verdicts.json says."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     _, out = netns_run
     assert {p.name for p in (out / "plots").iterdir()} >= {"latency_cdf.png", "latency_cdf.svg", "memory_over_time.png"}
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
+    with chromium() as browser:
         browser.get((out / "report.html").resolve().as_uri())
         images = browser.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
         rows = browser.find_elements(By.CSS_SELECTOR, "#verdicts tr")[1:]
         shown = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")[:2]] for row in rows]
-    finally:
-        browser.quit()
     assert len(images) >= 5 and all(complete and width > 0 for complete, width in images), images
     verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
     assert shown == [[v["status"].upper(), v["metric"]] for v in verdicts]

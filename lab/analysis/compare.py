@@ -59,7 +59,7 @@ DEFAULT_NOISE = 0.03  # the seed documents' threshold; see docs/compare.md
 DEFAULT_ALPHA = 0.05
 VERDICTS = ("regressed", "improved", "within noise", "unclear", "inconclusive", "not enough samples",
             "only in baseline", "only in candidate")
-Level = Literal["samples", "runs"]
+Level = Literal["samples", "runs", "stretch"]  # stretch: a history's stable nights against a run or repeat
 
 
 @dataclass
@@ -156,7 +156,7 @@ def shift_test(baseline: list[float], candidate: list[float], noise: float, alph
     """Sample level: Hodges-Lehmann shift with the Mann-Whitney U test's interval and p-values."""
     base, cand = np.asarray(baseline, float), np.asarray(candidate, float)
     logs = _positive(base, cand)
-    scale = float(np.median(base)) or 1.0
+    scale = float(np.median(base))
     x, y = (np.log(base), np.log(cand)) if logs else (base, cand)
     up, down = (math.log1p(noise), math.log1p(-noise)) if logs else (noise * scale, -noise * scale)
     rng = np.random.default_rng(seed)
@@ -179,19 +179,21 @@ def shift_test(baseline: list[float], candidate: list[float], noise: float, alph
                 p(0.0, "two-sided"), p(up, "greater"), p(down, "less"), p(up, "less"), p(down, "greater"))
 
 
-def welch_test(baseline: list[float], candidate: list[float], noise: float, alpha: float) -> Test:
-    """Run level: Welch's t on the log run medians (their raw values if any is <= 0)."""
+def _scaled(baseline: list[float], candidate: list[float], noise: float
+            ) -> tuple[np.ndarray, np.ndarray, bool, float, float, float]:
+    """Both sides on the scale a run-level test uses (logs, or raw values if any is <= 0), the
+    baseline's mean for relative changes, and the noise band's edges on that scale."""
     base, cand = np.asarray(baseline, float), np.asarray(candidate, float)
     logs = _positive(base, cand)
-    scale = float(np.mean(base)) or 1.0
+    scale = float(np.mean(base))
     x, y = (np.log(base), np.log(cand)) if logs else (base, cand)
     up, down = (math.log1p(noise), math.log1p(-noise)) if logs else (noise * scale, -noise * scale)
-    theta = float(y.mean() - x.mean())
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    se = math.sqrt(vx + vy) or 1e-12  # constant runs on both sides: any difference is certain
-    spread = vx**2 / (x.size - 1) + vy**2 / (y.size - 1)
-    df = (vx + vy) ** 2 / spread if spread else float(x.size + y.size - 2)
+    return x, y, logs, scale, up, down
+
+
+def _t_result(theta: float, se: float, df: float, logs: bool, scale: float, band: tuple[float, float], alpha: float) -> Test:
     t = stats.t(df)
+    up, down = band
 
     def p(shift: float, alternative: str) -> float:
         score = (theta - shift) / se
@@ -203,9 +205,29 @@ def welch_test(baseline: list[float], candidate: list[float], noise: float, alph
                 p(0.0, "two-sided"), p(up, "greater"), p(down, "less"), p(up, "less"), p(down, "greater"))
 
 
-def band_verdict(interval: tuple[float, float], noise: float, higher_better: bool) -> str:
-    """The band rule on an interval alone (tails): beyond, inside, or unclear."""
-    low, high = interval
+def welch_test(baseline: list[float], candidate: list[float], noise: float, alpha: float) -> Test:
+    """Run level: Welch's t on the log run medians (their raw values if any is <= 0)."""
+    x, y, logs, scale, up, down = _scaled(baseline, candidate, noise)
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(vx + vy) or 1e-12  # constant runs on both sides: any difference is certain
+    spread = vx**2 / (x.size - 1) + vy**2 / (y.size - 1)
+    df = (vx + vy) ** 2 / spread if spread else float(x.size + y.size - 2)
+    return _t_result(float(y.mean() - x.mean()), se, df, logs, scale, (up, down), alpha)
+
+
+def pooled_test(baseline: list[float], candidate: list[float], noise: float, alpha: float) -> Test:
+    """A few new runs (one or two) against a stretch of baseline runs: Student's t on the logs
+    with the baseline's spread for both sides (a prediction test; with one new run, how far it
+    lies outside what the baseline's runs vary by). Welch's t needs a spread on each side."""
+    x, y, logs, scale, up, down = _scaled(baseline, candidate, noise)
+    se = float(x.std(ddof=1)) * math.sqrt(1 / x.size + 1 / y.size) or 1e-12
+    return _t_result(float(y.mean() - x.mean()), se, x.size - 1, logs, scale, (up, down), alpha)
+
+
+def band_verdict(interval: tuple[float, float | None], noise: float, higher_better: bool) -> str:
+    """The band rule on an interval alone (tails): beyond, inside, or unclear. An interval
+    without an upper bound (None) reaches beyond every band upwards."""
+    low, high = interval[0], math.inf if interval[1] is None else interval[1]
     if low > noise:
         return "improved" if higher_better else "regressed"
     if high < -noise:
@@ -218,6 +240,7 @@ def band_verdict(interval: tuple[float, float], noise: float, higher_better: boo
 def _tail(base: MetricData, cand: MetricData, noise: float, alpha: float, family: int, higher_better: bool
           ) -> dict[str, Any] | None:
     level = 2 * alpha / max(family, 1)  # each one-sided bound at alpha / m
+    interval: tuple[float, float | None]
     if base.tails is not None and cand.tails is not None:
         if min(len(base.tails), len(cand.tails)) < MIN_RUNS:
             return None
@@ -231,8 +254,11 @@ def _tail(base: MetricData, cand: MetricData, noise: float, alpha: float, family
         # from the two, covers with at least 1 - level: conservative, distribution-free, cheap.
         (b_low, b_high), (c_low, c_high) = (_quantile_interval(x, 1 - level / 2) for x in (b, c))
         change = float(np.percentile(c, 95) / np.percentile(b, 95) - 1)
-        interval = (c_low / b_high - 1 if b_high > 0 else -1.0, c_high / b_low - 1 if b_low > 0 else math.inf)
-    return {"change": change, "interval": interval, "confidence": 1 - level,
+        high = c_high / b_low - 1 if b_low > 0 and math.isfinite(c_high) else None
+        interval = (c_low / b_high - 1 if b_high > 0 and math.isfinite(b_high) else -1.0, high)
+    unbounded = (f"no upper bound: {MIN_SAMPLES}+ samples bound a median, a p95 at {1 - level:.1%} needs more on each side"
+                 if interval[1] is None else None)
+    return {"change": change, "interval": interval, "confidence": 1 - level, "unbounded": unbounded,
             "verdict": band_verdict(interval, noise, higher_better)}
 
 
@@ -240,7 +266,7 @@ def _quantile_interval(values: np.ndarray, confidence: float) -> tuple[float, fl
     """The p95's distribution-free interval; a side the order statistics cannot bound is open."""
     bounds = stats.quantile_test(values, q=float(np.percentile(values, 95)), p=0.95).confidence_interval(confidence)
     low, high = float(bounds.low), float(bounds.high)
-    return (low if math.isfinite(low) else 0.0, high if math.isfinite(high) else math.inf)
+    return (low if math.isfinite(low) else 0.0, high)
 
 
 def _more_failures(base: MetricData, cand: MetricData) -> float | None:
@@ -265,7 +291,7 @@ def _adjust(family: list[Comparison], key: str, pvalues: dict[str, float]) -> No
 
 def compare_sides(baseline: dict[str, MetricData], candidate: dict[str, MetricData], noise: float, alpha: float,
                   level: Level = "samples", primary: frozenset[str] = frozenset(), seed: int = 0) -> list[Comparison]:
-    minimum = MIN_RUNS if level == "runs" else MIN_SAMPLES
+    minimum = MIN_SAMPLES if level == "samples" else MIN_RUNS
     comparisons: list[Comparison] = []
     tests: dict[str, Test] = {}
     failures: dict[str, float] = {}
@@ -279,12 +305,16 @@ def compare_sides(baseline: dict[str, MetricData], candidate: dict[str, MetricDa
             continue
         if (p := _more_failures(base, cand)) is not None:
             failures[name] = p
-        if min(len(base.values), len(cand.values)) < minimum:
+        if min(len(base.values), len(cand.values) if level != "stretch" else minimum) < minimum or not cand.values:
             comparison.verdict = "not enough samples"
             comparison.reason = f"{len(base.values)} vs {len(cand.values)} values; at least {minimum} per side"
             continue
-        test = (welch_test(base.values, cand.values, noise, alpha) if level == "runs"
-                else shift_test(base.values, cand.values, noise, alpha, seed))
+        if (zero := _zero_centre(base.values, cand.values, level)) is not None:
+            comparison.verdict, comparison.reason = "unclear", zero
+            continue
+        test = (shift_test(base.values, cand.values, noise, alpha, seed) if level == "samples"
+                else welch_test(base.values, cand.values, noise, alpha) if len(cand.values) >= MIN_RUNS
+                else pooled_test(base.values, cand.values, noise, alpha))
         tests[name] = test
         comparison.change, comparison.interval, comparison.p_value = test.change, test.interval, test.p_value
         comparison.fidelity = "; ".join(f"{label}: {why}" for label, side in (("baseline", base), ("candidate", cand))
@@ -302,6 +332,18 @@ def compare_sides(baseline: dict[str, MetricData], candidate: dict[str, MetricDa
                 comparison.tail = _tail(base, cand, noise, alpha, len(members), higher_is_better(comparison.metric))
             _judge(comparison, alpha, noise)
     return comparisons
+
+
+def _zero_centre(baseline: list[float], candidate: list[float], level: Level) -> str | None:
+    """Why a relative change is undefined (values on their own scale, a baseline centred on 0), or None."""
+    base = np.asarray(baseline, float)
+    if _positive(base, np.asarray(candidate, float)):
+        return None
+    centre = float(np.median(base) if level == "samples" else np.mean(base))
+    if centre:
+        return None
+    return (f"the baseline's {'median' if level == 'samples' else 'mean'} is 0: a change relative to it is undefined "
+            f"(candidate's median {float(np.median(candidate)):.4g})")
 
 
 def _judge(comparison: Comparison, alpha: float, noise: float) -> None:
@@ -332,8 +374,9 @@ def _judge(comparison: Comparison, alpha: float, noise: float) -> None:
     elif comparison.tail and comparison.tail["verdict"] == "regressed" and comparison.verdict != "regressed":
         tail = comparison.tail
         comparison.verdict = "regressed"
+        upper = "unbounded" if tail["interval"][1] is None else f"{tail['interval'][1]:+.1%}"
         comparison.reason = (f"p95 change {tail['change']:+.1%}, interval [{tail['interval'][0]:+.1%}, "
-                             f"{tail['interval'][1]:+.1%}]: the tail, beyond {band}; median: {shown}")
+                             f"{upper}]: the tail, beyond {band}; median: {shown}")
     if comparison.fidelity:
         comparison.verdict, comparison.reason = "inconclusive", f"{comparison.fidelity}; {shown}"
 

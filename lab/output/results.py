@@ -12,10 +12,16 @@ from typing import IO, Any
 from lab.manifest import LOGS, MANIFEST, Manifest
 
 
+def strict_json(data: Any, indent: int | None = 2) -> str:
+    """JSON that jq, browsers and CI steps parse: no NaN or Infinity (ValueError if any slipped in;
+    an unbounded figure is null with a reason beside it)."""
+    return json.dumps(data, indent=indent, sort_keys=False, default=str, allow_nan=False)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomic: a reader never sees half a file, even if the run is killed mid-write."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(strict_json(data) + "\n")
     os.replace(tmp, path)
 
 
@@ -43,7 +49,7 @@ class ResultsDir:
         stream = self._streams.get(name)
         if stream is None:
             stream = self._streams[name] = (self.path / name).open("a", buffering=1)
-        stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        stream.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
 
     def write(self, name: str, data: Any) -> None:
         write_json(self.path / name, data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from lab.analysis.compare import Report
@@ -12,6 +11,7 @@ from lab.analysis.sla import Verdict
 from lab.analysis.stats import Summary
 from lab.manifest import PhaseRecord
 from lab.metric_names import TIME_TO_READY
+from lab.output.results import strict_json
 
 SHOWN = ("n", "success_ratio", "p50", "p95", "p99", "max")
 
@@ -41,7 +41,7 @@ def _percent(value: float | None) -> str:
 def comparison_lines(report: Report, output: str) -> list[str]:
     """`table` for a terminal, `markdown` for a CI comment, `json` for tools."""
     if output == "json":
-        return [json.dumps(report.to_json(), indent=2)]
+        return [strict_json(report.to_json())]
     families = ", ".join(f"{n} {family}" for family, n in report.adjustment["families"].items())
     what = ("each value one run's median" if report.level == "runs" else "every sample of each run")
     intro = [f"level: {report.level} ({what}); baseline {report.baseline['path']}, candidate {report.candidate['path']}; "
