@@ -186,7 +186,8 @@ def test_history_page_opens_offline_with_a_chart_per_metric_and_tooltips(tmp_pat
     with chromium() as browser:
         browser.get((tmp_path / "history.html").resolve().as_uri())
         figures = browser.execute_script("return Array.from(document.querySelectorAll('figure')).map(f => f.dataset.metric)")
-        titles = browser.execute_script("return Array.from(document.querySelectorAll('figure svg title')).map(t => t.textContent)")
+        titles = browser.execute_script(
+            "return Array.from(document.querySelectorAll('figure svg title')).map(t => t.textContent)")
         verdict = browser.execute_script("return document.getElementById('verdict').textContent.trim()")
     assert sorted(figures) == sorted(METRICS) and verdict == "1 confirmed regression"
     assert len(titles) == 12 * len(METRICS) and any("change +" in t and "confirmed" in t for t in titles)
