@@ -17,9 +17,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     command -v git >/dev/null 2>&1 || missing+=(git)
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
     dpkg -s libnetfilter-queue-dev >/dev/null 2>&1 || missing+=(libnetfilter-queue-dev)
-    if [ -n "$extras" ]; then  # the report test opens report.html in Debian's chromium
-        command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    if [ -n "$extras" ]; then  # the report tests open pages in Debian's chromium; the history's export is
+        command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # backfilled into a real Prometheus
         command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+        command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     fi
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "install.sh: apt-get install ${missing[*]}"

@@ -81,12 +81,20 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Results directory (default results/<name>-<UTC time>).")
 @click.option("--seed", type=int, help="Override the topology's seed.")
 @click.option("--quick", is_flag=True, help="Smaller workload: fewer packages, lookups and announcements.")
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
+              help="Change a setting as lab sweep does (peers, a link field, a dotted path); repeatable.")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Fresh runs into OUT/run-N.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html and plots/ into each run.")
-def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, repeat: int, report: bool) -> None:
+def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, settings: tuple[str, ...], repeat: int,
+        report: bool) -> None:
     """Run TOPOLOGY; exit 0 if every SLA held, 1 if any failed, 4 if none failed but some could not be judged (the
     machine was too busy), 2 on bad input or setup error."""
     topology = load_topology(topology_file)
+    if settings:
+        parsed = [sweeps.Setting.parse(text) for text in settings]
+        if several := [s.name for s in parsed if len(s.values) != 1]:
+            raise BadInput(f"--set {several[0]}: one value in lab run (a grid of values is lab sweep)")
+        ((_, topology),) = sweeps.grid(topology.model_dump(mode="json", exclude_defaults=True), parsed, str(topology_file))
     if seed is not None:
         topology = topology.model_copy(update={"seed": seed})
     if quick:

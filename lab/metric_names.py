@@ -29,6 +29,13 @@ RERUN_PHASE: dict[str, str] = {Op.BOOTSTRAP: "bootstrap", Op.CONNECT: "bootstrap
                Op.DHT_FIND_PROVIDERS: "lookup", Op.FETCH: "lookup", Op.SEARCH_REMOTE: "search",
                Op.GOSSIP_DELIVERY: "gossip", Op.GOSSIP_PUBLISH: "gossip"}
 OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
+# Operations by family, for figures that would be unreadable with all of them in one chart.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "joining": (Op.BOOTSTRAP, Op.WARM, Op.CONNECT),
+    "DHT": (Op.PUBLISH, Op.GET, Op.DHT_LOOKUP, Op.DHT_LOOKUP_LOCAL, Op.DHT_FIND_PROVIDERS, Op.FETCH),
+    "search": (Op.SEARCH_CACHE_HIT, Op.SEARCH_LOCAL, Op.SEARCH_REMOTE),
+    "gossip": (Op.GOSSIP_PUBLISH, Op.GOSSIP_DELIVERY, Op.GOSSIP_DUPLICATE),
+}
 # phase -> (metric, the operation it divides by)
 CPU_PER_OPERATION = {"bootstrap": ("cpu_s_per_join", Op.BOOTSTRAP), "lookup": ("cpu_s_per_lookup", Op.GET),
                      "publish": ("cpu_s_per_publish", Op.PUBLISH), "gossip": ("cpu_s_per_delivery", Op.GOSSIP_DELIVERY)}
@@ -45,6 +52,13 @@ def unit_of(metric: str) -> str | None:
     if metric == DELIVERY_RATIO:
         return "dimensionless"
     return None
+
+
+def family_of(metric: str) -> str:
+    """The family a latency metric is drawn with; concurrent searches are searches."""
+    if metric.startswith(CONCURRENT_SEARCH):
+        return "search"
+    return next((name for name, members in FAMILIES.items() if metric in members), "other")
 
 
 def higher_is_better(metric: str) -> bool:

@@ -5,6 +5,7 @@ Agg backend: no display is needed and nothing opens a window.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from lab.analysis.metrics import Metric  # noqa: E402
 from lab.events import MIB, Sample  # noqa: E402
-from lab.metric_names import MEMORY_FIELDS  # noqa: E402
+from lab.metric_names import FAMILIES, MEMORY_FIELDS, family_of  # noqa: E402
 from nodes.protocol import Event, Op  # noqa: E402
 
 BAND = (5, 50, 95)
@@ -31,21 +32,30 @@ def _figure(width: float = 8, height: float = 4.5) -> tuple[Figure, Any]:
 def latency_cdfs(
     metrics: dict[str, Metric], other: dict[str, Metric] | None = None, labels: tuple[str, str] = ("", "")
 ) -> Figure:
-    """Empirical CDF per operation on a log time axis; with `other`, both runs overlaid (dashed)."""
-    figure, axes = _figure(9, 5)
+    """Empirical CDF per operation on a log time axis, one small chart per family (joining, DHT,
+    search, gossip); with `other`, both runs overlaid (dashed)."""
+    families = sorted({family_of(name) for name in metrics}, key=lambda f: [*FAMILIES, "other"].index(f))
+    columns = min(2, max(1, len(families)))
+    rows = math.ceil(len(families) / columns) or 1
+    figure, grid = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows), layout="constrained", squeeze=False)
     colours = plt.colormaps["tab10"]
-    for number, (name, metric) in enumerate(sorted(metrics.items())):
-        others = (other or {}).get(name, Metric(name, "")).values
-        for values, style, label in ((metric.values, "-", labels[0]), (others, "--", labels[1])):
-            if values:
-                ordered = np.sort(values)
-                axes.step(ordered, np.arange(1, ordered.size + 1) / ordered.size, style, where="post",
-                          color=colours(number % 10), label=f"{name} {label}".strip())
-    axes.set_xscale("log")
-    axes.set_xlabel("latency (ms, log scale)")
-    axes.set_ylabel("share of operations")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7, ncol=2)
+    for axes, family in zip(grid.flat, families, strict=False):
+        members = sorted(name for name in metrics if family_of(name) == family)
+        for number, name in enumerate(members):
+            others = (other or {}).get(name, Metric(name, "")).values
+            for values, style, label in ((metrics[name].values, "-", labels[0]), (others, "--", labels[1])):
+                if values:
+                    ordered = np.sort(values)
+                    axes.step(ordered, np.arange(1, ordered.size + 1) / ordered.size, style, where="post",
+                              color=colours(number % 10), label=f"{name} {label}".strip())
+        axes.set_title(family, fontsize=10, loc="left")
+        axes.set_xscale("log")
+        axes.set_xlabel("latency (ms, log scale)", fontsize=8)
+        axes.set_ylabel("share of operations", fontsize=8)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7)
+    for axes in list(grid.flat)[len(families):]:
+        axes.set_visible(False)
     return figure
 
 
