@@ -121,6 +121,25 @@ def test_constant_samples() -> None:
     assert slower.verdict == "regressed" and slower.change == pytest.approx(0.2)
 
 
+def test_a_baseline_centred_on_zero_gives_no_invented_relative_change() -> None:
+    zero = compare_sides({"get": latencies(np.r_[np.zeros(20), -np.ones(5), np.ones(5)])},
+                         {"get": latencies(np.full(30, 5.0))}, NOISE, ALPHA)[0]
+    assert zero.verdict == "unclear" and zero.change is None and "median is 0" in zero.reason
+
+
+def test_an_unbounded_p95_interval_is_null_with_a_reason_in_strict_json(tmp_path: Path) -> None:
+    """At n=40 the order statistics cannot bound a p95 at the family's level: its interval has no
+    upper end, which JSON has no number for."""
+    rng = np.random.default_rng(5)
+    base, cand = (write_run(tmp_path / side, list(rng.lognormal(3, 0.2, 40))) for side in "bc")
+    result = CliRunner().invoke(main, ["compare", str(base), str(cand), "--format", "json"])
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+    (get,) = [c for c in json.loads(result.output, parse_constant=refuse)["comparisons"] if c["metric"] == "get"]
+    assert get["tail"]["interval"][1] is None and "no upper bound" in get["tail"]["unbounded"]
+
+
 # -- results directories with known truth ------------------------------------------------------
 
 TOPOLOGY = {"name": "t", "seed": 1, "groups": [{"name": "g", "count": 2}], "workload": [{"phase": "bootstrap"}],

@@ -37,7 +37,7 @@ def test_too_few_runs_give_no_interval_and_missing_metrics_are_skipped() -> None
 
 @needs_root
 @pytest.mark.slow
-def test_repeat_two_runs_fresh_networks(tmp_path: Path) -> None:
+def test_repeat_two_runs_fresh_networks_and_every_json_written_is_strict(tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = run_lab("run", str(TINY), "--repeat", "2", "--out", str(out))
     repeat = json.loads((out / "repeat.json").read_text())
@@ -54,3 +54,14 @@ def test_repeat_two_runs_fresh_networks(tmp_path: Path) -> None:
     assert "median of run medians" in done.stdout
     for manifest in manifests:
         assert leftovers(manifest["run_id"]) == []
+    sweep = run_lab("sweep", str(TINY), "--set", "loss=0", "--out", str(tmp_path / "sweep"))
+    assert (tmp_path / "sweep" / "sweep.json").is_file(), sweep.stdout + sweep.stderr
+    outputs = [run_lab("compare", str(runs[0]), str(runs[1]), "--format", "json").stdout,
+               run_lab("history", str(out), "--format", "json").stdout]
+    written = [path.read_text() for path in tmp_path.rglob("*.json")]
+    assert len(written) >= 3 * 4 + 2 + 1  # manifest, summary, verdicts, ... of each run; repeat, sweep, history
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+    for text in outputs + written:  # jq, browsers and CI steps reject NaN and Infinity
+        json.loads(text, parse_constant=refuse)
