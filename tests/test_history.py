@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import chromium
+from conftest import ROOT, chromium
 from lab.analysis.stats import Summary
 from lab.cli import main
 from lab.history.changes import Rules, change_points
@@ -213,6 +213,9 @@ def test_history_backfills_into_prometheus_and_queries_back_the_medians(tmp_path
     done = subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "nights" / "history.prom"),
                            str(data)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    rules = subprocess.run(["promtool", "check", "rules", str(ROOT / "examples" / "p2p-lab-alerts.yml")], capture_output=True,
+                           text=True, timeout=60)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
     (tmp_path / "prometheus.yml").write_text("global: {}\n")
     port = _free_port()
     server = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={data}",

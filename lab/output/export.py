@@ -6,7 +6,8 @@ prometheus_client) that a Prometheus textfile collector or a dashboard can read:
 family per unit, labelled by metric and statistic. `history.prom` (`lab history`) is the same families over the
 nights, each sample stamped with its night's start, for `promtool tsdb create-blocks-from
 openmetrics`; its change points are `p2p_lab_change_point` samples (the relative change, stamped
-at the change's first night), which a dashboard can show as annotations.
+at the change's first night), which a dashboard can show as annotations, and
+`p2p_lab_history_failing` the confirmed, unacknowledged regressions as of the newest night.
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ class _HistoryCollector:
         for labels_of, change, stamp in points:  # a series' samples together, in time order (OpenMetrics)
             changes.add_metric(labels_of, change, timestamp=stamp)
         yield changes
+        if self.history.nights:
+            failing = GaugeMetricFamily("p2p_lab_history_failing", "p2p-lab confirmed, unacknowledged regressions as of the "
+                                        "newest night", labels=["topology"])
+            newest = self.history.nights[-1]
+            for topology in sorted({n.topology for n in self.history.nights}):
+                count = sum(f.series.topology == topology for f in self.history.failing)
+                failing.add_metric([topology], count, timestamp=newest.started.timestamp())
+            yield failing
 
 
 def write_history_openmetrics(path: Path, history: History) -> None:
