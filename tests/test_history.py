@@ -100,6 +100,13 @@ def test_one_bad_newest_night_is_tentative_not_a_failure() -> None:
     assert changes and all(not c.confirmed for c in changes) and changes[-1].index >= 58
 
 
+def test_constant_series_have_no_change_and_zeros_no_relative_one() -> None:
+    assert change_points([5.0] * 30, False, Rules()) == []
+    assert change_points([0.0] * 15 + [1.0] * 15, False, Rules()) == []
+    (step,) = change_points([5.0] * 15 + [10.0] * 15, False, Rules())
+    assert step.index == 15 and step.change == pytest.approx(1.0) and step.confirmed and step.worse
+
+
 # -- lab history end to end ---------------------------------------------------------------------
 
 def test_a_confirmed_regression_fails_until_acknowledged_and_every_output_says_so(tmp_path: Path) -> None:

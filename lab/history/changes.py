@@ -43,7 +43,7 @@ class Change:
     index: int  # the first night at the new level
     before: int  # nights in the stretch before (since the previous change point)
     after: int  # nights at the new level, this one included
-    mean_before: float  # geometric means in the metric's unit (arithmetic where values can be <= 0)
+    mean_before: float  # geometric means in the metric's unit
     mean_after: float
     change: float  # relative: after / before - 1
     interval: tuple[float, float]  # 95%
@@ -53,12 +53,8 @@ class Change:
     found_by: Literal["segmentation", "newest nights"]
 
 
-def _signal(values: np.ndarray) -> np.ndarray:
-    return np.log(values) if bool(np.all(values > 0)) else values
-
-
 def _centre(values: np.ndarray) -> float:
-    return float(np.exp(np.log(values).mean())) if bool(np.all(values > 0)) else float(values.mean())
+    return float(np.exp(np.log(values).mean()))
 
 
 def _noise(signal: np.ndarray) -> float:
@@ -116,9 +112,12 @@ def _newest(values: np.ndarray, start: int, rules: Rules) -> tuple[int, Test] | 
 
 
 def change_points(series: list[float], higher_better: bool, rules: Rules) -> list[Change]:
-    """The change points of one metric's nightly values (in night order)."""
+    """The change points of one metric's nightly values (in night order). A series with a night at
+    0 or below has none: a change relative to 0 is undefined (as in `lab compare`)."""
     values = np.asarray(series, float)
-    kept = _tested(values, _segments(_signal(values)), rules)
+    if not bool(np.all(values > 0)):
+        return []
+    kept = _tested(values, _segments(np.log(values)), rules)
     edges = [0, *(index for index, _ in kept), values.size]
     changes = [_change(values, edges[i], index, edges[i + 2], test, higher_better, rules, "segmentation")
                for i, (index, test) in enumerate(kept)]
