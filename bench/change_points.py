@@ -96,7 +96,8 @@ def markdown(result: dict[str, Any]) -> str:
              "| history | confirmed | tentative only |", "|---|---|---|",
              f"| 60 nights of noise (per series) | {noise_only['confirmed_per_series']:.2%} | "
              f"{noise_only['tentative_per_series']:.2%} |",
-             f"| 60 nights of noise (per history of 20 metrics) | {noise_only['confirmed_per_20_metric_history']:.2f} changes | |"]
+             f"| 60 nights of noise (per history of 20 metrics) | "
+             f"{noise_only['confirmed_per_20_metric_history']:.2f} changes | |"]
     for after, found in step["nights_after"].items():
         lines.append(f"| +{STEP:.0%} at night {AT}, {after} nights after, found within ±2 | {found['confirmed']:.0%} | "
                      f"{found['tentative']:.0%} |")
