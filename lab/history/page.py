@@ -24,7 +24,7 @@ OUTCOME_COLOUR = {"pass": "#1f77b4", "inconclusive": "#ff7f0e", "fail": "#d62728
 TEMPLATES = Path(__file__).resolve().parent.parent / "output" / "templates"
 
 
-def _tooltip(series: Series, index: int, flagged: list[Flagged], out: Path) -> str:
+def _tooltip(series: Series, index: int, flagged: list[Flagged]) -> str:
     night = series.nights[index]
     point = night.metrics[series.metric]
     lines = [f"{night.run_id} · {night.started:%Y-%m-%d %H:%M} UTC", f"commit {(night.commit or '?')[:10]}",
@@ -80,7 +80,7 @@ def _chart(topology: str, metric: str, history: History, out: Path) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg")
     plt.close(figure)
-    return _with_tooltips(buffer.getvalue(), [_tooltip(s, i, flagged, out) for s, i in points])
+    return _with_tooltips(buffer.getvalue(), [_tooltip(s, i, flagged) for s, i in points])
 
 
 def _link(report: Path | None, out: Path) -> str | None:
