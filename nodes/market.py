@@ -60,6 +60,7 @@ class Market:
         self.packages: dict[str, Package] = {}
         self.bodies: dict[str, bytes] = {}
         self.search_cache: dict[str, list[Package]] = {}
+        self.looked_up: set[bytes] = set()  # DHT keys this peer's own lookups put into its store (py-libp2p keeps what it gets)
         self.reputation = Reputation(random.Random(f"{seed}:reputation:{host.get_id()}"))
         host.set_stream_handler(SEARCH_PROTOCOL, self._serve_search)
         host.set_stream_handler(FETCH_PROTOCOL, self._serve_fetch)
@@ -135,6 +136,8 @@ class Market:
             raw = await self.dht.get_value(key, quorum=self.get_quorum)
             if raw is None:
                 raise OpFailed("no DHT record")
+            if op == Op.DHT_LOOKUP:
+                self.looked_up.add(key.encode())
             return Package.from_json(raw)
 
     async def _find_providers(self, package_id: str) -> list[ID]:
@@ -183,12 +186,17 @@ class Market:
         return [p for p in self.packages.values() if p.matches(terms)]
 
     def forget(self, packages: list[str], queries: list[str]) -> None:
-        """Drops fetched packages and cached search results (never one this peer published)."""
+        """Drops fetched packages, the DHT records its own lookups stored, and cached search
+        results (never one this peer published, nor a record the DHT replicated to it)."""
         for package_id in packages:
             package = self.packages.get(package_id)
             if package is not None and package.publisher != str(self.host.get_id()):
                 self.packages.pop(package_id, None)
                 self.bodies.pop(package_id, None)
+            key = dht_key(package_id).encode()
+            if key in self.looked_up:
+                self.dht.value_store.remove(key)
+                self.looked_up.discard(key)
         for query in queries:
             self.search_cache.pop(query, None)
 
