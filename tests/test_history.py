@@ -253,3 +253,12 @@ def test_history_backfills_into_prometheus_and_queries_back_the_medians(tmp_path
 def test_strict_json_refuses_what_jq_would() -> None:
     with pytest.raises(ValueError):
         strict_json({"interval": [0.1, math.inf]})
+
+
+def test_the_example_workflow_is_yaml_and_runs_doctor_repeats_and_the_history() -> None:
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / "examples" / "nightly.yml").read_text())
+    assert set(workflow[True]) == {"schedule", "workflow_dispatch"} and workflow["concurrency"]["group"]  # "on": YAML 1.1 true
+    script = "\n".join(step.get("run", "") for step in workflow["jobs"]["night"]["steps"])
+    assert script.index("lab doctor") < script.index("--repeat") < script.index("lab history")
