@@ -74,7 +74,7 @@ def _chart(topology: str, metric: str, history: History, out: Path) -> str:
     dots.set_gid("nights")
     dots.set_urls([_link(s.nights[i].report, out) for s, i in points])
     axes.set_title(f"{metric} ({unit}), run medians", fontsize=9, loc="left")
-    axes.set_xticks(range(len(nights)), [f"{n.started:%m-%d}" for n in nights], fontsize=6, rotation=90)
+    axes.set_xticks(range(len(nights)), [f"{n.started:%m-%d %H:%M}" for n in nights], fontsize=6, rotation=90)
     axes.tick_params(axis="y", labelsize=7)
     axes.set_xlim(-0.7, len(nights) - 0.3)
     buffer = io.StringIO()
