@@ -59,7 +59,7 @@ def test_repeat_two_runs_fresh_networks_and_every_json_written_is_strict(tmp_pat
     outputs = [run_lab("compare", str(runs[0]), str(runs[1]), "--format", "json").stdout,
                run_lab("history", str(out), "--format", "json").stdout]
     written = [path.read_text() for path in tmp_path.rglob("*.json")]
-    assert len(written) >= 3 * 4 + 2 + 1  # manifest, summary, verdicts, ... of each run; repeat, sweep, history
+    assert len(written) >= 3 * 3 + 3  # manifest, summary, verdicts of each run (two repeats, one point); repeat, sweep, history
 
     def refuse(constant: str) -> None:
         raise ValueError(f"not strict JSON: {constant}")
