@@ -153,9 +153,7 @@ def compare(
     """Compare two results directories metric by metric, or a run with the stable stretch of a history
     (--baseline-from); rule: docs/compare.md."""
     noise_share = _share("--noise", noise)
-    unknown = [m for m in metrics if unit_of(m) is None]
-    if unknown:
-        raise BadInput(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
+    _known(metrics)
     if len(dirs) != (1 if history_root else 2):
         raise BadInput("give BASELINE and CANDIDATE, or --baseline-from ROOT and CANDIDATE")
     if history_root:
@@ -177,6 +175,11 @@ def compare(
     regressed = [c.metric for c in report.comparisons if c.verdict == "regressed"]
     if strict and regressed:
         raise SlaFailed(f"regressed (--strict): {', '.join(regressed)}")
+
+
+def _known(metrics: tuple[str, ...]) -> None:
+    if unknown := [m for m in metrics if unit_of(m) is None]:
+        raise BadInput(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
 
 
 def _share(option: str, text: str) -> float:
@@ -201,9 +204,7 @@ def history(roots: tuple[Path, ...], out: Path | None, output: str, metrics: tup
             since: datetime | None, noise: str, confirm: int) -> None:
     """Gather the runs under ROOTs into nightly series per topology and testbed, find their change points, write
     history.html/.json/.md/.prom; exit 1 on a confirmed, unacknowledged regression (docs/nightly.md)."""
-    unknown = [m for m in metrics if unit_of(m) is None]
-    if unknown:
-        raise BadInput(f"--metric: unknown metric {unknown[0]!r} (see docs/topology.md)")
+    _known(metrics)
     rules = Rules(noise=_share("--noise", noise), confirm=confirm)
     gathered = gather(list(roots))
     for line in gathered.skipped:
@@ -214,14 +215,15 @@ def history(roots: tuple[Path, ...], out: Path | None, output: str, metrics: tup
     found.skipped = gathered.skipped
     out = out or roots[0]
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "history.json", found.record())
-    (out / "history.md").write_text(history_text.markdown(found))
+    record, markdown = found.record(), history_text.markdown(found)
+    write_json(out / "history.json", record)
+    (out / "history.md").write_text(markdown)
     write_history_openmetrics(out / "history.prom", found)
     page = write_page(found, out)
     if output == "json":
-        click.echo(strict_json(found.record()))
+        click.echo(strict_json(record))
     elif output == "markdown":
-        click.echo(history_text.markdown(found), nl=False)
+        click.echo(markdown, nl=False)
     else:
         for line in history_text.table(found):
             click.echo(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,13 @@ def chromium() -> Iterator[Any]:
         yield browser
     finally:
         browser.quit()
+
+
+def strict_json_loads(text: str) -> Any:
+    """JSON as jq and browsers read it: NaN and Infinity are an error, not a number."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
 
 
 def lab_command(*args: str) -> list[str]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import strict_json_loads
 from lab.analysis.compare import MetricData, compare_sides
 from lab.cli import main
 
@@ -133,10 +134,7 @@ def test_an_unbounded_p95_interval_is_null_with_a_reason_in_strict_json(tmp_path
     rng = np.random.default_rng(5)
     base, cand = (write_run(tmp_path / side, list(rng.lognormal(3, 0.2, 40))) for side in "bc")
     result = CliRunner().invoke(main, ["compare", str(base), str(cand), "--format", "json"])
-
-    def refuse(constant: str) -> None:
-        raise ValueError(constant)
-    (get,) = [c for c in json.loads(result.output, parse_constant=refuse)["comparisons"] if c["metric"] == "get"]
+    (get,) = [c for c in strict_json_loads(result.output)["comparisons"] if c["metric"] == "get"]
     assert get["tail"]["interval"][1] is None and "no upper bound" in get["tail"]["unbounded"]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, chromium
+from conftest import ROOT, chromium, strict_json_loads
 from lab.analysis.stats import Summary
 from lab.cli import main
 from lab.history.changes import Rules, change_points
@@ -59,12 +59,6 @@ def write_history(root: Path, nights: int, factor: dict[str, np.ndarray], **nigh
     base = {"dht_lookup": 300.0, "gossip_delivery": 900.0, "memory_pss_mib": 60.0}
     for i in range(nights):
         write_night(root, i, {m: base[m] * float(factor[m][i]) for m in base}, **night)
-
-
-def strict(text: str) -> object:
-    def refuse(constant: str) -> None:
-        raise ValueError(f"not strict JSON: {constant}")
-    return json.loads(text, parse_constant=refuse)
 
 
 def history(*args: str) -> tuple[int, str]:
@@ -115,7 +109,7 @@ def test_a_confirmed_regression_fails_until_acknowledged_and_every_output_says_s
     write_history(tmp_path, 30, factor)
     code, output = history(str(tmp_path), "--format", "markdown")
     assert code == 1, output
-    record = strict((tmp_path / "history.json").read_text())
+    record = strict_json_loads((tmp_path / "history.json").read_text())
     failing = [c for c in record["changes"] if c["metric"] == "dht_lookup" and c["state"] == "confirmed"]
     assert failing and failing[0]["night"] == "n020" and failing[0]["commits"].startswith("019ccccccc..020")
     assert 0.2 < failing[0]["change"] < 0.4 and failing[0]["p_value"] < 0.001
@@ -135,7 +129,7 @@ def test_a_bad_newest_night_is_shown_tentative_and_does_not_fail(tmp_path: Path)
     write_history(tmp_path, 40, factor)
     code, output = history(str(tmp_path), "--format", "json")
     assert code == 0, output
-    gossip = [c for c in strict(output)["changes"] if c["metric"] == "gossip_delivery"]  # type: ignore[index]
+    gossip = [c for c in strict_json_loads(output)["changes"] if c["metric"] == "gossip_delivery"]
     assert [(c["state"], c["night"], c["direction"]) for c in gossip] == [("tentative", "n039", "worse")]
 
 
@@ -146,7 +140,7 @@ def test_a_testbed_change_is_a_marker_not_a_change_point(tmp_path: Path) -> None
         write_night(tmp_path, i, {m: 100.0 * float(factor[m][i]) for m in METRICS}, cpu="CPU A" if i < 30 else "CPU B")
     code, output = history(str(tmp_path), "--format", "json")
     assert code == 0, output
-    record = strict(output)
+    record = strict_json_loads(output)
     assert [t["from"] for t in record["testbeds"]] == ["n000", "n030"]
     assert len({s["testbed"] for s in record["series"] if s["metric"] == "dht_lookup"}) == 2
     assert not [c for c in record["changes"] if c["night"] == "n030" or c["state"] == "confirmed"]
@@ -176,7 +170,7 @@ def test_compare_baseline_from_takes_the_stable_stretch_since_the_last_change(tm
     result = CliRunner().invoke(main, ["compare", "--baseline-from", str(tmp_path / "nights"), str(candidate),
                                        "--format", "json"])
     assert result.exit_code == 0, result.output
-    report = strict(result.output)
+    report = strict_json_loads(result.output)
     assert report["level"] == "stretch" and report["baseline"]["stretches"]["dht_lookup"][0] == "n012"
     verdicts = {c["metric"]: c for c in report["comparisons"]}
     assert verdicts["dht_lookup"]["verdict"] == "regressed" and 0.4 < verdicts["dht_lookup"]["change"] < 0.6

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, leftovers, needs_root, run_lab
+from conftest import TINY, leftovers, needs_root, run_lab, strict_json_loads
 from lab import exits
 from lab.analysis.repeats import between_runs
 from lab.analysis.stats import Summary, summarize
@@ -60,8 +60,5 @@ def test_repeat_two_runs_fresh_networks_and_every_json_written_is_strict(tmp_pat
                run_lab("history", str(out), "--format", "json").stdout]
     written = [path.read_text() for path in tmp_path.rglob("*.json")]
     assert len(written) >= 3 * 3 + 3  # manifest, summary, verdicts of each run (two repeats, one point); repeat, sweep, history
-
-    def refuse(constant: str) -> None:
-        raise ValueError(f"not strict JSON: {constant}")
     for text in outputs + written:  # jq, browsers and CI steps reject NaN and Infinity
-        json.loads(text, parse_constant=refuse)
+        strict_json_loads(text)

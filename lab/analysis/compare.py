@@ -466,9 +466,17 @@ def compare_dirs(baseline: Path, candidate: Path, noise: float, alpha: float, me
     if metrics:
         base = {n: d for n, d in base.items() if n in metrics}
         cand = {n: d for n, d in cand.items() if n in metrics}
-    primary = frozenset(primary_b | primary_c)
-    comparisons = compare_sides(base, cand, noise, alpha, level_b, primary)
+    return compare_report(level_b, (described_b, base), (described_c, cand), frozenset(primary_b | primary_c), noise, alpha,
+                          skipped_b + skipped_c)
+
+
+def compare_report(level: Level, baseline: tuple[dict[str, Any], dict[str, MetricData]],
+                   candidate: tuple[dict[str, Any], dict[str, MetricData]], primary: frozenset[str], noise: float,
+                   alpha: float, skipped: list[str]) -> Report:
+    """Two described sides compared, with the adjustment the report states."""
+    (described_b, base), (described_c, cand) = baseline, candidate
+    comparisons = compare_sides(base, cand, noise, alpha, level, primary)
     families = {family: sum(c.family == family for c in comparisons) for family in ("primary", "exploratory")}
     adjustment = {"method": "Benjamini-Hochberg within each family", "families": families,
                   "primary": sorted(primary & (set(base) | set(cand)))}
-    return Report(level_b, described_b, described_c, alpha, noise, adjustment, comparisons, skipped_b + skipped_c)
+    return Report(level, described_b, described_c, alpha, noise, adjustment, comparisons, skipped)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab.analysis.compare import MetricData, Report, compare_sides
+from lab.analysis.compare import MetricData, Report, compare_report
 from lab.errors import RecordsError
 from lab.history.changes import Rules
 from lab.history.nights import Night, gather, read_night
@@ -41,11 +41,6 @@ def compare_with_history(root: Path, candidate: Path, rules: Rules, alpha: float
             base[series.metric] = _data(stretch, series.metric)
             stretches[series.metric] = [n.run_id for n in stretch]
         cand[series.metric] = _data([night], series.metric)
-    primary = frozenset(s.metric for s in night.slas)
-    comparisons = compare_sides(base, cand, rules.noise, alpha, "stretch", primary)
-    families = {family: sum(c.family == family for c in comparisons) for family in ("primary", "exploratory")}
-    adjustment = {"method": "Benjamini-Hochberg within each family", "families": families,
-                  "primary": sorted(primary & (set(base) | set(cand)))}
     described = {"path": str(root), "testbed": night.testbed, "stretches": stretches}
-    return Report("stretch", described, {"path": str(candidate), "runs": night.runs}, alpha, rules.noise, adjustment,
-                  comparisons, gathered.skipped)
+    return compare_report("stretch", (described, base), ({"path": str(candidate), "runs": night.runs}, cand),
+                          frozenset(s.metric for s in night.slas), rules.noise, alpha, gathered.skipped)
