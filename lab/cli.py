@@ -119,6 +119,9 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, se
     for line in terminal.fidelity_lines(outcome.analysis.fidelity):
         click.echo(line)
     click.echo("")
+    for line in terminal.bound_lines(outcome.analysis.bounds):
+        click.echo(line)
+    click.echo("")
     for line in terminal.verdict_lines(outcome.analysis.verdicts):
         click.echo(line)
     for line in terminal.error_lines(outcome.analysis.errors):

@@ -21,6 +21,9 @@ RUN_PSS = "memory_run_pss_mib"
 TIME_TO_READY = "time_to_ready"
 DELIVERY_RATIO = "gossip_delivery_ratio"
 CPU_SECONDS = "cpu_seconds"
+# The run against its CPU bound (lab/analysis/bound.py): the least wall time its CPU-seconds allow, and how far above it ran.
+CPU_BOUND = "cpu_bound_s"
+BOUND_RATIO = "wall_over_cpu_bound"
 # Metrics a warm start (bootstrap.mode: warm) does not measure, and why: an SLA on one is not judged.
 NOT_MEASURED_WARM = {TIME_TO_READY: "a warm start gave most peers their routing tables, so the network's time to ready "
                                     "was not measured, only the sample's joins (bootstrap.mode: cold measures it)"}
@@ -47,9 +50,9 @@ def unit_of(metric: str) -> str | None:
         return "millisecond"
     if metric in MEMORY_FIELDS or metric in DEPLOYED_FIELDS or metric in (MARGINAL_RSS, RUN_PSS):
         return "mebibyte"
-    if metric in (CPU_SECONDS, TIME_TO_READY) or metric in {name for name, _ in CPU_PER_OPERATION.values()}:
+    if metric in (CPU_SECONDS, TIME_TO_READY, CPU_BOUND) or metric in {name for name, _ in CPU_PER_OPERATION.values()}:
         return "second"
-    if metric == DELIVERY_RATIO:
+    if metric in (DELIVERY_RATIO, BOUND_RATIO):
         return "dimensionless"
     return None
 
@@ -62,5 +65,5 @@ def family_of(metric: str) -> str:
 
 
 def higher_is_better(metric: str) -> bool:
-    """Only delivery ratios improve upwards; latency, memory and CPU improve downwards."""
-    return unit_of(metric) == "dimensionless"
+    """Only delivery ratios improve upwards; latency, memory, CPU and time over the bound improve downwards."""
+    return metric == DELIVERY_RATIO

@@ -21,6 +21,7 @@ import yaml
 from lab.analysis.stats import Summary
 from lab.errors import TopologyError
 from lab.manifest import PLOTS, SWEEP, SWEEP_TABLE
+from lab.metric_names import BOUND_RATIO
 from lab.orchestrator import RunOutcome, run_topology
 from lab.output import plots
 from lab.output.results import write_json
@@ -76,10 +77,12 @@ def point_figures(summary: dict[str, Summary]) -> dict[str, dict[str, Any]]:
 
 def markdown_table(points: list[dict[str, Any]]) -> str:
     metrics = [m for m in CURVE_METRICS if any(m in p["metrics"] for p in points)]
-    header = ["point", "exit", *(f"{m} p50 / p95" for m in metrics)]
+    header = ["point", "exit", "wall / CPU bound", *(f"{m} p50 / p95" for m in metrics)]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for point in points:
-        cells = [", ".join(f"{k}={v}" for k, v in point["settings"].items()), str(point["exit_code"])]
+        ratio = (point["metrics"].get(BOUND_RATIO) or {}).get("p50")
+        cells = [", ".join(f"{k}={v}" for k, v in point["settings"].items()), str(point["exit_code"]),
+                 "-" if ratio is None else f"{ratio:.2f}x"]
         for metric in metrics:
             figures = point["metrics"].get(metric)
             shown = figures and figures["p50"] is not None

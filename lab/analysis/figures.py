@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from lab.analysis.bound import Bound, bounds
 from lab.analysis.guard import GUARD_SHARE, PhaseLag, judge, phase_lags
 from lab.analysis.metrics import Metric, all_metrics, impairment_periods, latency_metrics, ready_span
 from lab.analysis.peerlogs import count_levels
@@ -21,7 +22,7 @@ from lab.analysis.sla import Verdict, builtin_verdicts, verdict
 from lab.analysis.stats import Summary, summarize
 from lab.errors import TopologyError
 from lab.manifest import LabErrorRecord
-from lab.metric_names import DEPLOYED_OF, NOT_MEASURED_WARM, RERUN_PHASE
+from lab.metric_names import BOUND_RATIO, CPU_BOUND, DEPLOYED_OF, NOT_MEASURED_WARM, RERUN_PHASE
 from lab.quantities import shown
 from lab.topology import Sla, Topology, parse_topology
 from nodes.protocol import ANSWERED_LOCALLY, Event
@@ -78,6 +79,7 @@ class Analysis:
     notes: list[str] = field(default_factory=list)  # what the records lacked (damaged lines, missing files)
     ready_machine_s: float | None = None  # time to ready in the machine's seconds (the metric is the run's)
     reruns: dict[str, list[Rerun]] = field(default_factory=dict)  # the 2N check's figures, by the kind of phase rerun
+    bounds: list[Bound] = field(default_factory=list)  # the run's, then each phase's, CPU bound
 
     @property
     def passed(self) -> bool:
@@ -104,6 +106,7 @@ class Analysis:
             "errors": self.errors.record(),
             "time_to_ready_machine_s": self.ready_machine_s,
             "reruns": {phase: [rerun.record() for rerun in stretches] for phase, stretches in self.reruns.items()},
+            "cpu_bound": [b.record() for b in self.bounds],
         }
 
     def verdicts_record(self) -> dict[str, Any]:
@@ -173,6 +176,15 @@ def _judged(sla: Sla, topology: Topology, metrics: dict[str, Metric], summary: d
     return rechecked(judged, sla, metrics.get(sla.metric), reruns, topology.fidelity.tolerance)
 
 
+def bound_metrics(windows: list[Bound]) -> dict[str, Metric]:
+    """The run's CPU bound and its wall time over it, as metrics, so that sweeps, comparisons and
+    the history carry them like any figure."""
+    run = next((b for b in windows if b.label == "run"), None)
+    if run is None or run.ratio is None:
+        return {}
+    return {CPU_BOUND: Metric(CPU_BOUND, "second", [run.bound_s], 1), BOUND_RATIO: Metric(BOUND_RATIO, "dimensionless", [run.ratio], 1)}
+
+
 def _topology(records: RunRecords, notes: list[str]) -> Topology | None:
     try:
         return parse_topology(records.manifest.topology, f"{records.path}/manifest.json topology")
@@ -187,6 +199,8 @@ def analyze(records: RunRecords) -> Analysis:
     manifest = records.manifest
     events, reruns = split(records.events)
     metrics = all_metrics(events, records.samples, manifest.peers_ready, topology.deployed_peer if topology else None)
+    windows = bounds(records.events, records.samples, manifest.time_dilation, manifest.machine.cpus if manifest.machine else None)
+    metrics = dict(sorted({**metrics, **bound_metrics(windows)}.items()))
     summary = summarize_metrics(metrics)
     periods = [PeriodSummary(p.label, p.start_ns, summarize_metrics(dict(sorted(p.metrics.items()))))
                for p in impairment_periods(events)]
@@ -201,4 +215,4 @@ def analyze(records: RunRecords) -> Analysis:
     ready_s = (dilation.real_ns(span[1]) - dilation.real_ns(span[0])) / 1e9 if span and span[2] else None
     again = {phase: [Rerun(stretch.factor, doubled, summarize_metrics(latency_metrics(stretch_events)))
                      for doubled, (stretch, stretch_events) in sides.items()] for phase, sides in reruns.items()}
-    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again)
+    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again, windows)

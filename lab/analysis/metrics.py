@@ -23,7 +23,9 @@
   that kind (bootstrap, lookup, publish, gossip), the peers' CPU-seconds from its first such
   operation to its end (the machine's seconds, from the collector's samples, interpolated)
   divided by its operations (successful joins, gets, publishes, gossip deliveries): what
-  dilation cannot hide, and what bounds the wall time.
+  dilation cannot hide, and what bounds the wall time;
+- `cpu_bound_s`, `wall_over_cpu_bound`: the run against its CPU bound (lab/analysis/bound.py,
+  added by lab/analysis/figures.py, which knows the cores and the clock).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from lab.analysis.bound import cpu_at, cpu_series
 from lab.events import IMPAIRMENT, MIB, PHASE, RUN_STARTED, Sample, announced_message
 from lab.metric_names import (
     CPU_PER_OPERATION,
@@ -177,24 +180,9 @@ def time_to_ready(events: list[Event]) -> Metric:
     return metric
 
 
-def _cpu_at(series: list[tuple[int, float]], t_ns: int) -> float:
-    """A process's cumulative CPU seconds at t, interpolated between its samples."""
-    times = [t for t, _ in series]
-    after = bisect.bisect_left(times, t_ns)
-    if after == 0:
-        return series[0][1]
-    if after == len(series):
-        return series[-1][1]
-    (t0, c0), (t1, c1) = series[after - 1], series[after]
-    return c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0) if t1 > t0 else c1
-
-
 def cpu_per_operation(events: list[Event], samples: list[Sample]) -> dict[str, Metric]:
     """Per phase of a kind in CPU_PER_OPERATION: the peers' CPU in it per operation."""
-    series: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    for sample in samples:
-        if sample.role == "peer":
-            series[sample.pid].append((sample.t_ns, sample.cpu_seconds))
+    series = [points for _, points in cpu_series(samples, "peer").values()]
     metrics: dict[str, Metric] = {}
     for phase in (e for e in events if e.op == PHASE and e.details.get("phase") in CPU_PER_OPERATION):
         name, op = CPU_PER_OPERATION[str(phase.details["phase"])]
@@ -202,7 +190,7 @@ def cpu_per_operation(events: list[Event], samples: list[Sample]) -> dict[str, M
         starts = [e.start_ns for e in events if e.op == op and e.ok and phase.start_ns <= e.start_ns <= phase.end_ns]
         metric.attempts += 1
         if starts and series:  # from the first operation on: a warm start's setup is not a join
-            cpu = sum(_cpu_at(s, phase.end_ns) - _cpu_at(s, min(starts)) for s in series.values())
+            cpu = sum(cpu_at(s, phase.end_ns) - cpu_at(s, min(starts)) for s in series)
             metric.values.append(cpu / len(starts))
     return metrics
 

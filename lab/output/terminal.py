@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lab.analysis.bound import Bound
 from lab.analysis.compare import Report
 from lab.analysis.figures import Analysis, Errors
 from lab.analysis.guard import PhaseLag
@@ -108,6 +109,16 @@ def fidelity_lines(phases: list[PhaseLag]) -> list[str]:
                      "-" if p.cpu_busy is None else f"{p.cpu_busy:.0%}", late, _ms(links.tolerance_s) if links else "-",
                      drops or "-", _cell(links.syn_retransmits) if links else "-"])
     return _aligned(rows) if phases else []
+
+
+def bound_lines(windows: list[Bound]) -> list[str]:
+    """Where the time went: the run and each phase against its CPU bound (lab/analysis/bound.py)."""
+    rows = [["window", "wall (s)", "machine busy", "peers CPU-s", "lab CPU-s", "CPU bound (s)", "wall / bound"]]
+    for b in windows:
+        peers = b.cpu_s.get("peer", 0.0)
+        rows.append([b.label, _cell(b.wall_s), "-" if b.busy is None else f"{b.busy:.0%}", _cell(peers),
+                     _cell(sum(b.cpu_s.values()) - peers), _cell(b.bound_s), "-" if b.ratio is None else f"{b.ratio:.2f}x"])
+    return _aligned(rows) if windows else []
 
 
 def error_lines(errors: Errors) -> list[str]:
