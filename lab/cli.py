@@ -108,23 +108,10 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, se
             outcomes = [asyncio.run(run_topology(topology, source, out, click.echo))]
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise Interrupted(f"partial results in {out}") from None
-    reports = [write_report(outcome.path) for outcome in outcomes] if report else []
+    reports = [write_report(outcome.path).path for outcome in outcomes] if report else []
     outcome = outcomes[-1]
     click.echo("")
-    for line in terminal.metrics_table(outcome.analysis.summary):
-        click.echo(line)
-    for line in terminal.ready_lines(outcome.analysis):
-        click.echo(line)
-    click.echo("")
-    for line in terminal.fidelity_lines(outcome.analysis.fidelity):
-        click.echo(line)
-    click.echo("")
-    for line in terminal.bound_lines(outcome.analysis.bounds):
-        click.echo(line)
-    click.echo("")
-    for line in terminal.verdict_lines(outcome.analysis.verdicts):
-        click.echo(line)
-    for line in terminal.error_lines(outcome.analysis.errors):
+    for line in terminal.closing_lines(outcome.analysis):
         click.echo(line)
     if repeat > 1:
         click.echo("")
@@ -320,8 +307,12 @@ def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quic
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False), metavar="RUN_DIR")
 @click.option("--compare", "baseline", type=click.Path(path_type=Path, file_okay=False), help="Baseline results directory.")
 def report_command(run_dir: Path, baseline: Path | None) -> None:
-    """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/ (PNG and SVG)."""
-    click.echo(f"report: {write_report(run_dir, baseline)}")
+    """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/ (PNG and SVG), and print
+    the run's closing tables as `lab run` does, derived again from its records."""
+    written = write_report(run_dir, baseline)
+    for line in terminal.closing_lines(written.analysis):
+        click.echo(line)
+    click.echo(f"report: {written.path}")
 
 
 @main.command()

@@ -50,6 +50,11 @@ class DilatedClock(trio.abc.Clock):
     def deadline_to_sleep_time(self, deadline: float) -> float:
         return self.dilation.sleep_s(deadline, _real_monotonic_ns())
 
+    @property
+    def factor(self) -> float:
+        """The factor in force now (Python's own clocks are virtual once adopted)."""
+        return self.dilation.factor_at(_real_monotonic_ns())
+
 
 CLOCK = DilatedClock()  # the host process's trio clock: trio.run(..., clock=CLOCK)
 

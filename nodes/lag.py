@@ -14,6 +14,7 @@ import time
 
 import trio
 
+from nodes.clock import CLOCK
 from nodes.protocol import LAG_BINS_MS, LOOP_LAG
 from nodes.recorder import Recorder
 
@@ -22,12 +23,18 @@ LAG_WINDOW_S = 0.5
 
 
 async def watch_lag(recorder: Recorder) -> None:
-    """One `loop_lag` event per window: counts of wake-ups by lateness (LAG_BINS_MS)."""
+    """One `loop_lag` event per window: counts of wake-ups by lateness (LAG_BINS_MS). A window
+    also ends where the clock's factor changes, so that no window spans two factors: at a high
+    factor one lasts minutes of the machine's time, and the burst of work that follows a switch
+    back to a low one would be pooled with the operations measured before it."""
     while True:
         counts = [0] * (len(LAG_BINS_MS) + 1)
+        factor = CLOCK.factor
         started_ns, window_end = time.monotonic_ns(), trio.current_time() + LAG_WINDOW_S
         while trio.current_time() < window_end:
             due = trio.current_time() + LAG_INTERVAL_S
             await trio.sleep_until(due)
+            if CLOCK.factor != factor:
+                break  # a wake-up across the switch is counted in neither window
             counts[bisect.bisect_left(LAG_BINS_MS, (trio.current_time() - due) * 1e3)] += 1
         await recorder.event(LOOP_LAG, started_ns, time.monotonic_ns(), None, {"counts": counts})

@@ -71,8 +71,11 @@ class Dilation:
 
     @property
     def factor(self) -> float:
-        """The factor in force now."""
-        return self._segment(time.monotonic_ns()).factor
+        """The factor in force now (in the orchestrator, whose clocks are the machine's)."""
+        return self.factor_at(time.monotonic_ns())
+
+    def factor_at(self, real_monotonic_ns: int) -> float:
+        return self._segment(real_monotonic_ns).factor
 
     def of_phase(self, number: int) -> float:
         """The factor of workload phase `number` (1-based)."""

@@ -67,3 +67,49 @@ def test_the_dilation_is_settled_once_with_each_phase_s_factor() -> None:
     tiny = load_topology(TINY)
     unchecked = tiny.model_copy(update={"fidelity": tiny.fidelity.model_copy(update={"rerun": 0})})
     assert not fixed(unchecked, 1.0, "").dilated  # the machine's own clock: nothing to install
+
+
+LAG_WINDOWS = """
+import json, time, trio
+from nodes import clock
+from nodes.lag import watch_lag
+from nodes.protocol import Dilation
+from nodes.recorder import Recorder
+
+dilation = Dilation(4.0)
+dilation.start()
+clock.adopt(dilation)
+windows = []
+
+async def emit(message):
+    windows.append((message["start_ns"], message["end_ns"]))
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_lag, Recorder(emit, 0))
+        switch = time.monotonic_ns() + 600_000_000  # 0.6 s of the machine's time from now
+        clock.retime(1.0, switch, time.time_ns() + 600_000_000)
+        await trio.sleep(0.8)  # virtual: past the switch (0.15 s virtual in), and a whole window at factor 1
+        nursery.cancel_scope.cancel()
+    print(json.dumps({"switch": dilation.virtual_ns(switch), "windows": windows}))
+
+trio.run(main, clock=clock.CLOCK)
+"""
+
+
+def test_a_loop_lag_window_ends_where_the_clock_s_factor_changes() -> None:
+    """At a high factor a window lasts minutes of the machine's time; the work after a switch back
+    must not be pooled with the operations measured before it (a subprocess: the clock is global)."""
+    import subprocess
+    import sys
+
+    from nodes.lag import LAG_INTERVAL_S, LAG_WINDOW_S
+
+    done = subprocess.run([sys.executable, "-c", LAG_WINDOWS], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    switch, windows = result["switch"], result["windows"]
+    across = [(start, end) for start, end in windows if start < switch < end]
+    assert len(across) == 1 and across[0][1] - switch <= LAG_INTERVAL_S * SECOND * 1.5, (switch, windows)  # not LAG_WINDOW_S
+    assert across[0][1] - across[0][0] < LAG_WINDOW_S * SECOND / 2
+    assert any(start >= switch for start, _ in windows)  # the next window is the new factor's

@@ -89,3 +89,30 @@ def test_a_verdict_is_conclusive_only_with_its_2n_figure_held(tmp_path: Path) ->
     assert held.status == "pass" and held.rerun is not None and held.rerun["conclusive"], held.reason
     moved = verdict_with(50)  # half as long at twice the dilation: queueing
     assert moved.status == "inconclusive" and "2N check, 50 operations at dilation 1 then 50 at 2" in moved.reason
+
+
+def deliveries(medians: list[float], receivers: int, rng: np.random.Generator) -> list[Event]:
+    """Per message, its deliveries: each message's own median (the mesh it took), spread around it."""
+    return [event("gossip_delivery", float(v), msg=f"gossip:{m}") for m, median in enumerate(medians)
+            for v in rng.lognormal(np.log(median), 0.05, receivers)]
+
+
+def test_a_gossip_delivery_s_noise_is_that_of_its_messages_not_of_its_deliveries() -> None:
+    rng = np.random.default_rng(5)
+    p95 = Sla(metric="gossip_delivery", stat="p95", op="<=", threshold="3s")
+    workload = [e.ms for e in deliveries([50, 55, 47], 200, rng)]
+
+    def side(medians: list[float], factor: float, doubled: bool) -> Again:
+        return Stretch("gossip", factor, doubled, 0, 1), deliveries(medians, 200, rng)
+
+    # Four messages a side whose medians differ by ±10% from one message to the next, the same at both
+    # dilations: 800 deliveries a side would call a 7% move real; four messages cannot.
+    check = recheck(p95, workload, side([50, 46, 54, 49], 400, False), side([54, 50, 57, 52], 800, True), 0.05)
+    assert check.conclusive, check.reason("millisecond")
+    assert check.moves[0].move > 0.05 and check.moves[0].tolerance > check.moves[0].move
+    # Two messages a side are too few to tell a move from the mesh
+    few = recheck(p95, workload, side([50, 46], 400, False), side([50, 46], 800, True), 0.05)
+    assert not few.conclusive and not few.moves and "2 and 2 messages" in few.reason("millisecond")
+    # Many messages that all took twice as long did move
+    slow = recheck(p95, workload, side([50, 46, 54, 49, 51, 48], 400, False), side([100, 92, 108, 98, 102, 96], 800, True), 0.05)
+    assert not slow.conclusive and slow.moves[0].move > 0.8

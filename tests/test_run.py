@@ -120,7 +120,7 @@ def test_every_figure_is_derived_once_so_summary_report_and_compare_agree(netns_
     compared = run_samples(out)  # what lab compare tests
     assert set(compared) == set(analysis.summary) and len(compared) > 10
     assert all(summarize(m.values, m.attempts, m.unit) == analysis.summary[name] for name, m in compared.items())
-    report = write_report(out).read_text()
+    report = write_report(out).path.read_text()
     p50 = analysis.summary["get"].p50
     assert p50 is not None and f"{p50:.4g}" in report
 

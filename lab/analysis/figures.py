@@ -182,7 +182,8 @@ def bound_metrics(windows: list[Bound]) -> dict[str, Metric]:
     run = next((b for b in windows if b.label == "run"), None)
     if run is None or run.ratio is None:
         return {}
-    return {CPU_BOUND: Metric(CPU_BOUND, "second", [run.bound_s], 1), BOUND_RATIO: Metric(BOUND_RATIO, "dimensionless", [run.ratio], 1)}
+    return {CPU_BOUND: Metric(CPU_BOUND, "second", [run.bound_s], 1),
+            BOUND_RATIO: Metric(BOUND_RATIO, "dimensionless", [run.ratio], 1)}
 
 
 def _topology(records: RunRecords, notes: list[str]) -> Topology | None:

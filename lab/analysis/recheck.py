@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lab.analysis.metrics import latency_metrics
 from lab.events import RERUN
 from lab.quantities import shown
 from lab.topology import Sla
 from nodes.protocol import Event
 
 MIN_RERUN = 5  # operations below which a rerun says nothing
+MIN_UNITS = 3  # independent units (operations; gossip messages) below which it says nothing either
 RESAMPLES = 2000
 Statistic = Callable[[np.ndarray, int | None], Any]
 STATISTIC: dict[str, Statistic] = {
@@ -127,18 +127,36 @@ class Recheck:
                 f"{self.factors[1]:g}: {shown_moves}: {verdict}")
 
 
-def _noise(values: np.ndarray, stat: str, value: float) -> float:
-    """Half the 95% bootstrap interval of `stat`, relative to it."""
-    if len(values) < 2 or not value:
+def _noise(values: np.ndarray, units: list[object], stat: str, value: float) -> float:
+    """Half the 95% bootstrap interval of `stat`, relative to it, resampling the independent
+    units: operations, or for gossip deliveries the messages (one message's deliveries share its
+    path through the mesh: they are one observation of the network, not hundreds)."""
+    clusters: dict[object, list[float]] = {}
+    for unit, v in zip(units, values, strict=True):
+        clusters.setdefault(unit, []).append(float(v))
+    if len(clusters) < 2 or not value:
         return math.inf
-    interval = stats.bootstrap((values,), STATISTIC[stat], n_resamples=RESAMPLES, method="percentile",
-                               random_state=np.random.default_rng(0)).confidence_interval
+    rng = np.random.default_rng(0)
+    if len(clusters) == len(values):
+        data, statistic = (values,), STATISTIC[stat]
+        vectorized = True
+    else:
+        groups = [np.asarray(c) for c in clusters.values()]
+        data = (np.arange(len(groups)),)
+        vectorized = False
+
+        def statistic(chosen: np.ndarray, axis: int | None = None) -> Any:
+            return STATISTIC[stat](np.concatenate([groups[i] for i in chosen]), None)
+    interval = stats.bootstrap(data, statistic, n_resamples=RESAMPLES, method="percentile", vectorized=vectorized,
+                               random_state=rng).confidence_interval
     return float((interval.high - interval.low) / 2 / abs(value))
 
 
-def _values(metric: str, stretch: Again | None) -> np.ndarray:
-    found = latency_metrics(stretch[1]).get(metric) if stretch else None
-    return np.asarray(found.values if found else [], dtype=float)
+def _sample(metric: str, stretch: Again | None) -> tuple[np.ndarray, list[object]]:
+    """The metric's values in a stretch (as latency_metrics takes them: the successful
+    operations), each with its independent unit: the message of a gossip delivery, else itself."""
+    events = [e for e in stretch[1] if e.op == metric and e.ok] if stretch else []
+    return np.asarray([e.ms for e in events], dtype=float), [e.message or n for n, e in enumerate(events)]
 
 
 def recheck(sla: Sla, measured: list[float], again: Again | None, doubled: Again | None, tolerance: float) -> Recheck:
@@ -148,15 +166,19 @@ def recheck(sla: Sla, measured: list[float], again: Again | None, doubled: Again
     move between them is the dilation's, not the network's."""
     if again is None or doubled is None:
         return Recheck(False, None, (0, 0), (), f"no operations of {sla.metric} were measured again")
-    first, second = _values(sla.metric, again), _values(sla.metric, doubled)
+    (first, first_units), (second, second_units) = _sample(sla.metric, again), _sample(sla.metric, doubled)
     factors = (again[0].factor, doubled[0].factor)
-    if min(len(first), len(second), len(measured)) < MIN_RERUN:
+    units = (len(set(first_units)), len(set(second_units)))
+    if min(len(first), len(second), len(measured)) < MIN_RERUN or min(units) < MIN_UNITS:
+        clustered = units != (len(first), len(second))
+        counted = f"{len(first)} and {len(second)}" + (f" ({units[0]} and {units[1]} messages)" if clustered else "")
         return Recheck(False, factors, (len(first), len(second)), (), f"too few operations to compare ({len(measured)} in "
-                       f"the workload, {len(first)} and {len(second)} measured again; at least {MIN_RERUN} each)")
+                       f"the workload, {counted} measured again; at least {MIN_RERUN} each, from {MIN_UNITS} independent "
+                       "messages or operations)")
     moves = []
     for stat in dict.fromkeys(("p50", sla.stat)):
         workload, before, after = (float(STATISTIC[stat](np.asarray(x, dtype=float), None)) for x in (measured, first, second))
-        noise = math.hypot(_noise(first, stat, before), _noise(second, stat, after))
+        noise = math.hypot(_noise(first, first_units, stat, before), _noise(second, second_units, stat, after))
         move = (after - before) / before if before else math.inf
         moves.append(Move(stat, workload, before, after, move, max(tolerance, noise)))
     return Recheck(all(m.held for m in moves), factors, (len(first), len(second)), tuple(moves))

@@ -7,7 +7,7 @@ import base64
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 import matplotlib.pyplot as plt
@@ -59,7 +59,12 @@ def _figures(records: RunRecords, analysis: Analysis, baseline: tuple[Path, dict
     return [{"name": name, "title": title, "src": _save(figure, plots_dir, name)} for name, title, figure in wanted]
 
 
-def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
+class Written(NamedTuple):
+    path: Path
+    analysis: Analysis  # what the report shows, for the terminal's closing tables
+
+
+def write_report(run_dir: Path, baseline: Path | None = None) -> Written:
     """Renders RUN_DIR/report.html from the run's records, by the analysis `lab run` used
     (lab/analysis/figures.py); with a baseline, adds the comparison table and overlaid
     distributions."""
@@ -82,4 +87,4 @@ def write_report(run_dir: Path, baseline: Path | None = None) -> Path:
     }
     path = run_dir / REPORT
     path.write_text(environment.get_template("report.html").render(**context))
-    return path
+    return Written(path, analysis)

@@ -136,6 +136,13 @@ def error_lines(errors: Errors) -> list[str]:
     return lines
 
 
+def closing_lines(analysis: Analysis) -> list[str]:
+    """What `lab run` prints once a run has ended, and `lab report` for a directory: the metrics,
+    time to ready, each phase's fidelity, where the time went, the verdicts and the errors."""
+    return [*metrics_table(analysis.summary), *ready_lines(analysis), "", *fidelity_lines(analysis.fidelity), "",
+            *bound_lines(analysis.bounds), "", *verdict_lines(analysis.verdicts), *error_lines(analysis.errors)]
+
+
 def repeat_lines(repeat: dict[str, Any], outcomes: list[Any]) -> list[str]:
     """Each run's verdict, then the between-run table: the run is the independent unit."""
     lines = [f"run-{n}: {'all SLAs held' if o.exit_code == 0 else 'an SLA failed'}" for n, o in enumerate(outcomes, 1)]
