@@ -367,8 +367,13 @@ class Workload:
         await asyncio.gather(*(again(live[peer], items) for peer, items in by_peer.items()))
 
     async def _again_gossip(self, phase: GossipPhase, report: PhaseRecord, count: int) -> None:
+        """Announcements one at a time, each once it reached every peer (or its settle bound ran
+        out), about `count` deliveries and at least two messages: a message's deliveries share
+        its path through the mesh, so the 2N check counts messages (recheck.py)."""
         receivers = max(1, len(self.peers()) - 1)
-        await self._gossip(phase.model_copy(update={"announcements": math.ceil(count / receivers)}), report, "rerun gossip")
+        one = phase.model_copy(update={"announcements": 1})
+        for number in range(max(2, math.ceil(count / receivers))):
+            await self._gossip(one, report, f"rerun gossip {number}")
 
     async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseRecord) -> None:
         rng = self.topology.rng("concurrent_search")
