@@ -57,3 +57,18 @@ def test_no_samples_no_phases_or_no_core_count_give_no_bound() -> None:
     assert bounds([], samples, Dilation(FACTOR), 2) == []
     assert bounds([phase], samples, Dilation(FACTOR), None) == []
     assert bound_metrics([]) == {}
+
+
+def test_cpu_is_spread_over_the_machine_s_time_across_a_change_of_factor() -> None:
+    # One process burning 1 CPU-s per second of the machine's time, sampled at 0 and 20 s; the
+    # clock's factor goes from 1 to 10 at 10 s, so the second phase is 1 s of the run's time.
+    dilation = Dilation(1.0)
+    dilation.switch(10.0, 10 * SECOND, 10 * SECOND)
+    samples = [Sample.of({"t_ns": dilation.virtual_ns(t * SECOND), "sweep": 0, "role": "peer", "peers": [0], "pid": 1,
+                          "rss": 1, "cpu_user": float(t), "cpu_system": 0.0}) for t in (0, 20)]
+    events = [event("phase", 10_000, peer=None, start_ns=0, phase="search", number=1),
+              event("phase", 1_000, peer=None, start_ns=10 * SECOND, phase="gossip", number=2)]
+    _, search, gossip = bounds(events, samples, dilation, cores=1)
+    assert search.wall_s == pytest.approx(10) and gossip.wall_s == pytest.approx(10)
+    assert search.cpu_s["peer"] == pytest.approx(10) and gossip.cpu_s["peer"] == pytest.approx(10)
+    assert search.ratio == pytest.approx(1) and gossip.ratio == pytest.approx(1)  # on the run's clock: 18.2 and 1.8

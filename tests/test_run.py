@@ -91,6 +91,10 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
             continue
         assert verdict["measured"] == summary[verdict["metric"]][verdict["stat"]]
     assert verdicts["passed"] == all(v["passed"] for v in verdicts["verdicts"])
+    bounds = json.loads((out / "summary.json").read_text())["cpu_bound"]
+    assert bounds[0]["label"] == "run" and len(bounds) == 1 + len(manifest["topology"]["workload"])
+    assert all(b["cpu_s"]["peer"] > 0 and b["ratio"] > 0.9 for b in bounds), bounds  # no window beats its CPU bound
+    assert summary["wall_over_cpu_bound"]["p50"] == pytest.approx(bounds[0]["ratio"])
     resources = read_jsonl(out / "resources.jsonl")
     assert {r["peer"] for r in resources if r["role"] == "peer"} == set(range(10))
     assert summary["memory_rss_mib"]["n"] == summary["memory_uss_mib"]["n"] == 10
@@ -271,6 +275,10 @@ def test_report_with_compare_adds_the_table_and_overlaid_distributions(netns_run
     run = shutil.copytree(out, tmp_path / "run")
     result = CliRunner().invoke(main, ["report", str(run), "--compare", str(out)])
     assert result.exit_code == 0, result.output
+    closing = [line for line in result.output.splitlines()[:-1] if line.strip()]  # all but the report's path
+    done, _ = netns_run
+    assert closing and all(line in done.stdout.splitlines() for line in closing)  # what lab run printed at its end
+    assert any("wall / bound" in line for line in closing)
     page = (run / "report.html").read_text()
     assert 'id="comparison"' in page and 'id="figure-compare_cdf"' in page and (run / "plots" / "compare_cdf.svg").exists()
     assert "within noise" in page  # a run against itself changes nothing

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,12 +63,14 @@ def cpu_at(series: list[tuple[int, float]], t_ns: int) -> float:
     return c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0) if t1 > t0 else c1
 
 
-def cpu_series(samples: list[Sample], role: str | None = None) -> Series:
-    """Each process's cumulative CPU over time, of one role or of all."""
+def cpu_series(samples: list[Sample], role: str | None = None, clock: Callable[[int], int] | None = None) -> Series:
+    """Each process's cumulative CPU over time, of one role or of all; `clock` maps a sample's
+    instant (the run's time) to another (the machine's)."""
     series: Series = {}
     for sample in sorted(samples, key=lambda s: s.t_ns):
         if role is None or sample.role == role:
-            series.setdefault(sample.pid, (sample.role, []))[1].append((sample.t_ns, sample.cpu_seconds))
+            at = clock(sample.t_ns) if clock else sample.t_ns
+            series.setdefault(sample.pid, (sample.role, []))[1].append((at, sample.cpu_seconds))
     return series
 
 
@@ -87,7 +90,9 @@ def bounds(events: list[Event], samples: list[Sample], dilation: Dilation, cores
     """The run's bound (from its start to the end of its last phase, the 2N check's included;
     every process counted from its birth if born within), then each workload phase's; empty
     without samples or phases."""
-    series = cpu_series(samples)
+    # Interpolated on the machine's clock, on which a process spends CPU: across a change of factor,
+    # the run's clock would give the slow side a share of the CPU by its virtual length.
+    series = cpu_series(samples, clock=dilation.real_ns)
     phases = [e for e in events if e.op == PHASE]
     ends = [e.end_ns for e in events if e.op in (PHASE, RERUN)]
     started = [e.start_ns for e in events if e.op == RUN_STARTED]
@@ -95,8 +100,8 @@ def bounds(events: list[Event], samples: list[Sample], dilation: Dilation, cores
         return []
 
     def bound(label: str, start_ns: int, end_ns: int, from_birth: bool, busy: object = None) -> Bound:
-        wall = (dilation.real_ns(end_ns) - dilation.real_ns(start_ns)) / 1e9
-        return Bound(label, wall, _spent(series, start_ns, end_ns, from_birth), cores,
+        start, end = dilation.real_ns(start_ns), dilation.real_ns(end_ns)
+        return Bound(label, (end - start) / 1e9, _spent(series, start, end, from_birth), cores,
                      float(busy) if isinstance(busy, int | float) else None)
 
     run = bound("run", started[0] if started else phases[0].start_ns, max(ends), True)
