@@ -1,5 +1,6 @@
 """Verdicts, metric derivation and peer-log counting on hand-made records."""
 
+import gzip
 from dataclasses import asdict
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def test_peer_log_lines_are_counted_with_variable_parts_masked(tmp_path: Path) -
         "Traceback (most recent call last):\n"
         "2026-11-22 04:58:10,000 peer 1 libp2p.host.basic_host WARNING slow stream to 12D3KooWBFoF8MR2Qrdwwrm5dx\n"
     )
-    (tmp_path / "host-0001.stderr").write_text("2026-11-22 04:58:11,000 peer 2 nodes.peer WARNING retry 3\n")
+    # a committed run keeps its logs compressed
+    (tmp_path / "host-0001.stderr.gz").write_bytes(gzip.compress(b"2026-11-22 04:58:11,000 peer 2 nodes.peer WARNING retry 3\n"))
     counted = count_levels(tmp_path)
     assert counted["levels"] == {"ERROR": 2, "WARNING": 2}
     assert counted["peers_with_errors"] == 2  # peers 0 and 1 of host 0 logged errors; peer 2 only a warning

@@ -1,13 +1,15 @@
 """Counting what the peers wrote to stderr: warnings and errors are results too.
 
 Lines look like `2026-11-22 04:58:08,032 peer 7 libp2p.transport.tcp.tcp ERROR Failed to open ...`
-(the format nodes/peer.py configures; one log per host process, each line naming its peer).
+(the format nodes/peer.py configures; one log per host process, each line naming its peer; a
+committed run keeps them compressed, `host-NNNN.stderr.gz`).
 Messages are grouped after masking what varies between occurrences (peer ids, addresses,
 numbers), so "the same error at 40 peers" is one row.
 """
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections import Counter
 from pathlib import Path
@@ -32,8 +34,9 @@ def count_levels(log_dir: Path) -> dict[str, Any]:
     levels: Counter[str] = Counter()
     messages: Counter[tuple[str, str, str]] = Counter()
     peers_with_errors = set()
-    for path in sorted(log_dir.glob("host-*.stderr")):
-        for line in path.read_text(errors="replace").splitlines():
+    for path in sorted([*log_dir.glob("host-*.stderr"), *log_dir.glob("host-*.stderr.gz")]):
+        data = path.read_bytes()
+        for line in (gzip.decompress(data) if path.suffix == ".gz" else data).decode(errors="replace").splitlines():
             match = LINE.match(line)
             if match is None:
                 continue
