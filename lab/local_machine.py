@@ -177,6 +177,10 @@ class LocalMachine(Machine):
                             [line for r in reports for line in r.lines("failed")],
                             [line for r in reports for line in r.lines("unverified")])
 
+    async def sample(self) -> None:
+        if self.collector is not None:
+            await self.collector.sample_once(detailed=False)
+
     async def watch(self) -> LinkWatch:
         network, live = self.network, self.live
         watched = await live.watch() if live is not None else LinkWatch()

@@ -131,6 +131,11 @@ class Machine(ABC):
         given); returns what they do now."""
 
     @abstractmethod
+    async def sample(self) -> None:
+        """A resource sample of every process now, out of the collector's turn, so that a
+        stretch's CPU has its edges (at a high dilation the collector's interval outlasts it)."""
+
+    @abstractmethod
     async def watch(self) -> LinkWatch:
         """What the links did since the last call (the first call starts the count)."""
 

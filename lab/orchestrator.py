@@ -218,9 +218,11 @@ class Run:
         if factor != self.dilation.factor:
             await self._retime(machine, factor)
         await machine.watch()  # the links' count starts with the stretch
+        await machine.sample()  # and the processes' CPU (lab/analysis/bound.py)
         started = self.dilation.now_ns()
         record = await work
         ended = self.dilation.now_ns()
+        await machine.sample()
         links = await machine.watch()
         phase = record.phase.removesuffix(" (2N)")
         self.on_event(Event(kind, None, started, ended, True, details={
