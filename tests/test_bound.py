@@ -72,3 +72,18 @@ def test_cpu_is_spread_over_the_machine_s_time_across_a_change_of_factor() -> No
     assert search.wall_s == pytest.approx(10) and gossip.wall_s == pytest.approx(10)
     assert search.cpu_s["peer"] == pytest.approx(10) and gossip.cpu_s["peer"] == pytest.approx(10)
     assert search.ratio == pytest.approx(1) and gossip.ratio == pytest.approx(1)  # on the run's clock: 18.2 and 1.8
+
+
+def test_cpu_per_operation_is_interpolated_on_the_machine_s_clock() -> None:
+    """A gossip phase at a high factor lasts a moment of the run's time but minutes of the machine's:
+    the peers' CPU in it, between samples taken around it, follows the machine's time."""
+    from lab.analysis.metrics import cpu_per_operation
+
+    dilation = Dilation(1.0)
+    dilation.switch(10.0, 10 * SECOND, 10 * SECOND)  # the gossip phase: 10 s of the machine's time, 1 s of the run's
+    samples = [Sample.of({"t_ns": dilation.virtual_ns(t * SECOND), "sweep": 0, "role": "peer", "peers": [0], "pid": 1,
+                          "rss": 1, "cpu_user": float(t), "cpu_system": 0.0}) for t in (0, 20)]
+    phase = event("phase", 1_000, peer=None, start_ns=10 * SECOND, phase="gossip", number=1)
+    deliveries = [event("gossip_delivery", 1, start_ns=10 * SECOND + i) for i in range(5)]
+    per = cpu_per_operation([phase, *deliveries], samples, dilation.real_ns)["cpu_s_per_delivery"]
+    assert per.values == [pytest.approx(10 / 5)]  # on the run's clock 20 / 11 CPU-s, ten times too little

@@ -199,7 +199,8 @@ def analyze(records: RunRecords) -> Analysis:
     topology = _topology(records, notes)
     manifest = records.manifest
     events, reruns = split(records.events)
-    metrics = all_metrics(events, records.samples, manifest.peers_ready, topology.deployed_peer if topology else None)
+    metrics = all_metrics(events, records.samples, manifest.peers_ready, topology.deployed_peer if topology else None,
+                          manifest.time_dilation.real_ns)
     windows = bounds(records.events, records.samples, manifest.time_dilation, manifest.machine.cpus if manifest.machine else None)
     metrics = dict(sorted({**metrics, **bound_metrics(windows)}.items()))
     summary = summarize_metrics(metrics)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lab.analysis.bound import cpu_at, cpu_series
@@ -48,6 +49,12 @@ from lab.metric_names import (
     unit_of,
 )
 from nodes.protocol import Event, Op
+
+Clock = Callable[[int], int]  # the run's instants to the machine's (nodes/protocol.py Dilation.real_ns)
+
+
+def _same(t_ns: int) -> int:
+    return t_ns
 
 
 @dataclass
@@ -180,9 +187,11 @@ def time_to_ready(events: list[Event]) -> Metric:
     return metric
 
 
-def cpu_per_operation(events: list[Event], samples: list[Sample]) -> dict[str, Metric]:
-    """Per phase of a kind in CPU_PER_OPERATION: the peers' CPU in it per operation."""
-    series = [points for _, points in cpu_series(samples, "peer").values()]
+def cpu_per_operation(events: list[Event], samples: list[Sample], clock: Clock = _same) -> dict[str, Metric]:
+    """Per phase of a kind in CPU_PER_OPERATION: the peers' CPU in it per operation. `clock` maps
+    the run's instants to the machine's, on which CPU is spent and so interpolated (across a
+    change of factor the run's clock would give a slow phase a share by its virtual length)."""
+    series = [points for _, points in cpu_series(samples, "peer", clock).values()]
     metrics: dict[str, Metric] = {}
     for phase in (e for e in events if e.op == PHASE and e.details.get("phase") in CPU_PER_OPERATION):
         name, op = CPU_PER_OPERATION[str(phase.details["phase"])]
@@ -190,16 +199,17 @@ def cpu_per_operation(events: list[Event], samples: list[Sample]) -> dict[str, M
         starts = [e.start_ns for e in events if e.op == op and e.ok and phase.start_ns <= e.start_ns <= phase.end_ns]
         metric.attempts += 1
         if starts and series:  # from the first operation on: a warm start's setup is not a join
-            cpu = sum(cpu_at(s, phase.end_ns) - cpu_at(s, min(starts)) for s in series)
+            cpu = sum(cpu_at(s, clock(phase.end_ns)) - cpu_at(s, clock(min(starts))) for s in series)
             metric.values.append(cpu / len(starts))
     return metrics
 
 
-def all_metrics(events: list[Event], samples: list[Sample], ready_peers: int, deployed: int | None = None) -> dict[str, Metric]:
+def all_metrics(events: list[Event], samples: list[Sample], ready_peers: int, deployed: int | None = None,
+                clock: Clock = _same) -> dict[str, Metric]:
     metrics = latency_metrics(events)
     metrics[TIME_TO_READY] = time_to_ready(events)
     metrics.update(resource_metrics(samples, deployed))
-    metrics.update(cpu_per_operation(events, samples))
+    metrics.update(cpu_per_operation(events, samples, clock))
     ratio = delivery_ratio(events, ready_peers)
     if ratio.attempts:
         metrics[ratio.name] = ratio
