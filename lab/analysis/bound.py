@@ -24,6 +24,12 @@ from lab.events import PHASE, RERUN, RUN_STARTED, Sample
 from nodes.protocol import Dilation, Event
 
 Series = dict[int, tuple[str, list[tuple[int, float]]]]  # pid -> (role, [(t_ns, cumulative CPU-s)])
+Clock = Callable[[int], int]  # the run's instants to the machine's (nodes/protocol.py Dilation.real_ns)
+
+
+def same_instant(t_ns: int) -> int:
+    """The clock of an undilated run, and of figures taken on the run's own clock."""
+    return t_ns
 
 
 @dataclass(frozen=True)
@@ -63,14 +69,13 @@ def cpu_at(series: list[tuple[int, float]], t_ns: int) -> float:
     return c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0) if t1 > t0 else c1
 
 
-def cpu_series(samples: list[Sample], role: str | None = None, clock: Callable[[int], int] | None = None) -> Series:
+def cpu_series(samples: list[Sample], role: str | None = None, clock: Clock = same_instant) -> Series:
     """Each process's cumulative CPU over time, of one role or of all; `clock` maps a sample's
     instant (the run's time) to another (the machine's)."""
     series: Series = {}
     for sample in sorted(samples, key=lambda s: s.t_ns):
         if role is None or sample.role == role:
-            at = clock(sample.t_ns) if clock else sample.t_ns
-            series.setdefault(sample.pid, (sample.role, []))[1].append((at, sample.cpu_seconds))
+            series.setdefault(sample.pid, (sample.role, []))[1].append((clock(sample.t_ns), sample.cpu_seconds))
     return series
 
 

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lab.analysis.bound import cpu_at, cpu_series
+from lab.analysis.bound import Clock, cpu_at, cpu_series, same_instant
 from lab.events import IMPAIRMENT, MIB, PHASE, RUN_STARTED, Sample, announced_message
 from lab.metric_names import (
     CPU_PER_OPERATION,
@@ -49,12 +48,6 @@ from lab.metric_names import (
     unit_of,
 )
 from nodes.protocol import Event, Op
-
-Clock = Callable[[int], int]  # the run's instants to the machine's (nodes/protocol.py Dilation.real_ns)
-
-
-def _same(t_ns: int) -> int:
-    return t_ns
 
 
 @dataclass
@@ -187,7 +180,7 @@ def time_to_ready(events: list[Event]) -> Metric:
     return metric
 
 
-def cpu_per_operation(events: list[Event], samples: list[Sample], clock: Clock = _same) -> dict[str, Metric]:
+def cpu_per_operation(events: list[Event], samples: list[Sample], clock: Clock = same_instant) -> dict[str, Metric]:
     """Per phase of a kind in CPU_PER_OPERATION: the peers' CPU in it per operation. `clock` maps
     the run's instants to the machine's, on which CPU is spent and so interpolated (across a
     change of factor the run's clock would give a slow phase a share by its virtual length)."""
@@ -205,7 +198,7 @@ def cpu_per_operation(events: list[Event], samples: list[Sample], clock: Clock =
 
 
 def all_metrics(events: list[Event], samples: list[Sample], ready_peers: int, deployed: int | None = None,
-                clock: Clock = _same) -> dict[str, Metric]:
+                clock: Clock = same_instant) -> dict[str, Metric]:
     metrics = latency_metrics(events)
     metrics[TIME_TO_READY] = time_to_ready(events)
     metrics.update(resource_metrics(samples, deployed))
