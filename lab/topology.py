@@ -455,6 +455,12 @@ class Fidelity(Strict):
         "check, latency verdicts rest on the timer-lag guard alone",
     )
     tolerance: Percent = Field(default=0.05, description="the smallest move of a figure at 2N that counts as a move")
+    messages: int = Field(
+        default=2, ge=2, le=1000,
+        description="gossip messages each stretch of the 2N check announces at least: a message's deliveries share its "
+        "path through the mesh, so they are one observation; where a message reaches few peers, more messages give the "
+        "check's noise a sample it can be estimated from",
+    )
 
 
 class Collector(Strict):

@@ -62,8 +62,8 @@ def test_the_dilation_is_settled_once_with_each_phase_s_factor() -> None:
     assert dilation.of_phase(1) == 6.0 and dilation.of_phase(gossip) == written.workload[gossip - 1].time_dilation
     assert dilation.switchable and dilation.dilated
     default = load_topology(DEFAULT)
-    checked = fixed(default, 2.0, "")  # its 2N check: gossip (its phase at 8) and joins, warm-up, N, 2N, 2N, N each
-    assert checked.later == (8.0, 8.0, 16.0, 16.0, 8.0, 2.0, 2.0, 4.0, 4.0, 2.0) and checked.dilated
+    checked = fixed(default, 2.0, "")  # its 2N check: gossip (its phase at 16) and joins, warm-up, N, 2N, 2N, N each
+    assert checked.later == (16.0, 16.0, 32.0, 32.0, 16.0, 2.0, 2.0, 4.0, 4.0, 2.0) and checked.dilated
     tiny = load_topology(TINY)
     unchecked = tiny.model_copy(update={"fidelity": tiny.fidelity.model_copy(update={"rerun": 0})})
     assert not fixed(unchecked, 1.0, "").dilated  # the machine's own clock: nothing to install

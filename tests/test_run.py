@@ -63,6 +63,10 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     assert [p["phase"] for p in manifest["phases"]] == workload + rerun
 
     everything = read_jsonl(out / "events.jsonl")  # the 2N check's operations come after the workload's
+    stretches = [e for e in everything if e["op"] == "rerun" and e["phase"] == "gossip"]
+    announced = [sum(1 for e in everything if e["op"] == "gossip_publish" and s["start_ns"] <= e["start_ns"] <= s["end_ns"])
+                 for s in stretches]
+    assert announced == [manifest["topology"]["fidelity"]["messages"]] * 5, announced  # 8 in the default topology
     events = [e for e in everything if e["start_ns"] < next(e["start_ns"] for e in everything if e["op"] == "rerun")]
     summary = json.loads((out / "summary.json").read_text())["metrics"]
     counts = Counter(e["op"] for e in events)

@@ -368,11 +368,11 @@ class Workload:
 
     async def _again_gossip(self, phase: GossipPhase, report: PhaseRecord, count: int) -> None:
         """Announcements one at a time, each once it reached every peer (or its settle bound ran
-        out), about `count` deliveries and at least two messages: a message's deliveries share
-        its path through the mesh, so the 2N check counts messages (recheck.py)."""
+        out), about `count` deliveries and at least `fidelity.messages` messages: a message's
+        deliveries share its path through the mesh, so the 2N check counts messages (recheck.py)."""
         receivers = max(1, len(self.peers()) - 1)
         one = phase.model_copy(update={"announcements": 1})
-        for number in range(max(2, math.ceil(count / receivers))):
+        for number in range(max(self.topology.fidelity.messages, math.ceil(count / receivers))):
             await self._gossip(one, report, f"rerun gossip {number}")
 
     async def _concurrent_search(self, phase: ConcurrentSearchPhase, report: PhaseRecord) -> None:
