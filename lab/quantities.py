@@ -18,13 +18,18 @@ def registry() -> pint.UnitRegistry:
 
 
 def parse(text: str | int | float) -> pint.Quantity:
-    """Parse a quantity; bare numbers are dimensionless."""
+    """Parse a quantity; bare numbers are dimensionless. Only text and numbers are quantities
+    (pint would take a list for an array), and only finite ones."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError(f"not a quantity: expected text such as 500ms or a number, got {type(text).__name__}")
     try:
         quantity = registry().Quantity(text)
-    except (pint.errors.PintError, ValueError, TypeError, AttributeError) as exc:
+    except (pint.errors.PintError, ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise ValueError(f"not a quantity: {text!r} ({exc})") from None
-    if not isinstance(quantity, pint.Quantity):
+    if not isinstance(quantity, pint.Quantity) or not isinstance(quantity.magnitude, int | float):
         raise ValueError(f"not a quantity: {text!r}")
+    if not math.isfinite(quantity.magnitude):
+        raise ValueError(f"{text!r}: must be a finite number")
     return quantity
 
 

@@ -35,12 +35,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_PEERS = 100_000  # far above what a machine holds (1000 here); a typo's 10**12 peers is refused, not laid out
+MAX_SECONDS = 86_400.0  # a day: no wait of a run is longer; 1e300s is a typo, not a run that never ends
+
+
 def _seconds(value: str | int | float) -> float:
     if isinstance(value, int | float):
         raise ValueError(f"{value!r} needs a unit, e.g. {value}s or {value}ms")
     seconds = quantities.seconds(value)
-    if seconds < 0:
-        raise ValueError("must not be negative")
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise ValueError(f"must be between 0 and {MAX_SECONDS:g}s (a day)")
     return seconds
 
 
@@ -138,7 +142,7 @@ class Impairment(Strict):
 
 class Group(Strict):
     name: str = Field(min_length=1)
-    count: int | None = Field(default=None, ge=1)
+    count: int | None = Field(default=None, ge=1, le=MAX_PEERS)
     percent: float | None = Field(default=None, gt=0, le=100)
     region: str | None = None
     link: Link = Link()
@@ -475,7 +479,7 @@ class Topology(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(ge=0)
     description: str = ""
-    total: int | None = Field(default=None, ge=1, description="peer count when groups use percent")
+    total: int | None = Field(default=None, ge=1, le=MAX_PEERS, description="peer count when groups use percent")
     groups: list[Group] = Field(min_length=1)
     regions: Regions | None = None
     impairment: Impairment = Impairment()
@@ -491,6 +495,8 @@ class Topology(Strict):
     def _consistent(self) -> Topology:
         if any(g.percent is not None for g in self.groups) and self.total is None:
             raise ValueError("total: required when a group gives percent")
+        if self.peer_count > MAX_PEERS:
+            raise ValueError(f"groups: {self.peer_count} peers in all; a run holds at most {MAX_PEERS}")
         names = [g.name for g in self.groups]
         if len(set(names)) != len(names):
             raise ValueError("groups: group names must be unique")
@@ -672,7 +678,13 @@ def parse_topology(data: object, source: str = "<topology>") -> Topology:
         if colon and re.fullmatch(r"[a-z_]+(\[\d+\])?(\.[a-z_]+)*", head):
             path, message = (f"{path}.{head}" if path else head), rest
         where = f"{path}: " if path else ""
-        raise TopologyError(f"{source}: {where}{message}") from None
+        raise TopologyError(f"{source}: {where}{_one_line(message)}") from None
+
+
+def _one_line(message: str, limit: int = 300) -> str:
+    """A message that may quote the file's value, on one line and of a readable length."""
+    flat = " ".join(message.split())
+    return flat if len(flat) <= limit else f"{flat[:limit]}..."
 
 
 def load_topology(path: Path) -> Topology:
@@ -684,6 +696,8 @@ def load_topology(path: Path) -> Topology:
         raise TopologyError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise TopologyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise TopologyError(f"{path}: nested too deeply to be a topology") from None
     if not isinstance(data, dict):
         raise TopologyError(f"{path}: must be a mapping with name, seed, groups and workload")
     return parse_topology(data, str(path))

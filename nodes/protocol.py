@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 
 @dataclass(frozen=True)
@@ -326,11 +326,14 @@ class PeerSettings:
         )
 
 
+NetemOp = Literal["set", "clear", "show", "verify"]
+
+
 @dataclass(frozen=True)
 class NetemRequest:
     """`lab netem`'s one request to a running orchestrator (over its impairment socket)."""
 
-    op: Literal["set", "clear", "show", "verify"]
+    op: NetemOp
     groups: list[str] = field(default_factory=list)
     peers: list[int] | None = None
     link: dict[str, Any] = field(default_factory=dict)  # the link fields given, as typed on the command line
@@ -341,4 +344,14 @@ class NetemRequest:
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> NetemRequest:
-        return cls(**record)
+        """The request a socket line holds; ValueError or TypeError names what is wrong in it."""
+        request = cls(**record)
+        if request.op not in get_args(NetemOp):
+            raise ValueError(f"op {request.op!r}: one of {', '.join(get_args(NetemOp))}")
+        if not isinstance(request.groups, list) or not all(isinstance(g, str) for g in request.groups):
+            raise ValueError("groups: a list of group names")
+        if request.peers is not None and not (isinstance(request.peers, list) and all(type(p) is int for p in request.peers)):
+            raise ValueError("peers: a list of peer indexes")
+        if not isinstance(request.link, dict) or not isinstance(request.verify, bool):
+            raise ValueError("link: an object of link fields; verify: true or false")
+        return request

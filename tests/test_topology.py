@@ -37,7 +37,7 @@ def base(**changes: object) -> dict:
         ({"libp2p": {"dht": {"join": "walk"}}}, "libp2p.dht.join"),
         (
             {"workload": [{"phase": "bootstrap"}, {"phase": "publish", "settle": "-1s"}]},
-            "workload[1].settle: must not be negative",
+            "workload[1].settle: must be between 0 and 86400s (a day)",
         ),
     ],
 )

@@ -10,6 +10,7 @@ never makes a run hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import sys
@@ -23,6 +24,7 @@ from lab.network.fabric import PeerSlot
 from lab.peers.cgroup import PeerCgroups
 from lab.peers.forks import ForkedProcess, ForkServer
 from lab.runid import ENV_VAR
+from lab.sockets import owner_only_server
 from nodes import wire
 from nodes.protocol import Call, Event, PeerSettings
 
@@ -96,7 +98,7 @@ class Fleet:
         return {**os.environ, ENV_VAR: self.run_id, "PYTHONUNBUFFERED": "1"}
 
     async def open(self) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.control_path), limit=wire.MAX_LINE)
+        self._server = await owner_only_server(self._serve, self.control_path, wire.MAX_LINE)
         if self.forks is not None:
             await self.forks.open()
             if self.cgroups is not None and self.forks.process is not None:  # before it forks: hosts are born in it
@@ -203,31 +205,53 @@ class Fleet:
         peer.mark_lost(f"exited with status {code}: {tail[-1] if tail else 'no stderr'}")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: a peer's after its hello. A message that is not one (not JSON, too long,
+        a field missing or of the wrong kind, a hello for no peer of this run or for one already
+        connected) ends the connection: a peer that sent it is lost with that cause, anything
+        else is told why in one line; the run goes on."""
         peer: PeerProcess | None = None
         try:
             while line := await reader.readline():
-                message = wire.decode(line)
-                kind = message["type"]
-                if kind == "hello":
-                    peer = self._peers[message["index"]]
-                    peer.writer = writer
-                    peer.hello.set()
-                elif kind == "event":
-                    self.on_event(Event.of(message))
-                elif kind == "result" and peer is not None:
-                    future = peer.pending.pop(message["id"], None)
-                    if future is not None and not future.done():
-                        if message["ok"]:
-                            future.set_result(message["value"])
-                        else:
-                            future.set_exception(CallFailed(message["error"]))
-        except (ConnectionError, ValueError) as exc:
+                peer = self._take(wire.decode(line), peer, writer)
+        except ConnectionError as exc:
             if peer is not None:
                 await self._lose(peer, f"control connection broke: {exc}")
+        except (ValueError, KeyError, TypeError) as exc:
+            cause = f"malformed control message ({type(exc).__name__}: {str(exc)[:200]})"
+            if peer is not None:
+                await self._lose(peer, cause)
+            else:
+                with contextlib.suppress(ConnectionError):
+                    writer.write(wire.encode({"type": "error", "error": cause}))
+                    await writer.drain()
         finally:
             if peer is not None:
                 await self._lose(peer, "control connection closed")
             writer.close()
+
+    def _take(self, message: wire.Message, peer: PeerProcess | None, writer: asyncio.StreamWriter) -> PeerProcess | None:
+        """Acts on one control message; returns the connection's peer (set by its hello)."""
+        kind = message["type"]
+        if kind == "hello" and peer is None:
+            hello = self._peers.get(message["index"]) if isinstance(message["index"], int) else None
+            if hello is None or hello.writer is not None:
+                raise ValueError(f"hello for peer {message['index']!r}, which is not a peer of this run waiting for "
+                                 "its connection")
+            hello.writer = writer
+            hello.hello.set()
+            return hello
+        if kind == "event" and peer is not None:
+            self.on_event(Event.of(message))
+        elif kind == "result" and peer is not None:
+            future = peer.pending.pop(message["id"], None)
+            if future is not None and not future.done():
+                if message["ok"]:
+                    future.set_result(message["value"])
+                else:
+                    future.set_exception(CallFailed(str(message["error"])))
+        else:
+            raise ValueError(f"unexpected {kind!r} message" + ("" if peer is None else f" from peer {peer.index}"))
+        return peer
 
     # -- calling ---------------------------------------------------------------------------
 

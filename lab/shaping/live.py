@@ -23,11 +23,13 @@ from lab.events import VERIFICATION
 from lab.machine import LinkWatch
 from lab.shaping.links import Change, Links
 from lab.shaping.verify import worst
+from lab.sockets import owner_only_server
 from lab.topology import Link
 from nodes.protocol import Event, NetemRequest
 
 Record = Callable[[Event], None]
 REQUEST_TIMEOUT_S = 600.0
+REQUEST_LIMIT = 64 * 1024  # bytes of one request line; `lab netem`'s are a few hundred
 
 
 class LiveLinks:
@@ -107,13 +109,20 @@ class LiveLinks:
     async def serve(self, path: Path) -> None:
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                reply = await self._answer(await reader.readline())
+                try:
+                    line = await reader.readline()
+                except ValueError:  # no end of line within the limit
+                    reply = {"ok": False, "error": f"request longer than {REQUEST_LIMIT} bytes; send what `lab netem` sends"}
+                else:
+                    reply = await self._answer(line)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
+            except ConnectionError:
+                pass  # the caller left before its answer: nothing to tell it
             finally:
                 writer.close()
 
-        self.server = await asyncio.start_unix_server(answer, path=str(path))
+        self.server = await owner_only_server(answer, path, REQUEST_LIMIT)
         self.path = path
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
