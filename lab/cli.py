@@ -17,7 +17,7 @@ from lab import cleanup, exits, quantities
 from lab import sweep as sweeps
 from lab.analysis import compare as compare_runs
 from lab.analysis.records import read_json
-from lab.errors import OUTCOMES, BadInput, Interrupted, LabError, SlaFailed
+from lab.errors import OUTCOMES, BadInput, Interrupted, LabError, ResultsError, SlaFailed
 from lab.history import text as history_text
 from lab.history.acks import read_acks
 from lab.history.baseline import compare_with_history
@@ -33,7 +33,7 @@ from lab.orchestrator import RunOutcome, default_out, run_repeated, run_topology
 from lab.output import terminal
 from lab.output.export import write_history_openmetrics
 from lab.output.report import write_report
-from lab.output.results import strict_json, write_json
+from lab.output.results import strict_json, write_json, write_text
 from lab.shaping import live
 from lab.shaping.backend import choose_backend
 from lab.topology import load_topology
@@ -108,7 +108,10 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, se
             outcomes = [asyncio.run(run_topology(topology, source, out, click.echo))]
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise Interrupted(f"partial results in {out}") from None
-    reports = [write_report(outcome.path).path for outcome in outcomes] if report else []
+    try:
+        reports = [write_report(outcome.path).path for outcome in outcomes] if report else []
+    except OSError as exc:  # a figure's image on a failing disk (report.html itself is written as the run's files are)
+        raise ResultsError.of(outcomes[-1].path, exc) from None
     outcome = outcomes[-1]
     click.echo("")
     for line in terminal.closing_lines(outcome.analysis):
@@ -207,7 +210,7 @@ def history(roots: tuple[Path, ...], out: Path | None, output: str, metrics: tup
     out.mkdir(parents=True, exist_ok=True)
     record, markdown = found.record(), history_text.markdown(found)
     write_json(out / "history.json", record)
-    (out / "history.md").write_text(markdown)
+    write_text(out / "history.md", markdown)
     write_history_openmetrics(out / "history.prom", found)
     page = write_page(found, out)
     if output == "json":

@@ -39,6 +39,15 @@ class SetupError(LabError):
     exit_code = exits.BAD_INPUT
 
 
+class ResultsError(SetupError):
+    """The results directory cannot be written (its disk full, removed, read-only): the run stops,
+    undoes what it built, and what was written stays readable; the message names the path."""
+
+    @classmethod
+    def of(cls, path: object, exc: OSError) -> ResultsError:
+        return cls(f"{path}: cannot write ({exc.strerror or exc}); free space there or choose another --out")
+
+
 class NetworkError(SetupError):
     """The kernel refused part of the network; the message says what and why."""
 

@@ -234,7 +234,7 @@ class LocalMachine(Machine):
             core = f"; each host 1/{self.dilation.factor:g} core per peer (network.cpu: core)" if per_host else ""
             self.stream.echo(f"[peers] confined to {confined}{core} ({cgroups.version} {cgroups.path})")
         self.fleet = fleet = Fleet(self.run_id.value, self.paths.control, self.paths.logs, self.stream.event,
-                                   network.peer_hosting, self.cgroups)
+                                   network.peer_hosting, self.cgroups, self.dilation)
         self._undo.push_async_callback(self._stop, fleet)
         await fleet.open()
         return fleet

@@ -21,12 +21,13 @@ from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from lab import calibration, exits, runid
 from lab.analysis.figures import Analysis, analyze
 from lab.analysis.records import RunRecords
 from lab.analysis.repeats import between_runs
-from lab.errors import SetupError
+from lab.errors import ResultsError, SetupError
 from lab.events import MIB, PHASE, RERUN, RUN_STARTED, Sample
 from lab.local_machine import LocalMachine, Paths, Probe, probe
 from lab.machine import Machine, Stream
@@ -93,6 +94,8 @@ class Run:
         self.deliveries = Deliveries()
         self.samples: list[Sample] = []
         self.errors: list[LabErrorRecord] = []  # the lab's own: peers that did not start, failed calls, lost peers
+        self.task: asyncio.Task[Any] | None = None  # the run's own, once it executes
+        self.unwritable: ResultsError | None = None  # the results disk failed under a record
         self.started = time.monotonic()
         self.manifest = Manifest(
             status="running", run_id=self.run_id.value, topology_name=topology.name, seed=topology.seed, mode=probe.mode,
@@ -107,11 +110,24 @@ class Run:
     def on_event(self, event: Event) -> None:
         self.events.append(event)
         self.deliveries.record(event)
-        self.results.append(EVENTS, event.record())
+        self._append(EVENTS, event.record())
 
     def on_sample(self, sample: Sample) -> None:
         self.samples.append(sample)
-        self.results.append(RESOURCES, sample.record())
+        self._append(RESOURCES, sample.record())
+
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        """A record on disk as it happens. These calls come from the machine's stream (a peer's
+        connection, the collector), not from the run's task: a results disk that fails under
+        them stops the run from there, with that error."""
+        if self.unwritable is not None:
+            return
+        try:
+            self.results.append(name, record)
+        except ResultsError as exc:
+            self.unwritable = exc
+            if self.task is not None:
+                self.task.cancel()
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -124,25 +140,36 @@ class Run:
         status = "failed"
         try:
             async with AsyncExitStack() as setup:
-                self._register(setup)
+                self._register()
                 paths = Paths(self.results.path / CONTROL_SOCKET, self.results.path / IMPAIRMENT_SOCKET, self.results.log_dir)
                 machine = LocalMachine(self.run_id, topology, self.dilation, self.probe, paths,
                                        Stream(self.on_event, self.on_sample, self.echo))
                 setup.callback(self._machine_stopped, machine)  # runs once the machine has undone its part
                 await setup.enter_async_context(machine)
+                self.task = asyncio.current_task()  # a failing results disk stops the run from here (_append),
+                setup.callback(setattr, self, "task", None)  # but never cuts its undo short: first undone
                 await machine.build()
                 await self._links(machine)
                 await self._start_peers(machine)
                 status = await self._phases(machine)
         except asyncio.CancelledError:
+            if self.unwritable is not None:  # cancelled by _append: the results disk failed
+                raise self.unwritable from None
             status = "interrupted"
             raise
         finally:
-            self.results.close()
-            outcome = self._outcome(status)
+            try:
+                self.results.close()
+                outcome = self._outcome(status)
+                if self.unwritable is not None:  # it failed while the run was being undone: records are missing
+                    raise self.unwritable
+            except OSError as exc:  # the figures' own files (samples.csv, summary.prom) on a failing disk
+                raise ResultsError.of(self.results.path, exc) from None
+            finally:  # only now: killed before the manifest's last word, `lab clean` marks the run killed
+                self.run_id.state_file.unlink(missing_ok=True)
         return outcome
 
-    def _register(self, setup: AsyncExitStack) -> None:
+    def _register(self) -> None:
         """The run's state file, so `lab clean` tells it from a dead one and `lab netem` finds it;
         then the epoch of the run's virtual time."""
         state = {
@@ -153,7 +180,6 @@ class Run:
             "impairment_reason": self.probe.backend_reason,
         }
         self.run_id.state_file.write_text(json.dumps(state))
-        setup.callback(self.run_id.state_file.unlink, missing_ok=True)
         self.dilation.start()
         now = self.dilation.epoch_monotonic_ns
         self.on_event(Event(RUN_STARTED, None, now, now, True))

@@ -24,7 +24,7 @@ from lab.manifest import PLOTS, SWEEP, SWEEP_TABLE
 from lab.metric_names import BOUND_RATIO
 from lab.orchestrator import RunOutcome, run_topology
 from lab.output import plots
-from lab.output.results import write_json
+from lab.output.results import write_json, write_text
 from lab.topology import Topology, parse_topology, set_field
 
 CURVE_METRICS = ("bootstrap", "dht_lookup", "get", "gossip_delivery", "search_remote", "memory_uss_mib", "cpu_seconds")
@@ -106,7 +106,7 @@ async def run_sweep(points: list[tuple[dict[str, str], Topology]], settings: lis
             "status": outcome.status, "exit_code": outcome.exit_code, "metrics": point_figures(outcome.analysis.summary),
         })
         write_json(out / SWEEP, {"settings": [asdict(s) for s in settings], "points": done})
-    (out / SWEEP_TABLE).write_text(markdown_table(done))
+    write_text(out / SWEEP_TABLE, markdown_table(done))
     plots_dir = out / PLOTS
     plots_dir.mkdir(exist_ok=True)
     for metric in CURVE_METRICS:

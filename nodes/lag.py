@@ -15,11 +15,10 @@ import time
 import trio
 
 from nodes.clock import CLOCK
-from nodes.protocol import LAG_BINS_MS, LOOP_LAG
+from nodes.protocol import LAG_BINS_MS, LAG_WINDOW_S, LOOP_LAG
 from nodes.recorder import Recorder
 
 LAG_INTERVAL_S = 0.05
-LAG_WINDOW_S = 0.5
 
 
 async def watch_lag(recorder: Recorder) -> None:

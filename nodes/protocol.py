@@ -77,6 +77,11 @@ class Dilation:
     def factor_at(self, real_monotonic_ns: int) -> float:
         return self._segment(real_monotonic_ns).factor
 
+    def highest_between(self, start_ns: int, end_ns: int) -> float:
+        """The highest factor in force at any instant from `start_ns` to `end_ns` (machine clock)."""
+        ends = [s.real_ns for s in self.segments[1:]] + [end_ns + 1]
+        return max(s.factor for s, ended in zip(self.segments, ends, strict=True) if s.real_ns <= end_ns and ended > start_ns)
+
     def of_phase(self, number: int) -> float:
         """The factor of workload phase `number` (1-based)."""
         return self.phases[number - 1] if number <= len(self.phases) else self.network
@@ -188,6 +193,7 @@ class Op(StrEnum):
 ANSWERED_LOCALLY = frozenset({Op.SEARCH_CACHE_HIT, Op.SEARCH_LOCAL, Op.DHT_LOOKUP_LOCAL})  # no wait on the network
 CONCURRENT_SEARCH = "concurrent_search_"  # + the number of searches issued at once: one operation per level
 LOOP_LAG = "loop_lag"  # a host process's event-loop lag over a window (nodes/lag.py): not an operation
+LAG_WINDOW_S = 0.5  # a host process reports its loop lag once per this much of the run's time (nodes/lag.py)
 LAG_BINS_MS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)  # upper edges; one more bin beyond
 
 

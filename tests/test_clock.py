@@ -9,9 +9,10 @@ import pytest
 
 from conftest import DEFAULT, ROOT, TINY
 from lab.calibration import fixed
+from lab.peers.fleet import HANG_MIN_S, HANG_WINDOWS, hang_limit_s
 from lab.peers.settings import peer_settings
 from lab.topology import load_topology
-from nodes.protocol import Dilation, PeerSettings
+from nodes.protocol import LAG_WINDOW_S, Dilation, PeerSettings
 
 SECOND = 1_000_000_000
 
@@ -103,7 +104,8 @@ def test_a_loop_lag_window_ends_where_the_clock_s_factor_changes() -> None:
     import subprocess
     import sys
 
-    from nodes.lag import LAG_INTERVAL_S, LAG_WINDOW_S
+    from nodes.lag import LAG_INTERVAL_S
+    from nodes.protocol import LAG_WINDOW_S
 
     done = subprocess.run([sys.executable, "-c", LAG_WINDOWS], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
@@ -113,3 +115,13 @@ def test_a_loop_lag_window_ends_where_the_clock_s_factor_changes() -> None:
     assert len(across) == 1 and across[0][1] - switch <= LAG_INTERVAL_S * SECOND * 1.5, (switch, windows)  # not LAG_WINDOW_S
     assert across[0][1] - across[0][0] < LAG_WINDOW_S * SECOND / 2
     assert any(start >= switch for start, _ in windows)  # the next window is the new factor's
+
+
+def test_the_hang_limit_follows_the_highest_factor_since_a_process_was_last_heard() -> None:
+    dilation, epoch = timeline()
+    dilation.switch(400.0, epoch + 10 * SECOND, dilation.segments[0].real_wall_ns + 10 * SECOND)
+    dilation.switch(6.0, epoch + 20 * SECOND, dilation.segments[0].real_wall_ns + 20 * SECOND)
+    assert dilation.highest_between(epoch, epoch + 5 * SECOND) == dilation.network
+    assert dilation.highest_between(epoch + 5 * SECOND, epoch + 25 * SECOND) == 400.0  # the stretch at 400 lies between
+    assert dilation.highest_between(epoch + 21 * SECOND, epoch + 25 * SECOND) == 6.0
+    assert hang_limit_s(1.0) == HANG_MIN_S and hang_limit_s(400.0) == HANG_WINDOWS * LAG_WINDOW_S * 400.0

@@ -24,6 +24,7 @@ from lab.analysis.records import load, read_jsonl
 from lab.analysis.stats import summarize
 from lab.manifest import read_manifest
 from lab.output.report import write_report
+from lab.peers.fleet import HANG_MIN_S
 
 pytestmark = [pytest.mark.slow]
 
@@ -232,23 +233,84 @@ def test_killed_peer_is_reported_and_the_run_finishes(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_lab_clean_removes_what_a_killed_orchestrator_left(tmp_path: Path) -> None:
-    process, run = start_run(tmp_path / "results")
+def test_a_stopped_peer_is_declared_hung_and_the_run_finishes(tmp_path: Path) -> None:
+    """A host process that stops answering (SIGSTOP: alive, silent) is lost within the hang limit
+    with that cause, killed, and the run goes on to its end."""
+    out = tmp_path / "results"
+    process, run = start_run(out)
     wait_for_line(process, "[1/6]")
+    victim = sorted(peer_pids(run))[-1]
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    rest, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, rest
+    verdicts = {v["metric"]: v for v in json.loads((out / "verdicts.json").read_text())["verdicts"]}
+    assert verdicts["peers_lost"]["measured"] == 1
+    lab_errors = json.loads((out / "summary.json").read_text())["errors"]["lab"]
+    (hung,) = [e for e in lab_errors if e["phase"] == "run"]  # the loss; the call it was in failed with it
+    assert hung["error"].startswith("hung: its host process sent nothing for "), lab_errors
+    silent = float(hung["error"].split("nothing for ")[1].split("s")[0])
+    assert HANG_MIN_S < silent < time.monotonic() - stopped, hung  # declared after the limit (dilation 1: 30 s)
+    assert not psutil.pid_exists(victim) and leftovers(run) == []
+
+
+@needs_root
+def test_a_full_results_disk_stops_the_run_with_one_line_and_leaves_what_it_wrote_readable(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        out = disk / "results"
+        process, run = start_run(out)
+        rest, _ = process.communicate(timeout=300)
+        assert process.returncode == 2, rest
+        last = rest.strip().splitlines()[-1]
+        assert last.startswith(f"Error: {out}") and "No space left on device" in last and "another --out" in last, rest
+        assert "Traceback" not in rest
+        assert leftovers(run) == []
+        assert read_manifest(out).partial  # the manifest as last written: a partial run
+        assert read_jsonl(out / "events.jsonl")  # every complete line reads; one cut short is skipped
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@needs_root
+def test_two_runs_at_once_each_work_on_their_own(tmp_path: Path) -> None:
+    first, first_run = start_run(tmp_path / "a")
+    second, second_run = start_run(tmp_path / "b")
+    outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
+    assert first_run != second_run
+    for process, output, out in zip((first, second), outputs, (tmp_path / "a", tmp_path / "b"), strict=True):
+        assert process.returncode in (0, 1, 4), output
+        assert read_manifest(out).status == "complete", output
+    assert leftovers(first_run) == leftovers(second_run) == []
+
+
+@needs_root
+@pytest.mark.parametrize("line", ["[peers]", "[1/6]", "[2N]", "[lab] own CPU"])
+def test_lab_clean_removes_what_a_killed_orchestrator_left(tmp_path: Path, line: str) -> None:
+    """SIGKILL once the peers started (bootstrap), mid-workload, in the 2N check, and once the
+    network is gone while the results and the report are written: `lab clean` leaves nothing,
+    the directory reads and says what it is, and the next run works."""
+    process, run = start_run(tmp_path / "results")
+    wait_for_line(process, line)
     process.kill()
     process.wait(timeout=30)
     deadline = time.monotonic() + 15
     while peer_pids(run) and time.monotonic() < deadline:  # peers die with their parent (PDEATHSIG)
         time.sleep(0.2)
     assert peer_pids(run) == []
-    assert any(item.startswith(runid.PREFIX) for item in leftovers(run)), "namespaces should remain"
+    built = any(item.startswith(runid.PREFIX) for item in leftovers(run))
+    assert built == (line != "[lab] own CPU"), leftovers(run)  # the network is undone before the results are written
     done = run_lab("clean")
     assert done.returncode == 0
-    assert f"run {run}: removed namespace {runid.RunId(run).hub_netns}" in done.stdout
+    assert (f"run {run}: removed namespace {runid.RunId(run).hub_netns}" in done.stdout) == built, done.stdout
     assert leftovers(run) == []
     manifest = read_manifest(tmp_path / "results")  # the killed run says so: partial, not "running"
-    assert manifest.status == "killed" and manifest.partial and f"run {run}: marked" in done.stdout
-    assert run_lab("report", str(tmp_path / "results")).returncode == 0  # and it still reads
+    if manifest.status != "complete":  # killed before the manifest's last word
+        assert manifest.status == "killed" and manifest.partial and f"run {run}: marked" in done.stdout, done.stdout
+    assert run_lab("report", str(tmp_path / "results")).returncode in (0, 1, 4)  # and it still reads
+    assert run_lab("run", str(TINY), "--quick", "--out", str(tmp_path / "next")).returncode in (0, 1, 4)
 
 
 @needs_root

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 
 from lab.history.text import HEADER, change_row
 from lab.history.trends import Flagged, History, Series
+from lab.output.results import write_text
 from lab.quantities import shown
 
 SVG = "http://www.w3.org/2000/svg"
@@ -108,5 +109,5 @@ def write_page(history: History, out: Path) -> Path:
         rows=[(f, change_row(f)) for _, group in history.by_night() for f in group], charts=charts,
         reports={n.run_id: _link(n.report, out) for n in history.nights})
     path = out / "history.html"
-    path.write_text(page)
+    write_text(path, page)
     return path

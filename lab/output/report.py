@@ -19,6 +19,7 @@ from lab.analysis.metrics import Metric
 from lab.analysis.records import RunRecords, load
 from lab.manifest import PLOTS, REPORT
 from lab.output import plots
+from lab.output.results import write_text
 from lab.quantities import shown
 from nodes.protocol import Op
 
@@ -86,5 +87,5 @@ def write_report(run_dir: Path, baseline: Path | None = None) -> Written:
         "comparison": compare_dirs(baseline, run_dir, DEFAULT_NOISE, DEFAULT_ALPHA) if baseline is not None else None,
     }
     path = run_dir / REPORT
-    path.write_text(environment.get_template("report.html").render(**context))
+    write_text(path, environment.get_template("report.html").render(**context))
     return Written(path, analysis)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from lab.errors import ResultsError
 from lab.manifest import LOGS, MANIFEST, Manifest
 
 
@@ -18,11 +19,22 @@ def strict_json(data: Any, indent: int | None = 2) -> str:
     return json.dumps(data, indent=indent, sort_keys=False, default=str, allow_nan=False)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader never sees half a file, even if the run is killed mid-write."""
+def write_text(path: Path, text: str) -> None:
+    """Atomic: a reader never sees half a file, even if the lab is killed mid-write or the disk
+    fills (the old file, or none, stays; the half-written one is removed)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(strict_json(data) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ResultsError.of(path, exc) from None
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, strict_json(data) + "\n")
 
 
 class ResultsDir:
@@ -45,16 +57,27 @@ class ResultsDir:
         write_json(self.path / MANIFEST, manifest.record())
 
     def append(self, name: str, record: dict[str, Any]) -> None:
-        """Line-buffered, so every complete record is on disk if the run dies."""
-        stream = self._streams.get(name)
-        if stream is None:
-            stream = self._streams[name] = (self.path / name).open("a", buffering=1)
-        stream.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+        """Line-buffered, so every complete record is on disk if the run dies (a line cut short
+        by a full disk is skipped by its readers, as one cut by a kill)."""
+        try:
+            stream = self._streams.get(name)
+            if stream is None:
+                stream = self._streams[name] = (self.path / name).open("a", buffering=1)
+            stream.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+        except OSError as exc:
+            raise ResultsError.of(self.path / name, exc) from None
 
     def write(self, name: str, data: Any) -> None:
         write_json(self.path / name, data)
 
     def close(self) -> None:
-        for stream in self._streams.values():
-            stream.close()
-        self._streams.clear()
+        """Closes every stream, even when one cannot flush (a full disk): the first such error last."""
+        streams, self._streams = self._streams, {}
+        failed: ResultsError | None = None
+        for name, stream in streams.items():
+            try:
+                stream.close()
+            except OSError as exc:
+                failed = failed or ResultsError.of(self.path / name, exc)
+        if failed is not None:
+            raise failed

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from lab.peers.forks import ForkedProcess, ForkServer
 from lab.runid import ENV_VAR
 from lab.sockets import owner_only_server
 from nodes import wire
-from nodes.protocol import Call, Event, PeerSettings
+from nodes.protocol import LAG_WINDOW_S, Call, Dilation, Event, PeerSettings
 
 EventSink = Callable[[Event], None]
 STDERR_TAIL_LINES = 12
@@ -74,15 +75,30 @@ class PeerProcess:
         self.pending.clear()
 
 
+HANG_MIN_S = 30.0  # machine seconds a started host process may stay silent at any dilation
+HANG_WINDOWS = 8  # loop-lag windows (LAG_WINDOW_S of the run's time each) a live host process cannot miss
+
+
+def hang_limit_s(factor: float) -> float:
+    """How long a started host process may send nothing before it is declared hung: it reports its
+    loop lag every LAG_WINDOW_S of the run's time (LAG_WINDOW_S x factor of the machine's), so
+    missing HANG_WINDOWS of them in a row, and at least HANG_MIN_S, means it is stopped or its
+    event loop is blocked."""
+    return max(HANG_MIN_S, HANG_WINDOWS * LAG_WINDOW_S * factor)
+
+
 class Fleet:
     """Spawns, drives and stops the peer processes of one run."""
 
     def __init__(self, run_id: str, control_path: Path, log_dir: Path, on_event: EventSink, hosting: str = "spawn",
-                 cgroups: PeerCgroups | None = None) -> None:
+                 cgroups: PeerCgroups | None = None, dilation: Dilation | None = None) -> None:
         """`hosting`: "spawn" starts a fresh interpreter per peer; "fork" forks peers from a
         fork server that imported py-libp2p once (docs/design.md, Peers); `cgroups`: where every
-        host process is confined (network.cpu_limit, network.cpu: core)."""
+        host process is confined (network.cpu_limit, network.cpu: core); `dilation`: the run's,
+        which stretches how long a host process may stay silent (hang_limit_s)."""
         self.run_id = run_id
+        self.dilation = dilation
+        self._heard: dict[int, int] = {}  # host process pid -> when it last sent anything (monotonic ns)
         self.cgroups = cgroups
         self.forks = ForkServer(self._environment()) if hosting == "fork" else None
         self.control_path = control_path
@@ -99,6 +115,7 @@ class Fleet:
 
     async def open(self) -> None:
         self._server = await owner_only_server(self._serve, self.control_path, wire.MAX_LINE)
+        self._watchers.append(asyncio.create_task(self._watch_silence()))
         if self.forks is not None:
             await self.forks.open()
             if self.cgroups is not None and self.forks.process is not None:  # before it forks: hosts are born in it
@@ -190,6 +207,29 @@ class Fleet:
         for peer in peers:
             await self._lose(peer, "exited")
 
+    async def _watch_silence(self, every_s: float = 1.0) -> None:
+        """Declares hung, and kills, a started host process that sent nothing (no event, answer or
+        loop-lag window) for longer than hang_limit_s at the highest dilation in force since: a
+        stopped process or a blocked event loop. Its peers are lost with that cause; the run goes on."""
+        while True:
+            await asyncio.sleep(every_s)
+            now = time.monotonic_ns()
+            for pid, indices in self.processes().items():
+                heard = self._heard.get(pid)
+                peers = [self._peers[i] for i in indices]
+                if heard is None or self._stopping or not all(p.peer_id for p in peers):
+                    continue  # not started yet: the start timeout covers it
+                factor = self.dilation.highest_between(heard, now) if self.dilation is not None else 1.0
+                silent, limit = (now - heard) / 1e9, hang_limit_s(factor)
+                if silent > limit:
+                    for peer in peers:
+                        peer.mark_lost(f"hung: its host process sent nothing for {silent:.1f}s (limit {limit:.0f}s at "
+                                       f"dilation {factor:g}): stopped, or its event loop blocked; killed")
+                    process = peers[0].process
+                    if process is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            process.kill()
+
     async def _lose(self, peer: PeerProcess, what: str) -> None:
         """Marks the peer lost with the best cause known: its exit status and last stderr line
         if the process ended (within a second), else what broke."""
@@ -213,6 +253,8 @@ class Fleet:
         try:
             while line := await reader.readline():
                 peer = self._take(wire.decode(line), peer, writer)
+                if peer is not None and peer.pid is not None:
+                    self._heard[peer.pid] = time.monotonic_ns()
         except ConnectionError as exc:
             if peer is not None:
                 await self._lose(peer, f"control connection broke: {exc}")
