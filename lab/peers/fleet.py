@@ -217,8 +217,9 @@ class Fleet:
             for pid, indices in self.processes().items():
                 heard = self._heard.get(pid)
                 peers = [self._peers[i] for i in indices]
-                if heard is None or self._stopping or not all(p.peer_id for p in peers):
-                    continue  # not started yet: the start timeout covers it
+                reporter = min((p for p in self.peers if p.pid == pid), key=lambda p: p.index)  # nodes/peer.py: run()
+                if heard is None or self._stopping or not all(p.peer_id for p in peers) or reporter.index not in indices:
+                    continue  # not started yet (the start timeout covers it), or its loop-lag reporter is gone
                 factor = self.dilation.highest_between(heard, now) if self.dilation is not None else 1.0
                 silent, limit = (now - heard) / 1e9, hang_limit_s(factor)
                 if silent > limit:
