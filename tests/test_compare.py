@@ -144,9 +144,11 @@ TOPOLOGY = {"name": "t", "seed": 1, "groups": [{"name": "g", "count": 2}], "work
             "slas": [{"metric": "get", "stat": "p95", "op": "<", "threshold": "1s"}]}
 
 
-def write_run(path: Path, latencies_ms: list[float], failures: int = 0, resources: bool = True) -> Path:
+def write_run(path: Path, latencies_ms: list[float], failures: int = 0, resources: bool = True,
+              status: str = "complete") -> Path:
     path.mkdir(parents=True)
-    (path / "manifest.json").write_text(json.dumps({"peers_ready": 2, "status": "complete", "topology": TOPOLOGY}))
+    manifest = {"peers_ready": 2, "status": status, "partial": status != "complete", "topology": TOPOLOGY}
+    (path / "manifest.json").write_text(json.dumps(manifest))
     if resources:
         (path / "resources.jsonl").write_text("")
     events = [{"op": "get", "peer": 0, "start_ns": 0, "end_ns": int(ms * 1e6), "ok": True} for ms in latencies_ms]
@@ -223,6 +225,16 @@ def test_damaged_inputs_give_a_verdict_or_one_line(tmp_path: Path) -> None:
     (damaged / "manifest.json").unlink()
     gone = runner.invoke(main, ["compare", str(good), str(damaged)])
     assert gone.exit_code == 2 and "is not a results directory" in gone.output
+
+
+def test_a_killed_run_is_compared_as_partial_and_said_so(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    base = write_run(tmp_path / "base", list(rng.lognormal(3, 0.1, 100)))
+    killed = write_run(tmp_path / "killed", list(rng.lognormal(3, 0.1, 40)), status="killed")
+    result = CliRunner().invoke(main, ["compare", str(base), str(killed)])
+    assert result.exit_code == 0, result.output
+    assert f"note: {killed}: the run is killed (partial)" in result.output
+    assert "(partial)" not in CliRunner().invoke(main, ["compare", str(base), str(base)]).output
 
 
 def test_cli_bad_options(tmp_path: Path) -> None:

@@ -418,7 +418,9 @@ def _of_run(run_dir: Path) -> tuple[dict[str, MetricData], set[str], list[str], 
     doubts = _doubts(analysis, records.events)
     data = {name: MetricData(m.unit, list(m.values), m.attempts, m.attempts - len(m.values), None, doubts.get(name))
             for name, m in analysis.metrics.items()}
-    return data, _primary(records.manifest), [*records.skipped], analysis
+    manifest = records.manifest
+    partial = [f"{run_dir}: the run is {manifest.status} (partial): its figures are what it measured before it stopped"]
+    return data, _primary(manifest), [*records.skipped, *(partial if manifest.partial else [])], analysis
 
 
 def load_side(run_dir: Path) -> tuple[Level, dict[str, MetricData], set[str], list[str], dict[str, Any]]:
