@@ -17,15 +17,22 @@ def registry() -> pint.UnitRegistry:
     return pint.UnitRegistry()
 
 
+# A number and a unit ("500ms", "1.5 MB/s", "5%", "1e-3"): pint evaluates whatever arithmetic it is
+# given, and "9**9**9 s" would keep it computing for ever.
+QUANTITY_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*[A-Za-zµ%/ _]*")
+
+
 def parse(text: str | int | float) -> pint.Quantity:
     """Parse a quantity; bare numbers are dimensionless. Only text and numbers are quantities
-    (pint would take a list for an array), and only finite ones."""
+    (pint would take a list for an array), only a number with a unit, and only finite ones."""
     if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ValueError(f"not a quantity: expected text such as 500ms or a number, got {type(text).__name__}")
+    if isinstance(text, str) and not QUANTITY_TEXT.fullmatch(text):
+        raise ValueError(f"not a quantity: {text[:40]!r}; write a number and a unit, e.g. 500ms or 5%")
     try:
         quantity = registry().Quantity(text)
-    except (pint.errors.PintError, ValueError, TypeError, AttributeError, OverflowError) as exc:
-        raise ValueError(f"not a quantity: {text!r} ({exc})") from None
+    except Exception as exc:  # pint's parser raises what its tokenizer and evaluator raise ("(": TokenError)
+        raise ValueError(f"not a quantity: {text!r} ({type(exc).__name__}: {exc})") from None
     if not isinstance(quantity, pint.Quantity) or not isinstance(quantity.magnitude, int | float):
         raise ValueError(f"not a quantity: {text!r}")
     if not math.isfinite(quantity.magnitude):

@@ -678,7 +678,7 @@ def parse_topology(data: object, source: str = "<topology>") -> Topology:
         if colon and re.fullmatch(r"[a-z_]+(\[\d+\])?(\.[a-z_]+)*", head):
             path, message = (f"{path}.{head}" if path else head), rest
         where = f"{path}: " if path else ""
-        raise TopologyError(f"{source}: {where}{_one_line(message)}") from None
+        raise TopologyError(f"{source}: {_one_line(where + message)}") from None
 
 
 def _one_line(message: str, limit: int = 300) -> str:
