@@ -13,7 +13,7 @@ each size, both ways:
 and gives per latency metric the ratio of the medians (scaled / truth) with a 95% bootstrap
 interval. Writes bench/results/cpu-model.{json,md} with the machine and commit:
 
-    .venv/bin/python bench/cpu_model.py                  # 30 and 100 peers
+    .venv/bin/python bench/cpu_model.py                  # 30 and 100 peers: ~52 minutes on an idle 2-core machine
     .venv/bin/python bench/cpu_model.py --sizes 30       # ~15 minutes on an idle 2-core machine
 """
 
