@@ -250,7 +250,7 @@ def test_a_stopped_peer_is_declared_hung_and_the_run_finishes(tmp_path: Path) ->
     (hung,) = [e for e in lab_errors if e["phase"] == "run"]  # the loss; the call it was in failed with it
     assert hung["error"].startswith("hung: its host process sent nothing for "), lab_errors
     silent = float(hung["error"].split("nothing for ")[1].split("s")[0])
-    assert HANG_MIN_S < silent < time.monotonic() - stopped, hung  # declared after the limit (dilation 1: 30 s)
+    assert HANG_MIN_S <= silent < time.monotonic() - stopped, hung  # after the limit (30 s), printed to 0.1 s
     assert not psutil.pid_exists(victim) and leftovers(run) == []
 
 
