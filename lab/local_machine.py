@@ -83,6 +83,9 @@ def choose_impairment(topology: Topology, mode: str, mode_reason: str) -> tuple[
 def probe(topology: Topology) -> Probe:
     """Checks the machine for `topology` before anything is created (blocking: run it in a thread)."""
     mode, mode_reason = choose_mode(topology.network.mode)
+    if mode != "netns" and any(phase.phase == "partition" for phase in topology.workload):
+        raise SetupError(f"a partition phase cuts the network, which needs network namespaces, but this run is in "
+                         f"loopback mode ({mode_reason}); see `lab doctor`")
     backend, backend_reason = choose_impairment(topology, mode, mode_reason)
     try:
         connections = min(topology.peer_count - 1, topology.libp2p.connections.max_connections)
@@ -265,14 +268,53 @@ class LocalMachine(Machine):
 
     @staticmethod
     def _lost(fleet: Fleet) -> list[PeerProcess]:
-        """Peers that became ready (have a peer id) and then died; those that never started are
-        reported when they fail to start."""
-        return [p for p in fleet.peers if p.lost is not None and p.peer_id]
+        """Peers that became ready (have a peer id) and then died, not taken down by a fault phase;
+        those that never started are reported when they fail to start."""
+        return [p for p in fleet.peers if p.lost is not None and p.peer_id and p.down is None]
 
     def alive(self) -> list[PeerInfo]:
         if self.fleet is None:
             return []
-        return [PeerInfo(p.index, p.peer_id, tuple(p.addrs), p.slot.host) for p in self.fleet.alive if p.peer_id]
+        return [PeerInfo(p.index, p.peer_id, tuple(p.addrs), p.slot.host) for p in self.fleet.alive
+                if p.peer_id and p.pid not in self.fleet.paused]
+
+    # -- faults -------------------------------------------------------------------------------
+
+    async def cut(self, side: list[int], both_ways: bool) -> None:
+        assert self.network is not None, "the network is built first"
+        chosen = set(side)
+        ips = ([s.ip for s in self.slots if s.index in chosen], [s.ip for s in self.slots if s.index not in chosen])
+        network = self.network
+        await in_thread_to_completion(lambda: network.cut(*ips, both_ways))
+
+    async def heal(self) -> None:
+        if self.network is not None:
+            await in_thread_to_completion(self.network.heal)
+
+    async def crash(self, peers: list[int], why: str) -> None:
+        assert self.fleet is not None, "peers are crashed after start_peers"
+        await self.fleet.crash([self.fleet.peer(i) for i in peers], why, self.topology.network.start_timeout)
+
+    async def leave(self, peer: int, why: str) -> None:
+        assert self.fleet is not None, "peers leave after start_peers"
+        await self.fleet.leave(self.fleet.peer(peer), why, self.topology.network.start_timeout)
+
+    async def pause(self, peers: list[int]) -> list[int]:
+        assert self.fleet is not None, "peers are paused after start_peers"
+        fleet = self.fleet
+        pids = {fleet.peer(i).pid for i in peers if fleet.peer(i).lost is None} - {None}
+        fleet.pause(pids)  # type: ignore[arg-type]  # None removed above
+        return [p.index for p in fleet.alive if p.pid in pids]
+
+    async def resume(self) -> None:
+        if self.fleet is not None:
+            self.fleet.resume()
+
+    async def restart(self, peer: int) -> str | None:
+        assert self.fleet is not None, "peers are restarted after start_peers"
+        slot = self.fleet.peer(peer).slot
+        settings = peer_settings(self.topology, slot.listen, self.dilation)
+        return await self.fleet.restart(self.fleet.peer(peer), settings, self.topology.network.start_timeout)
 
     async def call(self, peer: int, op: Call, args: dict[str, Any], timeout_s: float) -> Any:
         assert self.fleet is not None, "peers are called after start_peers"

@@ -119,7 +119,7 @@ class Machine(ABC):
 
     @abstractmethod
     def alive(self) -> list[PeerInfo]:
-        """The ready peers that are alive now."""
+        """The ready peers that are alive and answering now (not taken down, not frozen)."""
 
     @abstractmethod
     async def call(self, peer: int, op: Call, args: dict[str, Any], timeout_s: float) -> Any:
@@ -129,6 +129,37 @@ class Machine(ABC):
     async def impair(self, groups: list[str], link: Link, source: str, duration_s: float | None) -> str:
         """Changes the groups' links now (restored after `duration_s`, the machine's seconds, if
         given); returns what they do now."""
+
+    # -- faults (docs/faults.md): peers taken down on purpose are down, not lost ----------------
+
+    @abstractmethod
+    async def cut(self, side: list[int], both_ways: bool) -> None:
+        """Drops, in the network, what the `side` peers send to every other peer (and, both
+        ways, what they receive from them) until `heal`."""
+
+    @abstractmethod
+    async def heal(self) -> None:
+        """Ends the cut."""
+
+    @abstractmethod
+    async def crash(self, peers: list[int], why: str) -> None:
+        """Ends the peers at once, without a goodbye."""
+
+    @abstractmethod
+    async def leave(self, peer: int, why: str) -> None:
+        """Ends the peer gracefully: it closes its connections."""
+
+    @abstractmethod
+    async def pause(self, peers: list[int]) -> list[int]:
+        """Freezes the host processes of `peers` (alive, silent); returns every peer frozen."""
+
+    @abstractmethod
+    async def resume(self) -> None:
+        """Thaws what `pause` froze."""
+
+    @abstractmethod
+    async def restart(self, peer: int) -> str | None:
+        """Starts a peer that was taken down again, with its identity; why not, if it did not."""
 
     @abstractmethod
     async def sample(self) -> None:

@@ -117,7 +117,7 @@ class PeerRecord(Record):
     netns: str | None
     pid: int | None
     lost: str | None
-    final: dict[str, int] | None  # what it held at shutdown: routing table, connections, mesh
+    final: dict[str, int | list[str]] | None  # what it held at shutdown: routing table (and its peer ids), connections, mesh
 
 
 class CollectorRecord(Record):

@@ -34,7 +34,7 @@ RERUN_PHASE: dict[str, str] = {Op.BOOTSTRAP: "bootstrap", Op.CONNECT: "bootstrap
 OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
 # Operations by family, for figures that would be unreadable with all of them in one chart.
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "joining": (Op.BOOTSTRAP, Op.WARM, Op.CONNECT),
+    "joining": (Op.BOOTSTRAP, Op.REJOIN, Op.WARM, Op.CONNECT),
     "DHT": (Op.PUBLISH, Op.GET, Op.DHT_LOOKUP, Op.DHT_LOOKUP_LOCAL, Op.DHT_FIND_PROVIDERS, Op.FETCH),
     "search": (Op.SEARCH_CACHE_HIT, Op.SEARCH_LOCAL, Op.SEARCH_REMOTE),
     "gossip": (Op.GOSSIP_PUBLISH, Op.GOSSIP_DELIVERY, Op.GOSSIP_DUPLICATE),

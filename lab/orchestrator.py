@@ -219,7 +219,8 @@ class Run:
     async def _phases(self, machine: Machine) -> str:
         """The workload's phases in order, then the 2N check's; "complete" if all ran, "failed" if
         no peer was left."""
-        workload = Workload(self.topology, machine, self.echo, self.deliveries, self.dilation, self.errors)
+        workload = Workload(self.topology, machine, self.echo, self.deliveries, self.dilation, self.on_event,
+                            self.errors)
         phases = self.topology.workload
         for number, phase in enumerate(phases, 1):
             if not machine.alive():

@@ -396,6 +396,90 @@ class IdlePhase(PhaseBase):
     duration: Duration = 30.0
 
 
+class FaultLoad(Strict):
+    """What users feel while a fault phase runs: gets of packages the asking peer does not hold
+    (forgotten first, so every get goes to the network) and announcements, at steady rates from
+    live peers, before, during and after the fault (docs/faults.md)."""
+
+    gets_per_s: float = Field(default=2.0, ge=0, le=1000, description="gets started per second of the run's time")
+    announce_every: Duration | None = Field(default=5.0, description="an announcement this often; none: no gossip load")
+    timeout: Duration = Field(default=30.0, description="a get or an announcement that takes longer failed")
+    window: Duration = Field(default=5.0, description="availability is the share of gets that succeeded per window")
+
+    @field_validator("window", "timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+class FaultPhase(PhaseBase):
+    """A fault, seeded and recorded in events.jsonl: the load runs `before` (the baseline), the
+    fault lasts `duration`, the load runs `after` it ends (the recovery). The peers it hits are
+    `groups`, or `peers` of them, or a `share`, drawn from the seed; never the deployed peer."""
+
+    phase: str
+    before: Duration = 10.0
+    duration: Duration = 30.0
+    after: Duration = 30.0
+    load: FaultLoad = FaultLoad()
+    groups: list[str] = Field(default=[], description="the groups the fault hits (all groups if none)")
+    peers: int | None = Field(default=None, ge=1, description="this many of the groups' peers, drawn from the seed")
+    share: Percent | None = Field(default=None, description="this share of the groups' peers, drawn from the seed")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> FaultPhase:
+        if self.peers is not None and self.share is not None:
+            raise ValueError("give at most one of peers or share")
+        if self.share is not None and not 0 < self.share <= 1:
+            raise ValueError("share: must be more than 0% and at most 100%")
+        return self
+
+
+class PartitionPhase(FaultPhase):
+    """Cuts the chosen peers off from the rest in the network (the hub drops packets between the
+    two sides in the kernel), both ways or only what the chosen side sends; heals after `duration`."""
+
+    phase: Literal["partition"]
+    direction: Literal["both", "outbound"] = Field(
+        default="both", description="outbound: only the chosen side's packets to the rest are dropped")
+
+
+class CrashPhase(FaultPhase):
+    """Kills the chosen peers at once, without a goodbye; with `restart`, they start again after
+    `duration` with the same identity (not their store: it lived in memory) and join through the
+    bootstrap path."""
+
+    phase: Literal["crash"]
+    restart: bool = True
+
+
+class PausePhase(FaultPhase):
+    """Freezes the chosen peers' host processes (SIGSTOP) for `duration`: alive, silent. A host
+    process is frozen whole: with shared hosts, every peer of a chosen peer's host is paused."""
+
+    phase: Literal["pause"]
+
+
+class ChurnPhase(FaultPhase):
+    """For `duration`, `rate` of the live peers per minute leave, gracefully (their connections
+    closed) or by crash; each returns `downtime` after it left, restarted with its identity, and
+    joins through the bootstrap path. `peers`/`share`/`groups` bound who may leave."""
+
+    phase: Literal["churn"]
+    rate: Percent = Field(default=0.1, description="share of the live peers that leave per minute of the run's time")
+    how: Literal["graceful", "crash"] = "crash"
+    downtime: Duration = Field(default=30.0, description="how long a peer that left stays away")
+
+    @field_validator("rate")
+    @classmethod
+    def _some_rate(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError("must be more than 0% and at most 100% per minute")
+        return value
+
+
 class ConcurrentSearchPhase(PhaseBase):
     phase: Literal["concurrent_search"]
     levels: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 10, 50, 100], min_length=1)
@@ -404,7 +488,8 @@ class ConcurrentSearchPhase(PhaseBase):
     timeout: Duration = 120.0
 
 
-NEEDS_PACKAGES = ("lookup", "search", "gossip", "concurrent_search")
+FAULTS = ("partition", "crash", "pause", "churn")
+NEEDS_PACKAGES = ("lookup", "search", "gossip", "concurrent_search", *FAULTS)
 
 Phase = Annotated[
     BootstrapPhase
@@ -414,7 +499,11 @@ Phase = Annotated[
     | GossipPhase
     | ConcurrentSearchPhase
     | ImpairPhase
-    | IdlePhase,
+    | IdlePhase
+    | PartitionPhase
+    | CrashPhase
+    | PausePhase
+    | ChurnPhase,
     Field(discriminator="phase"),
 ]
 
@@ -509,6 +598,11 @@ class Topology(Strict):
             unknown = set(getattr(phase, "groups", [])) - set(names)
             if unknown:
                 raise ValueError(f"workload[{number}].groups: unknown groups {sorted(unknown)}")
+        for number, phase in enumerate(self.workload):
+            if isinstance(phase, PartitionPhase | CrashPhase | PausePhase) and not (
+                    phase.peers or phase.share or set(phase.groups) not in (set(), set(names))):
+                raise ValueError(f"workload[{number}]: a {phase.phase} hits some peers, not all: give groups (not every "
+                                 "group), peers or share")
         if self.workload[0].phase != "bootstrap":
             raise ValueError("workload[0].phase: the first phase must be bootstrap")
         published = False

@@ -10,12 +10,15 @@ line stays short and the topology stays the one source of settings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,6 +26,7 @@ from functools import partial
 from typing import Any
 
 import multiaddr
+import psutil
 import trio
 from libp2p import new_host
 from libp2p.abc import IHost
@@ -115,6 +119,22 @@ def gossipsub_router(settings: PeerSettings) -> GossipSub:
     return router
 
 
+def sever(ip: str) -> int:
+    """Shuts down, at once and behind the library's back, every TCP connection of this process
+    on `ip`: what the kernel does to the sockets of a process that crashed, for one peer of a
+    shared host. Its neighbours' sockets, on their own addresses, are left, and so is its
+    listener, which the peer's end closes next (a listener shut under trio's accept fails the
+    host process's system task: every neighbour would die with it). Returns how many were shut."""
+    count = 0
+    for connection in psutil.Process().net_connections(kind="tcp4"):
+        if (connection.laddr and connection.laddr.ip == ip and connection.fd >= 0
+                and connection.status != psutil.CONN_LISTEN):
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(connection.fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+                count += 1
+    return count
+
+
 class Peer:
     """One libp2p host with Kademlia, GossipSub and the marketplace, answering control calls."""
 
@@ -177,7 +197,11 @@ class Peer:
         async with trio.open_nursery() as nursery:
             while (call := await self.channel.receive()) is not None:
                 if call.get("op") == Call.SHUTDOWN:
-                    await self.channel.reply(call, self.stats())
+                    routing = [str(peer_id) for peer_id in self.dht.routing_table.get_peer_ids()]
+                    await self.channel.reply(call, {**self.stats(), "routing_peers": routing})
+                    break
+                if call.get("op") == Call.CRASH:
+                    await self.channel.reply(call, sever(multiaddr.Multiaddr(self.settings.listen).value_for_protocol("ip4")))
                     break
                 nursery.start_soon(self.answer, call)
             nursery.cancel_scope.cancel()
@@ -197,8 +221,8 @@ class Peer:
 
     # -- operations the orchestrator calls -------------------------------------------------
 
-    async def op_bootstrap(self, dial: list[str], min_routing_table: int) -> dict[str, Any]:
-        async with self.recorder.operation(Op.BOOTSTRAP, dials=len(dial)) as details:
+    async def op_bootstrap(self, dial: list[str], min_routing_table: int, rejoin: bool = False) -> dict[str, Any]:
+        async with self.recorder.operation(Op.REJOIN if rejoin else Op.BOOTSTRAP, dials=len(dial)) as details:
             for address in dial:
                 async with self.recorder.operation(Op.CONNECT, to=address.rsplit("/", 1)[-1]):
                     await self.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
@@ -267,8 +291,13 @@ class Peer:
     async def op_publish(self, packages: list[dict[str, Any]], size: int, announce: bool) -> int:
         return await self._each(packages, lambda p: self.market.publish(p, size, announce))
 
-    async def op_get(self, ids: list[str]) -> int:
-        return await self._each(ids, self.market.get)
+    async def op_get(self, ids: list[str], timeout_s: float | None = None) -> int:
+        """`timeout_s` (the run's time): a get that takes longer fails, as its user gives up."""
+        async def bounded(package_id: str) -> None:
+            with trio.fail_after(timeout_s if timeout_s is not None else math.inf):
+                await self.market.get(package_id)
+
+        return await self._each(ids, bounded)
 
     async def op_search(self, queries: list[str], fanout: int) -> int:
         return await self._each(queries, lambda q: self.market.search(q, fanout))

@@ -167,13 +167,15 @@ class Call(StrEnum):
     ANNOUNCE = "announce"
     CONCURRENT_SEARCH = "concurrent_search"
     STATS = "stats"
-    SHUTDOWN = "shutdown"  # answer: what the peer holds (routing table, connections, mesh)
+    SHUTDOWN = "shutdown"  # answer: what the peer holds (routing table and its peer ids, connections, mesh); it ends
+    CRASH = "crash"  # its TCP sockets shut at once, no goodbye, and it ends; its host process's other peers go on
 
 
 class Op(StrEnum):
     """The operations a peer times, each reported as an Event and measured as a latency."""
 
     BOOTSTRAP = "bootstrap"
+    REJOIN = "rejoin"  # a peer a fault phase took down joins again, as a bootstrap does
     WARM = "warm"
     CONNECT = "connect"
     PUBLISH = "publish"

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import trio
+
 from nodes.protocol import Event
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
@@ -67,12 +69,16 @@ class Recorder:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise
+        except BaseException:  # cancelled: a deadline passed (a call's timeout_s) or the peer is ending
+            error = "cancelled before it ended"
+            raise
         finally:
             end = time.monotonic_ns()
             _current_work.reset(token)
             if work:
                 details["work"] = work
-            await self.event(op, start, end, error, details)
+            with trio.CancelScope(shield=True):  # a cancelled operation is still reported, as failed
+                await self.event(op, start, end, error, details)
 
     async def event(self, op: str, start_ns: int, end_ns: int, error: str | None, details: dict[str, Any]) -> None:
         event = Event(op, self._peer, start_ns, end_ns, error is None, error, details)

@@ -12,7 +12,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from lab.analysis import faults
 from lab.analysis.bound import Bound, bounds
+from lab.analysis.faults import FaultFigures, Staleness, fault_figures
 from lab.analysis.guard import GUARD_SHARE, PhaseLag, judge, phase_lags
 from lab.analysis.metrics import Metric, all_metrics, impairment_periods, latency_metrics, ready_span
 from lab.analysis.peerlogs import count_levels
@@ -80,6 +82,8 @@ class Analysis:
     ready_machine_s: float | None = None  # time to ready in the machine's seconds (the metric is the run's)
     reruns: dict[str, list[Rerun]] = field(default_factory=dict)  # the 2N check's figures, by the kind of phase rerun
     bounds: list[Bound] = field(default_factory=list)  # the run's, then each phase's, CPU bound
+    faults: list[FaultFigures] = field(default_factory=list)  # what users felt in each fault phase
+    staleness: Staleness | None = None  # routing-table entries pointing to a peer down or lost at the end
 
     @property
     def passed(self) -> bool:
@@ -107,6 +111,9 @@ class Analysis:
             "time_to_ready_machine_s": self.ready_machine_s,
             "reruns": {phase: [rerun.record() for rerun in stretches] for phase, stretches in self.reruns.items()},
             "cpu_bound": [b.record() for b in self.bounds],
+            "faults": [f.record() for f in self.faults],
+            "routing_staleness": None if self.staleness is None else {**asdict(self.staleness),
+                                                                        "share": self.staleness.share},
         }
 
     def verdicts_record(self) -> dict[str, Any]:
@@ -199,6 +206,7 @@ def analyze(records: RunRecords) -> Analysis:
     topology = _topology(records, notes)
     manifest = records.manifest
     events, reruns = split(records.events)
+    events, faulted = faults.split(events)
     metrics = all_metrics(events, records.samples, manifest.peers_ready, topology.deployed_peer if topology else None,
                           manifest.time_dilation.real_ns)
     windows = bounds(records.events, records.samples, manifest.time_dilation, manifest.machine.cpus if manifest.machine else None)
@@ -217,4 +225,6 @@ def analyze(records: RunRecords) -> Analysis:
     ready_s = (dilation.real_ns(span[1]) - dilation.real_ns(span[0])) / 1e9 if span and span[2] else None
     again = {phase: [Rerun(stretch.factor, doubled, summarize_metrics(latency_metrics(stretch_events)))
                      for doubled, (stretch, stretch_events) in sides.items()] for phase, sides in reruns.items()}
-    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again, windows)
+    felt = fault_figures(topology, fidelity, faulted, records.events, manifest.peers_ready) if topology else []
+    return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again, windows, felt,
+                    faults.staleness(manifest.peers))

@@ -6,7 +6,7 @@ saturated it measures queueing for a CPU, not the protocol. The rule:
 
 - per phase (from the orchestrator's `phase` events), the loop lag of all host processes is
   pooled (windows of 0.5 s that overlap the phase, counts by lateness; quantiles are a bin's
-  upper edge, so they err high);
+  upper edge, so they err high; beyond the last bin, its edge: a lower bound);
 - a time metric's verdict (milliseconds or seconds) is **inconclusive** when the lag's p99 while
   its operations ran (per phase they started in, from the first one's start to the last one's
   end) exceeds GUARD_SHARE (5%) of the metric's median: the error the machine adds is then not
@@ -53,7 +53,7 @@ class Lag:
     @classmethod
     def of(cls, counts: list[int], windows: int) -> Lag:
         total = sum(counts)
-        edges = [*LAG_BINS_MS, math.inf]
+        edges = [*LAG_BINS_MS, LAG_BINS_MS[-1]]  # beyond the last bin: its edge, a lower bound (a frozen host's)
 
         def quantile(q: float) -> float | None:
             if not total:

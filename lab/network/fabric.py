@@ -37,7 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab.errors import NetworkError
-from lab.network.netlink import NetlinkError, NetNS, inside, netns
+from lab.network import partition
+from lab.network.netlink import NetlinkError, NetNS, inside, netns, run_in
 from lab.runid import RunId
 from nodes.protocol import Dilation
 
@@ -197,6 +198,13 @@ class NamespaceNetwork:
             with NetNS(name) as ns:
                 self._routes(ns, ns.link_lookup(ifname="eth0")[0], slots, "replace")
 
+    def cut(self, side: list[str], rest: list[str], both_ways: bool) -> None:
+        """Drops packets between two sets of peer addresses in the hub (lab/network/partition.py)."""
+        run_in(self.run.hub_netns, ["iptables-restore"], partition.raw_table(side, rest, both_ways))
+
+    def heal(self) -> None:
+        run_in(self.run.hub_netns, ["iptables-restore"], partition.raw_table([], [], False))
+
     def syn_retransmits(self) -> int:
         """SYNs the peers' TCP sent again, summed over the hosts (TcpExt TCPSynRetrans of each
         namespace, since it was made): the kernel's initial SYN timeout is 1 s of the machine's
@@ -238,6 +246,12 @@ class LoopbackNetwork:
         if progress:
             progress(len(self.hosts), len(self.hosts))
         return slots
+
+    def cut(self, side: list[str], rest: list[str], both_ways: bool) -> None:
+        raise NetworkError("a partition needs network namespaces (this run is in loopback mode); see `lab doctor`")
+
+    def heal(self) -> None:
+        """Nothing was cut."""
 
     def teardown(self) -> list[str]:
         return []

@@ -13,10 +13,13 @@ helper is not a missing feature.
 """
 
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pyroute2.config
+
+from lab.errors import NetworkError, SetupError
 
 pyroute2.config.disable_mp_signal = True
 pyroute2.config.default_communicate_timeout = 60
@@ -24,7 +27,7 @@ pyroute2.config.default_create_socket_timeout = 120
 
 from pyroute2 import NetlinkError, NetNS, netns  # noqa: E402  (after the setting above)
 
-__all__ = ["NetNS", "NetlinkError", "inside", "netns"]
+__all__ = ["NetNS", "NetlinkError", "inside", "netns", "run_in"]
 
 
 @contextmanager
@@ -38,3 +41,13 @@ def inside(namespace: str) -> Iterator[None]:
     finally:
         netns.setns(home, flags=0)
         os.close(home)
+
+
+def run_in(namespace: str, command: list[str], stdin: str | None = None,
+           error: type[SetupError] = NetworkError) -> str:
+    """A command's output, run in `namespace` (iptables and its kin have no netlink API)."""
+    done = subprocess.run(["ip", "netns", "exec", namespace, *command], input=stdin, capture_output=True, text=True,
+                          timeout=30)
+    if done.returncode != 0:
+        raise error(f"{command[0]} in {namespace} failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout

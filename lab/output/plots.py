@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from lab.analysis.faults import FaultFigures  # noqa: E402
 from lab.analysis.metrics import Metric  # noqa: E402
 from lab.events import MIB, Sample  # noqa: E402
 from lab.metric_names import FAMILIES, MEMORY_FIELDS, family_of  # noqa: E402
@@ -90,6 +91,33 @@ def delivery_curve(events: list[Event], ready_peers: int) -> Figure:
     axes.grid(True, alpha=0.3)
     if len(delays) <= 12:
         axes.legend(fontsize=7)
+    return figure
+
+
+def fault_timeline(figures: FaultFigures) -> Figure:
+    """A fault phase's availability (share of gets that succeeded) and median get latency per
+    window, the fault's window shaded."""
+    figure, axes = _figure(8, 4)
+    windows = figures.windows
+    width = windows[1].start_s - windows[0].start_s if len(windows) > 1 else 1.0
+    measured = [w for w in windows if w.availability is not None]
+    axes.step([w.start_s + width for w in measured], [100 * (w.availability or 0) for w in measured], where="pre",
+              label="gets that succeeded (%)")
+    axes.set_ylim(-5, 105)
+    axes.set_xlabel("time since the phase started (s, the run's time)")
+    axes.set_ylabel("availability (%)")
+    if figures.fault_start_ns is not None and figures.fault_end_ns is not None:
+        axes.axvspan((figures.fault_start_ns - figures.start_ns) / 1e9, (figures.fault_end_ns - figures.start_ns) / 1e9,
+                     alpha=0.2, color="tab:red", label=f"{figures.phase}")
+    latency = axes.twinx()
+    timed = [w for w in windows if w.get_p50_ms is not None]
+    latency.plot([w.start_s + width / 2 for w in timed], [w.get_p50_ms for w in timed], "o--", color="tab:orange",
+                 label="get median (ms)")
+    latency.set_ylabel("get median (ms)")
+    handles = axes.get_legend_handles_labels()
+    more = latency.get_legend_handles_labels()
+    axes.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left")
+    axes.grid(True, alpha=0.3)
     return figure
 
 

@@ -48,6 +48,8 @@ def _figures(records: RunRecords, analysis: Analysis, baseline: tuple[Path, dict
     if any(e.op == Op.GOSSIP_DELIVERY for e in records.events):
         wanted.append(("gossip_delivery", "Gossip delivery: share of peers reached over time",
                        plots.delivery_curve(records.events, records.manifest.peers_ready)))
+    wanted += [(f"fault_{f.number}_{f.phase}", f"Phase {f.number}, {f.phase}: availability and get latency, the fault shaded",
+                plots.fault_timeline(f)) for f in analysis.faults]
     wanted += [
         ("memory_over_time", "Memory per peer over time (RSS)", plots.memory_over_time(records.samples)),
         ("memory_per_peer", "Peak memory per peer", plots.memory_per_peer(analysis.metrics)),

@@ -6,6 +6,7 @@ from typing import Any
 
 from lab.analysis.bound import Bound
 from lab.analysis.compare import Report
+from lab.analysis.faults import FaultFigures, Staleness
 from lab.analysis.figures import Analysis, Errors
 from lab.analysis.guard import PhaseLag
 from lab.analysis.sla import Verdict
@@ -121,6 +122,36 @@ def bound_lines(windows: list[Bound]) -> list[str]:
     return _aligned(rows) if windows else []
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def fault_lines(figures: list[FaultFigures], staleness: Staleness | None) -> list[str]:
+    """Per fault phase, before, during and after its fault: what users felt, and the recovery."""
+    if not figures:
+        return []
+    rows = [["fault", "stretch", "gets", "succeeded", "get p50 (ms)", "p95", "delivery", "latency"]]
+    for f in figures:
+        for name, stretch in f.stretches.items():
+            gets = stretch.gets
+            rows.append([f"{f.number} {f.phase} ({f.peers_hit} peers)" if name == "before" else "", name, str(gets.n),
+                         _share(gets.success_ratio), _cell(gets.p50), _cell(gets.p95), _share(stretch.delivery_ratio),
+                         "inconclusive (guard)" if stretch.guard else "-" if gets.p50 is None else "conclusive"])
+    lines = _aligned(rows)
+    for f in figures:
+        back = [f"availability back in {f.availability_recovery_s:.1f}s" if f.availability_recovery_s is not None
+                else "availability not back within the phase",
+                f"every peer up reached in {f.gossip_recovery_s:.1f}s" if f.gossip_recovery_s is not None
+                else "no message reached every peer up after it"]
+        rejoined = f", {f.rejoins.successes}/{f.rejoins.n} rejoins (p50 {_cell(f.rejoins.p50)} ms)" if f.rejoins.n else ""
+        lines.append(f"  {f.number} {f.phase}: after the fault, {'; '.join(back)}{rejoined}")
+        lines += [f"  {f.number} {f.phase}: {note}" for note in f.notes]
+    if staleness is not None and staleness.share is not None:
+        lines.append(f"routing tables at the end: {staleness.stale} of {staleness.entries} entries "
+                     f"({staleness.share:.1%}) point to a peer that is down or lost")
+    return lines
+
+
 def error_lines(errors: Errors) -> list[str]:
     """Counts of everything that went wrong, so nothing is only in a file nobody opens."""
     failed_ops = {op: sum(causes.values()) for op, causes in errors.operations.items()}
@@ -140,7 +171,8 @@ def closing_lines(analysis: Analysis) -> list[str]:
     """What `lab run` prints once a run has ended, and `lab report` for a directory: the metrics,
     time to ready, each phase's fidelity, where the time went, the verdicts and the errors."""
     return [*metrics_table(analysis.summary), *ready_lines(analysis), "", *fidelity_lines(analysis.fidelity), "",
-            *bound_lines(analysis.bounds), "", *verdict_lines(analysis.verdicts), *error_lines(analysis.errors)]
+            *bound_lines(analysis.bounds), "", *fault_lines(analysis.faults, analysis.staleness),
+            *verdict_lines(analysis.verdicts), *error_lines(analysis.errors)]
 
 
 def repeat_lines(repeat: dict[str, Any], outcomes: list[Any]) -> list[str]:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ class PeerProcess:
     peer_id: str = ""
     addrs: list[str] = field(default_factory=list)
     lost: str | None = None
+    down: str | None = None  # why the workload took it down (a fault phase): gone on purpose, not lost
     final: dict[str, Any] | None = None  # what it held when asked to shut down (routing table, connections, ...)
     pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     hello: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,7 +70,7 @@ class PeerProcess:
 
     def mark_lost(self, reason: str) -> None:
         if self.lost is None:
-            self.lost = reason
+            self.lost = self.down or reason
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(PeerLost(f"peer {self.index}: {self.lost}"))
@@ -99,6 +101,8 @@ class Fleet:
         self.run_id = run_id
         self.dilation = dilation
         self._heard: dict[int, int] = {}  # host process pid -> when it last sent anything (monotonic ns)
+        self.paused: set[int] = set()  # host processes a fault phase froze: silent on purpose
+        self._restarts = itertools.count(1)
         self.cgroups = cgroups
         self.forks = ForkServer(self._environment()) if hosting == "fork" else None
         self.control_path = control_path
@@ -143,11 +147,14 @@ class Fleet:
         return hosted
 
     async def start_host(self, slots: list[PeerSlot], settings: list[PeerSettings], timeout: float,
-                         fresh: bool = False) -> dict[int, str]:
+                         fresh: bool = False, restart: bool = False) -> dict[int, str]:
         """Starts one host process for `slots` (each peer with its settings) and waits until each
         peer listens; returns {peer index: why} for the peers that did not start (they take no
-        part in the run). `fresh`: a new interpreter even where hosts are forked (the deployed peer)."""
-        log_path = self.log_dir / f"host-{slots[0].host:04d}.stderr"
+        part in the run). `fresh`: a new interpreter even where hosts are forked (the deployed peer);
+        `restart`: peers a fault phase took down start again, in a process of their own, in their
+        host's namespace on their own address."""
+        name = f"host-{slots[0].host:04d}" + (f"-restart-{next(self._restarts)}" if restart else "")
+        log_path = self.log_dir / f"{name}.stderr"
         peers = [PeerProcess(slot, log_path) for slot in slots]
         for peer in peers:
             self._peers[peer.index] = peer
@@ -218,8 +225,9 @@ class Fleet:
                 heard = self._heard.get(pid)
                 peers = [self._peers[i] for i in indices]
                 reporter = min((p for p in self.peers if p.pid == pid), key=lambda p: p.index)  # nodes/peer.py: run()
-                if heard is None or self._stopping or not all(p.peer_id for p in peers) or reporter.index not in indices:
-                    continue  # not started yet (the start timeout covers it), or its loop-lag reporter is gone
+                if (heard is None or self._stopping or not all(p.peer_id for p in peers) or reporter.index not in indices
+                        or pid in self.paused):
+                    continue  # not started yet (the start timeout covers it), its loop-lag reporter is gone, or frozen
                 factor = self.dilation.highest_between(heard, now) if self.dilation is not None else 1.0
                 silent, limit = (now - heard) / 1e9, hang_limit_s(factor)
                 if silent > limit:
@@ -317,6 +325,66 @@ class Fleet:
         except ConnectionError as exc:
             await self._lose(peer, f"control connection broke: {exc}")
             raise PeerLost(f"peer {peer.index}: {peer.lost or exc}") from None
+
+    # -- faults: peers taken down, frozen and restarted on purpose -------------------------
+
+    async def crash(self, peers: list[PeerProcess], why: str, timeout: float) -> None:
+        """Ends the peers without a goodbye: a host process whose live peers all go is killed
+        (SIGKILL); a peer of a shared host whose neighbours stay has its sockets shut and ends
+        (Call.CRASH). They are down, not lost."""
+        chosen = {p.index for p in peers}
+        by_pid: dict[int, list[PeerProcess]] = {}
+        for peer in peers:
+            if peer.pid is not None and peer.lost is None:
+                by_pid.setdefault(peer.pid, []).append(peer)
+
+        async def one_host(pid: int, going: list[PeerProcess]) -> None:
+            staying = [p for p in self.alive if p.pid == pid and p.index not in chosen]
+            for peer in going:
+                peer.down = why
+            if not staying:
+                for peer in going:
+                    peer.mark_lost(why)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return
+            for peer in going:
+                with contextlib.suppress(PeerLost, CallFailed):
+                    await self.call(peer, Call.CRASH, {}, timeout)
+                peer.mark_lost(why)
+
+        await asyncio.gather(*(one_host(pid, going) for pid, going in by_pid.items()))
+
+    async def leave(self, peer: PeerProcess, why: str, timeout: float) -> None:
+        """Ends the peer gracefully (Call.SHUTDOWN: the library closes its connections); down, not lost."""
+        peer.down = why
+        with contextlib.suppress(PeerLost, CallFailed):
+            peer.final = await self.call(peer, Call.SHUTDOWN, {}, timeout)
+        peer.mark_lost(why)
+
+    def pause(self, pids: set[int]) -> None:
+        """Freezes host processes (SIGSTOP); the hang watch leaves them be until `resume`."""
+        self.paused |= pids
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        now = time.monotonic_ns()
+        for pid in self.paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            self._heard[pid] = now  # its silence was ours
+        self.paused.clear()
+
+    async def restart(self, peer: PeerProcess, settings: PeerSettings, timeout: float) -> str | None:
+        """Starts a peer that was taken down again, with its identity (its key comes from the seed
+        and its index); returns why it did not start, if it did not."""
+        if peer.process is not None and peer.process.returncode is None and not any(
+                p.pid == peer.pid and p.lost is None for p in self.peers):
+            await peer.process.wait()  # killed: its sockets are released once it is gone
+        failures = await self.start_host([peer.slot], [settings], timeout, restart=True)
+        return failures.get(peer.index)
 
     # -- stopping --------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from lab.errors import ShapingError
 from lab.network.fabric import PeerSlot
-from lab.network.netlink import inside
+from lab.network.netlink import inside, run_in
 from lab.runid import ENV_VAR, RunId
 from lab.shaping.backend import Backend, Counters, Host
 from lab.shaping.delayer import QUEUE_NUM
@@ -77,10 +77,7 @@ def _queue_drops(netns: str) -> int:
 
 
 def _in_netns(netns: str, command: list[str], stdin: str | None = None) -> str:
-    done = subprocess.run(["ip", "netns", "exec", netns, *command], input=stdin, capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise ShapingError(f"{command[0]} in {netns} failed: {done.stderr.strip() or done.returncode}")
-    return done.stdout
+    return run_in(netns, command, stdin, ShapingError)
 
 
 class DelayLine:

@@ -24,6 +24,7 @@ from lab.metric_names import RERUN_PHASE
 from lab.topology import (
     BootstrapPhase,
     ConcurrentSearchPhase,
+    FaultPhase,
     GossipPhase,
     IdlePhase,
     ImpairPhase,
@@ -35,9 +36,10 @@ from lab.topology import (
 )
 from lab.workload.barrier import Deliveries
 from lab.workload.catalogue import make_catalogue, query_for
+from lab.workload.faults import Fault
 from lab.workload.kademlia import converged_tables
 from lab.workload.ticker import Ticker
-from nodes.protocol import Call, Dilation
+from nodes.protocol import Call, Dilation, Event
 
 
 def cpu_busy_since(before: Any) -> float:
@@ -84,6 +86,7 @@ class Workload:
     echo: Callable[[str], None]
     deliveries: Deliveries  # fed every event of the run by the orchestrator
     dilation: Dilation
+    event: Callable[[Event], None]  # the orchestrator's record of an event (a fault's window, a peer down)
     errors: list[LabErrorRecord] = field(default_factory=list)  # failed calls and what a phase could not do
     catalogue: list[dict[str, Any]] = field(default_factory=list)
     published: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its own packages
@@ -91,6 +94,7 @@ class Workload:
     fetched: list[tuple[int, str]] = field(default_factory=list)  # (peer, package) of the lookup phases' gets
     searched: list[tuple[int, str]] = field(default_factory=list)  # (peer, query) of the search phases' remote queries
     announced: Iterator[int] = field(default_factory=itertools.count)  # numbers messages: one id is one message
+    faults: int = 0  # fault phases run so far: each draws from a stream of its own
 
     @cached_property
     def _join_position(self) -> dict[int, int]:
@@ -103,7 +107,16 @@ class Workload:
         return sorted(self.machine.alive(), key=lambda p: self._join_position[p.index])
 
     async def run(self, phase: Phase) -> PhaseRecord:
+        if isinstance(phase, FaultPhase):
+            return await self._measured(phase.phase, lambda p, report: Fault(self, p, report).run(), phase)
         return await self._measured(phase.phase, getattr(self, f"_{phase.phase}"), phase)
+
+    @property
+    def join_timeout(self) -> float:
+        """A join's timeout: the bootstrap phase's (always the first)."""
+        first = self.topology.workload[0]
+        assert isinstance(first, BootstrapPhase), "the topology checks that the first phase is bootstrap"
+        return first.timeout
 
     async def rerun(self, phase: Phase, count: int) -> PhaseRecord:
         """The 2N check's operations: about `count` more of the phase's kind (joins, the same gets
@@ -120,7 +133,7 @@ class Workload:
         report.lab_cpu = (_own_cpu_seconds() - lab_before) / (report.seconds * (psutil.cpu_count() or 1))
         return report
 
-    async def _call(self, report: PhaseRecord, timeout: float, peer: PeerInfo, op: Call, args: dict[str, Any]) -> Any:
+    async def call(self, report: PhaseRecord, timeout: float, peer: PeerInfo, op: Call, args: dict[str, Any]) -> Any:
         """One call; its timeout (virtual seconds) starts when it is sent. A failure is kept in the
         report with the peer and its cause, and the call's result is None."""
         report.calls += 1
@@ -144,7 +157,7 @@ class Workload:
         async def one(peer: PeerInfo, op: Call, args: dict[str, Any], ticker: Ticker) -> Any:
             async with limit:
                 try:
-                    return await self._call(report, timeout, peer, op, args)
+                    return await self.call(report, timeout, peer, op, args)
                 finally:
                     ticker.done += 1
 
@@ -174,7 +187,7 @@ class Workload:
         dial_plans = {peer.index: rng.sample(seeds, min(settings.dials, len(seeds))) for peer in joiners}
         for i, peer in enumerate(seeds):
             floor = min(settings.min_routing_table, i)
-            await self._call(report, phase.timeout, peer, Call.BOOTSTRAP, self._join_args(seeds[:i], floor))
+            await self.call(report, phase.timeout, peer, Call.BOOTSTRAP, self.join_args(seeds[:i], floor))
         await self._joins(phase, report, joiners, seeds, rng, dial_plans)
 
     async def _warm(self, phase: BootstrapPhase, report: PhaseRecord, warm: list[PeerInfo], rng: random.Random) -> None:
@@ -209,7 +222,7 @@ class Workload:
             nonlocal joined
             async with limit:
                 floor = min(settings.min_routing_table, joined)
-                await self._call(report, timeout, peer, Call.BOOTSTRAP, self._join_args(dial_plans[peer.index], floor))
+                await self.call(report, timeout, peer, Call.BOOTSTRAP, self.join_args(dial_plans[peer.index], floor))
                 joined += 1
                 ticker.done += 1
 
@@ -217,7 +230,7 @@ class Workload:
             await asyncio.gather(*(join(peer, ticker) for peer in joiners))
 
     @staticmethod
-    def _join_args(dial: list[PeerInfo], floor: int) -> dict[str, Any]:
+    def join_args(dial: list[PeerInfo], floor: int) -> dict[str, Any]:
         return {"dial": [p.dial_address for p in dial], "min_routing_table": floor}
 
     async def _publish(self, phase: PublishPhase, report: PhaseRecord) -> None:
@@ -305,7 +318,7 @@ class Workload:
             announcement = {"message_id": f"{purpose}:{number}", "package_id": package}
             if sent:  # the interval lies between announcements, not after the last
                 await asyncio.sleep(self.dilation.real_s(phase.interval))
-            await self._call(report, phase.timeout, peer, Call.ANNOUNCE, announcement)
+            await self.call(report, phase.timeout, peer, Call.ANNOUNCE, announcement)
         await self._settle(first, phase.settle)
 
     # -- the 2N check's operations: the same calls again, drawn from streams of their own ------
@@ -322,10 +335,10 @@ class Workload:
 
         async def rejoin(peer: PeerInfo, stayed: list[PeerInfo], ticker: Ticker) -> None:
             async with limit:
-                await self._call(report, phase.timeout, peer, Call.LEAVE, {})
+                await self.call(report, phase.timeout, peer, Call.LEAVE, {})
                 dial = rng.sample(stayed, min(settings.dials, len(stayed)))
-                await self._call(report, phase.timeout, peer, Call.BOOTSTRAP,
-                                 self._join_args(dial, min(settings.min_routing_table, len(stayed))))
+                await self.call(report, phase.timeout, peer, Call.BOOTSTRAP,
+                                 self.join_args(dial, min(settings.min_routing_table, len(stayed))))
                 ticker.done += 1
 
         async with Ticker(self.echo, "peers joined again", count) as ticker:
@@ -361,8 +374,8 @@ class Workload:
         async def again(peer: PeerInfo, items: list[str]) -> None:
             forget, ask = args(items)
             async with limit:
-                await self._call(report, phase.timeout, peer, Call.FORGET, forget)
-                await self._call(report, phase.timeout, peer, op, ask)
+                await self.call(report, phase.timeout, peer, Call.FORGET, forget)
+                await self.call(report, phase.timeout, peer, op, ask)
 
         await asyncio.gather(*(again(live[peer], items) for peer, items in by_peer.items()))
 

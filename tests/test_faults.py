@@ -1,0 +1,135 @@
+"""Fault phases: the partition's rules, the figures from known events, and every fault on real
+peers (shared hosts, a delay line, the kernel's cut) in one run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab import runid
+from lab.analysis.faults import fault_figures, split
+from lab.analysis.guard import phase_lags
+from lab.errors import TopologyError
+from lab.events import FAULT, PHASE
+from lab.network.partition import raw_table
+from lab.topology import parse_topology
+from nodes.protocol import Event, Op
+from tests.conftest import ROOT, event, leftovers, needs_root
+from tests.test_run import start_run, wait_for_line
+
+FAULTS = ROOT / "tests" / "topologies" / "faults.yaml"
+S = 1_000_000_000
+
+
+def test_a_cut_drops_between_the_sides_only_and_healing_empties_the_table() -> None:
+    both = raw_table(["198.18.0.2", "198.18.0.3"], ["198.18.0.4"], both_ways=True).splitlines()
+    assert "-A PLAB-CUT -s 198.18.0.2/32 -j PLAB-CUT-OUT" in both and "-A PLAB-CUT-OUT -d 198.18.0.4/32 -j DROP" in both
+    assert "-A PLAB-CUT -s 198.18.0.4/32 -j PLAB-CUT-IN" in both and "-A PLAB-CUT-IN -d 198.18.0.3/32 -j DROP" in both
+    assert not any("-d 198.18.0.3/32" in rule for rule in both if rule.startswith("-A PLAB-CUT-OUT"))  # a side keeps its own
+    outbound = raw_table(["198.18.0.2"], ["198.18.0.4"], both_ways=False)
+    assert "PLAB-CUT-IN" not in outbound
+    assert "PLAB-CUT" not in raw_table([], [], both_ways=False)
+
+
+def _topology(**partition: object) -> dict[str, object]:
+    return {"name": "t", "seed": 1, "groups": [{"name": "a", "count": 2}, {"name": "b", "count": 2}],
+            "workload": [{"phase": "bootstrap"}, {"phase": "publish"}, {"phase": "partition", **partition}]}
+
+
+@pytest.mark.parametrize("partition, field", [
+    ({}, "workload[2]"),  # all peers on one side: nothing cut
+    ({"groups": ["a", "b"]}, "workload[2]"),
+    ({"groups": ["c"]}, "workload[2].groups"),
+    ({"groups": ["a"], "peers": 1, "share": "50%"}, "workload[2]"),
+    ({"groups": ["a"], "duration": "-1s"}, "duration"),
+    ({"groups": ["a"], "load": {"window": "0s"}}, "window"),
+])
+def test_a_fault_that_hits_nobody_or_everybody_is_refused_naming_the_field(partition: dict[str, object], field: str) -> None:
+    with pytest.raises(TopologyError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_topology(_topology(**partition))
+
+
+def test_churn_needs_a_rate() -> None:
+    data = _topology(groups=["a"])
+    data["workload"][2] = {"phase": "churn", "rate": "0%"}  # type: ignore[index]
+    with pytest.raises(TopologyError, match="rate"):
+        parse_topology(data)
+
+
+def test_figures_from_known_events() -> None:
+    """A partition phase from 0 to 30 s, its fault from 10 to 20 s: 10 gets before (all
+    succeed), 10 during (4 succeed), 10 after (all succeed, the first window after the fault
+    back to the share before); one message each stretch, to 3 of 3 peers, 1 of 3 (one delivery
+    after the load's timeout does not count), 3 of 3."""
+    topology = parse_topology(_topology(groups=["a"], before="10s", duration="10s", after="10s",
+                                        load={"window": "5s", "timeout": "4s"}))
+    events = [Event(PHASE, None, 0, 30 * S, True, details={"phase": "partition", "number": 3, "cpu_busy": 0.1}),
+              Event(FAULT, None, 10 * S, 20 * S, True, details={"fault": "partition", "peers": [0, 1]})]
+    for second in range(30):
+        ok = not 10 <= second < 20 or second % 5 < 2
+        events.append(event(Op.GET, 100, ok, peer=2, start_ns=second * S))
+    for number, (sent, receivers) in enumerate([(2, [1, 2, 3]), (12, [1]), (24, [1, 2, 3])]):
+        message = f"m{number}"
+        events.append(event(Op.GOSSIP_PUBLISH, 1, peer=0, start_ns=sent * S, msg=message))
+        events += [event(Op.GOSSIP_DELIVERY, 50, peer=r, start_ns=sent * S, msg=message) for r in receivers]
+    events.append(event(Op.GOSSIP_DELIVERY, 50, peer=2, start_ns=12 * S + 5 * S, msg="m1"))  # too late
+    rest, faulted = split(events)
+    assert not any(e.op == Op.GET for e in rest) and len([e for e in faulted if e.op == Op.GET]) == 30
+    (figures,) = fault_figures(topology, phase_lags(events), faulted, events, ready=4)
+    assert [w.availability for w in figures.windows[:6]] == [1.0, 1.0, 0.4, 0.4, 1.0, 1.0]
+    before, during, after = (figures.stretches[name] for name in ("before", "during", "after"))
+    assert (before.gets.n, before.gets.success_ratio) == (10, 1.0)
+    assert (during.gets.n, during.gets.successes) == (10, 4)
+    assert after.gets.success_ratio == 1.0
+    assert (before.delivery_ratio, during.delivery_ratio, after.delivery_ratio) == (1.0, pytest.approx(1 / 3), 1.0)
+    assert figures.availability_recovery_s == pytest.approx(5.0)  # the window 20-25 s is back
+    assert figures.gossip_recovery_s == pytest.approx(4.05)  # m2's last delivery, 24.05 s
+    assert figures.peers_hit == 2
+
+
+def _raw_rules(run: str) -> list[str]:
+    hub = runid.RunId(run).hub_netns
+    done = subprocess.run(["ip", "netns", "exec", hub, "iptables", "-t", "raw", "-S"], capture_output=True, text=True,
+                          check=True)
+    return [rule for rule in done.stdout.splitlines() if "DROP" in rule]
+
+
+@needs_root
+def test_every_fault_on_real_peers(tmp_path: Path) -> None:
+    """Partition, crash, pause and churn on shared hosts: the cut is in the kernel while it
+    lasts, no neighbour of a crashed peer dies, a pause longer than the hang limit is not a
+    hang, every peer taken down returns with its identity, and the report shows each fault."""
+    out = tmp_path / "results"
+    process, run = start_run(out, FAULTS)
+    wait_for_line(process, "[partition] 3 peers cut off")
+    cut = _raw_rules(run)
+    wait_for_line(process, "[partition] healed")
+    healed = _raw_rules(run)
+    rest, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, rest
+    assert len(cut) == 4 + 3, cut  # a DROP per receiver each way: the rest (west and lone), then east
+    assert healed == []
+    summary = json.loads((out / "summary.json").read_text())
+    verdicts = {v["metric"]: v for v in json.loads((out / "verdicts.json").read_text())["verdicts"]}
+    assert verdicts["peers_lost"]["status"] == "pass"  # crashed and paused peers are not lost; no neighbour died
+    faults = {f["phase"]: f for f in summary["faults"]}
+    assert list(faults) == ["partition", "crash", "pause", "churn"]
+    partition = faults["partition"]["stretches"]
+    assert partition["during"]["gets"]["success_ratio"] < partition["before"]["gets"]["success_ratio"]
+    assert partition["during"]["delivery_ratio"] < 1.0 == partition["after"]["delivery_ratio"]
+    assert faults["partition"]["availability_recovery_s"] is not None
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    downs = [e for e in events if e["op"] == "peer_down"]
+    returned = [e for e in downs if e["how"] in ("crash", "graceful")]
+    assert returned and all(e["back"] and e["returned_as"] == e["peer_id"] for e in returned)
+    assert faults["churn"]["rejoins"]["successes"] == faults["churn"]["peers_hit"] >= 1
+    (pause,) = [e for e in events if e["op"] == "fault" and e["fault"] == "pause"]
+    frozen = set(pause["peers"])
+    assert frozen and not [e for e in events if e["peer"] in frozen and pause["start_ns"] + S < e["end_ns"] < pause["end_ns"]
+                           and e["start_ns"] > pause["start_ns"] + S]  # silent while frozen
+    assert not any(e["phase"] == "run" for e in summary["errors"]["lab"])
+    assert all((out / "plots" / f"fault_{f['number']}_{f['phase']}.png").exists() for f in summary["faults"])
+    assert leftovers(run) == []
