@@ -116,7 +116,7 @@ def fault_timeline(figures: FaultFigures) -> Figure:
     latency.set_ylabel("get median (ms)")
     handles = axes.get_legend_handles_labels()
     more = latency.get_legend_handles_labels()
-    axes.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left")
+    axes.legend(handles[0] + more[0], handles[1] + more[1], loc="best")
     axes.grid(True, alpha=0.3)
     return figure
 
