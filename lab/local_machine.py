@@ -302,8 +302,8 @@ class LocalMachine(Machine):
     async def pause(self, peers: list[int]) -> list[int]:
         assert self.fleet is not None, "peers are paused after start_peers"
         fleet = self.fleet
-        pids = {fleet.peer(i).pid for i in peers if fleet.peer(i).lost is None} - {None}
-        fleet.pause(pids)  # type: ignore[arg-type]  # None removed above
+        pids = {pid for i in peers if fleet.peer(i).lost is None and (pid := fleet.peer(i).pid) is not None}
+        fleet.pause(pids)
         return [p.index for p in fleet.alive if p.pid in pids]
 
     async def resume(self) -> None:
