@@ -159,8 +159,8 @@ def _figures(phase: FaultPhase, lag: PhaseLag, faulted: list[Event], events: lis
                 gossip_back = (last - f_end) / 1e9
                 break
     rejoins = [e for e in inside if e.op == Op.REJOIN]
-    hit = len(fault.details.get("peers", [])) if fault and isinstance(fault.details.get("peers"), list) else (
-        int(fault.details.get("departures", 0)) if fault else 0)
+    peers, departures = (fault.details.get("peers"), fault.details.get("departures")) if fault else (None, None)
+    hit = len(peers) if isinstance(peers, list) else departures if isinstance(departures, int) else 0
     return FaultFigures(phase.phase, lag.number, start, end, f_start, f_end, hit, windows, stretches, availability_back,
                         gossip_back, summarize([e.ms for e in rejoins if e.ok], len(rejoins), "millisecond"), notes)
 
