@@ -80,6 +80,7 @@ def test_figures_from_known_events() -> None:
     assert not any(e.op == Op.GET for e in rest) and len([e for e in faulted if e.op == Op.GET]) == 30
     (figures,) = fault_figures(topology, phase_lags(events), faulted, events, ready=4)
     assert [w.availability for w in figures.windows[:6]] == [1.0, 1.0, 0.4, 0.4, 1.0, 1.0]
+    assert [w.delivery_ratio for w in figures.windows[:6]] == [1.0, None, pytest.approx(1 / 3), None, 1.0, None]
     before, during, after = (figures.stretches[name] for name in ("before", "during", "after"))
     assert (before.gets.n, before.gets.success_ratio) == (10, 1.0)
     assert (during.gets.n, during.gets.successes) == (10, 4)

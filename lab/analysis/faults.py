@@ -4,7 +4,8 @@ The operations that start inside a fault phase are its own (`split`): they do no
 run's metrics and SLA verdicts, which judge the healthy network. Per fault phase:
 
 - availability per window of `load.window` (the run's time): the share of its gets that
-  succeeded, with their median latency, from the phase's start (the fault's window marked);
+  succeeded, with their median latency and the delivery ratio of the messages sent in it,
+  from the phase's start (the fault's window marked);
 - gets before, during and after the fault: attempts, success ratio, median and p95, each
   latency judged by the fidelity guard over the fault phase (a latency measured while the
   machine saturates is inconclusive, not a figure);
@@ -52,6 +53,7 @@ class Window:
     gets: int
     succeeded: int
     get_p50_ms: float | None
+    delivery_ratio: float | None  # of the messages sent in the window (as Stretch's)
 
     @property
     def availability(self) -> float | None:
@@ -125,12 +127,6 @@ def _figures(phase: FaultPhase, lag: PhaseLag, faulted: list[Event], events: lis
     f_start, f_end = (fault.start_ns, fault.end_ns) if fault else (None, None)
     gets = [e for e in inside if e.op == Op.GET]
     width = phase.load.window
-    windows = []
-    for number in range(int((end - start) / 1e9 // width) + 1):
-        lo, hi = start + number * width * 1e9, start + (number + 1) * width * 1e9
-        these = [e for e in gets if lo <= e.start_ns < hi]
-        ok = [e.ms for e in these if e.ok]
-        windows.append(Window(number * width, len(these), len(ok), summarize(ok).p50 if ok else None))
     sent = [e for e in inside if announced_message(e) is not None]
     deadline = {e.message: e.start_ns + phase.load.timeout * 1e9 for e in sent if e.message is not None}
     received: dict[str, set[int]] = defaultdict(set)  # within load.timeout of the send: later, its user missed it
@@ -140,6 +136,13 @@ def _figures(phase: FaultPhase, lag: PhaseLag, faulted: list[Event], events: lis
                 and event.end_ns <= deadline[message]):
             received[message].add(event.peer)
     down = _down_spans(events)
+    windows = []
+    for number in range(int((end - start) / 1e9 // width) + 1):
+        lo, hi = start + number * width * 1e9, start + (number + 1) * width * 1e9
+        these = [e for e in gets if lo <= e.start_ns < hi]
+        ok = [e.ms for e in these if e.ok]
+        windows.append(Window(number * width, len(these), len(ok), summarize(ok).p50 if ok else None,
+                              _delivery([e for e in sent if lo <= e.start_ns < hi], received, ready, down)))
     edges = {"before": (start, f_start or end), "during": (f_start or end, f_end or end), "after": (f_end or end, end + 1)}
     stretches = {name: _stretch([e for e in gets if lo <= e.start_ns < hi], [e for e in sent if lo <= e.start_ns < hi],
                                 received, ready, down, events, lag) for name, (lo, hi) in edges.items()}

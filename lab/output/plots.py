@@ -95,14 +95,17 @@ def delivery_curve(events: list[Event], ready_peers: int) -> Figure:
 
 
 def fault_timeline(figures: FaultFigures) -> Figure:
-    """A fault phase's availability (share of gets that succeeded) and median get latency per
-    window, the fault's window shaded."""
-    figure, axes = _figure(8, 4)
+    """A fault phase's availability (share of gets that succeeded), gossip delivery and median
+    get latency per window, the fault's window shaded."""
+    figure, axes = _figure(8, 5)
     windows = figures.windows
     width = windows[1].start_s - windows[0].start_s if len(windows) > 1 else 1.0
     measured = [w for w in windows if w.availability is not None]
     axes.step([w.start_s + width for w in measured], [100 * (w.availability or 0) for w in measured], where="pre",
               label="gets that succeeded (%)")
+    delivered = [w for w in windows if w.delivery_ratio is not None]
+    axes.plot([w.start_s + width / 2 for w in delivered], [100 * (w.delivery_ratio or 0) for w in delivered], "s:",
+              color="tab:green", label="peers up a message reached (%)")
     axes.set_ylim(-5, 105)
     axes.set_xlabel("time since the phase started (s, the run's time)")
     axes.set_ylabel("availability (%)")
@@ -116,7 +119,7 @@ def fault_timeline(figures: FaultFigures) -> Figure:
     latency.set_ylabel("get median (ms)")
     handles = axes.get_legend_handles_labels()
     more = latency.get_legend_handles_labels()
-    axes.legend(handles[0] + more[0], handles[1] + more[1], loc="best")
+    axes.legend(handles[0] + more[0], handles[1] + more[1], loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     axes.grid(True, alpha=0.3)
     return figure
 
