@@ -403,7 +403,8 @@ class FaultLoad(Strict):
 
     gets_per_s: float = Field(default=2.0, ge=0, le=1000, description="gets started per second of the run's time")
     announce_every: Duration | None = Field(default=5.0, description="an announcement this often; none: no gossip load")
-    timeout: Duration = Field(default=30.0, description="a get or an announcement that takes longer failed")
+    timeout: Duration = Field(default=30.0, description="a get that takes longer failed; a delivery later than this "
+                              "after its announcement is not counted")
     window: Duration = Field(default=5.0, description="availability is the share of gets that succeeded per window")
 
     @field_validator("window", "timeout")
@@ -448,8 +449,8 @@ class PartitionPhase(FaultPhase):
 
 class CrashPhase(FaultPhase):
     """Kills the chosen peers at once, without a goodbye; with `restart`, they start again after
-    `duration` with the same identity (not their store: it lived in memory) and join through the
-    bootstrap path."""
+    `duration` with the same identity, read their store again (their packages published anew)
+    and join through the bootstrap path."""
 
     phase: Literal["crash"]
     restart: bool = True

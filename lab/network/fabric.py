@@ -203,6 +203,7 @@ class NamespaceNetwork:
         run_in(self.run.hub_netns, ["iptables-restore"], partition.raw_table(side, rest, both_ways))
 
     def heal(self) -> None:
+        """Ends any cut: the hub's raw table emptied."""
         run_in(self.run.hub_netns, ["iptables-restore"], partition.raw_table([], [], False))
 
     def syn_retransmits(self) -> int:

@@ -4,10 +4,10 @@ Every packet between peers crosses the hub (fabric.py; those of a shared host's 
 one table there cuts any set of peers from any other, hosts shared or not, before routing and
 before the links' own rules (the filter table, lab/shaping/userspace.py), which never touch it:
 
-    PREROUTING -> PLAB-CUT: -s 198.18.0.9 -j PLAB-CUT-TO   (one rule per peer of the side)
-                  PLAB-CUT-TO: -d 198.18.0.12 -j DROP       (one rule per peer of the rest)
+    PREROUTING -> PLAB-CUT: -s 198.18.0.9/32 -j PLAB-CUT-OUT   (one rule per peer of the side)
+                  PLAB-CUT-OUT: -d 198.18.0.12/32 -j DROP      (one rule per peer of the rest)
 
-and, both ways, the same from the rest to the side. Healing restores an empty table. Packets a
+and, both ways, the same from the rest to the side (PLAB-CUT-IN). Healing restores an empty table. Packets a
 link already holds (the delay line) are in flight and arrive, as on a real network.
 """
 

@@ -69,7 +69,7 @@ class Fault:
         async with asyncio.TaskGroup() as tasks:
             loading = tasks.create_task(load.run())
             await self.wait(phase.before)
-            await FAULTS[type(phase)](self, hit)
+            await RUNNERS[type(phase)](self, hit)
             await self.wait(phase.after)
             load.stop()
             await loading
@@ -95,7 +95,8 @@ class Fault:
     async def crash(self, hit: list[PeerInfo]) -> None:
         assert isinstance(self.phase, CrashPhase)
         start = self.now()
-        await self._down(hit, "crash", lambda: self.work.machine.crash([p.index for p in hit], "crashed by a crash phase"))
+        self._stash(hit)
+        await self.work.machine.crash([p.index for p in hit], "crashed by a crash phase")
         self.work.echo(f"[crash] {len(hit)} peers killed" + (f", back in {self.phase.duration:g}s" if self.phase.restart else ""))
         await self.wait(self.phase.duration)
         if self.phase.restart:
@@ -142,20 +143,20 @@ class Fault:
         how = self.phase.how
         left = self.now()
         machine = self.work.machine
+        self._stash([peer])
         if how == "graceful":
-            await self._down([peer], how, lambda: machine.leave(peer.index, "left by a churn phase"))
+            await machine.leave(peer.index, "left by a churn phase")
         else:
-            await self._down([peer], how, lambda: machine.crash([peer.index], "crashed by a churn phase"))
+            await machine.crash([peer.index], "crashed by a churn phase")
         await self.wait(self.phase.downtime)
         await self._back(peer, left, how)
 
-    async def _down(self, peers: list[PeerInfo], how: str, act: Callable[[], Awaitable[None]]) -> None:
-        """Takes peers down: what they fetched lived in their memory and is gone; what they
+    def _stash(self, peers: list[PeerInfo]) -> None:
+        """Before peers go down: what they fetched lived in their memory and is gone; what they
         published is their store, kept to be read again when they return."""
         for peer in peers:
             self.stores[peer.index] = self.work.published.pop(peer.index, [])
             self.work.holdings.pop(peer.index, None)
-        await act()
 
     async def _back(self, peer: PeerInfo, down_ns: int, how: str) -> None:
         """Restarts a peer and joins it through the bootstrap path: `bootstrap.dials` live peers."""
@@ -188,6 +189,6 @@ class Fault:
             self.work.holdings[peer.index] = set(ids)
 
 
-FAULTS: dict[type[FaultPhase], Callable[[Fault, list[PeerInfo]], Awaitable[None]]] = {
+RUNNERS: dict[type[FaultPhase], Callable[[Fault, list[PeerInfo]], Awaitable[None]]] = {
     PartitionPhase: Fault.partition, CrashPhase: Fault.crash, PausePhase: Fault.pause, ChurnPhase: Fault.churn,
 }
