@@ -44,7 +44,8 @@ def fixed(topology: Topology, factor: float, reason: str) -> Dilation:
     check's stretches, each kind at its phase's factor and at twice it (STRETCHES)."""
     phases = tuple(phase.time_dilation or factor for phase in topology.workload)
     again = tuple(phases[number - 1] * (2 if doubled else 1) for number, _ in rerun_phases(topology) for doubled in STRETCHES)
-    return Dilation(factor, reason, phases, again)
+    adaptive = topology.network.adaptive_dilation
+    return Dilation(factor, reason, phases, again, ceiling=adaptive.highest if adaptive else None)
 
 
 def pilot_topology(topology: Topology, factor: float, rerun: int = 0) -> Topology:

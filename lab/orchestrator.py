@@ -28,7 +28,8 @@ from lab.analysis.figures import Analysis, analyze
 from lab.analysis.records import RunRecords
 from lab.analysis.repeats import between_runs
 from lab.errors import ResultsError, SetupError
-from lab.events import MIB, PHASE, RERUN, RUN_STARTED, Sample
+from lab.events import ADAPTED, MIB, PHASE, RERUN, RUN_STARTED, Sample
+from lab.governor import Governor
 from lab.local_machine import LocalMachine, Paths, Probe, probe
 from lab.machine import Machine, Stream
 from lab.manifest import (
@@ -53,7 +54,7 @@ from lab.output.results import ResultsDir, write_json
 from lab.topology import Topology
 from lab.workload.barrier import Deliveries
 from lab.workload.phases import STRETCHES, Workload, rerun_phases
-from nodes.protocol import Dilation, Event
+from nodes.protocol import Dilation, Event, Segment
 
 RETIME_NOTICE_NS = 2_000_000_000  # a change of dilation is announced this far ahead of its instant
 
@@ -95,6 +96,7 @@ class Run:
         self.samples: list[Sample] = []
         self.errors: list[LabErrorRecord] = []  # the lab's own: peers that did not start, failed calls, lost peers
         self.task: asyncio.Task[Any] | None = None  # the run's own, once it executes
+        self.governor: Governor | None = None  # while the phases run, with network.adaptive_dilation
         self.unwritable: ResultsError | None = None  # the results disk failed under a record
         self.started = time.monotonic()
         self.manifest = Manifest(
@@ -110,6 +112,8 @@ class Run:
     def on_event(self, event: Event) -> None:
         self.events.append(event)
         self.deliveries.record(event)
+        if self.governor is not None:
+            self.governor.hear(event)
         self._append(EVENTS, event.record())
 
     def on_sample(self, sample: Sample) -> None:
@@ -221,12 +225,15 @@ class Run:
         no peer was left."""
         workload = Workload(self.topology, machine, self.echo, self.deliveries, self.dilation, self.on_event,
                             self.errors)
+        if policy := self.topology.network.adaptive_dilation:
+            self.governor = Governor(policy, lambda: self.dilation.factor, self.dilation.now_ns,
+                                     lambda factor, why: self._adapt(machine, workload, factor, why))
         phases = self.topology.workload
         for number, phase in enumerate(phases, 1):
             if not machine.alive():
                 self.echo(f"[run] no live peer: phases {number}-{len(phases)} not run (causes above and in manifest.json)")
                 return "failed"
-            record = await self._phase(machine, PHASE, number, self.dilation.of_phase(number), workload.run(phase))
+            record = await self._phase(machine, PHASE, number, self._factor_of(number), workload.run(phase))
             self.echo(f"[{number}/{len(phases)}] {terminal.phase_line(record)}")
         factors = iter(self.dilation.later)
         count = math.ceil(self.topology.fidelity.rerun / 2)  # each of the two stretches at N and at 2N
@@ -238,36 +245,65 @@ class Run:
                 self.echo(f"[2N] {terminal.phase_line(record)}")
         return "complete"
 
+    def _factor_of(self, number: int) -> float:
+        """The factor workload phase `number` starts at: its own; with an adaptive factor, the one
+        the last phase ended at unless the phase states its own."""
+        if self.governor is None or number == 1 or self.topology.workload[number - 1].time_dilation is not None:
+            return self.dilation.of_phase(number)
+        return self.dilation.segments[-1].factor
+
     async def _phase(self, machine: Machine, kind: str, number: int, factor: float, work: Awaitable[PhaseRecord],
                      doubled: bool | None = False) -> PhaseRecord:
         """One stretch of work at its dilation, recorded as an event of `kind` spanning it, with
         what the links did meanwhile, and in the manifest."""
-        if factor != self.dilation.factor:
+        if factor != self.dilation.segments[-1].factor:  # the factor in force once any announced switch is
             await self._retime(machine, factor)
         await machine.watch()  # the links' count starts with the stretch
         await machine.sample()  # and the processes' CPU (lab/analysis/bound.py)
-        started = self.dilation.now_ns()
-        record = await work
-        ended = self.dilation.now_ns()
+        started, started_real = self.dilation.now_ns(), time.monotonic_ns()
+        record = await (self._governed(work) if self.governor and kind == PHASE else work)
+        ended, ended_real = self.dilation.now_ns(), time.monotonic_ns()
         await machine.sample()
         links = await machine.watch()
         phase = record.phase.removesuffix(" (2N)")
+        highest = self.dilation.highest_between(started_real, ended_real)  # what the guard judges the phase at
         self.on_event(Event(kind, None, started, ended, True, details={
-            "phase": phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": factor, "links": asdict(links),
+            "phase": phase, "number": number, "cpu_busy": record.cpu_busy, "time_dilation": highest,
+            **({"time_dilation_started": factor} if highest != factor else {}), "links": asdict(links),
             **({"doubled": doubled} if kind == RERUN else {})}))
         record.ended_s = time.monotonic() - self.started
         self.manifest.phases.append(record)
         self.results.save(self.manifest)
         return record
 
-    async def _retime(self, machine: Machine, factor: float) -> None:
+    async def _retime(self, machine: Machine, factor: float, why: str = "") -> Segment:
         """Changes the run's time dilation at a real instant RETIME_NOTICE_NS ahead, announced to
         the machine first, so every clock, link and timer switches together and virtual time never
         jumps."""
         was = self.dilation.factor
         segment = self.dilation.switch(factor, time.monotonic_ns() + RETIME_NOTICE_NS, time.time_ns() + RETIME_NOTICE_NS)
         self.errors += await machine.retime(segment)
-        self.echo(f"[time] dilation {was:g} -> {factor:g}")
+        self.echo(f"[time] dilation {was:g} -> {factor:g}{f': {why}' if why else ''}")
+        return segment
+
+    async def _governed(self, work: Awaitable[PhaseRecord]) -> PhaseRecord:
+        """A workload phase with the governor switching its factor as the load asks, until it ends."""
+        assert self.governor is not None
+        governing = asyncio.create_task(self.governor.govern())
+        try:
+            return await work
+        finally:
+            await self.governor.stop(governing)
+
+    async def _adapt(self, machine: Machine, workload: Workload, factor: float, why: str) -> Segment:
+        """The governor's switch: announced as every switch is, recorded as an event at its instant,
+        and the workload's waits told, so that they follow it."""
+        was = self.dilation.factor
+        segment = await self._retime(machine, factor, why)
+        workload.retimed.set()
+        self.on_event(Event(ADAPTED, None, segment.virtual_ns, segment.virtual_ns, True,
+                            details={"from": was, "to": factor, "why": why}))
+        return segment
 
     def _machine_stopped(self, machine: Machine) -> None:
         record = machine.record()

@@ -249,6 +249,28 @@ class Libp2p(Strict):
     gossipsub: Gossipsub = Gossipsub()
 
 
+class AdaptiveDilation(Strict):
+    """Virtual time that follows the load within workload phases (lab/governor.py)."""
+
+    lowest: float = Field(default=1.0, ge=1, le=1000, description="the factor is never lowered below this")
+    highest: float = Field(default=1000.0, ge=1, le=1000, description="nor raised above this")
+    raise_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="doubled when the loop lag's p99 since the last switch exceeds this share of the fidelity "
+        "guard's allowance (5% of the median of the phase's recent operations)")
+    lower_share: float = Field(default=0.1, gt=0, le=1, description="halved only while the lag is under this share")
+    idle_busy: float = Field(default=0.5, gt=0, le=1, description="and the machine was less busy than this")
+    hold: Duration = Field(default=10.0, description="over this much of the machine's time, with no switch in it")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveDilation:
+        if self.lowest > self.highest:
+            raise ValueError("lowest: must not exceed highest")
+        if self.lower_share >= self.raise_share:
+            raise ValueError("lower_share: must be under raise_share (the gap is the hysteresis)")
+        return self
+
+
 class Network(Strict):
     mode: Literal["auto", "netns", "loopback"] = "auto"
     spawn_concurrency: int = Field(default=8, ge=1, description="peer processes starting at once")
@@ -268,6 +290,13 @@ class Network(Strict):
         description="the peers' clocks run this many times slower than the machine's, and link delays, rates and the "
         "lab's own waits are stretched to match, so a machine too slow for the network looks fast enough "
         "(docs/design.md, Virtual time); auto picks it from a short calibration on this machine",
+    )
+
+    adaptive_dilation: AdaptiveDilation | None = Field(
+        default=None,
+        description="let the factor follow the load within workload phases, from the phase's own (time_dilation) "
+        "between lowest and highest: raised while timers run late against what is measured, lowered while the "
+        "machine idles (docs/design.md, Virtual time); none: fixed factors",
     )
 
     @field_validator("time_dilation")
@@ -604,6 +633,11 @@ class Topology(Strict):
                     phase.peers or phase.share or set(phase.groups) not in (set(), set(names))):
                 raise ValueError(f"workload[{number}]: a {phase.phase} hits some peers, not all: give groups (not every "
                                  "group), peers or share")
+        if self.network.adaptive_dilation is not None:
+            for number, phase in enumerate(self.workload):
+                if isinstance(phase, FaultPhase) or (isinstance(phase, ImpairPhase) and phase.duration is not None):
+                    raise ValueError(f"workload[{number}]: a {phase.phase} phase times its changes at the factor it "
+                                     "starts at; it cannot run with network.adaptive_dilation")
         if self.workload[0].phase != "bootstrap":
             raise ValueError("workload[0].phase: the first phase must be bootstrap")
         published = False

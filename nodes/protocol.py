@@ -36,8 +36,9 @@ class Dilation:
     the guard and the report.
 
     `network` is the factor the run starts at (`network.time_dilation`, `auto` resolved by its
-    pilot), `phases` each workload phase's factor (its own, else the network's), `later` those the
-    run switches to after its phases (the 2N check's), `reason` why.
+    pilot), `phases` each workload phase's factor (its own, else the network's; where it starts
+    when the factor adapts), `later` those the run switches to after its phases (the 2N check's),
+    `reason` why, `ceiling` the highest an adaptive factor may reach (None: factors are fixed).
     The timeline (`segments`) is a clock running `factor` times slower than the machine's, equal
     to it at the run's start (`start`), so the timestamps of all processes compare. A change of
     factor is announced before it takes effect (`switch`: a segment from a real instant on), so
@@ -48,6 +49,7 @@ class Dilation:
     phases: tuple[float, ...] = ()
     later: tuple[float, ...] = ()
     segments: list[Segment] = field(default_factory=list)
+    ceiling: float | None = None
 
     def __post_init__(self) -> None:
         if not self.segments:  # not started: the machine's clock at the network's factor
@@ -62,7 +64,7 @@ class Dilation:
     def switchable(self) -> bool:
         """Whether the factor changes during the run (so clocks must follow it even at factor 1)."""
         factors = (*self.phases, *self.later, *(s.factor for s in self.segments))
-        return any(f != self.network for f in factors)
+        return self.ceiling is not None or any(f != self.network for f in factors)
 
     @property
     def dilated(self) -> bool:
@@ -131,6 +133,13 @@ class Dilation:
         real_now = time.monotonic_ns()
         return self.sleep_s(self.virtual_ns(real_now) / 1e9 + virtual_s, real_now)
 
+    def real_bound_s(self, virtual_s: float) -> float:
+        """The machine's seconds that surely cover `virtual_s` of the run's time, whatever factor
+        an adaptive run switches to meanwhile: a timeout's (fixed factors: `real_s`)."""
+        if self.ceiling is None:
+            return self.real_s(virtual_s)
+        return virtual_s * max(self.ceiling, self.factor)
+
     def switch(self, factor: float, at_real_ns: int, at_real_wall_ns: int) -> Segment:
         """From `at_real_ns` (later than every announced change) on, the new factor."""
         segment = Segment(at_real_ns, at_real_wall_ns, self.virtual_ns(at_real_ns), self.virtual_wall_ns(at_real_wall_ns),
@@ -149,7 +158,8 @@ class Dilation:
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> Dilation:
         return cls(float(record["network"]), str(record["reason"]), tuple(float(f) for f in record["phases"]),
-                   tuple(float(f) for f in record.get("later", ())), [Segment(**s) for s in record["segments"]])
+                   tuple(float(f) for f in record.get("later", ())), [Segment(**s) for s in record["segments"]],
+                   None if record.get("ceiling") is None else float(record["ceiling"]))
 
 
 class Call(StrEnum):

@@ -42,19 +42,21 @@ class Deliveries:
             owed += len(peers - self.reached.get(message, set()) - {sender})
         return owed
 
-    async def settle(self, since: int, peers: Callable[[], set[int]], limit_s: float, echo: Callable[[str], None]) -> int:
-        """Waits until every live peer has every message sent after `since`, at most `limit_s`;
-        says how long it took or what is still missing, and returns the deliveries missing."""
-        started = time.monotonic()
+    async def settle(self, since: int, peers: Callable[[], set[int]], limit_s: float, echo: Callable[[str], None],
+                     clock: Callable[[], float] = time.monotonic) -> int:
+        """Waits until every live peer has every message sent after `since`, at most `limit_s` on
+        `clock` (the run's seconds, whatever the dilation does meanwhile); says how long it took
+        or what is still missing, and returns the deliveries missing."""
+        started = clock()
         messages = len(self.senders) - since
         if not messages:  # every send failed: the phase's errors say so, nothing to wait for
             return 0
         expected = self.missing(since, peers())
         async with Ticker(echo, "announcement deliveries", expected) as ticker:
-            while (owed := self.missing(since, peers())) and time.monotonic() - started < limit_s:
+            while (owed := self.missing(since, peers())) and clock() - started < limit_s:
                 ticker.done = expected - owed
                 await asyncio.sleep(POLL_S)
-        waited = time.monotonic() - started
+        waited = clock() - started
         if owed:
             echo(f"  barrier: {messages} announcements still miss {owed} deliveries after {waited:.1f}s (settle {limit_s:g}s)")
         else:

@@ -54,7 +54,7 @@ class Fault:
 
     async def wait(self, seconds: float) -> None:
         """`seconds` of the run's time."""
-        await asyncio.sleep(self.work.dilation.real_s(max(0.0, seconds)))
+        await self.work.sleep(max(0.0, seconds))
 
     def event(self, op: str, peer: int | None, start_ns: int, **details: object) -> None:
         self.work.event(Event(op, peer, start_ns, self.now(), True, details={"fault": self.phase.phase, **details}))

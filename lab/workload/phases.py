@@ -7,6 +7,7 @@ topology seed, one random stream per purpose, so the same seed gives the same sc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
@@ -95,6 +96,7 @@ class Workload:
     searched: list[tuple[int, str]] = field(default_factory=list)  # (peer, query) of the search phases' remote queries
     announced: Iterator[int] = field(default_factory=itertools.count)  # numbers messages: one id is one message
     faults: int = 0  # fault phases run so far: each draws from a stream of its own
+    retimed: asyncio.Event = field(default_factory=asyncio.Event)  # set when the factor changes within a phase
 
     @cached_property
     def _join_position(self) -> dict[int, int]:
@@ -110,6 +112,17 @@ class Workload:
         if isinstance(phase, FaultPhase):
             return await self._measured(phase.phase, lambda p, report: Fault(self, p, report).run(), phase)
         return await self._measured(phase.phase, getattr(self, f"_{phase.phase}"), phase)
+
+    async def sleep(self, seconds: float) -> None:
+        """`seconds` of the run's time, however often the factor changes meanwhile."""
+        deadline = self.dilation.now_ns() / 1e9 + seconds
+        while True:
+            self.retimed.clear()  # before reading the segments: a switch announced after it wakes us
+            left = self.dilation.sleep_s(deadline, time.monotonic_ns())
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.retimed.wait(), left)
 
     @property
     def join_timeout(self) -> float:
@@ -138,7 +151,7 @@ class Workload:
         report with the peer and its cause, and the call's result is None."""
         report.calls += 1
         try:
-            return await self.machine.call(peer.index, op, args, self.dilation.real_s(timeout))
+            return await self.machine.call(peer.index, op, args, self.dilation.real_bound_s(timeout))
         except (PeerLost, CallFailed) as exc:
             report.failed += 1
             self.errors.append(LabErrorRecord(phase=report.phase, peer=peer.index, op=op, error=str(exc)))
@@ -258,7 +271,7 @@ class Workload:
 
     async def _settle(self, first: int, settle: float) -> None:
         """The phase's barrier: its announcements reach every live peer (or `settle` seconds run out)."""
-        await self.deliveries.settle(first, self._alive, self.dilation.real_s(settle), self.echo)
+        await self.deliveries.settle(first, self._alive, settle, self.echo, lambda: self.dilation.now_ns() / 1e9)
 
     def _alive(self) -> set[int]:
         """Re-read on every poll of a wait: peers may be lost meanwhile."""
@@ -317,7 +330,7 @@ class Workload:
             package = self.published[peer.index][0]
             announcement = {"message_id": f"{purpose}:{number}", "package_id": package}
             if sent:  # the interval lies between announcements, not after the last
-                await asyncio.sleep(self.dilation.real_s(phase.interval))
+                await self.sleep(phase.interval)
             await self.call(report, phase.timeout, peer, Call.ANNOUNCE, announcement)
         await self._settle(first, phase.settle)
 
@@ -401,7 +414,7 @@ class Workload:
 
     async def _idle(self, phase: IdlePhase, report: PhaseRecord) -> None:
         """The network at rest: only the collector and the peers' own timers run."""
-        await asyncio.sleep(self.dilation.real_s(phase.duration))
+        await self.sleep(phase.duration)
 
     async def _impair(self, phase: ImpairPhase, report: PhaseRecord) -> None:
         """Changes the groups' links now; with a duration, restores them later while the next
