@@ -9,13 +9,6 @@ address. A packet's release time is its arrival plus the sender's delay, plus th
 to its destination, plus jitter; reordered packets go at once. Verdicts are given after the
 callback returns, which libnetfilter_queue allows.
 
-What it costs is wake-ups (on this 2-core VM ~40-60 µs of CPU each, far more than a packet's
-own work), so it wakes as little as its precision allows (`Delayer.run`): on an alarm at the
-earliest due time, and, while packets come faster than the release grain, on the grain alone.
-The grain is a fifth of the delay check's tolerance for the shortest delay in force, so a
-dilated run, whose delays are longer on the machine's clock, buys the fewest. A packet's delay
-counts from its arrival in the hub as the kernel stamped it, however long it waited to be read.
-
 Control: one JSON request per line on a Unix socket (`configure`, `retime`, `stats`), answered
 once the change is in force. `retime` stretches what every held packet has left to wait by a
 ratio: the run's time dilation changed, and a packet held across the change keeps its delay in
@@ -35,22 +28,19 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from netfilterqueue import NetfilterQueue, Packet
 
 from lab.network.netlink import inside
-from lab.shaping.alarm import Alarm
-from lab.shaping.plan import LinkPlan, delay_tolerance
+from lab.shaping.plan import LinkPlan
 
 QUEUE_NUM = 0
 KERNEL_QUEUE_MAX = 65536  # the kernel's own cap on unverdicted packets; `limit` is enforced here
 LATENESS_KEPT = 200_000
-GRAIN_SHARE = 5  # the release grain is this share of the delay check's tolerance for the shortest delay
-GRAIN_S = 0.0002  # the grain when no link delays (jitter, reordering or corruption alone)
-SO_TIMESTAMPNS = 35  # Linux
-STAMP_TRUSTED_S = 1.0  # an arrival stamp older than this (or in the future) is not the hub's: use now
+FINE_WINDOW_S = 0.001
+FINE_STEP_S = 0.0002
 PR_SET_PDEATHSIG = 1
 
 
@@ -66,7 +56,12 @@ class Sender:
     dropped_limit: int = 0
 
 
-Held = tuple[float, int, Packet, Sender]  # due, arrival order, the packet, its sender: compared in C
+@dataclass(order=True)
+class Held:
+    due: float
+    seq: int
+    packet: Packet = field(compare=False)
+    sender: Sender = field(compare=False)
 
 
 class Delayer:
@@ -84,20 +79,11 @@ class Delayer:
         self.server.bind(control)
         self.server.listen(4)
         self.selector.register(self.server, selectors.EVENT_READ, self._accept)
-        self.alarm = Alarm()
-        self.selector.register(self.alarm.fd, selectors.EVENT_READ, self.alarm.clear)
-        self.grain = GRAIN_S
-        self.waking = False  # whether a packet's arrival wakes the loop (not while it runs on the grain)
-        self.realtime_offset = time.time() - time.monotonic()
-        self.stamping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.stamping.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # the kernel now stamps every arrival
 
     # -- packets -----------------------------------------------------------------------------
 
     def _on_packet(self, packet: Packet) -> None:
         now = time.monotonic()
-        stamped = packet.get_timestamp() - self.realtime_offset  # when it reached the hub; it may have waited a grain
-        arrived = stamped if now - STAMP_TRUSTED_S < stamped <= now else now
         payload = packet.get_payload()
         sender = self.senders.get(payload[12:16])
         if sender is None:  # a rule without a plan would be a lab bug: let the packet through, counted
@@ -122,16 +108,16 @@ class Delayer:
             packet.drop()
             return
         sender.held += 1
-        heapq.heappush(self.heap, (arrived + delay, next(self.seq), packet, sender))
+        heapq.heappush(self.heap, Held(now + delay, next(self.seq), packet, sender))
 
     def _release_due(self) -> None:
         now = time.monotonic()
-        while self.heap and self.heap[0][0] <= now:
-            due, _, packet, sender = heapq.heappop(self.heap)
-            packet.accept()
-            sender.held -= 1
+        while self.heap and self.heap[0].due <= now:
+            held = heapq.heappop(self.heap)
+            held.packet.accept()
+            held.sender.held -= 1
             if len(self.lateness) < LATENESS_KEPT:
-                self.lateness.append(now - due)
+                self.lateness.append(now - held.due)
             now = time.monotonic()
 
     # -- control -----------------------------------------------------------------------------
@@ -141,6 +127,7 @@ class Delayer:
             nfq = NetfilterQueue()
             nfq.bind(QUEUE_NUM, self._on_packet, max_len=KERNEL_QUEUE_MAX)
         self.nfq = nfq
+        self.selector.register(nfq.get_fd(), selectors.EVENT_READ, lambda: nfq.run(block=False))
 
     def _configure(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.nfq is None:
@@ -153,13 +140,12 @@ class Delayer:
                 self.senders[address].plan = plan
             else:
                 self.senders[address] = Sender(peer["index"], plan, random.Random(f"{self.seed}:delay:{peer['index']}"))
-        shortest = [d for sender in self.senders.values() if (d := sender.plan.shortest_delay_s) is not None]
-        self.grain = min(delay_tolerance(d) for d in shortest) / GRAIN_SHARE if shortest else GRAIN_S
         return {"ok": True, "senders": len(self.senders)}
 
     def _retime(self, request: dict[str, Any]) -> dict[str, Any]:
         now, ratio = time.monotonic(), float(request["ratio"])
-        self.heap = [(now + max(0.0, due - now) * ratio, seq, packet, sender) for due, seq, packet, sender in self.heap]
+        for held in self.heap:
+            held.due = now + max(0.0, held.due - now) * ratio
         heapq.heapify(self.heap)
         return {"ok": True, "retimed": len(self.heap)}
 
@@ -175,7 +161,7 @@ class Delayer:
             "released": len(late),
             "lateness_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": late[-1] if late else None},
             "held": len(self.heap),
-            "cpu_s": sum(os.times()[:2]),
+            "cpu_s": sum(os.times()[:2]),  # its own CPU so far (bench/impairment_accuracy.py: per packet)
             "unplanned": self.unplanned,
             "peers": {s.index: {"packets": s.packets, "dropped_limit": s.dropped_limit} for s in self.senders.values()},
         }
@@ -200,35 +186,18 @@ class Delayer:
         connection.sendall(json.dumps(reply).encode() + b"\n")
 
     def run(self) -> None:
-        """Wakes at the earliest held packet's due time and at each arrival, while they come
-        less often than the grain; when they come faster, on the grain only, reading what
-        arrived meanwhile with the hub's arrival stamps. So a busy delay line wakes at most
-        about twice a grain, and releases at most a grain late."""
-        last = 0.0
+        """epoll waits in whole milliseconds (rounded up), which alone made releases ~0.5 ms
+        late: wait until 1 ms before the next release, then poll and sleep in short steps."""
         while True:
-            for key, _ in self.selector.select():
+            wait = self.heap[0].due - time.monotonic() if self.heap else None
+            events = self.selector.select(None if wait is None else max(0.0, wait - FINE_WINDOW_S))
+            for key, _ in events:
                 key.data()
-            now = time.monotonic()
-            self.realtime_offset = time.time() - now
-            if self.nfq is not None:
-                self.nfq.run(block=False)
+            if not events and self.heap:
+                remaining = self.heap[0].due - time.monotonic()
+                if remaining > 0:
+                    time.sleep(min(remaining, FINE_STEP_S))
             self._release_due()
-            self._arm(on_grain=now - last < self.grain, now=now)
-            last = now
-
-    def _arm(self, on_grain: bool, now: float) -> None:
-        if self.nfq is not None and self.waking == on_grain:
-            if on_grain:
-                self.selector.unregister(self.nfq.get_fd())
-            else:
-                self.selector.register(self.nfq.get_fd(), selectors.EVENT_READ, lambda: None)
-            self.waking = not on_grain
-        if on_grain:
-            self.alarm.at(now + self.grain)
-        elif self.heap:
-            self.alarm.at(self.heap[0][0])
-        else:
-            self.alarm.disarm()
 
 
 def _realtime_priority() -> str:

@@ -46,11 +46,6 @@ class LinkPlan:
         return self.delay_s + self.to_region.get(region or "", 0.0)
 
     @property
-    def shortest_delay_s(self) -> float | None:
-        """The shortest delay the link adds towards any destination; None when it adds none."""
-        return min((d for d in map(self.delay_to, (None, *self.to_region)) if d > 0), default=None)
-
-    @property
     def lost(self) -> float:
         """The share of packets that do not arrive: lost, or corrupted (the receiver's checksum
         drops those)."""
@@ -79,11 +74,6 @@ class LinkPlan:
             parts.append(f"rate {self.rate_bps / 1e6:g}Mbit/s")
         parts.extend(f"+{extra * 1e3:g}ms to {region}" for region, extra in sorted(self.to_region.items()) if extra)
         return ", ".join(parts)
-
-
-def delay_tolerance(expected_s: float) -> float:
-    """How far a link's delay may be off before the delay check minds: max(1 ms, 5%)."""
-    return max(0.001, 0.05 * expected_s)
 
 
 def prefixes_by_region(ips: Iterable[str], regions: Iterable[str | None]) -> dict[str, list[str]]:
