@@ -28,13 +28,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
-from lab.analysis.guard import GUARD_SHARE, Lag
+from lab.analysis.bound import busy_between
+from lab.analysis.guard import GUARD_SHARE, Lag, LagPool
 from lab.metric_names import unit_of
 from lab.topology import AdaptiveDilation
-from nodes.protocol import ANSWERED_LOCALLY, LAG_BINS_MS, LOOP_LAG, Event, Segment
+from nodes.protocol import ANSWERED_LOCALLY, LOOP_LAG, Event, Segment
 
 CHECK_S = 1.0
 MEDIAN_OF = 50
@@ -76,20 +78,17 @@ class Governor:
     def __init__(self, policy: AdaptiveDilation, factor: Callable[[], float], now_ns: Callable[[], int],
                  retime: Callable[[float, str], Awaitable[Segment]]) -> None:
         self.policy, self.factor, self.now_ns, self.retime = policy, factor, now_ns, retime
-        self.counts = [0] * (len(LAG_BINS_MS) + 1)
-        self.windows = 0
+        self.pool = LagPool()
         self.latencies: deque[float] = deque(maxlen=MEDIAN_OF)
         self.since_ns = 0  # the run's time of the last switch: lag windows from before it are not pooled
         self.switched_at = time.monotonic()
-        self.cpu: deque[tuple[float, float, float]] = deque()  # (machine time, busy CPU-s, all CPU-s)
+        self.cpu: deque[tuple[float, Any]] = deque()  # (machine time, psutil.cpu_times())
         self.stopping = asyncio.Event()
 
     def hear(self, event: Event) -> None:
         if event.op == LOOP_LAG:
             if event.start_ns >= self.since_ns:
-                self.windows += 1
-                for bin_, count in enumerate(event.details.get("counts", [])[: len(self.counts)]):
-                    self.counts[bin_] += int(count)
+                self.pool.add(event)
         elif (event.ok and event.peer is not None and event.op not in ANSWERED_LOCALLY
               and unit_of(event.op) == "millisecond" and event.end_ns > event.start_ns):
             self.latencies.append(event.ms)
@@ -115,27 +114,21 @@ class Governor:
 
     def reading(self) -> Reading:
         median = statistics.median(self.latencies) if self.latencies else None
-        return Reading(self.factor(), Lag.of(self.counts, self.windows), median, self._busy(),
+        return Reading(self.factor(), self.pool.lag, median, self._busy(),
                        time.monotonic() - self.switched_at)
 
     def _restart(self, virtual_ns: int, real_ns: int) -> None:
         """Evidence starts again from a switch's instant (announced ahead: the run's time and the
         machine's): the lag from then on, at the factor then in force."""
-        self.counts, self.windows = [0] * (len(LAG_BINS_MS) + 1), 0
+        self.pool = LagPool()
         self.since_ns, self.switched_at = virtual_ns, real_ns / 1e9
 
     def _sample_cpu(self) -> None:
-        times = psutil.cpu_times()
-        idle = times.idle + getattr(times, "iowait", 0.0)
-        total = sum(times)
         now = time.monotonic()
-        self.cpu.append((now, total - idle, total))
+        self.cpu.append((now, psutil.cpu_times()))
         while len(self.cpu) > 2 and self.cpu[1][0] <= now - self.policy.hold:
             self.cpu.popleft()
 
     def _busy(self) -> float:
         """The busy share over the last `hold` seconds (as much of them as was sampled)."""
-        (_, busy0, total0), (_, busy1, total1) = self.cpu[0], self.cpu[-1]
-        return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 1.0
-
-
+        return busy_between(self.cpu[0][1], self.cpu[-1][1]) if len(self.cpu) > 1 else 1.0

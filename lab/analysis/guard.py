@@ -108,16 +108,31 @@ class Judgement:
                 "waiting on links and timers, a less busy machine if it is computing")
 
 
+@dataclass
+class LagPool:
+    """Loop-lag windows added up as they are heard: one histogram over hosts and windows."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BINS_MS) + 1))
+    windows: int = 0
+
+    def add(self, event: Event) -> None:
+        """Adds one LOOP_LAG event's window."""
+        self.windows += 1
+        for bin_, count in enumerate(event.details.get("counts", [])[: len(self.counts)]):
+            self.counts[bin_] += int(count)
+
+    @property
+    def lag(self) -> Lag:
+        return Lag.of(self.counts, self.windows)
+
+
 def _pooled(events: list[Event], spans: list[tuple[int, int]]) -> Lag:
     """The loop-lag windows that overlap the spans, pooled."""
-    counts = [0] * (len(LAG_BINS_MS) + 1)
-    windows = 0
+    pool = LagPool()
     for event in events:
         if event.op == LOOP_LAG and any(event.start_ns < end and event.end_ns > start for start, end in spans):
-            windows += 1
-            for bin_, count in enumerate(event.details.get("counts", [])[: len(counts)]):
-                counts[bin_] += int(count)
-    return Lag.of(counts, windows)
+            pool.add(event)
+    return pool.lag
 
 
 def _links(record: object) -> LinkWatch | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 
+from lab.analysis.bound import busy_between
 from lab.machine import CallFailed, Machine, PeerInfo, PeerLost
 from lab.manifest import LabErrorRecord, PhaseRecord
 from lab.metric_names import RERUN_PHASE
@@ -46,10 +47,7 @@ from nodes.protocol import Call, Dilation, Event
 def cpu_busy_since(before: Any) -> float:
     """Busy share of all CPUs since `before` (a psutil.cpu_times()): near 100% means the
     phase's latencies include waiting for a CPU, not only the protocol."""
-    after = psutil.cpu_times()
-    total = sum(after) - sum(before)
-    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
-    return 1 - idle / total if total > 0 else 0.0
+    return busy_between(before, psutil.cpu_times())
 
 
 def _own_cpu_seconds() -> float:
