@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from lab.blocking import in_thread_to_completion
 from lab.errors import CgroupError, LimitError, SetupError, ShapingError
-from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, PeerInfo, Stream
+from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, Paths, PeerInfo, Place, Probe, Stream
 from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
 from lab.network import doctor, limits
 from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
@@ -35,17 +34,6 @@ from lab.shaping.verify import worst
 from lab.topology import Link, Topology
 from lab.workload.ticker import Ticker
 from nodes.protocol import Call, Dilation, Segment
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What this machine gives a topology: the network mode and impairment backend, each with why."""
-
-    mode: str
-    mode_reason: str
-    backend: str | None
-    backend_reason: str
-    raised_limits: str | None = None  # what `probe` raised (open files), to say so
 
 
 def choose_mode(requested: str) -> tuple[str, str]:
@@ -97,15 +85,6 @@ def probe(topology: Topology) -> Probe:
     except (LimitError, CgroupError) as exc:
         raise SetupError(str(exc)) from None
     return Probe(mode, mode_reason, backend, backend_reason, raised)
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where this machine's run writes: the peers' control socket, `lab netem`'s socket, the peers' logs."""
-
-    control: Path
-    impairment: Path
-    logs: Path
 
 
 class LocalMachine(Machine):
@@ -355,3 +334,14 @@ class LocalMachine(Machine):
         collector = self.collector
         sweeps = CollectorRecord(sweeps=collector.sweeps, seconds=collector.sweep_seconds) if collector else None
         return MachineRecord(peers, self.lost, sweeps)
+
+
+class LocalPlace(Place):
+    """Runs on the machine the coordinator runs on, in its process."""
+
+    async def probe(self, topology: Topology) -> Probe:
+        return await asyncio.to_thread(probe, topology)
+
+    def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
+                stream: Stream) -> Machine:
+        return LocalMachine(run_id, topology, dilation, probe, paths, stream)

@@ -18,13 +18,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from lab.events import Sample
 from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
-from lab.topology import Link
-from nodes.protocol import Call, Event, Segment
+from lab.runid import RunId
+from lab.topology import Link, Topology
+from nodes.protocol import Call, Dilation, Event, Segment
 
 
 class PeerLost(RuntimeError):
@@ -33,6 +35,26 @@ class PeerLost(RuntimeError):
 
 class CallFailed(RuntimeError):
     """The peer answered the call with an error."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What this machine gives a topology: the network mode and impairment backend, each with why."""
+
+    mode: str
+    mode_reason: str
+    backend: str | None
+    backend_reason: str
+    raised_limits: str | None = None  # what `probe` raised (open files), to say so
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where this machine's run writes: the peers' control socket, `lab netem`'s socket, the peers' logs."""
+
+    control: Path
+    impairment: Path
+    logs: Path
 
 
 @dataclass(frozen=True)
@@ -186,3 +208,16 @@ class Machine(ABC):
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         trace: TracebackType | None) -> None:
         """Stops the peers, the links' helpers and the sampling, removes the network."""
+
+
+class Place(ABC):
+    """Where a run's machine is: this one (lab/local_machine.py) or an agent's (lab/remote/)."""
+
+    @abstractmethod
+    async def probe(self, topology: Topology) -> Probe:
+        """What the machine gives `topology`, checked before anything is built (SetupError if not enough)."""
+
+    @abstractmethod
+    def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
+                stream: Stream) -> Machine:
+        """One run's machine, built as it is entered and undone as it is left."""

@@ -30,8 +30,8 @@ from lab.analysis.repeats import between_runs
 from lab.errors import ResultsError, SetupError
 from lab.events import ADAPTED, MIB, PHASE, RERUN, RUN_STARTED, Sample
 from lab.governor import Governor
-from lab.local_machine import LocalMachine, Paths, Probe, probe
-from lab.machine import Machine, Stream
+from lab.local_machine import LocalPlace
+from lab.machine import Machine, Paths, Place, Probe, Stream
 from lab.manifest import (
     CONTROL_SOCKET,
     EVENTS,
@@ -82,9 +82,12 @@ def _clock(dilation: Dilation) -> str:
 
 
 class Run:
-    def __init__(self, topology: Topology, source: str, out: Path, echo: Echo, probe: Probe, dilation: Dilation) -> None:
-        """`topology` as written (its waits and SLAs in virtual time); `dilation` settled for it."""
+    def __init__(self, topology: Topology, source: str, out: Path, echo: Echo, place: Place, probe: Probe,
+                 dilation: Dilation) -> None:
+        """`topology` as written (its waits and SLAs in virtual time) to run at `place`, probed;
+        `dilation` settled for it."""
         self.topology = topology
+        self.place = place
         self.dilation = dilation
         self.source = source
         self.echo = echo
@@ -146,8 +149,8 @@ class Run:
             async with AsyncExitStack() as setup:
                 self._register()
                 paths = Paths(self.results.path / CONTROL_SOCKET, self.results.path / IMPAIRMENT_SOCKET, self.results.log_dir)
-                machine = LocalMachine(self.run_id, topology, self.dilation, self.probe, paths,
-                                       Stream(self.on_event, self.on_sample, self.echo))
+                machine = self.place.machine(self.run_id, topology, self.dilation, self.probe, paths,
+                                             Stream(self.on_event, self.on_sample, self.echo))
                 setup.callback(self._machine_stopped, machine)  # runs once the machine has undone its part
                 await setup.enter_async_context(machine)
                 self.task = asyncio.current_task()  # a failing results disk stops the run from here (_append),
@@ -350,10 +353,11 @@ class Run:
         return RunOutcome(self.results.path, status, code, analysis)
 
 
-async def measure(topology: Topology, source: str, out: Path, echo: Echo, probe: Probe, dilation: Dilation) -> RunOutcome:
+async def measure(topology: Topology, source: str, out: Path, echo: Echo, place: Place, probe: Probe,
+                  dilation: Dilation) -> RunOutcome:
     """One run of `topology` at a settled dilation on a probed machine."""
     try:
-        run = Run(topology, source, out, echo, probe, dilation)
+        run = Run(topology, source, out, echo, place, probe, dilation)
     except FileExistsError as exc:
         raise SetupError(str(exc)) from None
     task = asyncio.current_task()
@@ -362,27 +366,30 @@ async def measure(topology: Topology, source: str, out: Path, echo: Echo, probe:
     return await run.execute()
 
 
-async def run_topology(topology: Topology, source: str, out: Path, echo: Echo) -> RunOutcome:
-    """Checks the machine and settles the dilation before creating anything, so a setup error
-    leaves nothing behind."""
-    checked = await asyncio.to_thread(probe, topology)
+async def run_topology(topology: Topology, source: str, out: Path, echo: Echo, place: Place | None = None) -> RunOutcome:
+    """Checks the machine (this one unless `place` says otherwise) and settles the dilation
+    before creating anything, so a setup error leaves nothing behind."""
+    place = place or LocalPlace()
+    checked = await place.probe(topology)
     if checked.raised_limits:
         echo(f"[limits] {checked.raised_limits}")
 
     async def pilot(small: Topology, dilation: Dilation, path: Path) -> Analysis:
-        return (await measure(small, f"# the calibration pilot of {topology.name}", path, echo, checked, dilation)).analysis
+        pilot_source = f"# the calibration pilot of {topology.name}"
+        return (await measure(small, pilot_source, path, echo, place, checked, dilation)).analysis
 
     dilation = await calibration.settle(topology, pilot, echo)
-    return await measure(topology, source, out, echo, checked, dilation)
+    return await measure(topology, source, out, echo, place, checked, dilation)
 
 
-async def run_repeated(topology: Topology, source: str, out: Path, echo: Echo, repeat: int) -> list[RunOutcome]:
+async def run_repeated(topology: Topology, source: str, out: Path, echo: Echo, repeat: int,
+                       place: Place | None = None) -> list[RunOutcome]:
     """K fresh runs (new network, new processes, same seed) into out/run-1 .. out/run-K, then
     repeat.json with the between-run figures."""
     outcomes = []
     for number in range(1, repeat + 1):
         echo(f"=== repeat {number}/{repeat}")
-        outcomes.append(await run_topology(topology, source, out / f"run-{number}", echo))
+        outcomes.append(await run_topology(topology, source, out / f"run-{number}", echo, place))
     write_json(
         out / REPEAT,
         {

@@ -1,0 +1,130 @@
+"""The agent: one machine's part of a run (lab/local_machine.py) served in a process of its own.
+
+`python -m lab.remote.agent` reads asks from stdin and writes answers and the machine's stream
+(events, samples, progress lines, the live peers) to stdout, in frames (frames.py). It is
+exec'd, never forked from its caller: under Ray a fork inside the worker kills actors, and the
+machine's code forks (namespaces, the peers' fork server). Its life is its stdin: when the
+coordinator (or the Ray actor relaying for it) goes, stdin ends, and the agent undoes what its
+machine built, as a machine's exit does, before it exits. SIGTERM does the same.
+
+One agent serves a sequence of runs (a calibration pilot, repeats): `probe`, then `open` a
+machine, the `Machine` calls, `close` (its record), and `open` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import traceback
+from contextlib import AsyncExitStack
+from typing import Any
+
+from lab.local_machine import LocalMachine, probe
+from lab.machine import Machine, MachineRecord, PeerInfo, Probe, Stream
+from lab.remote.frames import BrokenFrame, decode, encode, read_frame
+from lab.remote.messages import Answer, Ask, Said, Setup
+from lab.topology import Topology
+
+ALIVE_EVERY_S = 0.25  # how often the live peers are compared with what the coordinator was last told
+# The Machine calls an agent serves: every abstract method but `alive` (pushed) and `record` (close's answer).
+CALLS = frozenset(Machine.__abstractmethods__ - {"alive", "record", "__aexit__"})
+
+
+class Agent:
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.machine: LocalMachine | None = None
+        self.undo = AsyncExitStack()
+        self.told: list[PeerInfo] = []
+
+    async def probe(self, topology: Topology) -> Probe:
+        return await asyncio.to_thread(probe, topology)
+
+    async def open(self, setup: Setup) -> None:
+        if self.machine is not None:
+            raise RuntimeError("a machine is open already: close it first")
+        stream = Stream(lambda e: self.send(Said("event", e)), lambda s: self.send(Said("sample", s)),
+                        lambda line: self.send(Said("echo", line)))
+        setup.paths.logs.mkdir(parents=True, exist_ok=True)
+        machine = LocalMachine(setup.run_id, setup.topology, setup.dilation, setup.probe, setup.paths, stream)
+        await self.undo.enter_async_context(machine)
+        self.machine = machine
+        watching = asyncio.create_task(self._watch_alive())
+        self.undo.callback(watching.cancel)
+
+    async def close(self) -> MachineRecord | None:
+        machine, self.machine = self.machine, None
+        await self.undo.aclose()
+        self.told = []
+        return machine.record() if machine else None
+
+    async def handle(self, ask: Ask) -> None:
+        try:
+            if ask.name in ("probe", "open", "close"):
+                value = await getattr(self, ask.name)(*ask.args)
+            elif ask.name in CALLS and self.machine is not None:
+                value = await getattr(self.machine, ask.name)(*ask.args)
+            else:
+                raise RuntimeError(f"the agent has no call {ask.name!r} now")
+            answer = Answer(ask.id, True, value)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller, as a call's would
+            traceback.print_exc(file=sys.stderr)
+            answer = Answer(ask.id, False, exc)
+        self._tell_alive()  # before the answer: what the call changed is known when it returns
+        self.send(answer)
+
+    def _tell_alive(self) -> None:
+        alive = self.machine.alive() if self.machine else []
+        if alive != self.told:
+            self.told = alive
+            self.send(Said("alive", alive))
+
+    async def _watch_alive(self) -> None:
+        while True:
+            self._tell_alive()
+            await asyncio.sleep(ALIVE_EVERY_S)
+
+
+async def serve() -> None:
+    """Asks from stdin until it ends; the answers and the stream on the frames' descriptor."""
+    loop = asyncio.get_running_loop()
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not break the frames
+    transport, protocol = await loop.connect_write_pipe(asyncio.Protocol, out)
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def send(message: Any) -> None:
+        if transport.is_closing():
+            return
+        try:
+            transport.write(encode(message))
+        except Exception as exc:  # noqa: BLE001 - an answer that will not pickle still answers
+            if isinstance(message, Answer):
+                transport.write(encode(Answer(message.id, False, RuntimeError(f"{type(message.value).__name__}: {exc}"))))
+
+    agent = Agent(send)
+    main = asyncio.current_task()
+    assert main is not None
+    loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    calls: set[asyncio.Task[None]] = set()
+    try:
+        while (frame := await read_frame(reader)) is not None:
+            ask = decode(frame)
+            task = asyncio.create_task(agent.handle(ask))
+            calls.add(task)
+            task.add_done_callback(calls.discard)
+    except (BrokenFrame, asyncio.CancelledError):
+        pass
+    finally:
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await agent.close()
+        transport.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())

@@ -1,0 +1,242 @@
+"""A `Machine` whose part of the run is served by an agent (agent.py) in another process,
+reached through a `Channel`: a child process of this one (`ChildChannel`), or an agent placed
+on a machine of a Ray cluster (cluster.py).
+
+Calls go out as asks and come back as answers, each awaited by its own future; the machine's
+stream comes back on the same channel, in order, with the live peers pushed whenever they
+change (`alive` is asked synchronously by the workload, so it is kept here). When the channel
+ends before the machine was closed, the agent is gone: every call waiting fails with PeerLost
+naming it, no peer is alive any more, and the run ends as it does when its peers are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sys
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Protocol
+
+from lab.errors import SetupError
+from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, Paths, PeerInfo, PeerLost, Place, Probe, Stream
+from lab.manifest import LabErrorRecord
+from lab.remote.frames import BrokenFrame, decode, encode, read_frame
+from lab.remote.messages import Answer, Ask, Said, Setup
+from lab.runid import RunId
+from lab.topology import Link, Topology
+from nodes.protocol import Call, Dilation, Segment
+
+
+class Channel(Protocol):
+    """Frames to an agent and from it."""
+
+    name: str  # the agent, as an error names it
+
+    async def send(self, frame: bytes) -> None: ...
+
+    def frames(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None:
+        """Ends the agent: it undoes what it still holds before it exits."""
+
+
+class ChildChannel:
+    """An agent exec'd as a child process of this one."""
+
+    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
+        self.process, self.name = process, name
+
+    @classmethod
+    async def start(cls, name: str = "the agent") -> ChildChannel:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lab.remote.agent", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=2**20)
+        return cls(process, name)
+
+    async def send(self, frame: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(frame)
+        await self.process.stdin.drain()
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        assert self.process.stdout is not None
+        while (frame := await read_frame(self.process.stdout)) is not None:
+            yield frame
+
+    async def close(self) -> None:
+        """Ends its stdin and waits for it to exit (it undoes its machine first)."""
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()
+        await self.process.wait()
+
+
+class Agent:
+    """The coordinator's end of one agent: asks answered by futures, the stream dispatched."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.ids = itertools.count()
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.stream: Stream | None = None  # where the open machine's records go
+        self.alive: list[PeerInfo] = []
+        self.last_alive: list[PeerInfo] = []  # the peers alive when the agent went
+        self.gone: str | None = None  # why the agent is gone, once it is
+        self.reading = asyncio.create_task(self._read())
+
+    async def ask(self, name: str, *args: Any) -> Any:
+        if self.gone is not None:
+            raise PeerLost(self.gone)
+        ask = Ask(next(self.ids), name, args)
+        future = self.waiting[ask.id] = asyncio.get_running_loop().create_future()
+        try:
+            await self.channel.send(encode(ask))
+            return await future
+        except (ConnectionError, OSError) as exc:
+            raise PeerLost(self.gone or f"{self.channel.name}: {exc}") from None
+        finally:
+            self.waiting.pop(ask.id, None)
+
+    async def _read(self) -> None:
+        why = f"{self.channel.name} ended"
+        try:
+            async for frame in self.channel.frames():
+                self._dispatch(decode(frame))
+        except BrokenFrame as exc:
+            why = f"{self.channel.name}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the channel's own failure (Ray: the actor or its node died)
+            why = f"{self.channel.name} lost: {type(exc).__name__}: {exc}".splitlines()[0]
+        self.gone, self.last_alive, self.alive = why, self.alive, []
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(PeerLost(why))
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, Answer):
+            future = self.waiting.get(message.id)
+            if future is not None and not future.done():
+                if message.ok:
+                    future.set_result(message.value)
+                else:
+                    future.set_exception(message.value)
+        elif isinstance(message, Said):
+            stream = self.stream
+            if message.kind == "alive":
+                self.alive = message.record
+            elif stream is not None and message.kind == "event":
+                stream.event(message.record)
+            elif stream is not None and message.kind == "sample":
+                stream.sample(message.record)
+            elif stream is not None and message.kind == "echo":
+                stream.echo(message.record)
+
+    async def close(self) -> None:
+        await self.channel.close()
+        self.reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reading
+
+
+class AgentMachine(Machine):
+    """One run's machine on an agent: opened on entry, closed (its record kept) on exit."""
+
+    def __init__(self, agent: Agent, setup: Setup, stream: Stream) -> None:
+        self.agent, self.setup, self.stream = agent, setup, stream
+        self.kept: MachineRecord | None = None
+
+    async def __aenter__(self) -> AgentMachine:
+        self.agent.stream = self.stream
+        try:
+            await self.agent.ask("open", self.setup)
+        except PeerLost as exc:
+            raise SetupError(f"cannot open the run's machine: {exc}") from None
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        try:
+            self.kept = await asyncio.shield(self.agent.ask("close"))
+        except PeerLost as exc:
+            self.stream.echo(f"[cleanup] {exc}: its machine undoes its part itself")
+        finally:
+            self.agent.stream = None
+
+    async def build(self) -> int:
+        return int(await self.agent.ask("build"))
+
+    async def shape(self, verify: bool) -> LinksApplied | None:
+        applied: LinksApplied | None = await self.agent.ask("shape", verify)
+        return applied
+
+    async def start_peers(self) -> list[LabErrorRecord]:
+        failed: list[LabErrorRecord] = await self.agent.ask("start_peers")
+        return failed
+
+    def alive(self) -> list[PeerInfo]:
+        return self.agent.alive
+
+    async def call(self, peer: int, op: Call, args: dict[str, Any], timeout_s: float) -> Any:
+        return await self.agent.ask("call", peer, op, args, timeout_s)
+
+    async def impair(self, groups: list[str], link: Link, source: str, duration_s: float | None) -> str:
+        return str(await self.agent.ask("impair", groups, link, source, duration_s))
+
+    async def cut(self, side: list[int], both_ways: bool) -> None:
+        await self.agent.ask("cut", side, both_ways)
+
+    async def heal(self) -> None:
+        await self.agent.ask("heal")
+
+    async def crash(self, peers: list[int], why: str) -> None:
+        await self.agent.ask("crash", peers, why)
+
+    async def leave(self, peer: int, why: str) -> None:
+        await self.agent.ask("leave", peer, why)
+
+    async def pause(self, peers: list[int]) -> list[int]:
+        frozen: list[int] = await self.agent.ask("pause", peers)
+        return frozen
+
+    async def resume(self) -> None:
+        await self.agent.ask("resume")
+
+    async def restart(self, peer: int) -> str | None:
+        why: str | None = await self.agent.ask("restart", peer)
+        return why
+
+    async def sample(self) -> None:
+        await self.agent.ask("sample")
+
+    async def watch(self) -> LinkWatch:
+        watched: LinkWatch = await self.agent.ask("watch")
+        return watched
+
+    async def retime(self, segment: Segment) -> list[LabErrorRecord]:
+        errors: list[LabErrorRecord] = await self.agent.ask("retime", segment)
+        return errors
+
+    def record(self) -> MachineRecord:
+        if self.kept is not None:
+            return self.kept
+        why = self.agent.gone or "the agent did not report its peers"
+        lost = [LabErrorRecord(phase="run", peer=p.index, error=why) for p in self.agent.last_alive]
+        return MachineRecord([], lost or [LabErrorRecord(phase="run", error=why)], None)
+
+
+class AgentPlace(Place):
+    """Runs on an agent's machine: probed there, each run's machine opened and closed there."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def probe(self, topology: Topology) -> Probe:
+        try:
+            probed: Probe = await self.agent.ask("probe", topology)
+        except PeerLost as exc:
+            raise SetupError(f"cannot probe the agent's machine: {exc}") from None
+        return probed
+
+    def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
+                stream: Stream) -> Machine:
+        return AgentMachine(self.agent, Setup(run_id, topology, dilation, probe, paths), stream)
