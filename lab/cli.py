@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import traceback
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import click
 
@@ -17,7 +18,7 @@ from lab import cleanup, exits, quantities
 from lab import sweep as sweeps
 from lab.analysis import compare as compare_runs
 from lab.analysis.records import read_json
-from lab.errors import OUTCOMES, BadInput, Interrupted, LabError, ResultsError, SlaFailed
+from lab.errors import OUTCOMES, BadInput, Interrupted, LabError, ResultsError, SetupError, SlaFailed
 from lab.history import text as history_text
 from lab.history.acks import read_acks
 from lab.history.baseline import compare_with_history
@@ -26,6 +27,7 @@ from lab.history.nights import gather
 from lab.history.page import write_page
 from lab.history.trends import build
 from lab.local_machine import choose_mode
+from lab.machine import Place
 from lab.manifest import EVENTS, MANIFEST, REPEAT, SWEEP, SWEEP_TABLE, stored
 from lab.metric_names import unit_of
 from lab.network import doctor
@@ -70,6 +72,22 @@ def _outcome_error(outcomes: list[RunOutcome]) -> LabError | None:
     return OUTCOMES[worst](f"{len(named)} verdicts {'FAILED' if worst == 'fail' else 'INCONCLUSIVE'}: {', '.join(named)}")
 
 
+T = TypeVar("T")
+
+
+async def _placed(cluster: str | None, work: Callable[[Place | None], Awaitable[T]]) -> T:
+    """`work` on this machine, or with --cluster on a Ray cluster's (Ray is loaded only then)."""
+    if cluster is None:
+        return await work(None)
+    try:
+        from lab.remote import cluster as ray_cluster
+    except ImportError as exc:
+        raise SetupError(f"--cluster needs Ray ({exc}): ./install.sh --cluster, or pip install 'p2p-lab[cluster]'") from None
+
+    async with ray_cluster.connect(cluster, click.echo) as place:
+        return await work(place)
+
+
 @click.group(cls=LabGroup)
 @click.version_option(package_name="p2p-lab")
 def main() -> None:
@@ -85,8 +103,9 @@ def main() -> None:
               help="Change a setting as lab sweep does (peers, a link field, a dotted path); repeatable.")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Fresh runs into OUT/run-N.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html and plots/ into each run.")
+@click.option("--cluster", metavar="ADDRESS", help="Run the peers on a Ray cluster (its head, host:port; docs/cluster.md).")
 def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, settings: tuple[str, ...], repeat: int,
-        report: bool) -> None:
+        report: bool, cluster: str | None) -> None:
     """Run TOPOLOGY; exit 0 if every SLA held, 1 if any failed, 4 if none failed but some could not be judged (the
     machine was too busy), 2 on bad input or setup error."""
     topology = load_topology(topology_file)
@@ -101,11 +120,14 @@ def run(topology_file: Path, out: Path | None, seed: int | None, quick: bool, se
         topology = topology.quick()
     out = out or default_out(topology)
     source = topology_file.read_text()
-    try:
+
+    async def runs(place: Place | None) -> list[RunOutcome]:
         if repeat > 1:
-            outcomes = asyncio.run(run_repeated(topology, source, out, click.echo, repeat))
-        else:
-            outcomes = [asyncio.run(run_topology(topology, source, out, click.echo))]
+            return await run_repeated(topology, source, out, click.echo, repeat, place)
+        return [await run_topology(topology, source, out, click.echo, place)]
+
+    try:
+        outcomes = asyncio.run(_placed(cluster, runs))
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise Interrupted(f"partial results in {out}") from None
     try:
@@ -286,7 +308,8 @@ def netem(groups: tuple[str, ...], peers: str | None, run_dir: Path | None, show
               help="A swept setting: peers, a link field (loss, delay, ...) or a dotted path (repeatable: a grid).")
 @click.option("--out", type=click.Path(path_type=Path), help="Sweep directory (default results/<name>-sweep-<UTC time>).")
 @click.option("--quick", is_flag=True, help="Smaller workload at every point.")
-def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quick: bool) -> None:
+@click.option("--cluster", metavar="ADDRESS", help="Run the peers on a Ray cluster's machine (docs/cluster.md).")
+def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quick: bool, cluster: str | None) -> None:
     """Run TOPOLOGY at every point of a grid of settings; write sweep.json, sweep.md and scaling curves."""
     topology = load_topology(topology_file)
     parsed = [sweeps.Setting.parse(text) for text in settings]
@@ -296,7 +319,8 @@ def sweep(topology_file: Path, settings: tuple[str, ...], out: Path | None, quic
     out = out or default_out(topology, "-sweep")
     click.echo(f"sweep: {len(points)} points into {out}")
     try:
-        done = asyncio.run(sweeps.run_sweep(points, parsed, topology_file.read_text(), out, click.echo))
+        source = topology_file.read_text()
+        done = asyncio.run(_placed(cluster, lambda place: sweeps.run_sweep(points, parsed, source, out, click.echo, place)))
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise Interrupted(f"the points measured so far are in {out / SWEEP}") from None
     click.echo("")

@@ -21,6 +21,7 @@ from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, Paths, 
 from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
 from lab.network import doctor, limits
 from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
+from lab.output import provenance
 from lab.peers.cgroup import PeerCgroups, cpu_root
 from lab.peers.collector import Collector
 from lab.peers.fleet import Fleet, PeerProcess
@@ -84,7 +85,7 @@ def probe(topology: Topology) -> Probe:
             cpu_root()
     except (LimitError, CgroupError) as exc:
         raise SetupError(str(exc)) from None
-    return Probe(mode, mode_reason, backend, backend_reason, raised)
+    return Probe(mode, mode_reason, backend, backend_reason, raised, provenance.machine())
 
 
 class LocalMachine(Machine):

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from lab.events import Sample
-from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
+from lab.manifest import ClusterRecord, CollectorRecord, LabErrorRecord, PeerRecord, Testbed
 from lab.runid import RunId
 from lab.topology import Link, Topology
 from nodes.protocol import Call, Dilation, Event, Segment
@@ -46,12 +46,15 @@ class Probe:
     backend: str | None
     backend_reason: str
     raised_limits: str | None = None  # what `probe` raised (open files), to say so
+    testbed: Testbed | None = None  # the machine itself (CPU, kernel, speed), as the manifest records it
 
 
 @dataclass(frozen=True)
 class Paths:
-    """Where this machine's run writes: the peers' control socket, `lab netem`'s socket, the peers' logs."""
+    """Where this machine's run writes: the peers' control socket, `lab netem`'s socket, the peers'
+    logs, in the run's results directory."""
 
+    results: Path
     control: Path
     impairment: Path
     logs: Path
@@ -221,3 +224,7 @@ class Place(ABC):
     def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
                 stream: Stream) -> Machine:
         """One run's machine, built as it is entered and undone as it is left."""
+
+    def cluster(self, topology: Topology) -> ClusterRecord | None:
+        """Where the run's machines are, when they are not the coordinator's own."""
+        return None

@@ -75,6 +75,26 @@ class Testbed(Record):
     argv: list[str]
 
 
+class ClusterNode(Record):
+    """A machine of a Ray cluster that held part of a run."""
+
+    node_id: str
+    address: str
+    cpus: float
+    memory_bytes: int
+    agent_pid: int  # the agent serving the run there (lab/remote/agent.py)
+    hosts: list[int]  # the run's host processes placed there
+
+
+class ClusterRecord(Record):
+    """Where a `--cluster` run ran: the Ray cluster and the machines its hosts were placed on."""
+
+    address: str
+    ray_version: str
+    nodes: list[ClusterNode]
+    placement: str  # how the hosts were placed, and why
+
+
 class Impairment(Record):
     """The links' backend, what the topology asked of them, and their measurement before the workload."""
 
@@ -151,7 +171,8 @@ class Manifest(Record):
     time_dilation: Dilation = Field(default_factory=Dilation)
     versions: dict[str, str | None] = Field(default_factory=dict)
     source: Source = Field(default_factory=lambda: Source(commit=None, dirty=None))
-    machine: Testbed | None = None
+    machine: Testbed | None = None  # where the peers ran
+    cluster: ClusterRecord | None = None  # with --cluster: the Ray cluster and each machine's part
     topology: dict[str, Any] | None = None  # as parsed (lab/topology.py); `topology_source` as written
     topology_source: str = ""
     impairment: Impairment = Field(default_factory=lambda: Impairment(backend=None, reason=""))

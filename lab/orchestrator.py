@@ -11,7 +11,6 @@ reverse, and then what was gathered is written.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import signal
@@ -106,7 +105,8 @@ class Run:
             status="running", run_id=self.run_id.value, topology_name=topology.name, seed=topology.seed, mode=probe.mode,
             mode_reason=probe.mode_reason, started_utc=datetime.now(UTC).isoformat(), clock=_clock(dilation),
             time_dilation=dilation, versions=provenance.versions(), source=provenance.git_commit(),
-            machine=provenance.machine(), topology=topology.model_dump(mode="json"), topology_source=source,
+            machine=probe.testbed or provenance.machine(), cluster=place.cluster(topology),
+            topology=topology.model_dump(mode="json"), topology_source=source,
             impairment=Impairment(backend=probe.backend, reason=probe.backend_reason),
         )
 
@@ -148,7 +148,8 @@ class Run:
         try:
             async with AsyncExitStack() as setup:
                 self._register()
-                paths = Paths(self.results.path / CONTROL_SOCKET, self.results.path / IMPAIRMENT_SOCKET, self.results.log_dir)
+                paths = Paths(self.results.path, self.results.path / CONTROL_SOCKET, self.results.path / IMPAIRMENT_SOCKET,
+                              self.results.log_dir)
                 machine = self.place.machine(self.run_id, topology, self.dilation, self.probe, paths,
                                              Stream(self.on_event, self.on_sample, self.echo))
                 setup.callback(self._machine_stopped, machine)  # runs once the machine has undone its part
@@ -179,14 +180,9 @@ class Run:
     def _register(self) -> None:
         """The run's state file, so `lab clean` tells it from a dead one and `lab netem` finds it;
         then the epoch of the run's virtual time."""
-        state = {
-            "orchestrator_pid": os.getpid(),
-            "results": str(self.results.path.resolve()),
-            "control": str((self.results.path / CONTROL_SOCKET).resolve()),
-            "impairment": str((self.results.path / IMPAIRMENT_SOCKET).resolve()) if self.probe.backend is not None else None,
-            "impairment_reason": self.probe.backend_reason,
-        }
-        self.run_id.state_file.write_text(json.dumps(state))
+        path = self.results.path
+        self.run_id.register(os.getpid(), path, path / CONTROL_SOCKET, path / IMPAIRMENT_SOCKET if self.probe.backend else None,
+                             self.probe.backend_reason)
         self.dilation.start()
         now = self.dilation.epoch_monotonic_ns
         self.on_event(Event(RUN_STARTED, None, now, now, True))

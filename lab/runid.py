@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -43,6 +44,14 @@ class RunId:
     @property
     def state_file(self) -> Path:
         return state_dir() / f"{self.value}.json"
+
+    def register(self, owner_pid: int, results: Path, control: Path, impairment: Path | None, impairment_reason: str) -> None:
+        """The state file of a live run: `lab clean` leaves the run alone while `owner_pid` lives
+        (the orchestrator, or an agent holding the run's machine), `lab netem` finds its socket."""
+        self.state_file.write_text(json.dumps({
+            "orchestrator_pid": owner_pid, "results": str(results.resolve()), "control": str(control.resolve()),
+            "impairment": str(impairment.resolve()) if impairment is not None else None,
+            "impairment_reason": impairment_reason}))
 
 
 def run_of_name(name: str) -> str | None:

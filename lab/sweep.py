@@ -20,6 +20,7 @@ import yaml
 
 from lab.analysis.stats import Summary
 from lab.errors import TopologyError
+from lab.machine import Place
 from lab.manifest import PLOTS, SWEEP, SWEEP_TABLE
 from lab.metric_names import BOUND_RATIO
 from lab.orchestrator import RunOutcome, run_topology
@@ -92,14 +93,14 @@ def markdown_table(points: list[dict[str, Any]]) -> str:
 
 
 async def run_sweep(points: list[tuple[dict[str, str], Topology]], settings: list[Setting], source: str, out: Path,
-                    echo: Callable[[str], None]) -> list[RunOutcome]:
+                    echo: Callable[[str], None], place: Place | None = None) -> list[RunOutcome]:
     """Runs the points one after another (each a fresh network), writing sweep.json after each
     so an interrupted sweep keeps what it measured; then the table and the curves."""
     done: list[dict[str, Any]] = []
     outcomes = []
     for number, (chosen, topology) in enumerate(points, 1):
         echo(f"=== sweep point {number}/{len(points)}: {', '.join(f'{k}={v}' for k, v in chosen.items())}")
-        outcome = await run_topology(topology, source, point_dir(out, chosen), echo)
+        outcome = await run_topology(topology, source, point_dir(out, chosen), echo, place)
         outcomes.append(outcome)
         done.append({
             "settings": chosen, "x": numeric(chosen[settings[0].name]), "dir": outcome.path.name, "peers": topology.peer_count,

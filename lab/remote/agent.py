@@ -21,6 +21,7 @@ import traceback
 from contextlib import AsyncExitStack
 from typing import Any
 
+from lab import cleanup
 from lab.local_machine import LocalMachine, probe
 from lab.machine import Machine, MachineRecord, PeerInfo, Probe, Stream
 from lab.remote.frames import BrokenFrame, decode, encode, read_frame
@@ -47,12 +48,27 @@ class Agent:
             raise RuntimeError("a machine is open already: close it first")
         stream = Stream(lambda e: self.send(Said("event", e)), lambda s: self.send(Said("sample", s)),
                         lambda line: self.send(Said("echo", line)))
+        if removed := await asyncio.to_thread(cleanup.clean, lambda line: None):
+            stream.echo(f"[cleanup] removed {removed} leftovers of killed runs on this machine")
+        self._register(setup)
         setup.paths.logs.mkdir(parents=True, exist_ok=True)
         machine = LocalMachine(setup.run_id, setup.topology, setup.dilation, setup.probe, setup.paths, stream)
         await self.undo.enter_async_context(machine)
         self.machine = machine
         watching = asyncio.create_task(self._watch_alive())
         self.undo.callback(watching.cancel)
+
+    def _register(self, setup: Setup) -> None:
+        """The run's state file on this machine, naming this agent, unless the coordinator runs
+        here and wrote it: `lab clean` (and the next agent) leave a live run alone and remove a
+        killed one's leftovers."""
+        state = setup.run_id.state_file
+        if state.exists():
+            return
+        paths = setup.paths
+        setup.run_id.register(os.getpid(), paths.results, paths.control, paths.impairment if setup.probe.backend else None,
+                              setup.probe.backend_reason)
+        self.undo.callback(state.unlink, missing_ok=True)
 
     async def close(self) -> MachineRecord | None:
         machine, self.machine = self.machine, None

@@ -158,7 +158,8 @@ class AgentMachine(Machine):
         try:
             self.kept = await asyncio.shield(self.agent.ask("close"))
         except PeerLost as exc:
-            self.stream.echo(f"[cleanup] {exc}: its machine undoes its part itself")
+            self.stream.echo(f"[cleanup] {exc}: what the run built there is removed by the next agent to start there, "
+                             "or `lab clean` on that machine")
         finally:
             self.agent.stream = None
 
@@ -186,7 +187,7 @@ class AgentMachine(Machine):
         await self.agent.ask("cut", side, both_ways)
 
     async def heal(self) -> None:
-        await self.agent.ask("heal")
+        await self._unless_gone(None, "heal")
 
     async def crash(self, peers: list[int], why: str) -> None:
         await self.agent.ask("crash", peers, why)
@@ -199,22 +200,32 @@ class AgentMachine(Machine):
         return frozen
 
     async def resume(self) -> None:
-        await self.agent.ask("resume")
+        await self._unless_gone(None, "resume")
 
     async def restart(self, peer: int) -> str | None:
         why: str | None = await self.agent.ask("restart", peer)
         return why
 
     async def sample(self) -> None:
-        await self.agent.ask("sample")
+        await self._unless_gone(None, "sample")
 
     async def watch(self) -> LinkWatch:
-        watched: LinkWatch = await self.agent.ask("watch")
+        watched: LinkWatch = await self._unless_gone(LinkWatch(), "watch")
         return watched
 
     async def retime(self, segment: Segment) -> list[LabErrorRecord]:
-        errors: list[LabErrorRecord] = await self.agent.ask("retime", segment)
+        errors: list[LabErrorRecord] = await self._unless_gone([], "retime", segment)
         return errors
+
+    async def _unless_gone(self, default: Any, name: str, *args: Any) -> Any:
+        """A call of the whole machine: once the agent is gone its peers are lost (the run sees
+        none alive and ends), and what the machine did is `default` (nothing)."""
+        try:
+            return await self.agent.ask(name, *args)
+        except PeerLost:
+            if self.agent.gone is None:
+                raise
+            return default
 
     def record(self) -> MachineRecord:
         if self.kept is not None:
