@@ -5,10 +5,13 @@ a node lost in the middle of a run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -29,12 +32,16 @@ def cluster() -> Iterator[Cluster]:
     """A head with one CPU and two nodes, the larger with two: placement has one right answer."""
     made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
-        made.add_node(num_cpus=2)
+        LARGEST.append(made.add_node(num_cpus=2))
         made.add_node(num_cpus=1)
         made.wait_for_nodes()
         yield made
     finally:
         made.shutdown()
+        LARGEST.clear()
+
+
+LARGEST: list[Any] = []  # the module cluster's two-CPU node
 
 
 def _gone(run: str, within_s: float = 60) -> list[str]:
@@ -62,20 +69,18 @@ def test_a_run_on_a_ray_cluster_places_its_peers_on_the_largest_node(cluster: Cl
     manifest = read_manifest(out)
     assert manifest.status == "complete" and manifest.peers_ready == 6
     assert manifest.cluster is not None and len(manifest.cluster.nodes) == 1
-    largest = cluster.list_all_nodes()[1]  # the first node added, with two CPUs
     placed = manifest.cluster.nodes[0]
-    assert placed.node_id == largest.node_id and placed.cpus == 2 and placed.hosts == list(range(6))
+    assert placed.node_id == LARGEST[0].node_id and placed.cpus == 2 and placed.hosts == list(range(6))
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert sum(1 for e in events if e["op"] == "get" and e["ok"]) >= 6  # the peers answered through the agent
     assert {"bootstrap", "publish", "lookup"} <= {e.get("phase") for e in events if e["op"] == "phase"}
     assert _gone(manifest.run_id) == []
 
 
-def test_a_node_lost_mid_run_loses_its_peers_and_the_next_agent_removes_what_it_left(cluster: Cluster,
-                                                                                     tmp_path: Path) -> None:
+def test_a_node_lost_mid_run_loses_its_peers_and_its_agent_undoes_its_machine(cluster: Cluster, tmp_path: Path) -> None:
     """The node holding the agent is killed (no graceful stop) while its peers idle: the run ends
-    with those peers lost, named, exit 1. Ray kills the agent with its worker, so what it built
-    stays until the next agent on that machine starts (or `lab clean` runs there)."""
+    with those peers lost, named, exit 1, and the agent, whose stdin ended with its worker,
+    removes what it built."""
     doomed = cluster.add_node(num_cpus=4)  # now the largest: the agent goes there
     topology = write_topology(tmp_path / "lost.yaml", slas=SLAS,
                               workload=[{"phase": "bootstrap"}, {"phase": "publish", "packages": 6},
@@ -85,11 +90,7 @@ def test_a_node_lost_mid_run_loses_its_peers_and_the_next_agent_removes_what_it_
                                            "--no-report"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and sum(
-                '"op":"phase"' in line for line in _lines(out / "events.jsonl")) < 2:  # published: the idle runs
-            assert process.poll() is None, process.communicate()[0]
-            time.sleep(0.5)
+        _wait_for_idle(process, out)
         manifest = read_manifest(out)
         assert manifest.peers_ready == 6 and manifest.cluster is not None
         assert manifest.cluster.nodes[0].node_id == doomed.node_id
@@ -102,11 +103,43 @@ def test_a_node_lost_mid_run_loses_its_peers_and_the_next_agent_removes_what_it_
     assert manifest.peers_lost == 6, output
     assert all("agent" in e.error for e in manifest.lab_errors if e.phase == "run"), manifest.lab_errors
     assert "FAIL  peers_lost" in output
+    assert _gone(manifest.run_id) == []
+
+
+def test_an_agent_killed_mid_run_leaves_what_the_next_agent_removes(cluster: Cluster, tmp_path: Path) -> None:
+    """SIGKILL of the agent itself: nothing of it can undo its machine; the next agent to start
+    on that machine removes the killed run's leftovers before it builds."""
+    topology = write_topology(tmp_path / "killed.yaml", slas=SLAS,
+                              workload=[{"phase": "bootstrap"}, {"phase": "publish", "packages": 6},
+                                        {"phase": "idle", "duration": "60s"}, {"phase": "lookup", "per_peer": 1}])
+    out = tmp_path / "run"
+    process = subprocess.Popen(lab_command("run", str(topology), "--cluster", cluster.address, "--out", str(out),
+                                           "--no-report"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        _wait_for_idle(process, out)
+        manifest = read_manifest(out)
+        assert manifest.cluster is not None
+        os.kill(manifest.cluster.nodes[0].agent_pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    assert process.returncode == 1, output
+    assert read_manifest(out).peers_lost == 6, output
+    assert leftovers(manifest.run_id), "a SIGKILLed agent cannot have undone its machine"
     again = CliRunner().invoke(main, ["run", str(write_topology(tmp_path / "next.yaml", slas=SLAS)), "--cluster",
                                       cluster.address, "--out", str(tmp_path / "next"), "--no-report"])
     assert again.exit_code == 0, again.output
     assert "leftovers of killed runs on this machine" in again.output
     assert leftovers(manifest.run_id) == []
+
+
+def _wait_for_idle(process: subprocess.Popen[str], out: Path) -> None:
+    """Until the run's second phase has ended: its peers idle for a minute then."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum('"op":"phase"' in line for line in _lines(out / "events.jsonl")) < 2:
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.5)
 
 
 def _lines(path: Path) -> list[str]:

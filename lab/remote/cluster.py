@@ -35,6 +35,9 @@ from nodes.protocol import Dilation
 
 BATCH = 1000  # frames relayed in one item of the stream at most
 REACH_S = 5.0  # how long the head has to accept a connection
+# A Ray worker kills its children as it exits; the agent must outlive its worker long enough to
+# undo its machine (its stdin ends with the worker), so that worker leaves them alone.
+OUTLIVE_WORKER = {"RAY_kill_child_processes_on_worker_exit": "false"}
 
 Echo = Callable[[str], None]
 
@@ -161,7 +164,8 @@ async def connect(address: str, echo: Echo) -> AsyncIterator[Place]:
     try:
         node = choose_node(ray.nodes())
         actor = AgentActor.options(  # type: ignore[attr-defined]
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            runtime_env={"env_vars": OUTLIVE_WORKER}).remote()
         try:
             pid = await actor.start.remote()
         except ray.exceptions.RayError as exc:

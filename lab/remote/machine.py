@@ -52,7 +52,7 @@ class ChildChannel:
     async def start(cls, name: str = "the agent") -> ChildChannel:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lab.remote.agent", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            limit=2**20)
+            limit=2**20, start_new_session=True)  # its own session: a signal to its caller's group is not its end
         return cls(process, name)
 
     async def send(self, frame: bytes) -> None:
