@@ -17,10 +17,10 @@ from typing import Any
 
 from lab.blocking import in_thread_to_completion
 from lab.errors import CgroupError, LimitError, SetupError, ShapingError
-from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, Paths, PeerInfo, Place, Probe, Stream
+from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, Paths, PeerInfo, Place, Probe, Share, Stream
 from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
 from lab.network import doctor, limits
-from lab.network.fabric import LoopbackNetwork, NamespaceNetwork, PeerSlot
+from lab.network.fabric import VXLAN_MTU, Crossing, LoopbackNetwork, NamespaceNetwork, PeerSlot, peer_ip
 from lab.output import provenance
 from lab.peers.cgroup import PeerCgroups, cpu_root
 from lab.peers.collector import Collector
@@ -90,8 +90,10 @@ def probe(topology: Topology) -> Probe:
 
 class LocalMachine(Machine):
     def __init__(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
-                 stream: Stream) -> None:
+                 stream: Stream, share: Share | None = None) -> None:
+        """`share`: this machine's part when the run is placed over several (None: the whole run)."""
         self.run_id = run_id
+        self.share = share
         self.topology = topology
         self.hosts = topology.hosts()
         self.dilation = dilation
@@ -118,7 +120,9 @@ class LocalMachine(Machine):
         started = time.monotonic()
         network: NamespaceNetwork | LoopbackNetwork
         if self.probe.mode == "netns":
-            network = NamespaceNetwork(self.run_id, self.hosts, self.dilation)
+            share = self.share
+            network = NamespaceNetwork(self.run_id, self.hosts, self.dilation, share.hosts if share else None,
+                                       VXLAN_MTU if share else None)
         else:
             network = LoopbackNetwork(self.hosts)
         self.network = network
@@ -129,9 +133,17 @@ class LocalMachine(Machine):
 
         self._undo.push_async_callback(teardown)
         self.slots = await in_thread_to_completion(network.build)
-        self.stream.echo(f"[network] {len(self.slots)} peer slots in {len(self.hosts)} hosts built in "
+        self.stream.echo(f"[network] {len(self.slots)} peer slots in {len({s.host for s in self.slots})} hosts built in "
                          f"{time.monotonic() - started:.1f}s")
         return len(self.slots)
+
+    async def join(self, crossings: list[Crossing]) -> None:
+        network, share = self.network, self.share
+        if not isinstance(network, NamespaceNetwork) or share is None:
+            raise SetupError("a run over several machines needs network namespaces on each")
+        await in_thread_to_completion(lambda: network.join(share.machine, share.underlay, crossings))
+        self.stream.echo(f"[network] joined over VXLAN to {len(crossings)} machines "
+                         f"({sum(len(c.peers) for c in crossings)} peers there)")
 
     # -- the links ----------------------------------------------------------------------------
 
@@ -139,7 +151,7 @@ class LocalMachine(Machine):
         """Opens the socket `lab netem` uses, applies the topology's impairment and measures it."""
         if self.probe.backend is None or self.network is None:
             return None
-        prefixes = plans.prefixes_by_region([s.ip for s in self.slots], self.topology.peer_regions())
+        prefixes = plans.prefixes_by_region(map(peer_ip, range(self.topology.peer_count)), self.topology.peer_regions())
         backend = make_backend(self.probe.backend, prefixes, self.run_id, self.topology.seed)
         links = Links(backend, self.slots, self.topology, self.network.reference, self.dilation)
         self.live = live = LiveLinks(links, self.stream.event, self.topology.impairment.probes)
@@ -208,7 +220,8 @@ class LocalMachine(Machine):
     async def _fleet(self) -> Fleet:
         network = self.topology.network
         cores = network.cpu_limit
-        per_host = {host: len(peers) for host, peers in enumerate(self.hosts)} if network.cpu == "core" else None
+        per_host = {host: len(peers) for host, peers in enumerate(self.hosts)
+                    if self.share is None or host in self.share.hosts} if network.cpu == "core" else None
         if cores or per_host:
             self.cgroups = cgroups = PeerCgroups(self.run_id, cores, per_host, self.dilation.factor)
             cgroups.create()
@@ -262,8 +275,9 @@ class LocalMachine(Machine):
 
     async def cut(self, side: list[int], both_ways: bool) -> None:
         assert self.network is not None, "the network is built first"
-        chosen = set(side)
-        ips = ([s.ip for s in self.slots if s.index in chosen], [s.ip for s in self.slots if s.index not in chosen])
+        chosen = set(side)  # peers on every machine of the run: each hub drops what crosses it
+        everyone = range(self.topology.peer_count)
+        ips = ([peer_ip(i) for i in everyone if i in chosen], [peer_ip(i) for i in everyone if i not in chosen])
         network = self.network
         await in_thread_to_completion(lambda: network.cut(*ips, both_ways))
 

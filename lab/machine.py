@@ -24,6 +24,7 @@ from typing import Any
 
 from lab.events import Sample
 from lab.manifest import ClusterRecord, CollectorRecord, LabErrorRecord, PeerRecord, Testbed
+from lab.network.fabric import Crossing, Underlay
 from lab.runid import RunId
 from lab.topology import Link, Topology
 from nodes.protocol import Call, Dilation, Event, Segment
@@ -58,6 +59,16 @@ class Paths:
     control: Path
     impairment: Path
     logs: Path
+
+
+@dataclass(frozen=True)
+class Share:
+    """A machine's part of a run placed over several: its number in the run, the host processes
+    it holds (numbered over the run), and where its end of the VXLAN between hubs lives."""
+
+    machine: int
+    hosts: frozenset[int]
+    underlay: Underlay
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,10 @@ class Machine(ABC):
     @abstractmethod
     async def build(self) -> int:
         """Builds the network of this machine's hosts; returns its peer slots."""
+
+    async def join(self, crossings: list[Crossing]) -> None:
+        """Joins this machine's network to the other machines' of the run (after every `build`)."""
+        raise NotImplementedError(f"{type(self).__name__} holds a whole run")
 
     @abstractmethod
     async def shape(self, verify: bool) -> LinksApplied | None:
@@ -225,6 +240,6 @@ class Place(ABC):
                 stream: Stream) -> Machine:
         """One run's machine, built as it is entered and undone as it is left."""
 
-    def cluster(self, topology: Topology) -> ClusterRecord | None:
+    def cluster(self, topology: Topology, run_id: RunId) -> ClusterRecord | None:
         """Where the run's machines are, when they are not the coordinator's own."""
         return None

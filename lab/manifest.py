@@ -84,6 +84,9 @@ class ClusterNode(Record):
     memory_bytes: int
     agent_pid: int  # the agent serving the run there (lab/remote/agent.py)
     hosts: list[int]  # the run's host processes placed there
+    run_id: str | None = None  # the prefix of what the run built there (plab-<run_id>-*); None: nothing placed
+    underlay: str | None = None  # its end of the VXLAN between the machines' hubs
+    testbed: Testbed | None = None  # the machine, measured there
 
 
 class ClusterRecord(Record):

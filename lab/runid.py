@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -29,6 +30,13 @@ class RunId:
     @classmethod
     def new(cls) -> RunId:
         return cls(secrets.token_hex(3))
+
+    def part(self, number: int) -> RunId:
+        """The run's names on its machine `number` when it is placed over several (0: the run's
+        own): distinct, since two machines may be one kernel, and derived, so the same on every ask."""
+        if number == 0:
+            return self
+        return RunId(hashlib.sha256(f"{self.value}/{number}".encode()).hexdigest()[:6])
 
     @property
     def prefix(self) -> str:

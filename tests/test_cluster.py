@@ -1,17 +1,19 @@
-"""`lab run --cluster`: a run whose peers live on an agent placed by Ray on another node of a
-local multi-node cluster (ray.cluster_utils.Cluster: one raylet per node on this machine), and
-a node lost in the middle of a run."""
+"""`lab run --cluster`: a run placed over the machines of a local multi-node Ray cluster
+(ray.cluster_utils.Cluster: one raylet per node on this machine). Each node stands for a
+machine: its agent builds its part of the network under its own prefix, and its end of the
+VXLAN between hubs lives in a namespace of its own on a bridge namespace standing in for the
+machines' LAN (P2P_LAB_UNDERLAY*, lab/remote/agent.py). Then machines lost mid-run."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -19,127 +21,172 @@ from ray.cluster_utils import Cluster
 
 from conftest import ROOT, lab_command, leftovers, needs_root, write_topology
 from lab.cli import main
-from lab.manifest import read_manifest
-from lab.remote.cluster import choose_node
+from lab.manifest import Manifest, read_manifest
+from lab.network.netlink import NetNS, netns
+from lab.remote.agent import UNDERLAY_ENV, UNDERLAY_NETNS_ENV
+from lab.remote.spread import place
 
 pytestmark = [needs_root, pytest.mark.netns, pytest.mark.slow]
 
 SLAS = [{"metric": "get", "stat": "success_ratio", "op": ">=", "threshold": "50%"}]  # peers_lost == 0 is built in
+MACHINES = 4  # the head, two nodes, and one a test adds to lose it
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """A head with one CPU and two nodes, the larger with two: placement has one right answer."""
-    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+def lan() -> Iterator[list[dict[str, str]]]:
+    """A bridge namespace as the LAN and one namespace per stand-in machine on it (not under the
+    lab's prefix: an agent's start removes what killed runs left under it); each machine's
+    environment for its agent."""
+    name = f"lan-{secrets.token_hex(3)}"
+    made = [name]
+    netns.create(name)
     try:
-        LARGEST.append(made.add_node(num_cpus=2))
-        made.add_node(num_cpus=1)
+        with NetNS(name) as bridge_ns:
+            bridge_ns.link("add", ifname="br0", kind="bridge")
+            bridge = bridge_ns.link_lookup(ifname="br0")[0]
+            bridge_ns.link("set", index=bridge, state="up")
+            machines = []
+            for k in range(MACHINES):
+                machine, ip = f"{name}-m{k}", f"198.19.253.{k + 1}"
+                netns.create(machine)
+                made.append(machine)
+                bridge_ns.link("add", ifname=f"m{k}", kind="veth", peer={"ifname": "eth0", "net_ns_fd": machine})
+                bridge_ns.link("set", index=bridge_ns.link_lookup(ifname=f"m{k}")[0], master=bridge, state="up")
+                with NetNS(machine) as ns:
+                    eth0 = ns.link_lookup(ifname="eth0")[0]
+                    ns.addr("add", index=eth0, address=ip, prefixlen=24)
+                    ns.link("set", index=eth0, state="up")
+                    ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+                machines.append({UNDERLAY_ENV: ip, UNDERLAY_NETNS_ENV: machine})
+        yield machines
+    finally:
+        for namespace in reversed(made):
+            netns.remove(namespace)
+
+
+@pytest.fixture(scope="module")
+def cluster(lan: list[dict[str, str]]) -> Iterator[Cluster]:
+    """A head with one CPU and two nodes with two and one: 6 one-peer hosts go 1, 3, 2 or as
+    the node ids order them."""
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": lan[0]})
+    try:
+        made.add_node(num_cpus=2, env_vars=lan[1])
+        made.add_node(num_cpus=1, env_vars=lan[2])
         made.wait_for_nodes()
         yield made
     finally:
         made.shutdown()
-        LARGEST.clear()
 
 
-LARGEST: list[Any] = []  # the module cluster's two-CPU node
-
-
-def _gone(run: str, within_s: float = 60) -> list[str]:
-    """What is left of the run once its agent has had `within_s` to undo its machine."""
+def _gone(manifest: Manifest, within_s: float = 60) -> list[str]:
+    """What is left of the run on every machine once its agents have had `within_s` to undo."""
+    assert manifest.cluster is not None
+    runs = [n.run_id for n in manifest.cluster.nodes if n.run_id] or [manifest.run_id]
     deadline = time.monotonic() + within_s
-    while (left := leftovers(run)) and time.monotonic() < deadline:
+    while (left := [x for run in runs for x in leftovers(run)]) and time.monotonic() < deadline:
         time.sleep(1)
     return left
 
 
-def test_choose_node_takes_the_most_cpus_then_memory_and_skips_dead_nodes() -> None:
-    def node(name: str, cpus: float, memory: float, alive: bool = True) -> dict[str, object]:
-        return {"NodeID": name, "Alive": alive, "Resources": {"CPU": cpus, "memory": memory}}
+def _machine_of(manifest: Manifest) -> dict[int, int]:
+    """Peer index -> the machine (node number in the manifest) it ran on."""
+    assert manifest.cluster is not None and manifest.topology is not None
+    hosts = [n.hosts for n in manifest.cluster.nodes]
+    per_host = manifest.topology["network"]["peers_per_host"]
+    return {peer: k for k, held in enumerate(hosts) for host in held for peer in range(host * per_host, (host + 1) * per_host)}
 
-    nodes = [node("a", 2, 10), node("b", 4, 1, alive=False), node("c", 2, 20), node("d", 2, 20)]
-    assert choose_node(nodes)["NodeID"] == "c"
+
+def test_place_gives_consecutive_hosts_in_proportion_to_cpus() -> None:
+    assert place([[0], [1], [2], [3], [4], [5]], [1, 2, 1]) == [[0], [1, 2, 3], [4, 5]]
+    assert place([[0, 1], [2, 3], [4, 5]], [1, 1]) == [[0], [1, 2]]  # a host is never split
+    assert place([[0], [1]], [0, 3]) == [[], [0, 1]]
 
 
-def test_a_run_on_a_ray_cluster_places_its_peers_on_the_largest_node(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_run_over_three_machines_joins_them_by_vxlan(cluster: Cluster, tmp_path: Path) -> None:
     topology = write_topology(tmp_path / "cluster.yaml", slas=SLAS)
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["run", str(topology), "--cluster", cluster.address, "--out", str(out),
                                        "--no-report"])
     assert result.exit_code == 0, result.output
     manifest = read_manifest(out)
-    assert manifest.status == "complete" and manifest.peers_ready == 6
-    assert manifest.cluster is not None and len(manifest.cluster.nodes) == 1
-    placed = manifest.cluster.nodes[0]
-    assert placed.node_id == LARGEST[0].node_id and placed.cpus == 2 and placed.hosts == list(range(6))
+    assert manifest.status == "complete" and manifest.peers_ready == 6 and manifest.cluster is not None
+    nodes = manifest.cluster.nodes
+    assert len(nodes) == 3 and all(n.hosts for n in nodes)
+    assert sorted(h for n in nodes for h in n.hosts) == list(range(6))
+    assert [len(n.hosts) for n in nodes] == [len(h) for h in place([[i] for i in range(6)], [n.cpus for n in nodes])]
+    assert len({n.run_id for n in nodes}) == 3 and {n.underlay for n in nodes} <= {f"198.19.253.{k}" for k in (1, 2, 3)}
+    machine = _machine_of(manifest)
+    ids = {p.peer_id: p.index for p in manifest.peers}
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    assert sum(1 for e in events if e["op"] == "get" and e["ok"]) >= 6  # the peers answered through the agent
-    assert {"bootstrap", "publish", "lookup"} <= {e.get("phase") for e in events if e["op"] == "phase"}
-    assert _gone(manifest.run_id) == []
+    crossing = [e for e in events if e["op"] == "connect" and e["ok"] and machine[e["peer"]] != machine[ids[e["to"]]]]
+    assert crossing, "no connection crossed machines"
+    assert sum(1 for e in events if e["op"] == "get" and e["ok"]) >= 6
+    assert "joined over VXLAN to 2 machines" in result.output
+    assert _gone(manifest) == []
 
 
-def test_a_node_lost_mid_run_loses_its_peers_and_its_agent_undoes_its_machine(cluster: Cluster, tmp_path: Path) -> None:
-    """The node holding the agent is killed (no graceful stop) while its peers idle: the run ends
-    with those peers lost, named, exit 1, and the agent, whose stdin ended with its worker,
-    removes what it built."""
-    doomed = cluster.add_node(num_cpus=4)  # now the largest: the agent goes there
-    topology = write_topology(tmp_path / "lost.yaml", slas=SLAS,
+def _start_idling_run(cluster: Cluster, tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A run whose peers idle for a minute after publishing; returns once they idle."""
+    topology = write_topology(tmp_path / "idle.yaml", slas=SLAS,
                               workload=[{"phase": "bootstrap"}, {"phase": "publish", "packages": 6},
                                         {"phase": "idle", "duration": "60s"}, {"phase": "lookup", "per_peer": 1}])
     out = tmp_path / "run"
     process = subprocess.Popen(lab_command("run", str(topology), "--cluster", cluster.address, "--out", str(out),
                                            "--no-report"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum('"op":"phase"' in line for line in _lines(out / "events.jsonl")) < 2:
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.5)
+    return process, out
+
+
+def test_a_machine_lost_mid_run_ends_the_run_with_its_peers_lost(cluster: Cluster, lan: list[dict[str, str]],
+                                                                 tmp_path: Path) -> None:
+    """A fourth node joins and is killed (no graceful stop) while the peers idle: its peers are
+    lost, named, the run ends (exit 1), and every agent, that one's too (its stdin ended with its
+    worker), removes what it built."""
+    doomed = cluster.add_node(num_cpus=4, env_vars=lan[3])
+    cluster.wait_for_nodes()
+    process, out = _start_idling_run(cluster, tmp_path)
     try:
-        _wait_for_idle(process, out)
         manifest = read_manifest(out)
-        assert manifest.peers_ready == 6 and manifest.cluster is not None
-        assert manifest.cluster.nodes[0].node_id == doomed.node_id
+        assert manifest.cluster is not None
+        there = next(k for k, n in enumerate(manifest.cluster.nodes) if n.node_id == doomed.node_id)
+        assert manifest.cluster.nodes[there].hosts, "the largest node holds peers"
         cluster.remove_node(doomed, allow_graceful=False)
         output, _ = process.communicate(timeout=180)
     finally:
         process.kill()
     assert process.returncode == 1, output
-    manifest = read_manifest(out)
-    assert manifest.peers_lost == 6, output
-    assert all("agent" in e.error for e in manifest.lab_errors if e.phase == "run"), manifest.lab_errors
-    assert "FAIL  peers_lost" in output
-    assert _gone(manifest.run_id) == []
+    lost = sorted(p for p, k in _machine_of(manifest).items() if k == there)
+    ended = read_manifest(out)
+    assert sorted(e.peer for e in ended.lab_errors if e.phase == "run") == lost, ended.lab_errors
+    assert ended.peers_lost == len(lost) and "FAIL  peers_lost" in output
+    assert "lookup" not in {p.phase for p in ended.phases}  # the run ended: no live peer left to ask
+    assert _gone(manifest) == []
 
 
 def test_an_agent_killed_mid_run_leaves_what_the_next_agent_removes(cluster: Cluster, tmp_path: Path) -> None:
-    """SIGKILL of the agent itself: nothing of it can undo its machine; the next agent to start
-    on that machine removes the killed run's leftovers before it builds."""
-    topology = write_topology(tmp_path / "killed.yaml", slas=SLAS,
-                              workload=[{"phase": "bootstrap"}, {"phase": "publish", "packages": 6},
-                                        {"phase": "idle", "duration": "60s"}, {"phase": "lookup", "per_peer": 1}])
-    out = tmp_path / "run"
-    process = subprocess.Popen(lab_command("run", str(topology), "--cluster", cluster.address, "--out", str(out),
-                                           "--no-report"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    """SIGKILL of one agent: nothing of it can undo its machine; its peers are lost, the others'
+    machines are undone, and the next agent to open a run there removes the rest first."""
+    process, out = _start_idling_run(cluster, tmp_path)
     try:
-        _wait_for_idle(process, out)
         manifest = read_manifest(out)
         assert manifest.cluster is not None
-        os.kill(manifest.cluster.nodes[0].agent_pid, signal.SIGKILL)
+        killed = max(manifest.cluster.nodes, key=lambda n: len(n.hosts))
+        os.kill(killed.agent_pid, signal.SIGKILL)
         output, _ = process.communicate(timeout=180)
     finally:
         process.kill()
     assert process.returncode == 1, output
-    assert read_manifest(out).peers_lost == 6, output
-    assert leftovers(manifest.run_id), "a SIGKILLed agent cannot have undone its machine"
+    assert read_manifest(out).peers_lost == len(killed.hosts), output
+    assert killed.run_id and leftovers(killed.run_id), "a SIGKILLed agent cannot have undone its machine"
     again = CliRunner().invoke(main, ["run", str(write_topology(tmp_path / "next.yaml", slas=SLAS)), "--cluster",
                                       cluster.address, "--out", str(tmp_path / "next"), "--no-report"])
     assert again.exit_code == 0, again.output
     assert "leftovers of killed runs on this machine" in again.output
-    assert leftovers(manifest.run_id) == []
-
-
-def _wait_for_idle(process: subprocess.Popen[str], out: Path) -> None:
-    """Until the run's second phase has ended: its peers idle for a minute then."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and sum('"op":"phase"' in line for line in _lines(out / "events.jsonl")) < 2:
-        assert process.poll() is None, process.communicate()[0]
-        time.sleep(0.5)
+    assert _gone(manifest, within_s=0) == []
 
 
 def _lines(path: Path) -> list[str]:

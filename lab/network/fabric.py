@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from lab.errors import NetworkError
 from lab.network import partition
-from lab.network.netlink import NetlinkError, NetNS, inside, netns, run_in
+from lab.network.netlink import IPRoute, NetlinkError, NetNS, inside, netns, run_in
 from lab.runid import RunId
 from nodes.protocol import Dilation
 
@@ -56,7 +56,10 @@ HAIRPIN_SYSCTLS = {"net.ipv4.conf.eth0.accept_local": "1", "net.ipv4.conf.all.rp
                    "net.ipv4.conf.eth0.rp_filter": "0"}
 REFERENCE_IP = str(FABRIC.broadcast_address - 1)
 REFERENCE = -1  # the reference host's slot index: not a peer
-MAX_PEERS = FABRIC.num_addresses - 4  # network address, gateway, reference, broadcast
+CROSSING = ipaddress.ip_network("198.19.254.0/24")  # the hubs' own addresses on the VXLAN between machines
+MAX_PEERS = FABRIC.num_addresses - 4 - 2 * 256  # network address, gateway, reference, broadcast; below CROSSING
+VXLAN_ID, VXLAN_PORT, VXLAN_MTU = 4242, 4789, 1450  # 50 bytes of VXLAN over a 1500-byte machines' network
+HUB_VXLAN = "vx0"
 
 Progress = Callable[[int, int], None]
 
@@ -83,8 +86,36 @@ class PeerSlot:
         return f"/ip4/{self.ip}/tcp/{port}"
 
 
+def peer_ip(index: int) -> str:
+    """Peer `index`'s address, on whichever machine it runs."""
+    return str(FABRIC.network_address + 2 + index)
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """Where a machine's end of the VXLAN between hubs lives: a namespace (None: the machine's
+    own) and its address on the machines' network."""
+
+    netns: str | None
+    ip: str
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Another machine's hub, as this one reaches its peers over VXLAN."""
+
+    machine: int
+    underlay: str  # its address on the machines' network
+    peers: tuple[str, ...]  # its peers' addresses
+
+    @property
+    def hub_ip(self) -> str:
+        return str(CROSSING.network_address + 1 + self.machine)
+
+
 def _mac(side: int, index: int) -> str:
-    """Locally administered MACs that encode the side (0 hub, 1 peer) and the peer index."""
+    """Locally administered MACs that encode the side (0 hub, 1 peer, 2 a machine's hub on the
+    VXLAN) and the peer index (or machine number)."""
     return ":".join(f"{byte:02x}" for byte in (2, side, *index.to_bytes(4, "big")))
 
 
@@ -112,15 +143,19 @@ def _write_sysctls_in(netns_name: str, settings: dict[str, str]) -> None:
 class NamespaceNetwork:
     """Builds and removes the namespaced fabric of one run."""
 
-    def __init__(self, run: RunId, hosts: list[list[int]], dilation: Dilation | None = None) -> None:
+    def __init__(self, run: RunId, hosts: list[list[int]], dilation: Dilation | None = None,
+                 owned: frozenset[int] | None = None, mtu: int | None = None) -> None:
         """`dilation`: the run's virtual time; TCP's minimum retransmission timeout on every
         host route is stretched by the factor in force (Linux's 200 ms would look that many times
-        shorter to peers on a dilated clock)."""
+        shorter to peers on a dilated clock). `owned`: the hosts this machine builds (None: all);
+        `mtu`: the peers' links' (VXLAN_MTU when hubs are joined across machines)."""
         peers = sum(map(len, hosts))
         if peers > MAX_PEERS:
             raise NetworkError(f"198.18.0.0/15 holds at most {MAX_PEERS} peers, not {peers}")
         self.run = run
         self.hosts = hosts
+        self.owned = owned
+        self.mtu = mtu
         self.dilation = dilation or Dilation()
         self.metrics = _rto_metrics(self.dilation.factor)
         self.created: list[str] = []
@@ -135,13 +170,14 @@ class NamespaceNetwork:
             slots = []
             with NetNS(self.run.hub_netns) as hub:
                 hub.link("set", index=hub.link_lookup(ifname="lo")[0], state="up")
-                for host, peers in enumerate(self.hosts):
+                built = [(host, peers) for host, peers in enumerate(self.hosts) if self.owned is None or host in self.owned]
+                for done, (host, peers) in enumerate(built, 1):
                     name = self.run.host_netns(host)
-                    host_slots = [PeerSlot(i, str(FABRIC.network_address + 2 + i), name, host) for i in peers]
+                    host_slots = [PeerSlot(i, peer_ip(i), name, host) for i in peers]
                     self._add_host(hub, host, name, host_slots)
                     slots += host_slots
                     if progress:
-                        progress(host + 1, len(self.hosts))
+                        progress(done, len(built))
                 host, name = len(self.hosts), self.run.host_netns(len(self.hosts))
                 self._add_host(hub, host, name, [reference := PeerSlot(REFERENCE, REFERENCE_IP, name, host)])
                 self.reference = reference
@@ -161,7 +197,7 @@ class NamespaceNetwork:
             peer={"ifname": "eth0", "address": host_mac, "net_ns_fd": name},
         )
         hub_port = hub.link_lookup(ifname=port)[0]
-        hub.link("set", index=hub_port, state="up")
+        hub.link("set", index=hub_port, state="up", **({"mtu": self.mtu} if self.mtu else {}))
         for slot in slots:
             hub.route("add", dst=f"{slot.ip}/32", oif=hub_port, scope="link")
             hub.neigh("add", dst=slot.ip, lladdr=host_mac, ifindex=hub_port, state=NUD_PERMANENT)
@@ -170,7 +206,7 @@ class NamespaceNetwork:
             eth0 = ns.link_lookup(ifname="eth0")[0]
             for slot in slots:
                 ns.addr("add", index=eth0, address=slot.ip, prefixlen=32)
-            ns.link("set", index=eth0, state="up")
+            ns.link("set", index=eth0, state="up", **({"mtu": self.mtu} if self.mtu else {}))
             ns.neigh("add", dst=GATEWAY, lladdr=hub_mac, ifindex=eth0, state=NUD_PERMANENT)
             self._routes(ns, eth0, slots, "add")
             if len(slots) > 1:
@@ -181,6 +217,35 @@ class NamespaceNetwork:
         self.hosts_built[name] = slots
         if len(slots) > 1:
             _write_sysctls_in(name, HAIRPIN_SYSCTLS)
+
+    def join(self, machine: int, underlay: Underlay, crossings: list[Crossing]) -> None:
+        """Joins this machine's hub to the other machines' hubs by one VXLAN device: made where
+        the underlay is (its UDP socket stays there), moved into the hub, with static forwarding
+        entries, neighbours and routes for every peer over there; nothing is learnt."""
+        outside = f"{self.run.prefix}-vx"
+        try:
+            with NetNS(underlay.netns) if underlay.netns else IPRoute() as where:
+                where.link("add", ifname=outside, kind="vxlan", vxlan_id=VXLAN_ID, vxlan_local=underlay.ip,
+                           vxlan_port=VXLAN_PORT, vxlan_learning=0, address=_mac(2, machine))
+                try:
+                    where.link("set", index=where.link_lookup(ifname=outside)[0], net_ns_fd=self.run.hub_netns)
+                except NetlinkError:
+                    where.link("del", ifname=outside)
+                    raise
+            with NetNS(self.run.hub_netns) as hub:
+                vx = hub.link_lookup(ifname=outside)[0]
+                hub.link("set", index=vx, ifname=HUB_VXLAN, mtu=VXLAN_MTU, state="up")
+                hub.addr("add", index=vx, address=Crossing(machine, underlay.ip, ()).hub_ip, prefixlen=32)
+                for other in crossings:
+                    mac = _mac(2, other.machine)
+                    hub.fdb("append", ifindex=vx, lladdr=mac, dst=other.underlay, state=NUD_PERMANENT)
+                    hub.neigh("add", dst=other.hub_ip, lladdr=mac, ifindex=vx, state=NUD_PERMANENT)
+                    hub.route("add", dst=f"{other.hub_ip}/32", oif=vx, scope="link")
+                    for ip in other.peers:
+                        hub.route("add", dst=f"{ip}/32", gateway=other.hub_ip, oif=vx)
+        except NetlinkError as exc:
+            raise NetworkError(f"netlink refused joining the hubs over VXLAN (underlay {underlay.ip}"
+                               f"{f' in {underlay.netns}' if underlay.netns else ''}): {exc}") from exc
 
     def _routes(self, ns: NetNS, eth0: int, slots: list[PeerSlot], command: str) -> None:
         """A host's routes to the hub (and, for several peers, the hairpin table's: packets

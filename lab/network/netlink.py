@@ -25,9 +25,9 @@ pyroute2.config.disable_mp_signal = True
 pyroute2.config.default_communicate_timeout = 60
 pyroute2.config.default_create_socket_timeout = 120
 
-from pyroute2 import NetlinkError, NetNS, netns  # noqa: E402  (after the setting above)
+from pyroute2 import IPRoute, NetlinkError, NetNS, netns  # noqa: E402  (after the setting above)
 
-__all__ = ["NetNS", "NetlinkError", "inside", "netns", "run_in"]
+__all__ = ["IPRoute", "NetNS", "NetlinkError", "inside", "netns", "run_in"]
 
 
 @contextmanager

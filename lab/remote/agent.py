@@ -24,13 +24,17 @@ from typing import Any
 from lab import cleanup
 from lab.local_machine import LocalMachine, probe
 from lab.machine import Machine, MachineRecord, PeerInfo, Probe, Stream
+from lab.network.fabric import Underlay
 from lab.remote.frames import BrokenFrame, decode, encode, read_frame
 from lab.remote.messages import Answer, Ask, Said, Setup
 from lab.topology import Topology
 
 ALIVE_EVERY_S = 0.25  # how often the live peers are compared with what the coordinator was last told
 # The Machine calls an agent serves: every abstract method but `alive` (pushed) and `record` (close's answer).
-CALLS = frozenset(Machine.__abstractmethods__ - {"alive", "record", "__aexit__"})
+CALLS = frozenset(Machine.__abstractmethods__ - {"alive", "record", "__aexit__"} | {"join"})
+# On a machine whose VXLAN end is not its own address in its own namespace (a test's stand-in
+# machines on one kernel): the address, and the namespace it is in.
+UNDERLAY_ENV, UNDERLAY_NETNS_ENV = "P2P_LAB_UNDERLAY", "P2P_LAB_UNDERLAY_NETNS"
 
 
 class Agent:
@@ -43,6 +47,11 @@ class Agent:
     async def probe(self, topology: Topology) -> Probe:
         return await asyncio.to_thread(probe, topology)
 
+    async def underlay(self, address: str) -> Underlay:
+        """Where this machine's VXLAN end goes: `address` (the machine's, as the cluster knows it),
+        unless the machine's environment says otherwise."""
+        return Underlay(os.environ.get(UNDERLAY_NETNS_ENV) or None, os.environ.get(UNDERLAY_ENV) or address)
+
     async def open(self, setup: Setup) -> None:
         if self.machine is not None:
             raise RuntimeError("a machine is open already: close it first")
@@ -52,7 +61,7 @@ class Agent:
             stream.echo(f"[cleanup] removed {removed} leftovers of killed runs on this machine")
         self._register(setup)
         setup.paths.logs.mkdir(parents=True, exist_ok=True)
-        machine = LocalMachine(setup.run_id, setup.topology, setup.dilation, setup.probe, setup.paths, stream)
+        machine = LocalMachine(setup.run_id, setup.topology, setup.dilation, setup.probe, setup.paths, stream, setup.share)
         await self.undo.enter_async_context(machine)
         self.machine = machine
         watching = asyncio.create_task(self._watch_alive())
@@ -78,7 +87,7 @@ class Agent:
 
     async def handle(self, ask: Ask) -> None:
         try:
-            if ask.name in ("probe", "open", "close"):
+            if ask.name in ("probe", "underlay", "open", "close"):
                 value = await getattr(self, ask.name)(*ask.args)
             elif ask.name in CALLS and self.machine is not None:
                 value = await getattr(self.machine, ask.name)(*ask.args)

@@ -1,6 +1,6 @@
-"""`--cluster ADDRESS`: the run's machine is an agent on a machine of a Ray cluster.
+"""`--cluster ADDRESS`: the run's machines are agents on the machines of a Ray cluster.
 
-The coordinator is Ray's driver. It places one long-lived agent actor, pinned to its node
+The coordinator is Ray's driver. It places one long-lived agent actor per machine, pinned to its node
 (NodeAffinitySchedulingStrategy, soft=False) and never restarted (max_restarts=0: a restarted
 agent would hold none of the run's peers). The actor execs the machine-local code as a child
 (`python -m lab.remote.agent`: a fork inside a Ray worker kills actors) and relays frames
@@ -9,8 +9,9 @@ items are batches of whatever frames had arrived. If the actor, its node or its 
 that stream fails, the run's machine is gone (lab/remote/machine.py) and its peers are lost;
 the child's stdin ends with its actor, and the child undoes its machine before it exits.
 
-Placement today is one machine per run: the node with the most CPUs (then memory) takes every
-host process. Ray is imported only here, so a run without --cluster never loads it.
+Every alive node with CPUs gets an agent; a run's host processes are placed over them in
+proportion to their CPUs (lab/remote/spread.py), their hubs joined by VXLAN. Ray is imported
+only here, so a run without --cluster never loads it.
 """
 
 from __future__ import annotations
@@ -20,15 +21,20 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lab.errors import SetupError
-from lab.machine import Machine, Paths, Place, Probe, Stream
+from lab.machine import Machine, Paths, PeerLost, Place, Probe, Share, Stream
 from lab.manifest import ClusterNode, ClusterRecord
-from lab.remote.machine import Agent, AgentPlace, ChildChannel
+from lab.network.fabric import Underlay
+from lab.remote.machine import Agent, AgentMachine, ChildChannel
+from lab.remote.messages import Setup
+from lab.remote.spread import Machines, place
 from lab.runid import RunId
 from lab.topology import Topology
 from nodes.protocol import Dilation
@@ -107,34 +113,105 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-class ClusterPlace(AgentPlace):
-    """Runs on one agent of a Ray cluster, recorded in the manifest as such."""
+@dataclass(frozen=True)
+class Node:
+    """A machine of the cluster with its agent."""
 
-    def __init__(self, agent: Agent, address: str, node: dict[str, Any], agent_pid: int) -> None:
-        super().__init__(agent)
-        self.address, self.node, self.agent_pid = address, node, agent_pid
+    info: dict[str, Any]  # as ray.nodes() gives it
+    agent: Agent
+    pid: int  # the agent's
+    underlay: Underlay
+
+    @property
+    def cpus(self) -> float:
+        return float(self.info["Resources"].get("CPU", 0))
+
+    @property
+    def name(self) -> str:
+        return f"{self.info['NodeManagerAddress']} (node {self.info['NodeID'][:8]})"
+
+
+class ClusterPlace(Place):
+    """Runs over the machines of a Ray cluster, each holding whole host processes in proportion
+    to its CPUs (lab/remote/spread.py); a run that fits one machine's share stays on it alone."""
+
+    def __init__(self, address: str, nodes: list[Node]) -> None:
+        self.address, self.nodes = address, nodes
+        self.probes: list[Probe] = []
+
+    async def probe(self, topology: Topology) -> Probe:
+        try:
+            self.probes = list(await asyncio.gather(*(node.agent.ask("probe", topology) for node in self.nodes)))
+        except PeerLost as exc:
+            raise SetupError(f"cannot probe the cluster's machines: {exc}") from None
+        placed = self._placed(topology)
+        if sum(1 for hosts in placed if hosts) > 1:
+            for node, probed in zip(self.nodes, self.probes, strict=True):
+                if probed.mode != "netns":
+                    raise SetupError(f"a run over several machines needs network namespaces on each, but {node.name} "
+                                     f"has none ({probed.mode_reason})")
+        return self.probes[next(k for k, hosts in enumerate(placed) if hosts)]
+
+    def _placed(self, topology: Topology) -> list[list[int]]:
+        return place(topology.hosts(), [node.cpus for node in self.nodes])
 
     def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
                 stream: Stream) -> Machine:
-        absolute = Paths(*(path.resolve() for path in (paths.results, paths.control, paths.impairment, paths.logs)))
-        return super().machine(run_id, topology, dilation, probe, absolute, stream)
+        hosts = topology.hosts()
+        used = [(k, held) for k, held in enumerate(self._placed(topology)) if held]
+        results = paths.results.resolve()
+        if len(used) == 1:
+            (k, _), = used
+            whole = Paths(results, paths.control.resolve(), paths.impairment.resolve(), paths.logs.resolve())
+            return AgentMachine(self.nodes[k].agent, Setup(run_id, topology, dilation, self.probes[k], whole), stream)
+        parts: list[AgentMachine] = []
+        for number, (k, held) in enumerate(used):
+            node = self.nodes[k]
+            own = Paths(results, results / f"m{number}-{paths.control.name}", results / f"m{number}-{paths.impairment.name}",
+                        paths.logs.resolve())
+            share = Share(number, frozenset(held), node.underlay)
+            parts.append(AgentMachine(node.agent, Setup(run_id.part(number), topology, dilation, self.probes[k], own, share),
+                                      stream))
+        return Machines(parts, [[p for h in held for p in hosts[h]] for _, held in used],
+                        [self.nodes[k].underlay.ip for k, _ in used])
 
-    def cluster(self, topology: Topology) -> ClusterRecord:
-        resources = self.node["Resources"]
-        node = ClusterNode(node_id=self.node["NodeID"], address=self.node["NodeManagerAddress"],
-                           cpus=float(resources.get("CPU", 0)), memory_bytes=int(resources.get("memory", 0)),
-                           agent_pid=self.agent_pid, hosts=list(range(len(topology.hosts()))))
-        return ClusterRecord(address=self.address, ray_version=ray.__version__, nodes=[node],
-                             placement="every host on the node with the most CPUs, then memory (one machine per run)")
+    def cluster(self, topology: Topology, run_id: RunId) -> ClusterRecord:
+        placed = self._placed(topology)
+        numbers = iter(range(len(placed)))
+        parts = [next(numbers) if held else None for held in placed]
+        alone = sum(1 for held in placed if held) == 1
+        nodes = [ClusterNode(node_id=n.info["NodeID"], address=n.info["NodeManagerAddress"], cpus=n.cpus,
+                             memory_bytes=int(n.info["Resources"].get("memory", 0)), agent_pid=n.pid, hosts=held,
+                             run_id=None if part is None else run_id.part(0 if alone else part).value,
+                             underlay=n.underlay.ip, testbed=probed.testbed)
+                 for n, held, probed, part in zip(self.nodes, placed, self.probes, parts, strict=True)]
+        return ClusterRecord(address=self.address, ray_version=ray.__version__, nodes=nodes,
+                             placement="consecutive host processes, peers in proportion to each machine's CPUs")
 
 
-def choose_node(nodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The alive node with the most CPUs, then memory; ties go to the lowest node id (same cluster, same choice)."""
-    alive = [n for n in nodes if n.get("Alive")]
+def alive_nodes(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alive nodes with CPUs, in the order of their ids (same cluster, same placement)."""
+    alive = sorted((n for n in nodes if n.get("Alive") and float(n["Resources"].get("CPU", 0)) > 0),
+                   key=lambda n: str(n["NodeID"]))
     if not alive:
-        raise SetupError("the Ray cluster has no alive node: see `ray status`")
-    return min(alive, key=lambda n: (-float(n["Resources"].get("CPU", 0)), -float(n["Resources"].get("memory", 0)),
-                                     n["NodeID"]))
+        raise SetupError("the Ray cluster has no alive node with CPUs: see `ray status`")
+    return alive
+
+
+async def _agent(info: dict[str, Any], address: str, agents: AsyncExitStack) -> Node:
+    """The node's agent, started and pinned there; stopped (its machine undone first) on the way out."""
+    actor = AgentActor.options(  # type: ignore[attr-defined]
+        scheduling_strategy=NodeAffinitySchedulingStrategy(info["NodeID"], soft=False),
+        runtime_env={"env_vars": OUTLIVE_WORKER}).remote()
+    try:
+        pid = await actor.start.remote()
+    except ray.exceptions.RayError as exc:
+        raise SetupError(f"--cluster {address}: the agent did not start on {info['NodeManagerAddress']}: "
+                         f"{_first_line(exc)}") from None
+    agent = Agent(RayChannel(actor, f"the agent on {info['NodeManagerAddress']} (node {info['NodeID'][:8]})"))
+    agents.push_async_callback(agent.close)
+    underlay: Underlay = await agent.ask("underlay", info["NodeManagerAddress"])
+    return Node(info, agent, pid, underlay)
 
 
 def _reachable(address: str) -> None:
@@ -153,8 +230,8 @@ def _reachable(address: str) -> None:
 
 @contextlib.asynccontextmanager
 async def connect(address: str, echo: Echo) -> AsyncIterator[Place]:
-    """Joins the Ray cluster at `address` as its driver, places the agent, and on the way out
-    stops it (its machine undone first) and leaves the cluster."""
+    """Joins the Ray cluster at `address` as its driver, starts an agent on every alive node,
+    and on the way out stops them (each undoes its machine first) and leaves the cluster."""
     _reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
@@ -162,21 +239,11 @@ async def connect(address: str, echo: Echo) -> AsyncIterator[Place]:
         raise SetupError(f"--cluster {address}: cannot join the Ray cluster ({_first_line(exc)}); "
                          "start it with `ray start --head` (docs/cluster.md)") from None
     try:
-        node = choose_node(ray.nodes())
-        actor = AgentActor.options(  # type: ignore[attr-defined]
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            runtime_env={"env_vars": OUTLIVE_WORKER}).remote()
-        try:
-            pid = await actor.start.remote()
-        except ray.exceptions.RayError as exc:
-            raise SetupError(f"--cluster {address}: the agent did not start on {node['NodeManagerAddress']}: "
-                             f"{_first_line(exc)}") from None
-        name = f"the agent on {node['NodeManagerAddress']} (node {node['NodeID'][:8]})"
-        echo(f"[cluster] Ray {ray.__version__} at {address}: {name}, pid {pid}")
-        agent = Agent(RayChannel(actor, name))
-        try:
-            yield ClusterPlace(agent, address, node, pid)
-        finally:
-            await agent.close()
+        async with AsyncExitStack() as agents:
+            nodes = [await _agent(info, address, agents) for info in alive_nodes(ray.nodes())]
+            for node in nodes:
+                echo(f"[cluster] Ray {ray.__version__} at {address}: agent on {node.name}, pid {node.pid}, "
+                     f"{node.cpus:g} CPUs, VXLAN end {node.underlay.ip}")
+            yield ClusterPlace(address, nodes)
     finally:
         ray.shutdown()

@@ -20,13 +20,13 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from lab.errors import SetupError
-from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, Paths, PeerInfo, PeerLost, Place, Probe, Stream
+from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, PeerInfo, PeerLost, Stream
 from lab.manifest import LabErrorRecord
+from lab.network.fabric import Crossing
 from lab.remote.frames import BrokenFrame, decode, encode, read_frame
 from lab.remote.messages import Answer, Ask, Said, Setup
-from lab.runid import RunId
-from lab.topology import Link, Topology
-from nodes.protocol import Call, Dilation, Segment
+from lab.topology import Link
+from nodes.protocol import Call, Segment
 
 
 class Channel(Protocol):
@@ -145,6 +145,11 @@ class AgentMachine(Machine):
         self.agent, self.setup, self.stream = agent, setup, stream
         self.kept: MachineRecord | None = None
 
+    @property
+    def gone(self) -> str | None:
+        """Why the agent is gone (its peers with it), once it is."""
+        return self.agent.gone
+
     async def __aenter__(self) -> AgentMachine:
         self.agent.stream = self.stream
         try:
@@ -165,6 +170,9 @@ class AgentMachine(Machine):
 
     async def build(self) -> int:
         return int(await self.agent.ask("build"))
+
+    async def join(self, crossings: list[Crossing]) -> None:
+        await self.agent.ask("join", crossings)
 
     async def shape(self, verify: bool) -> LinksApplied | None:
         applied: LinksApplied | None = await self.agent.ask("shape", verify)
@@ -233,21 +241,3 @@ class AgentMachine(Machine):
         why = self.agent.gone or "the agent did not report its peers"
         lost = [LabErrorRecord(phase="run", peer=p.index, error=why) for p in self.agent.last_alive]
         return MachineRecord([], lost or [LabErrorRecord(phase="run", error=why)], None)
-
-
-class AgentPlace(Place):
-    """Runs on an agent's machine: probed there, each run's machine opened and closed there."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    async def probe(self, topology: Topology) -> Probe:
-        try:
-            probed: Probe = await self.agent.ask("probe", topology)
-        except PeerLost as exc:
-            raise SetupError(f"cannot probe the agent's machine: {exc}") from None
-        return probed
-
-    def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
-                stream: Stream) -> Machine:
-        return AgentMachine(self.agent, Setup(run_id, topology, dilation, probe, paths), stream)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lab.machine import Paths, Probe
+from lab.machine import Paths, Probe, Share
 from lab.runid import RunId
 from lab.topology import Topology
 from nodes.protocol import Dilation
@@ -21,11 +21,12 @@ class Setup:
     dilation: Dilation
     probe: Probe
     paths: Paths
+    share: Share | None = None  # this machine's part when the run is placed over several
 
 
 @dataclass(frozen=True)
 class Ask:
-    """A call of the coordinator: `name` is probe, open, close or a Machine call."""
+    """A call of the coordinator: `name` is probe, underlay, open, close or a Machine call."""
 
     id: int
     name: str

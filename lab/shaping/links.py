@@ -82,10 +82,12 @@ class Links:
 
     def __init__(self, backend: Backend, slots: list[PeerSlot], topology: Topology, reference: PeerSlot | None,
                  dilation: Dilation | None = None) -> None:
-        """`reference`: the network's reference host, whose link verification gives a known delay."""
+        """`slots`: the peers on this machine (all of the run's, unless it is placed over several:
+        each machine shapes its own peers' links); `reference`: the network's reference host,
+        whose link verification gives a known delay."""
         self.dilation = dilation or Dilation()
         self.backend = backend
-        self.slots = slots
+        self.slots = {slot.index: slot for slot in slots}
         self.reference = reference
         self.reference_applied = False
         self.groups = [group.name for group in topology.peer_groups()]
@@ -100,16 +102,16 @@ class Links:
 
     def peers_of(self, groups: list[str] | None = None, peers: list[int] | None = None) -> list[int]:
         if peers:
-            missing = [p for p in peers if not 0 <= p < len(self.slots)]
+            missing = [p for p in peers if not 0 <= p < len(self.groups)]
             if missing:
-                raise ShapingError(f"--peers: no peer {missing[0]} (peers are 0..{len(self.slots) - 1})")
+                raise ShapingError(f"--peers: no peer {missing[0]} (peers are 0..{len(self.groups) - 1})")
             return sorted(set(peers))
         if groups:
             unknown = sorted(set(groups) - set(self.groups))
             if unknown:
                 raise ShapingError(f"--group: no group {unknown[0]!r} (groups: {sorted(set(self.groups))})")
             return [i for i, g in enumerate(self.groups) if g in groups]
-        return list(range(len(self.slots)))
+        return list(range(len(self.groups)))
 
     def _apply(self, new: dict[int, LinkPlan]) -> None:
         """Every host of a changed peer is given whole: its other peers keep their plans."""
@@ -117,7 +119,7 @@ class Links:
             if problem := self.backend.unsupported(plan):
                 raise ShapingError(f"group {self.groups[index]!r} link.{problem}")
         after = [new.get(i, plan) for i, plan in enumerate(self.current)]
-        hosts = sorted({self.slots[i].host for i in new})
+        hosts = sorted({self.slots[i].host for i in new if i in self.slots})  # this machine's
         factor = self.dilation.factor
         self.backend.apply([[(self.slots[i], after[i].dilated(factor)) for i in self.hosts[host]] for host in hosts])
         self.current, self.applied_factor = after, factor
@@ -155,7 +157,7 @@ class Links:
     def show(self, peers: list[int]) -> list[dict[str, Any]]:
         return [
             {"peer": i, "group": self.groups[i], "configured": self.current[i].describe(),
-             "kernel": self.backend.kernel_state(self.slots[i])}
+             "kernel": self.backend.kernel_state(self.slots[i]) if i in self.slots else "on another machine"}
             for i in peers
         ]
 
@@ -182,8 +184,10 @@ class Links:
 
     def verify(self, probes: int) -> list[PairReport]:
         """Measures sample pairs, with the reference link beside them."""
-        applied = [plan.dilated(self.dilation.factor) for plan in self.current]
-        return verify(self.slots, applied, self.regions, self.groups, probes, self.reference_link())
+        here = list(self.slots.values())  # pairs of this machine's peers
+        applied = [self.current[s.index].dilated(self.dilation.factor) for s in here]
+        return verify(here, applied, [self.regions[s.index] for s in here], [self.groups[s.index] for s in here], probes,
+                      self.reference_link())
 
     def close(self) -> None:
         self.backend.close()

@@ -1,0 +1,160 @@
+"""One run over several machines: placement of whole host processes, and the `Machine` that
+drives each machine's part (an agent's, lab/remote/machine.py) as one.
+
+Every call goes where it belongs: a peer's call to the machine that holds the peer, a change of
+the whole network (impairment, a cut, a switch of dilation, a sample) to every machine at
+once. What the machines report is put back together: the live peers, the links' figures, the
+records at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, TypeVar
+
+from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, PeerInfo
+from lab.manifest import CollectorRecord, LabErrorRecord
+from lab.network.fabric import Crossing, peer_ip
+from lab.remote.machine import AgentMachine
+from lab.shaping.verify import worst
+from lab.topology import Link
+from nodes.protocol import Call, Segment
+
+T = TypeVar("T")
+
+
+def place(hosts: list[list[int]], capacity: list[float]) -> list[list[int]]:
+    """The host processes each machine holds: consecutive hosts (a group's peers are
+    consecutive, so a group stays on one machine where it can), peers in proportion to the
+    machines' capacity (their CPUs). A host goes to the machine whose share its middle falls in."""
+    total_peers, total_capacity = sum(map(len, hosts)), sum(capacity)
+    if total_capacity <= 0:
+        raise ValueError("no machine has capacity")
+    bounds, running = [], 0.0
+    for share in capacity:
+        running += share
+        bounds.append(total_peers * running / total_capacity)
+    placed: list[list[int]] = [[] for _ in capacity]
+    before = 0
+    for host, peers in enumerate(hosts):
+        middle = before + len(peers) / 2
+        machine = next((k for k, bound in enumerate(bounds) if middle < bound), len(capacity) - 1)
+        placed[machine].append(host)
+        before += len(peers)
+    return placed
+
+
+async def _each(calls: Iterable[Awaitable[T]]) -> list[T]:
+    return list(await asyncio.gather(*calls))
+
+
+class Machines(Machine):
+    """The parts of one run, each a machine holding whole host processes."""
+
+    def __init__(self, parts: list[AgentMachine], peers: list[list[int]], underlays: list[str]) -> None:
+        """`peers[k]`, `underlays[k]`: the peers part k holds and its address on the machines' network."""
+        self.parts, self.peers, self.underlays = parts, peers, underlays
+        self.home: dict[int, AgentMachine] = {peer: part for part, held in zip(parts, peers, strict=True) for peer in held}
+        self.undo = AsyncExitStack()
+
+    async def __aenter__(self) -> Machines:
+        for part in self.parts:
+            await self.undo.enter_async_context(part)
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        await self.undo.__aexit__(kind, error, trace)
+
+    def _by_part(self, peers: list[int]) -> list[tuple[AgentMachine, list[int]]]:
+        return [(part, held) for part in self.parts if (held := [p for p in peers if self.home[p] is part])]
+
+    async def build(self) -> int:
+        slots = sum(await _each(part.build() for part in self.parts))
+        await _each(part.join([Crossing(other, self.underlays[other], tuple(map(peer_ip, self.peers[other])))
+                               for other in range(len(self.parts)) if other != number])
+                    for number, part in enumerate(self.parts))
+        return slots
+
+    async def shape(self, verify: bool) -> LinksApplied | None:
+        applied = [a for a in await _each(part.shape(verify) for part in self.parts) if a is not None]
+        if not applied:
+            return None
+        statuses = [a.status for a in applied if a.status is not None]
+        return LinksApplied(applied[0].groups, worst(statuses) if statuses else None,
+                            [r for a in applied for r in a.reports], [f for a in applied for f in a.failures],
+                            [u for a in applied for u in a.unverified])
+
+    async def start_peers(self) -> list[LabErrorRecord]:
+        return [e for failed in await _each(part.start_peers() for part in self.parts) for e in failed]
+
+    def alive(self) -> list[PeerInfo]:
+        """Every part's live peers; none once a machine is gone: the run ends (its peers were
+        part of every other peer's network, and the figures would no longer be the topology's)."""
+        if any(part.gone for part in self.parts):
+            return []
+        return sorted((p for part in self.parts for p in part.alive()), key=lambda p: p.index)
+
+    async def call(self, peer: int, op: Call, args: dict[str, Any], timeout_s: float) -> Any:
+        return await self.home[peer].call(peer, op, args, timeout_s)
+
+    async def impair(self, groups: list[str], link: Link, source: str, duration_s: float | None) -> str:
+        return (await _each(part.impair(groups, link, source, duration_s) for part in self.parts))[0]
+
+    async def cut(self, side: list[int], both_ways: bool) -> None:
+        await _each(part.cut(side, both_ways) for part in self.parts)
+
+    async def heal(self) -> None:
+        await _each(part.heal() for part in self.parts)
+
+    async def crash(self, peers: list[int], why: str) -> None:
+        await _each(part.crash(held, why) for part, held in self._by_part(peers))
+
+    async def leave(self, peer: int, why: str) -> None:
+        await self.home[peer].leave(peer, why)
+
+    async def pause(self, peers: list[int]) -> list[int]:
+        return sorted(p for frozen in await _each(part.pause(held) for part, held in self._by_part(peers)) for p in frozen)
+
+    async def resume(self) -> None:
+        await _each(part.resume() for part in self.parts)
+
+    async def restart(self, peer: int) -> str | None:
+        return await self.home[peer].restart(peer)
+
+    async def sample(self) -> None:
+        await _each(part.sample() for part in self.parts)
+
+    async def watch(self) -> LinkWatch:
+        """The machines' links together: counts added, lateness the worst machine's."""
+        watched = await _each(part.watch() for part in self.parts)
+
+        def most(values: Iterable[float | None]) -> float | None:
+            return max((v for v in values if v is not None), default=None)
+
+        drops: dict[str, int] = {}
+        for w in watched:
+            for cause, count in w.drops.items():
+                drops[cause] = drops.get(cause, 0) + count
+        syns = [w.syn_retransmits for w in watched if w.syn_retransmits is not None]
+        tolerances = [w.tolerance_s for w in watched if w.tolerance_s is not None]
+        return LinkWatch(sum(w.released for w in watched), most(w.late_p50_s for w in watched),
+                         most(w.late_p99_s for w in watched), most(w.late_max_s for w in watched),
+                         min(tolerances) if tolerances else None, drops, sum(syns) if syns else None)
+
+    async def retime(self, segment: Segment) -> list[LabErrorRecord]:
+        return [e for errors in await _each(part.retime(segment) for part in self.parts) for e in errors]
+
+    async def join(self, crossings: list[Crossing]) -> None:
+        raise NotImplementedError("the machines of a run are joined by `build`")
+
+    def record(self) -> MachineRecord:
+        records = [part.record() for part in self.parts]
+        collectors = [r.collector for r in records if r.collector is not None]
+        collector = CollectorRecord(sweeps=min(c.sweeps for c in collectors),
+                                    seconds=max(c.seconds for c in collectors)) if collectors else None
+        return MachineRecord(sorted((p for r in records for p in r.peers), key=lambda p: p.index),
+                             [e for r in records for e in r.lost], collector)
