@@ -27,6 +27,7 @@ from lab.peers.collector import Collector
 from lab.peers.fleet import Fleet, PeerProcess
 from lab.peers.settings import peer_settings
 from lab.runid import RunId
+from lab.shaping import crossing
 from lab.shaping import plan as plans
 from lab.shaping.backend import choose_backend
 from lab.shaping.links import Links, group_plans, make_backend, topology_problem
@@ -171,6 +172,17 @@ class LocalMachine(Machine):
         return LinksApplied(groups, worst(r.status for r in reports), [r.as_dict() for r in reports],
                             [line for r in reports for line in r.lines("failed")],
                             [line for r in reports for line in r.lines("unverified")])
+
+    async def echo(self, peer: int, seconds: float) -> int:
+        slot = self._slot(peer)
+        return await in_thread_to_completion(lambda: crossing.serve_echo(slot, seconds))
+
+    async def round_trips(self, peer: int, ip: str, port: int) -> list[float]:
+        slot = self._slot(peer)
+        return await in_thread_to_completion(lambda: crossing.round_trips(slot, ip, port))
+
+    def _slot(self, peer: int) -> PeerSlot:
+        return next(slot for slot in self.slots if slot.index == peer)
 
     async def sample(self) -> None:
         if self.collector is not None:

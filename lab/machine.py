@@ -153,6 +153,14 @@ class Machine(ABC):
         measures it before any peer starts."""
 
     @abstractmethod
+    async def echo(self, peer: int, seconds: float) -> int:
+        """Echoes datagrams sent to the peer's address for `seconds` (lab/shaping/crossing.py); its port."""
+
+    @abstractmethod
+    async def round_trips(self, peer: int, ip: str, port: int) -> list[float]:
+        """Round trips (s) of probes from the peer's namespace to an echo at ip:port."""
+
+    @abstractmethod
     async def start_peers(self) -> list[LabErrorRecord]:
         """Starts the host processes; returns one record per peer that did not start (it takes no
         part in the run). Starts sampling resources."""

@@ -86,6 +86,8 @@ class ClusterNode(Record):
     hosts: list[int]  # the run's host processes placed there
     run_id: str | None = None  # the prefix of what the run built there (plab-<run_id>-*); None: nothing placed
     underlay: str | None = None  # its end of the VXLAN between the machines' hubs
+    clock_offset_ns: int = 0  # its monotonic clock minus the coordinator's, before the run ...
+    clock_error_ns: int = 0  # ... within this (half the quickest of 20 round trips)
     testbed: Testbed | None = None  # the machine, measured there
 
 

@@ -17,6 +17,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 import traceback
 from contextlib import AsyncExitStack
 from typing import Any
@@ -46,6 +47,10 @@ class Agent:
 
     async def probe(self, topology: Topology) -> Probe:
         return await asyncio.to_thread(probe, topology)
+
+    async def clock(self) -> int:
+        """This machine's monotonic clock now: the coordinator's estimate of the offset to its own."""
+        return time.monotonic_ns()
 
     async def underlay(self, address: str) -> Underlay:
         """Where this machine's VXLAN end goes: `address` (the machine's, as the cluster knows it),
@@ -87,7 +92,7 @@ class Agent:
 
     async def handle(self, ask: Ask) -> None:
         try:
-            if ask.name in ("probe", "underlay", "open", "close"):
+            if ask.name in ("probe", "clock", "underlay", "open", "close"):
                 value = await getattr(self, ask.name)(*ask.args)
             elif ask.name in CALLS and self.machine is not None:
                 value = await getattr(self.machine, ask.name)(*ask.args)

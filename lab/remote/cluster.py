@@ -32,7 +32,7 @@ from lab.errors import SetupError
 from lab.machine import Machine, Paths, PeerLost, Place, Probe, Share, Stream
 from lab.manifest import ClusterNode, ClusterRecord
 from lab.network.fabric import Underlay
-from lab.remote.machine import Agent, AgentMachine, ChildChannel
+from lab.remote.machine import Agent, AgentMachine, ChildChannel, ClockOffset, measure_offset
 from lab.remote.messages import Setup
 from lab.remote.spread import Machines, place
 from lab.runid import RunId
@@ -138,10 +138,12 @@ class ClusterPlace(Place):
     def __init__(self, address: str, nodes: list[Node]) -> None:
         self.address, self.nodes = address, nodes
         self.probes: list[Probe] = []
+        self.clocks: list[ClockOffset] = []  # each machine's, measured before each run
 
     async def probe(self, topology: Topology) -> Probe:
         try:
             self.probes = list(await asyncio.gather(*(node.agent.ask("probe", topology) for node in self.nodes)))
+            self.clocks = list(await asyncio.gather(*(measure_offset(node.agent) for node in self.nodes)))
         except PeerLost as exc:
             raise SetupError(f"cannot probe the cluster's machines: {exc}") from None
         placed = self._placed(topology)
@@ -163,7 +165,8 @@ class ClusterPlace(Place):
         if len(used) == 1:
             (k, _), = used
             whole = Paths(results, paths.control.resolve(), paths.impairment.resolve(), paths.logs.resolve())
-            return AgentMachine(self.nodes[k].agent, Setup(run_id, topology, dilation, self.probes[k], whole), stream)
+            return AgentMachine(self.nodes[k].agent, Setup(run_id, topology, dilation, self.probes[k], whole), stream,
+                                self.clocks[k].offset_ns)
         parts: list[AgentMachine] = []
         for number, (k, held) in enumerate(used):
             node = self.nodes[k]
@@ -171,9 +174,9 @@ class ClusterPlace(Place):
                         paths.logs.resolve())
             share = Share(number, frozenset(held), node.underlay)
             parts.append(AgentMachine(node.agent, Setup(run_id.part(number), topology, dilation, self.probes[k], own, share),
-                                      stream))
+                                      stream, self.clocks[k].offset_ns))
         return Machines(parts, [[p for h in held for p in hosts[h]] for _, held in used],
-                        [self.nodes[k].underlay.ip for k, _ in used])
+                        [self.nodes[k].underlay.ip for k, _ in used], topology, dilation)
 
     def cluster(self, topology: Topology, run_id: RunId) -> ClusterRecord:
         placed = self._placed(topology)
@@ -183,8 +186,9 @@ class ClusterPlace(Place):
         nodes = [ClusterNode(node_id=n.info["NodeID"], address=n.info["NodeManagerAddress"], cpus=n.cpus,
                              memory_bytes=int(n.info["Resources"].get("memory", 0)), agent_pid=n.pid, hosts=held,
                              run_id=None if part is None else run_id.part(0 if alone else part).value,
-                             underlay=n.underlay.ip, testbed=probed.testbed)
-                 for n, held, probed, part in zip(self.nodes, placed, self.probes, parts, strict=True)]
+                             underlay=n.underlay.ip, clock_offset_ns=clock.offset_ns, clock_error_ns=clock.error_ns,
+                             testbed=probed.testbed)
+                 for n, held, probed, part, clock in zip(self.nodes, placed, self.probes, parts, self.clocks, strict=True)]
         return ClusterRecord(address=self.address, ray_version=ray.__version__, nodes=nodes,
                              placement="consecutive host processes, peers in proportion to each machine's CPUs")
 

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import itertools
 import sys
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -138,11 +140,43 @@ class Agent:
             await self.reading
 
 
-class AgentMachine(Machine):
-    """One run's machine on an agent: opened on entry, closed (its record kept) on exit."""
+@dataclass(frozen=True)
+class ClockOffset:
+    """The agent machine's monotonic clock minus the coordinator's, within +-error_ns."""
 
-    def __init__(self, agent: Agent, setup: Setup, stream: Stream) -> None:
-        self.agent, self.setup, self.stream = agent, setup, stream
+    offset_ns: int
+    error_ns: int
+
+
+async def measure_offset(agent: Agent, asks: int = 20) -> ClockOffset:
+    """Asks the agent's clock `asks` times and keeps the quickest answer: its reading was taken
+    within half that round trip of the midpoint (Cristian's algorithm)."""
+    best: ClockOffset | None = None
+    for _ in range(asks):
+        sent = time.monotonic_ns()
+        theirs = int(await agent.ask("clock"))
+        back = time.monotonic_ns()
+        estimate = ClockOffset(theirs - (sent + back) // 2, (back - sent + 1) // 2)
+        if best is None or estimate.error_ns < best.error_ns:
+            best = estimate
+    assert best is not None
+    return best
+
+
+def _shifted(segment: Segment, offset_ns: int) -> Segment:
+    return replace(segment, real_ns=segment.real_ns + offset_ns)
+
+
+class AgentMachine(Machine):
+    """One run's machine on an agent: opened on entry, closed (its record kept) on exit. The
+    run's instants (the dilation's segments, a switch's instant) are the coordinator's monotonic
+    clock; they go out in the agent machine's, shifted by the measured offset, so the run's
+    virtual time is one timeline on every machine (within the offset's error)."""
+
+    def __init__(self, agent: Agent, setup: Setup, stream: Stream, offset_ns: int = 0) -> None:
+        shifted = replace(setup.dilation, segments=[_shifted(s, offset_ns) for s in setup.dilation.segments])
+        self.agent, self.setup, self.stream = agent, replace(setup, dilation=shifted), stream
+        self.offset_ns = offset_ns
         self.kept: MachineRecord | None = None
 
     @property
@@ -177,6 +211,13 @@ class AgentMachine(Machine):
     async def shape(self, verify: bool) -> LinksApplied | None:
         applied: LinksApplied | None = await self.agent.ask("shape", verify)
         return applied
+
+    async def echo(self, peer: int, seconds: float) -> int:
+        return int(await self.agent.ask("echo", peer, seconds))
+
+    async def round_trips(self, peer: int, ip: str, port: int) -> list[float]:
+        times: list[float] = await self.agent.ask("round_trips", peer, ip, port)
+        return times
 
     async def start_peers(self) -> list[LabErrorRecord]:
         failed: list[LabErrorRecord] = await self.agent.ask("start_peers")
@@ -222,7 +263,7 @@ class AgentMachine(Machine):
         return watched
 
     async def retime(self, segment: Segment) -> list[LabErrorRecord]:
-        errors: list[LabErrorRecord] = await self._unless_gone([], "retime", segment)
+        errors: list[LabErrorRecord] = await self._unless_gone([], "retime", _shifted(segment, self.offset_ns))
         return errors
 
     async def _unless_gone(self, default: Any, name: str, *args: Any) -> Any:

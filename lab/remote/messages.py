@@ -26,7 +26,7 @@ class Setup:
 
 @dataclass(frozen=True)
 class Ask:
-    """A call of the coordinator: `name` is probe, underlay, open, close or a Machine call."""
+    """A call of the coordinator: `name` is probe, clock, underlay, open, close or a Machine call."""
 
     id: int
     name: str

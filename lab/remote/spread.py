@@ -19,11 +19,14 @@ from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, PeerInf
 from lab.manifest import CollectorRecord, LabErrorRecord
 from lab.network.fabric import Crossing, peer_ip
 from lab.remote.machine import AgentMachine
+from lab.shaping.crossing import ROUND_TRIPS, TIMEOUT_S, crossing_report
+from lab.shaping.links import peer_plans
 from lab.shaping.verify import worst
-from lab.topology import Link
-from nodes.protocol import Call, Segment
+from lab.topology import Link, Topology
+from nodes.protocol import Call, Dilation, Segment
 
 T = TypeVar("T")
+ECHO_S = ROUND_TRIPS * TIMEOUT_S  # an echo outlasts every probe sent to it
 
 
 def place(hosts: list[list[int]], capacity: list[float]) -> list[list[int]]:
@@ -54,9 +57,11 @@ async def _each(calls: Iterable[Awaitable[T]]) -> list[T]:
 class Machines(Machine):
     """The parts of one run, each a machine holding whole host processes."""
 
-    def __init__(self, parts: list[AgentMachine], peers: list[list[int]], underlays: list[str]) -> None:
+    def __init__(self, parts: list[AgentMachine], peers: list[list[int]], underlays: list[str], topology: Topology,
+                 dilation: Dilation) -> None:
         """`peers[k]`, `underlays[k]`: the peers part k holds and its address on the machines' network."""
         self.parts, self.peers, self.underlays = parts, peers, underlays
+        self.topology, self.dilation = topology, dilation
         self.home: dict[int, AgentMachine] = {peer: part for part, held in zip(parts, peers, strict=True) for peer in held}
         self.undo = AsyncExitStack()
 
@@ -80,13 +85,34 @@ class Machines(Machine):
         return slots
 
     async def shape(self, verify: bool) -> LinksApplied | None:
+        """Each machine shapes (and verifies) its own peers' links; with `verify`, a pair across
+        the first two machines is measured by round trips before and after (crossing.py)."""
+        source, dest = self.peers[0][0], self.peers[1][0]
+        before = await self._round_trips(source, dest) if verify else []
         applied = [a for a in await _each(part.shape(verify) for part in self.parts) if a is not None]
         if not applied:
             return None
-        statuses = [a.status for a in applied if a.status is not None]
-        return LinksApplied(applied[0].groups, worst(statuses) if statuses else None,
-                            [r for a in applied for r in a.reports], [f for a in applied for f in a.failures],
-                            [u for a in applied for u in a.unverified])
+        reports = [r for a in applied for r in a.reports]
+        failures, unverified = [f for a in applied for f in a.failures], [u for a in applied for u in a.unverified]
+        if verify:
+            factor, plans, regions = self.dilation.factor, peer_plans(self.topology), self.topology.peer_regions()
+            crossed = crossing_report(source, dest, plans[source].dilated(factor), plans[dest].dilated(factor),
+                                      regions[dest], regions[source], before, await self._round_trips(source, dest))
+            reports.append(crossed.as_dict())
+            failures += crossed.lines("failed")
+            unverified += crossed.lines("unverified")
+        statuses = [a.status for a in applied if a.status is not None] + [r["status"] for r in reports[-1:] if verify]
+        return LinksApplied(applied[0].groups, worst(statuses) if statuses else None, reports, failures, unverified)
+
+    async def _round_trips(self, source: int, dest: int) -> list[float]:
+        port = await self.home[dest].echo(dest, ECHO_S)
+        return await self.home[source].round_trips(source, peer_ip(dest), port)
+
+    async def echo(self, peer: int, seconds: float) -> int:
+        return await self.home[peer].echo(peer, seconds)
+
+    async def round_trips(self, peer: int, ip: str, port: int) -> list[float]:
+        return await self.home[peer].round_trips(peer, ip, port)
 
     async def start_peers(self) -> list[LabErrorRecord]:
         return [e for failed in await _each(part.start_peers() for part in self.parts) for e in failed]

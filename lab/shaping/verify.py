@@ -472,14 +472,16 @@ def verify(slots: list[PeerSlot], plans: list[LinkPlan], regions: list[str | Non
     with the reference beside each; then the rate of each rate-limited source, one stream per
     source link at a time."""
     pairs = sample_pairs(groups, [slot.host for slot in slots])
+    if not pairs:  # one peer on this machine of a run over several: its links are measured across machines
+        return []
     with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
         futures = [pool.submit(measure_pair, slots[s], slots[d], plans[s], regions[d],
                                min(MAX_LOSS_PROBES, max(probes, loss_probes(plans[s], len(pairs)))), len(pairs), reference)
                    for s, d in pairs]
         reports = [future.result() for future in futures]
-        first_of_source = {r.source: r for r in reversed(reports) if plans[r.source].rate_bps}
-        rates = {src: pool.submit(measure_rate, plans[src], slots[src], slots[r.dest], reference)
-                 for src, r in first_of_source.items()}
+        # positions in `slots`, which are the run's peer indexes only when this machine holds them all
+        first_of_source = {s: (d, r) for (s, d), r in reversed(list(zip(pairs, reports, strict=True))) if plans[s].rate_bps}
+        rates = {s: pool.submit(measure_rate, plans[s], slots[s], slots[d], reference) for s, (d, _) in first_of_source.items()}
         for source, future in rates.items():
-            first_of_source[source].checks.append(future.result())
+            first_of_source[source][1].checks.append(future.result())
     return reports
