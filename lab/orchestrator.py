@@ -313,14 +313,19 @@ class Run:
         self.results.save(self.manifest)
 
     def _lab_costs(self) -> dict[str, LabCost]:
-        """CPU seconds and peak RSS of the lab's own processes (orchestrator, delay line): the
-        share of the machine the measurement itself took."""
-        costs: dict[str, LabCost] = {}
+        """CPU seconds and peak RSS of the lab's own processes (orchestrator, delay line; on a
+        cluster, each machine's agent and delay line, added up): the share of the machines the
+        measurement itself took."""
+        last: dict[tuple[str, int], Sample] = {}
+        peak: dict[str, float] = {}
         for sample in self.samples:
             if sample.role != "peer":
-                cost = costs.setdefault(sample.role, LabCost(cpu_seconds=0.0, max_rss_mib=0.0))
-                cost.cpu_seconds = max(cost.cpu_seconds, sample.cpu_seconds)
-                cost.max_rss_mib = max(cost.max_rss_mib, sample.rss / MIB)
+                last[(sample.role, sample.pid)] = sample
+                peak[sample.role] = max(peak.get(sample.role, 0.0), sample.rss / MIB)
+        costs: dict[str, LabCost] = {}
+        for (role, _), sample in last.items():
+            cost = costs.setdefault(role, LabCost(cpu_seconds=0.0, max_rss_mib=peak[role]))
+            cost.cpu_seconds += sample.cpu_seconds
         return costs
 
     def _outcome(self, status: str) -> RunOutcome:

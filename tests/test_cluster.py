@@ -1,14 +1,13 @@
 """`lab run --cluster`: a run placed over the machines of a local multi-node Ray cluster
 (ray.cluster_utils.Cluster: one raylet per node on this machine). Each node stands for a
-machine: its agent builds its part of the network under its own prefix, and its end of the
-VXLAN between hubs lives in a namespace of its own on a bridge namespace standing in for the
-machines' LAN (P2P_LAB_UNDERLAY*, lab/remote/agent.py). Then machines lost mid-run."""
+machine (lab/remote/standin.py): its agent builds its part of the network under its own
+prefix, its end of the VXLAN between hubs in a namespace of its own on a bridge namespace
+standing in for the machines' LAN. Then machines lost mid-run."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -22,9 +21,8 @@ from ray.cluster_utils import Cluster
 from conftest import ROOT, lab_command, leftovers, needs_root, write_topology
 from lab.cli import main
 from lab.manifest import Manifest, read_manifest
-from lab.network.netlink import NetNS, netns
-from lab.remote.agent import UNDERLAY_ENV, UNDERLAY_NETNS_ENV
 from lab.remote.spread import place
+from lab.remote.standin import stand_in_machines
 
 pytestmark = [needs_root, pytest.mark.netns, pytest.mark.slow]
 
@@ -34,34 +32,8 @@ MACHINES = 4  # the head, two nodes, and one a test adds to lose it
 
 @pytest.fixture(scope="module")
 def lan() -> Iterator[list[dict[str, str]]]:
-    """A bridge namespace as the LAN and one namespace per stand-in machine on it (not under the
-    lab's prefix: an agent's start removes what killed runs left under it); each machine's
-    environment for its agent."""
-    name = f"lan-{secrets.token_hex(3)}"
-    made = [name]
-    netns.create(name)
-    try:
-        with NetNS(name) as bridge_ns:
-            bridge_ns.link("add", ifname="br0", kind="bridge")
-            bridge = bridge_ns.link_lookup(ifname="br0")[0]
-            bridge_ns.link("set", index=bridge, state="up")
-            machines = []
-            for k in range(MACHINES):
-                machine, ip = f"{name}-m{k}", f"198.19.253.{k + 1}"
-                netns.create(machine)
-                made.append(machine)
-                bridge_ns.link("add", ifname=f"m{k}", kind="veth", peer={"ifname": "eth0", "net_ns_fd": machine})
-                bridge_ns.link("set", index=bridge_ns.link_lookup(ifname=f"m{k}")[0], master=bridge, state="up")
-                with NetNS(machine) as ns:
-                    eth0 = ns.link_lookup(ifname="eth0")[0]
-                    ns.addr("add", index=eth0, address=ip, prefixlen=24)
-                    ns.link("set", index=eth0, state="up")
-                    ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-                machines.append({UNDERLAY_ENV: ip, UNDERLAY_NETNS_ENV: machine})
+    with stand_in_machines(MACHINES) as machines:
         yield machines
-    finally:
-        for namespace in reversed(made):
-            netns.remove(namespace)
 
 
 @pytest.fixture(scope="module")
