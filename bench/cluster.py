@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 from ray.cluster_utils import Cluster
 
+from lab import exits
 from lab.analysis.records import load
 from lab.manifest import read_manifest
 from lab.output import provenance
@@ -55,6 +56,11 @@ def run(label: str, topology: Path, out: Path, cluster: str | None) -> dict[str,
     wall = time.monotonic() - started
     if done.returncode not in (0, 1, 4):
         raise SystemExit(f"run {label} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+    return figures(label, out, done.returncode, wall)
+
+
+def figures(label: str, out: Path, exit_code: int, wall: float) -> dict[str, Any]:
+    """What the table shows of one run's directory."""
     records, manifest = load(out), read_manifest(out)
     per_pid: dict[int, float] = {}
     for sample in records.samples:
@@ -67,7 +73,7 @@ def run(label: str, topology: Path, out: Path, cluster: str | None) -> dict[str,
     crossing = [r for r in manifest.impairment.verification if r["checks"][0]["name"] == "round trip across machines"]
     verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
     return {
-        "label": label, "exit_code": done.returncode, "wall_s": wall, "status": manifest.status,
+        "label": label, "exit_code": exit_code, "wall_s": wall, "path": str(out), "status": manifest.status,
         "peers_ready": manifest.peers_ready, "peers_lost": manifest.peers_lost,
         "peer_cpu_s": sum(per_pid.values()), "peer_pss_mib": sum(peaks.values()) / 2**20,
         "lab_cpu_s": {role: cost.cpu_seconds for role, cost in manifest.lab_processes.items()},
@@ -76,6 +82,12 @@ def run(label: str, topology: Path, out: Path, cluster: str | None) -> dict[str,
         if manifest.cluster else None,
         "crossing": crossing[0]["checks"][0] if crossing else None,
     }
+
+
+def exits_of(run_dir: Path) -> int:
+    """The exit code a run's verdicts give (lab/exits.py), for a run not made here."""
+    statuses = {v["status"] for v in json.loads((run_dir / "verdicts.json").read_text())["verdicts"]}
+    return exits.FAILED if "fail" in statuses else exits.INCONCLUSIVE if "inconclusive" in statuses else exits.PASS
 
 
 def compare(baseline: Path, candidate: Path) -> dict[str, Any]:
@@ -128,12 +140,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", type=Path, default=ROOT / "topologies" / "100-peers.yaml")
     parser.add_argument("--cpus", default="1,1,1", help="CPUs of each node of the local cluster")
+    parser.add_argument("--baseline", type=Path, help="a one-machine run of the topology already made (its directory): "
+                        "not run again (docs/scaling/1000 for topologies/1000-peers.yaml)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     cpus = [float(c) for c in args.cpus.split(",")]
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:
-        base, cand = Path(work) / "one", Path(work) / "cluster"
-        runs = {"one machine": run("one machine", args.topology, base, None)}
+        base, cand = args.baseline or Path(work) / "one", Path(work) / "cluster"
+        if args.baseline:
+            baseline = read_manifest(base)
+            runs = {"one machine": figures(f"one machine (committed, {baseline.source.commit and baseline.source.commit[:10]})",
+                                           base, exits_of(base), baseline.duration_s or 0.0)}
+        else:
+            runs = {"one machine": run("one machine", args.topology, base, None)}
         with stand_in_machines(len(cpus)) as machines:
             made = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus[0], "env_vars": machines[0]})
             try:

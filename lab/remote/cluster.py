@@ -128,7 +128,11 @@ class Node:
 
     @property
     def name(self) -> str:
-        return f"{self.info['NodeManagerAddress']} (node {self.info['NodeID'][:8]})"
+        return _name(self.info)
+
+
+def _name(info: dict[str, Any]) -> str:
+    return f"{info['NodeManagerAddress']} (node {info['NodeID'][:8]})"
 
 
 class ClusterPlace(Place):
@@ -212,7 +216,7 @@ async def _agent(info: dict[str, Any], address: str, agents: AsyncExitStack) -> 
     except ray.exceptions.RayError as exc:
         raise SetupError(f"--cluster {address}: the agent did not start on {info['NodeManagerAddress']}: "
                          f"{_first_line(exc)}") from None
-    agent = Agent(RayChannel(actor, f"the agent on {info['NodeManagerAddress']} (node {info['NodeID'][:8]})"))
+    agent = Agent(RayChannel(actor, f"the agent on {_name(info)}"))
     agents.push_async_callback(agent.close)
     underlay: Underlay = await agent.ask("underlay", info["NodeManagerAddress"])
     return Node(info, agent, pid, underlay)
