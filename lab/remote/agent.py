@@ -143,6 +143,9 @@ async def serve() -> None:
     try:
         while (frame := await read_frame(reader)) is not None:
             ask = decode(frame)
+            if not isinstance(ask, Ask):  # not the coordinator's: said, and left unanswered
+                print(f"agent: ignored a frame that is not an ask ({type(ask).__name__})", file=sys.stderr)
+                continue
             task = asyncio.create_task(agent.handle(ask))
             calls.add(task)
             task.add_done_callback(calls.discard)
