@@ -32,9 +32,9 @@ from typing import Any
 
 import psutil
 
-from lab.analysis.bound import busy_between
 from lab.analysis.guard import GUARD_SHARE, Lag, LagPool
 from lab.metric_names import unit_of
+from lab.peers.collector import busy_between
 from lab.topology import AdaptiveDilation
 from nodes.protocol import ANSWERED_LOCALLY, LOOP_LAG, Event, Segment
 

@@ -27,13 +27,6 @@ Series = dict[int, tuple[str, list[tuple[int, float]]]]  # pid -> (role, [(t_ns,
 Clock = Callable[[int], int]  # the run's instants to the machine's (nodes/protocol.py Dilation.real_ns)
 
 
-def busy_between(before: Any, after: Any) -> float:
-    """The machine's busy share (not idle, not waiting on I/O) between two psutil.cpu_times()."""
-    total = sum(after) - sum(before)
-    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
-    return 1 - idle / total if total > 0 else 0.0
-
-
 def same_instant(t_ns: int) -> int:
     """The clock of an undilated run, and of figures taken on the run's own clock."""
     return t_ns

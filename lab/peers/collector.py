@@ -15,11 +15,19 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 
 from lab.events import Sample
 from nodes.protocol import Dilation
+
+
+def busy_between(before: Any, after: Any) -> float:
+    """The machine's busy share (not idle, not waiting on I/O) between two psutil.cpu_times()."""
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    return 1 - idle / total if total > 0 else 0.0
 
 
 def sample_process(process: psutil.Process, role: str, peers: list[int], detailed: bool, sweep: int,

@@ -19,10 +19,10 @@ from typing import Any
 
 import psutil
 
-from lab.analysis.bound import busy_between
 from lab.machine import CallFailed, Machine, PeerInfo, PeerLost
 from lab.manifest import LabErrorRecord, PhaseRecord
 from lab.metric_names import RERUN_PHASE
+from lab.peers.collector import busy_between
 from lab.topology import (
     BootstrapPhase,
     ConcurrentSearchPhase,
