@@ -86,7 +86,7 @@ def probe(topology: Topology) -> Probe:
             cpu_root()
     except (LimitError, CgroupError) as exc:
         raise SetupError(str(exc)) from None
-    return Probe(mode, mode_reason, backend, backend_reason, raised, provenance.machine())
+    return Probe(mode, mode_reason, backend, backend_reason, provenance.machine(), raised)
 
 
 class LocalMachine(Machine):

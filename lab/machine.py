@@ -46,8 +46,8 @@ class Probe:
     mode_reason: str
     backend: str | None
     backend_reason: str
+    testbed: Testbed  # the machine itself (CPU, kernel, speed), as the manifest records it
     raised_limits: str | None = None  # what `probe` raised (open files), to say so
-    testbed: Testbed | None = None  # the machine itself (CPU, kernel, speed), as the manifest records it
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class Run:
             status="running", run_id=self.run_id.value, topology_name=topology.name, seed=topology.seed, mode=probe.mode,
             mode_reason=probe.mode_reason, started_utc=datetime.now(UTC).isoformat(), clock=_clock(dilation),
             time_dilation=dilation, versions=provenance.versions(), source=provenance.git_commit(),
-            machine=probe.testbed or provenance.machine(), cluster=place.cluster(topology, self.run_id),
+            machine=probe.testbed, cluster=place.cluster(topology, self.run_id),
             topology=topology.model_dump(mode="json"), topology_source=source,
             impairment=Impairment(backend=probe.backend, reason=probe.backend_reason),
         )

@@ -110,7 +110,12 @@ class Crossing:
 
     @property
     def hub_ip(self) -> str:
-        return str(CROSSING.network_address + 1 + self.machine)
+        return hub_ip(self.machine)
+
+
+def hub_ip(machine: int) -> str:
+    """Machine `machine`'s hub's own address on the VXLAN between hubs."""
+    return str(CROSSING.network_address + 1 + machine)
 
 
 def _mac(side: int, index: int) -> str:
@@ -235,7 +240,7 @@ class NamespaceNetwork:
             with NetNS(self.run.hub_netns) as hub:
                 vx = hub.link_lookup(ifname=outside)[0]
                 hub.link("set", index=vx, ifname=HUB_VXLAN, mtu=VXLAN_MTU, state="up")
-                hub.addr("add", index=vx, address=Crossing(machine, underlay.ip, ()).hub_ip, prefixlen=32)
+                hub.addr("add", index=vx, address=hub_ip(machine), prefixlen=32)
                 for other in crossings:
                     mac = _mac(2, other.machine)
                     hub.fdb("append", ifindex=vx, lladdr=mac, dst=other.underlay, state=NUD_PERMANENT)

@@ -150,21 +150,23 @@ class ClusterPlace(Place):
             self.clocks = list(await asyncio.gather(*(measure_offset(node.agent) for node in self.nodes)))
         except PeerLost as exc:
             raise SetupError(f"cannot probe the cluster's machines: {exc}") from None
-        placed = self._placed(topology)
-        if sum(1 for hosts in placed if hosts) > 1:
+        parts = self._parts(topology)
+        if len(parts) > 1:
             for node, probed in zip(self.nodes, self.probes, strict=True):
                 if probed.mode != "netns":
                     raise SetupError(f"a run over several machines needs network namespaces on each, but {node.name} "
                                      f"has none ({probed.mode_reason})")
-        return self.probes[next(k for k, hosts in enumerate(placed) if hosts)]
+        return self.probes[parts[0][0]]
 
-    def _placed(self, topology: Topology) -> list[list[int]]:
-        return place(topology.hosts(), [node.cpus for node in self.nodes])
+    def _parts(self, topology: Topology) -> list[tuple[int, list[int]]]:
+        """The run's parts, numbered in order: (the node holding it, its hosts), for every node given hosts."""
+        placed = place(topology.hosts(), [node.cpus for node in self.nodes])
+        return [(k, held) for k, held in enumerate(placed) if held]
 
     def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
                 stream: Stream) -> Machine:
         hosts = topology.hosts()
-        used = [(k, held) for k, held in enumerate(self._placed(topology)) if held]
+        used = self._parts(topology)
         results = paths.results.resolve()
         if len(used) == 1:
             (k, _), = used
@@ -183,16 +185,14 @@ class ClusterPlace(Place):
                         [self.nodes[k].underlay.ip for k, _ in used], topology, dilation)
 
     def cluster(self, topology: Topology, run_id: RunId) -> ClusterRecord:
-        placed = self._placed(topology)
-        numbers = iter(range(len(placed)))
-        parts = [next(numbers) if held else None for held in placed]
-        alone = sum(1 for held in placed if held) == 1
+        parts = {k: (number, held) for number, (k, held) in enumerate(self._parts(topology))}
         nodes = [ClusterNode(node_id=n.info["NodeID"], address=n.info["NodeManagerAddress"], cpus=n.cpus,
-                             memory_bytes=int(n.info["Resources"].get("memory", 0)), agent_pid=n.pid, hosts=held,
-                             run_id=None if part is None else run_id.part(0 if alone else part).value,
+                             memory_bytes=int(n.info["Resources"].get("memory", 0)), agent_pid=n.pid,
+                             hosts=parts[k][1] if k in parts else [],
+                             run_id=run_id.part(parts[k][0]).value if k in parts else None,
                              underlay=n.underlay.ip, clock_offset_ns=clock.offset_ns, clock_error_ns=clock.error_ns,
                              testbed=probed.testbed)
-                 for n, held, probed, part, clock in zip(self.nodes, placed, self.probes, parts, self.clocks, strict=True)]
+                 for k, (n, probed, clock) in enumerate(zip(self.nodes, self.probes, self.clocks, strict=True))]
         return ClusterRecord(address=self.address, ray_version=ray.__version__, nodes=nodes,
                              placement="consecutive host processes, peers in proportion to each machine's CPUs")
 

@@ -174,9 +174,6 @@ class Machines(Machine):
     async def retime(self, segment: Segment) -> list[LabErrorRecord]:
         return [e for errors in await _each(part.retime(segment) for part in self.parts) for e in errors]
 
-    async def join(self, crossings: list[Crossing]) -> None:
-        raise NotImplementedError("the machines of a run are joined by `build`")
-
     def record(self) -> MachineRecord:
         records = [part.record() for part in self.parts]
         collectors = [r.collector for r in records if r.collector is not None]
