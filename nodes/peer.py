@@ -138,15 +138,17 @@ def sever(ip: str) -> int:
 class Peer:
     """One libp2p host with Kademlia, GossipSub and the marketplace, answering control calls."""
 
-    def __init__(self, index: int, channel: ControlChannel, settings: PeerSettings, reports_lag: bool = False) -> None:
-        """`reports_lag`: this peer carries its host process's loop-lag events (one peer per host does)."""
+    def __init__(self, index: int, channel: ControlChannel, settings: PeerSettings, speakers: list[Recorder]) -> None:
+        """`speakers`: the host process's live peers' recorders, which carry its loop-lag events
+        (nodes/lag.py); this peer is one of them while it runs."""
         self.index = index
-        self.reports_lag = reports_lag
+        self.speakers = speakers
         self.channel = channel
         self.settings = settings
         tune_library(settings)
         seed = settings.seed
-        key_seed = hashlib.sha256(f"{seed}:key:{index}".encode()).digest()
+        again = f":{settings.incarnation}" if settings.incarnation else ""  # a new peer in the same slot
+        key_seed = hashlib.sha256(f"{seed}:key:{index}{again}".encode()).digest()
         self.host = new_host(
             key_pair=create_new_key_pair(key_seed),
             connection_config=connection_config(settings),
@@ -184,9 +186,11 @@ class Peer:
             await self.pubsub.wait_until_ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.market.receive_announcements)
-                if self.reports_lag:
-                    nursery.start_soon(watch_lag, self.recorder)
-                yield
+                self.speakers.append(self.recorder)
+                try:
+                    yield
+                finally:
+                    self.speakers.remove(self.recorder)
                 nursery.cancel_scope.cancel()
 
     def identity(self) -> dict[str, Any]:
@@ -349,7 +353,7 @@ class Peer:
         }
 
 
-async def run_peer(index: int, control: str, reports_lag: bool) -> None:
+async def run_peer(index: int, control: str, speakers: list[Recorder]) -> None:
     """One peer from hello to shutdown. A crash is logged with its traceback and ends only this
     peer: its control connection closes, and the orchestrator reports it lost with that cause."""
     _peer_index.set(index)
@@ -361,7 +365,7 @@ async def run_peer(index: int, control: str, reports_lag: bool) -> None:
             raise RuntimeError(f"expected a start call, got {start!r}")
         settings = PeerSettings.of(start["args"])
         clock.adopt(settings.dilation)
-        peer = Peer(index, channel, settings, reports_lag)
+        peer = Peer(index, channel, settings, speakers)
         async with peer.running():
             await channel.reply(start, peer.identity())
             await peer.serve()
@@ -370,9 +374,14 @@ async def run_peer(index: int, control: str, reports_lag: bool) -> None:
 
 
 async def run(indices: list[int], control: str) -> None:
-    async with trio.open_nursery() as nursery:
-        for index in indices:
-            nursery.start_soon(run_peer, index, control, index == indices[0])
+    """The host process: its peers, and its loop-lag watch for as long as any of them runs."""
+    speakers: list[Recorder] = []
+    async with trio.open_nursery() as host:
+        host.start_soon(watch_lag, speakers)
+        async with trio.open_nursery() as peers:
+            for index in indices:
+                peers.start_soon(run_peer, index, control, speakers)
+        host.cancel_scope.cancel()
 
 
 class _DropNoise(logging.Filter):

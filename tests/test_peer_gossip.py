@@ -44,7 +44,7 @@ async def _serve(peer: Peer, ready: trio.Event) -> None:
 async def _announce_and_watch_the_cache() -> tuple[list[str], list[int]]:
     settings = peer_settings(load_topology(ROOT / "topologies" / "10-peers.yaml"), "/ip4/127.0.0.1/tcp/0", Dilation())
     sinks = [EventSink() for _ in range(3)]
-    peers = [Peer(index, sink, settings) for index, sink in enumerate(sinks)]  # type: ignore[arg-type]
+    peers = [Peer(index, sink, settings, []) for index, sink in enumerate(sinks)]  # type: ignore[arg-type]
     windows: list[int] = []
     async with trio.open_nursery() as nursery:
         for peer in peers:

@@ -223,11 +223,9 @@ class Fleet:
             now = time.monotonic_ns()
             for pid, indices in self.processes().items():
                 heard = self._heard.get(pid)
-                peers = [self._peers[i] for i in indices]
-                reporter = min((p for p in self.peers if p.pid == pid), key=lambda p: p.index)  # nodes/peer.py: run()
-                if (heard is None or self._stopping or not all(p.peer_id for p in peers) or reporter.index not in indices
-                        or pid in self.paused):
-                    continue  # not started yet (the start timeout covers it), its loop-lag reporter is gone, or frozen
+                peers = [self._peers[i] for i in indices]  # live: any of them carries the loop lag (nodes/lag.py)
+                if heard is None or self._stopping or not all(p.peer_id for p in peers) or pid in self.paused:
+                    continue  # not started yet (the start timeout covers it), or frozen
                 factor = self.dilation.highest_between(heard, now) if self.dilation is not None else 1.0
                 silent, limit = (now - heard) / 1e9, hang_limit_s(factor)
                 if silent > limit:
