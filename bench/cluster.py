@@ -11,7 +11,8 @@ wall time, the peers' and the lab's CPU and memory, Ray's own memory, the placem
 clock offsets and the crossing pair's baseline round trip. Writes
 bench/results/cluster-<name>.{json,md} with the machine and commit:
 
-    .venv/bin/python bench/cluster.py                                  # 100 peers (~15 minutes)
+    .venv/bin/python bench/cluster.py                                  # 100 peers (~50 minutes)
+    .venv/bin/python bench/cluster.py --quick                          # 100 peers, smaller workload
     .venv/bin/python bench/cluster.py --topology topologies/10-peers.yaml --cpus 1,1
 """
 
@@ -49,10 +50,11 @@ def ray_memory_mib() -> float:
     return total / 2**20
 
 
-def run(label: str, topology: Path, out: Path, cluster: str | None) -> dict[str, Any]:
+def run(label: str, topology: Path, out: Path, cluster: str | None, quick: bool) -> dict[str, Any]:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "lab", "run", str(topology), "--out", str(out), "--no-report",
-                           *(["--cluster", cluster] if cluster else [])], cwd=ROOT, capture_output=True, text=True)
+                           *(["--cluster", cluster] if cluster else []), *(["--quick"] if quick else [])],
+                          cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - started
     if done.returncode not in (0, 1, 4):
         raise SystemExit(f"run {label} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
@@ -104,7 +106,8 @@ def markdown(result: dict[str, Any]) -> str:
     one, spread = result["runs"]["one machine"], result["runs"]["cluster"]
     lines = [
         f"CPU {machine['cpu_model']} ({machine['cpus']} cores), kernel {machine['kernel']} · commit {result['commit']} · "
-        f"{result['topology']} · local Ray cluster of {len(result['cpus'])} nodes (CPUs {result['cpus']}) on this machine",
+        f"{result['topology']}{' (lab run --quick)' if result['quick'] else ''} · local Ray cluster of "
+        f"{len(result['cpus'])} nodes (CPUs {result['cpus']}) on this machine",
         "",
         "| run | exit | wall (s) | peers' CPU-s | peers' PSS peak (MiB) | lab CPU-s | verdicts |",
         "|---|---|---|---|---|---|---|",
@@ -142,6 +145,7 @@ def main() -> int:
     parser.add_argument("--cpus", default="1,1,1", help="CPUs of each node of the local cluster")
     parser.add_argument("--baseline", type=Path, help="a one-machine run of the topology already made (its directory): "
                         "not run again (docs/scaling/1000 for topologies/1000-peers.yaml)")
+    parser.add_argument("--quick", action="store_true", help="both runs with `lab run --quick` (a smaller workload)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     cpus = [float(c) for c in args.cpus.split(",")]
@@ -152,7 +156,7 @@ def main() -> int:
             runs = {"one machine": figures(f"one machine (committed, {baseline.source.commit and baseline.source.commit[:10]})",
                                            base, exits_of(base), baseline.duration_s or 0.0)}
         else:
-            runs = {"one machine": run("one machine", args.topology, base, None)}
+            runs = {"one machine": run("one machine", args.topology, base, None, args.quick)}
         with stand_in_machines(len(cpus)) as machines:
             made = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus[0], "env_vars": machines[0]})
             try:
@@ -160,16 +164,16 @@ def main() -> int:
                     made.add_node(num_cpus=count, env_vars=env)
                 made.wait_for_nodes()
                 idle = ray_memory_mib()
-                runs["cluster"] = run("cluster", args.topology, cand, made.address)
+                runs["cluster"] = run("cluster", args.topology, cand, made.address, args.quick)
                 after = ray_memory_mib()
             finally:
                 made.shutdown()
         compared = compare(base, cand)
-    result = {"topology": str(args.topology.resolve().relative_to(ROOT)), "cpus": cpus,
+    result = {"topology": str(args.topology.resolve().relative_to(ROOT)), "quick": args.quick, "cpus": cpus,
               "machine": provenance.machine().model_dump(mode="json"), "commit": provenance.git_commit().commit,
               "runs": runs, "ray_idle_rss_mib": idle, "ray_after_rss_mib": after,
               "compare": compared}
-    name = args.topology.stem
+    name = args.topology.stem + ("-quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"cluster-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"cluster-{name}.md").write_text(markdown(result))

@@ -112,7 +112,10 @@ def clean(echo: Callable[[str], None]) -> int:
                 pass
         psutil.wait_procs([p for p in map(_process, leftover.pids) if p is not None], timeout=5)
         for name in leftover.namespaces:
-            netns.remove(name)
+            try:
+                netns.remove(name)
+            except FileNotFoundError:
+                continue  # removed meanwhile: machines that share a kernel (a test's) clean it together
             echo(f"run {run}: removed namespace {name}")
             removed += 1
         for directory in leftover.directories:
@@ -126,10 +129,13 @@ def clean(echo: Callable[[str], None]) -> int:
         if leftover.results is not None and mark_killed(leftover.results):
             echo(f"run {run}: marked {leftover.results / MANIFEST} killed (partial)")
         for path in (leftover.control, leftover.state_file):
-            if path is not None and path.exists():
-                path.unlink()
-                echo(f"run {run}: removed {path}")
-                removed += 1
+            try:
+                if path is not None:
+                    path.unlink()
+                    echo(f"run {run}: removed {path}")
+                    removed += 1
+            except FileNotFoundError:
+                continue
     echo(f"removed {removed} leftovers" if removed else "nothing to clean")
     return removed
 

@@ -26,18 +26,16 @@ from lab.history.changes import Rules
 from lab.history.nights import gather
 from lab.history.page import write_page
 from lab.history.trends import build
-from lab.local_machine import choose_mode
-from lab.machine import Place
+from lab.local_machine import LocalPlace
+from lab.machine import Job, Place
 from lab.manifest import EVENTS, MANIFEST, REPEAT, SWEEP, SWEEP_TABLE, stored
 from lab.metric_names import unit_of
-from lab.network import doctor
 from lab.orchestrator import RunOutcome, default_out, run_repeated, run_topology
 from lab.output import terminal
 from lab.output.export import write_history_openmetrics
 from lab.output.report import write_report
 from lab.output.results import strict_json, write_json, write_text
 from lab.shaping import live
-from lab.shaping.backend import choose_backend
 from lab.topology import load_topology
 from nodes.protocol import NetemRequest
 
@@ -249,8 +247,10 @@ def history(roots: tuple[Path, ...], out: Path | None, output: str, metrics: tup
 
 
 def _running_run(run_dir: Path | None) -> dict[str, Any]:
-    """The state of a live run: the one whose results are RUN_DIR, else the newest."""
-    alive = [state for state in cleanup.live_runs() if run_dir is None or Path(state["results"]) == run_dir.resolve()]
+    """The state of a live run: the one whose results are RUN_DIR, else the newest (a run over
+    several machines by its driver's state, not its parts')."""
+    alive = [state for state in cleanup.live_runs() if (run_dir is None or Path(state["results"]) == run_dir.resolve())
+             and state.get("part") is None]
     if not alive:
         where = f" writing to {run_dir}" if run_dir else ""
         raise BadInput(f"no running lab run{where}: start one with `lab run TOPOLOGY` (lab netem changes a live run)")
@@ -343,20 +343,27 @@ def report_command(run_dir: Path, baseline: Path | None) -> None:
 
 
 @main.command()
-def clean() -> None:
+@click.option("--cluster", metavar="ADDRESS", help="On every machine of a Ray cluster (its head, host:port; docs/cluster.md).")
+def clean(cluster: str | None) -> None:
     """Remove namespaces, processes and sockets that killed runs left behind."""
-    cleanup.clean(click.echo)
+    _on_each_machine(cluster, "clean")
 
 
 @main.command(name="doctor")
-def doctor_command() -> None:
+@click.option("--cluster", metavar="ADDRESS",
+              help="Ask every machine of a Ray cluster, and check what a run over them needs (docs/cluster.md).")
+def doctor_command(cluster: str | None) -> None:
     """Print what this machine supports and the mode `lab run` will use."""
-    for check in doctor.run_checks():
-        click.echo(f"{'yes' if check.ok else 'no ':3}  {check.name:20} {check.detail}")
-    mode, why = choose_mode("auto")
-    click.echo(f"lab run will use: {mode} ({why})")
-    try:
-        backend, reason = choose_backend("auto")
-        click.echo(f"link impairment backend: {backend} ({reason})")
-    except LabError as exc:
-        click.echo(f"link impairment backend: none ({exc})")
+    _on_each_machine(cluster, "doctor")
+
+
+def _on_each_machine(cluster: str | None, job: Job) -> None:
+    """`job` on this machine, or done by each machine's agent, its lines under the machine's name."""
+    async def work(place: Place | None) -> list[tuple[str, list[str]]]:
+        return await (place or LocalPlace()).each_machine(job)
+
+    for name, lines in asyncio.run(_placed(cluster, work)):
+        if cluster:
+            click.echo(f"[{name}]")
+        for line in lines:
+            click.echo(f"  {line}" if cluster else line)

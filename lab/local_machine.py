@@ -15,9 +15,10 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
+from lab import checkup
 from lab.blocking import in_thread_to_completion
 from lab.errors import CgroupError, LimitError, SetupError, ShapingError
-from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, Paths, PeerInfo, Place, Probe, Share, Stream
+from lab.machine import Job, LinksApplied, LinkWatch, Machine, MachineRecord, Paths, Paused, PeerInfo, Place, Probe, Share, Stream
 from lab.manifest import CollectorRecord, LabErrorRecord, PeerRecord
 from lab.network import doctor, limits
 from lab.network.fabric import VXLAN_MTU, Crossing, LoopbackNetwork, NamespaceNetwork, PeerSlot, peer_ip
@@ -35,19 +36,7 @@ from lab.shaping.live import LiveLinks
 from lab.shaping.verify import worst
 from lab.topology import Link, Topology
 from lab.workload.ticker import Ticker
-from nodes.protocol import Call, Dilation, Segment
-
-
-def choose_mode(requested: str) -> tuple[str, str]:
-    """(mode, why): netns where the kernel and privileges allow it, else loopback."""
-    problem = doctor.netns_problem()
-    if requested == "loopback":
-        return "loopback", "requested by the topology"
-    if problem is None:
-        return "netns", "root and network namespaces available"
-    if requested == "netns":
-        raise SetupError(f"network.mode is netns but {problem}; run as root or set network.mode: auto")
-    return "loopback", f"falling back to loopback (127.0.0.0/8): {problem}"
+from nodes.protocol import Call, Dilation, NetemRequest, Segment
 
 
 def choose_impairment(topology: Topology, mode: str, mode_reason: str) -> tuple[str | None, str]:
@@ -72,7 +61,7 @@ def choose_impairment(topology: Topology, mode: str, mode_reason: str) -> tuple[
 
 def probe(topology: Topology) -> Probe:
     """Checks the machine for `topology` before anything is created (blocking: run it in a thread)."""
-    mode, mode_reason = choose_mode(topology.network.mode)
+    mode, mode_reason = doctor.choose_mode(topology.network.mode)
     if mode != "netns" and any(phase.phase == "partition" for phase in topology.workload):
         raise SetupError(f"a partition phase cuts the network, which needs network namespaces, but this run is in "
                          f"loopback mode ({mode_reason}); see `lab doctor`")
@@ -109,6 +98,8 @@ class LocalMachine(Machine):
         self.lost: list[LabErrorRecord] = []
         self.syns_counted = 0  # SYN retransmissions at the last watch
         self.cgroups: PeerCgroups | None = None
+        self.silenced: set[int] = set()  # peers a pause silenced in the network
+        self.incarnations: dict[int, int] = {}  # peer -> times it came back as a new peer (its key's suffix)
         self._undo = AsyncExitStack()
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -202,6 +193,11 @@ class LocalMachine(Machine):
             raise ShapingError("impairment needs network namespaces and a backend (checked before the run)")
         return await self.live.impair_groups(groups, link, source, duration_s)
 
+    async def netem(self, request: NetemRequest) -> dict[str, Any]:
+        if self.live is None:
+            raise ShapingError("this run's links have no backend: `lab netem` cannot change them")
+        return await self.live.handle(request)
+
     # -- the peers ----------------------------------------------------------------------------
 
     async def start_peers(self) -> list[LabErrorRecord]:
@@ -281,7 +277,7 @@ class LocalMachine(Machine):
         if self.fleet is None:
             return []
         return [PeerInfo(p.index, p.peer_id, tuple(p.addrs), p.slot.host) for p in self.fleet.alive
-                if p.peer_id and p.pid not in self.fleet.paused]
+                if p.peer_id and p.pid not in self.fleet.paused and p.index not in self.silenced]
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -305,21 +301,32 @@ class LocalMachine(Machine):
         assert self.fleet is not None, "peers leave after start_peers"
         await self.fleet.leave(self.fleet.peer(peer), why, self.topology.network.start_timeout)
 
-    async def pause(self, peers: list[int]) -> list[int]:
-        assert self.fleet is not None, "peers are paused after start_peers"
-        fleet = self.fleet
-        pids = {pid for i in peers if fleet.peer(i).lost is None and (pid := fleet.peer(i).pid) is not None}
-        fleet.pause(pids)
-        return [p.index for p in fleet.alive if p.pid in pids]
+    async def pause(self, peers: list[int]) -> Paused:
+        assert self.fleet is not None and self.network is not None, "peers are paused after start_peers"
+        fleet, network = self.fleet, self.network
+        chosen = {i for i in peers if fleet.peer(i).lost is None and fleet.peer(i).pid is not None}
+        whole = {p.pid for p in fleet.alive if p.index in chosen} - {p.pid for p in fleet.alive if p.index not in chosen}
+        silent = sorted(i for i in chosen if fleet.peer(i).pid not in whole)
+        if silent:
+            await in_thread_to_completion(lambda: network.silence([peer_ip(i) for i in silent]))
+            self.silenced = set(silent)
+        fleet.pause({pid for pid in whole if pid is not None})
+        return Paused(tuple(p.index for p in fleet.alive if p.pid in whole), tuple(silent))
 
     async def resume(self) -> None:
         if self.fleet is not None:
             self.fleet.resume()
+        network = self.network
+        if self.silenced and network is not None:
+            self.silenced = set()
+            await in_thread_to_completion(lambda: network.silence([]))
 
-    async def restart(self, peer: int) -> str | None:
+    async def restart(self, peer: int, new_identity: bool = False) -> str | None:
         assert self.fleet is not None, "peers are restarted after start_peers"
         slot = self.fleet.peer(peer).slot
-        settings = peer_settings(self.topology, slot.listen, self.dilation)
+        if new_identity:
+            self.incarnations[peer] = self.incarnations.get(peer, 0) + 1
+        settings = peer_settings(self.topology, slot.listen, self.dilation, self.incarnations.get(peer, 0))
         return await self.fleet.restart(self.fleet.peer(peer), settings, self.topology.network.start_timeout)
 
     async def call(self, peer: int, op: Call, args: dict[str, Any], timeout_s: float) -> Any:
@@ -372,3 +379,7 @@ class LocalPlace(Place):
     def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
                 stream: Stream) -> Machine:
         return LocalMachine(run_id, topology, dilation, probe, paths, stream)
+
+    async def each_machine(self, job: Job) -> list[tuple[str, list[str]]]:
+        lines = await asyncio.to_thread(checkup.doctor_lines if job == "doctor" else checkup.clean_lines)
+        return [("this machine", lines)]

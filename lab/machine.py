@@ -20,14 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from lab.events import Sample
 from lab.manifest import ClusterRecord, CollectorRecord, LabErrorRecord, PeerRecord, Testbed
 from lab.network.fabric import Crossing, Underlay
 from lab.runid import RunId
 from lab.topology import Link, Topology
-from nodes.protocol import Call, Dilation, Event, Segment
+from nodes.protocol import Call, Dilation, Event, NetemRequest, Segment
+
+Job = Literal["doctor", "clean"]  # what `lab doctor` and `lab clean` do on each machine
 
 
 class PeerLost(RuntimeError):
@@ -93,6 +95,15 @@ class PeerInfo:
     def dial_address(self) -> str:
         """The peer's IPv4 multiaddr with its /p2p/ id, as other peers dial it."""
         return next(a for a in self.addrs if a.startswith("/ip4/"))
+
+
+@dataclass(frozen=True)
+class Paused:
+    """Whom a pause hit, and how: peers whose whole host process was frozen (SIGSTOP), and peers
+    of shared hosts silenced in the network, their neighbours running on (docs/faults.md)."""
+
+    frozen: tuple[int, ...] = ()
+    silenced: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,10 @@ class Machine(ABC):
         """Changes the groups' links now (restored after `duration_s`, the machine's seconds, if
         given); returns what they do now."""
 
+    @abstractmethod
+    async def netem(self, request: NetemRequest) -> dict[str, Any]:
+        """One `lab netem` request to the links (set, clear, show, verify): its JSON reply."""
+
     # -- faults (docs/faults.md): peers taken down on purpose are down, not lost ----------------
 
     @abstractmethod
@@ -198,16 +213,18 @@ class Machine(ABC):
         """Ends the peer gracefully: it closes its connections."""
 
     @abstractmethod
-    async def pause(self, peers: list[int]) -> list[int]:
-        """Freezes the host processes of `peers` (alive, silent); returns every peer frozen."""
+    async def pause(self, peers: list[int]) -> Paused:
+        """Makes `peers` alive and silent: a host process all of whose live peers are chosen is
+        frozen; a chosen peer whose neighbours are not is silenced in the network."""
 
     @abstractmethod
     async def resume(self) -> None:
-        """Thaws what `pause` froze."""
+        """Thaws what `pause` froze and ends the silence."""
 
     @abstractmethod
-    async def restart(self, peer: int) -> str | None:
-        """Starts a peer that was taken down again, with its identity; why not, if it did not."""
+    async def restart(self, peer: int, new_identity: bool = False) -> str | None:
+        """Starts a peer that was taken down again, with its identity, or as a peer never seen
+        before (a fresh key in the same slot); why not, if it did not."""
 
     @abstractmethod
     async def sample(self) -> None:
@@ -251,3 +268,7 @@ class Place(ABC):
     def cluster(self, topology: Topology, run_id: RunId) -> ClusterRecord | None:
         """Where the run's machines are, when they are not the coordinator's own."""
         return None
+
+    @abstractmethod
+    async def each_machine(self, job: Job) -> list[tuple[str, list[str]]]:
+        """`lab doctor` or `lab clean` on each machine (lab/checkup.py): its name and its lines."""

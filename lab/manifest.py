@@ -75,10 +75,20 @@ class Testbed(Record):
     argv: list[str]
 
 
+class ClockReadingRecord(Record):
+    """A machine's monotonic clock minus the run's first machine's, within +-error_ns, read
+    `at_s` after the first reading (four-timestamp probes, lab/remote/clocks.py)."""
+
+    at_s: float
+    offset_ns: int
+    error_ns: int
+
+
 class ClusterNode(Record):
     """A machine of a Ray cluster that held part of a run."""
 
     node_id: str
+    machine: str = ""  # its name, as a topology's placement pins it (host name, or P2P_LAB_MACHINE)
     address: str
     cpus: float
     memory_bytes: int
@@ -86,8 +96,11 @@ class ClusterNode(Record):
     hosts: list[int]  # the run's host processes placed there
     run_id: str | None = None  # the prefix of what the run built there (plab-<run_id>-*); None: nothing placed
     underlay: str | None = None  # its end of the VXLAN between the machines' hubs
-    clock_offset_ns: int = 0  # its monotonic clock minus the coordinator's, before the run ...
-    clock_error_ns: int = 0  # ... within this (half the quickest of 20 round trips)
+    clock_offset_ns: int = 0  # its monotonic clock minus the coordinator's, before the run: its timeline's shift ...
+    clock_error_ns: int = 0  # ... within this (Ray calls to the first machine, plus the probes below for the others)
+    clock_readings: list[ClockReadingRecord] = Field(default_factory=list)  # against the first machine, before, during, after
+    clock_drift_ppm: float | None = None  # its clock's rate against the first machine's, over the readings
+    clock_wander_ns: int | None = None  # how far its timeline strayed from the first machine's over the run, at most
     testbed: Testbed | None = None  # the machine, measured there
 
 
@@ -98,6 +111,7 @@ class ClusterRecord(Record):
     ray_version: str
     nodes: list[ClusterNode]
     placement: str  # how the hosts were placed, and why
+    clock_error_ns: int | None = None  # bound on a latency stamped on two machines' clocks; None: one machine ran the run
 
 
 class Impairment(Record):

@@ -32,6 +32,9 @@ RERUN_PHASE: dict[str, str] = {Op.BOOTSTRAP: "bootstrap", Op.CONNECT: "bootstrap
                Op.DHT_FIND_PROVIDERS: "lookup", Op.FETCH: "lookup", Op.SEARCH_REMOTE: "search",
                Op.GOSSIP_DELIVERY: "gossip", Op.GOSSIP_PUBLISH: "gossip"}
 OPERATIONS = tuple(Op)  # what the peers time (nodes/protocol.py), each a latency metric
+# Latencies stamped on two peers' clocks (sent by one, received by another; the network's first start to its last
+# ready): over several machines, only as good as their clocks' agreement (docs/cluster.md, Clocks).
+TWO_CLOCKS = (Op.GOSSIP_DELIVERY, TIME_TO_READY)
 # Operations by family, for figures that would be unreadable with all of them in one chart.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "joining": (Op.BOOTSTRAP, Op.REJOIN, Op.WARM, Op.CONNECT),

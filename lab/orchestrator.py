@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from lab import calibration, exits, runid
 from lab.analysis.figures import Analysis, analyze
 from lab.analysis.records import RunRecords
@@ -68,6 +70,12 @@ class RunOutcome:
     analysis: Analysis
 
 
+def _own_cpu_seconds() -> float:
+    """This process's CPU so far (its threads' too)."""
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
 def default_out(topology: Topology, kind: str = "") -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return Path("results") / f"{topology.name}{kind}-{stamp}"
@@ -101,6 +109,7 @@ class Run:
         self.governor: Governor | None = None  # while the phases run, with network.adaptive_dilation
         self.unwritable: ResultsError | None = None  # the results disk failed under a record
         self.started = time.monotonic()
+        self.cpu_at_start = _own_cpu_seconds()
         self.manifest = Manifest(
             status="running", run_id=self.run_id.value, topology_name=topology.name, seed=topology.seed, mode=probe.mode,
             mode_reason=probe.mode_reason, started_utc=datetime.now(UTC).isoformat(), clock=_clock(dilation),
@@ -310,6 +319,7 @@ class Run:
         self.manifest.peers = record.peers
         self.manifest.peers_lost = len(record.lost)
         self.manifest.collector = record.collector
+        self.manifest.cluster = self.place.cluster(self.topology, self.run_id)  # with the clocks read during the run
         self.results.save(self.manifest)
 
     def _lab_costs(self) -> dict[str, LabCost]:
@@ -326,6 +336,9 @@ class Run:
         for (role, _), sample in last.items():
             cost = costs.setdefault(role, LabCost(cpu_seconds=0.0, max_rss_mib=peak[role]))
             cost.cpu_seconds += sample.cpu_seconds
+        if self.manifest.cluster is not None:  # the agents sample their machines; the driver is this process
+            costs["driver"] = LabCost(cpu_seconds=_own_cpu_seconds() - self.cpu_at_start,
+                                      max_rss_mib=psutil.Process().memory_info().rss / MIB)
         return costs
 
     def _outcome(self, status: str) -> RunOutcome:

@@ -53,13 +53,15 @@ class RunId:
     def state_file(self) -> Path:
         return state_dir() / f"{self.value}.json"
 
-    def register(self, owner_pid: int, results: Path, control: Path, impairment: Path | None, impairment_reason: str) -> None:
+    def register(self, owner_pid: int, results: Path, control: Path, impairment: Path | None, impairment_reason: str,
+                 part: int | None = None) -> None:
         """The state file of a live run: `lab clean` leaves the run alone while `owner_pid` lives
-        (the orchestrator, or an agent holding the run's machine), `lab netem` finds its socket."""
+        (the orchestrator, or an agent holding the run's machine), `lab netem` finds its socket.
+        `part`: one machine's part of a run over several (`lab netem` asks the run's driver instead)."""
         self.state_file.write_text(json.dumps({
             "orchestrator_pid": owner_pid, "results": str(results.resolve()), "control": str(control.resolve()),
             "impairment": str(impairment.resolve()) if impairment is not None else None,
-            "impairment_reason": impairment_reason}))
+            "impairment_reason": impairment_reason, "part": part}))
 
 
 def run_of_name(name: str) -> str | None:

@@ -447,7 +447,8 @@ class FaultLoad(Strict):
 class FaultPhase(PhaseBase):
     """A fault, seeded and recorded in events.jsonl: the load runs `before` (the baseline), the
     fault lasts `duration`, the load runs `after` it ends (the recovery). The peers it hits are
-    `groups`, or `peers` of them, or a `share`, drawn from the seed; never the deployed peer."""
+    `groups`, or a number of them (`peers: 3`) or a `share`, drawn from the seed, or the peers
+    listed (`peers: [3, 5]`); never the deployed peer."""
 
     phase: str
     before: Duration = 10.0
@@ -455,13 +456,16 @@ class FaultPhase(PhaseBase):
     after: Duration = 30.0
     load: FaultLoad = FaultLoad()
     groups: list[str] = Field(default=[], description="the groups the fault hits (all groups if none)")
-    peers: int | None = Field(default=None, ge=1, description="this many of the groups' peers, drawn from the seed")
+    peers: Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = Field(
+        default=None, description="a number: this many of the groups' peers, drawn from the seed; a list: these peers")
     share: Percent | None = Field(default=None, description="this share of the groups' peers, drawn from the seed")
 
     @model_validator(mode="after")
     def _one_size(self) -> FaultPhase:
         if self.peers is not None and self.share is not None:
             raise ValueError("give at most one of peers or share")
+        if isinstance(self.peers, list) and self.groups:
+            raise ValueError("peers: a list of peers names them all; give it without groups")
         if self.share is not None and not 0 < self.share <= 1:
             raise ValueError("share: must be more than 0% and at most 100%")
         return self
@@ -486,21 +490,25 @@ class CrashPhase(FaultPhase):
 
 
 class PausePhase(FaultPhase):
-    """Freezes the chosen peers' host processes (SIGSTOP) for `duration`: alive, silent. A host
-    process is frozen whole: with shared hosts, every peer of a chosen peer's host is paused."""
+    """Makes the chosen peers alive and silent for `duration`: a host process all of whose peers
+    are chosen is frozen (SIGSTOP); a chosen peer of a shared host whose neighbours are not is
+    silenced in the network (the hub drops every packet from or to it) while they run on."""
 
     phase: Literal["pause"]
 
 
 class ChurnPhase(FaultPhase):
     """For `duration`, `rate` of the live peers per minute leave, gracefully (their connections
-    closed) or by crash; each returns `downtime` after it left, restarted with its identity, and
-    joins through the bootstrap path. `peers`/`share`/`groups` bound who may leave."""
+    closed) or by crash; each returns `downtime` after it left, restarted with its identity and
+    store or, for a `new` share of them, as a peer never seen before, and joins through the
+    bootstrap path. `peers`/`share`/`groups` bound who may leave."""
 
     phase: Literal["churn"]
     rate: Percent = Field(default=0.1, description="share of the live peers that leave per minute of the run's time")
     how: Literal["graceful", "crash"] = "crash"
     downtime: Duration = Field(default=30.0, description="how long a peer that left stays away")
+    new: Percent = Field(default=0.0, description="share of the returns that are new peers, drawn from the seed: a "
+                         "fresh key (a peer id the network never saw) and nothing stored, in the slot of the one that left")
 
     @field_validator("rate")
     @classmethod
@@ -609,6 +617,9 @@ class Topology(Strict):
     fidelity: Fidelity = Fidelity()
     workload: list[Phase] = Field(min_length=1)
     slas: list[Sla] = []
+    placement: dict[str, str] = Field(
+        default={}, description="group -> the machine a --cluster run places all its peers on (its host name, or "
+        "P2P_LAB_MACHINE in its environment); the other groups are spread over the machines as usual (docs/cluster.md)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -624,13 +635,21 @@ class Topology(Strict):
                 raise ValueError(f"groups[{number}].region: must be one of {sorted(self.regions.latency)}")
             if not self.regions and group.region is not None:
                 raise ValueError(f"groups[{number}].region: no regions are defined")
+        if pinned := sorted(set(self.placement) - set(names)):
+            raise ValueError(f"placement: unknown groups {pinned}")
         for number, phase in enumerate(self.workload):
             unknown = set(getattr(phase, "groups", [])) - set(names)
             if unknown:
                 raise ValueError(f"workload[{number}].groups: unknown groups {sorted(unknown)}")
         for number, phase in enumerate(self.workload):
+            listed = getattr(phase, "peers", None)
+            if isinstance(phase, FaultPhase) and isinstance(listed, list):
+                if wrong := [p for p in listed if p >= self.peer_count or p == self.deployed_peer]:
+                    raise ValueError(f"workload[{number}].peers: no peer {wrong[0]} a fault can hit (peers are "
+                                     f"0..{self.peer_count - 1}, the deployed peer excepted)")
             if isinstance(phase, PartitionPhase | CrashPhase | PausePhase) and not (
-                    phase.peers or phase.share or set(phase.groups) not in (set(), set(names))):
+                    isinstance(phase.peers, int) or (isinstance(phase.peers, list) and len(set(phase.peers)) < self.peer_count)
+                    or phase.share or set(phase.groups) not in (set(), set(names))):
                 raise ValueError(f"workload[{number}]: a {phase.phase} hits some peers, not all: give groups (not every "
                                  "group), peers or share")
         if self.network.adaptive_dilation is not None:

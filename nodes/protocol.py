@@ -331,6 +331,7 @@ class PeerSettings:
     dht: Dht
     yamux: Yamux
     gossipsub: Gossipsub
+    incarnation: int = 0  # times this slot came back as a new peer (a fresh key: churn with `identity: new`)
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -341,6 +342,7 @@ class PeerSettings:
             seed=record["seed"], listen=record["listen"], dilation=Dilation.of(record["dilation"]),
             connections=Connections(**record["connections"]),
             dht=Dht(**record["dht"]), yamux=Yamux(**record["yamux"]), gossipsub=Gossipsub(**record["gossipsub"]),
+            incarnation=record["incarnation"],
         )
 
 

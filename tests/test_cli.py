@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from conftest import ROOT, TINY, needs_root, write_topology
 from lab import runid
 from lab.cli import main
-from lab.local_machine import choose_mode
 from lab.network import doctor
 from lab.peers import cgroup
 
@@ -51,6 +50,23 @@ def test_doctor_reports_checks_and_mode() -> None:
     netem = next(line for line in lines if "sch_netem" in line).startswith("yes")
     assert lines[-1].startswith(f"link impairment backend: {'netem' if netem else 'userspace'} (")
     assert all(line[:3] in ("yes", "no ") for line in lines[:-2])
+
+
+TRACKING = """Reference ID    : CB00710F (foo.example.net)
+Stratum         : 3
+System time     : 0.000006523 seconds slow of NTP time
+Last offset     : -0.000006747 seconds
+Leap status     : {leap}
+"""
+
+
+def test_chrony_counts_as_synchronised_only_with_a_normal_leap_status() -> None:
+    assert doctor.chrony_state(TRACKING.format(leap="Normal")) == \
+        "synchronised, 0.000006523 seconds slow of NTP time"
+    with pytest.raises(RuntimeError, match="not synchronised this clock .leap status: Not synchronised"):
+        doctor.chrony_state(TRACKING.format(leap="Not synchronised"))
+    with pytest.raises(RuntimeError, match="no leap status"):
+        doctor.chrony_state("506 Cannot talk to daemon")
 
 
 def test_clean_removes_a_dead_runs_state_and_socket(tmp_path: Path) -> None:
@@ -97,18 +113,19 @@ def test_netns_mode_without_namespaces_is_a_setup_error(tmp_path: Path, monkeypa
 
 def test_auto_mode_falls_back_to_loopback_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(doctor, "netns_problem", lambda: "not running as root")
-    assert choose_mode("auto") == ("loopback", "falling back to loopback (127.0.0.0/8): not running as root")
-    assert choose_mode("loopback") == ("loopback", "requested by the topology")
+    assert doctor.choose_mode("auto") == ("loopback", "falling back to loopback (127.0.0.0/8): not running as root")
+    assert doctor.choose_mode("loopback") == ("loopback", "requested by the topology")
     monkeypatch.setattr(doctor, "netns_problem", lambda: None)
-    assert choose_mode("auto")[0] == "netns"
+    assert doctor.choose_mode("auto")[0] == "netns"
 
 
 STARVED_PROBE = """
-import sys
+import os, sys
 from pathlib import Path
 from lab.network import doctor
 Path(sys.argv[1], "cgroup.procs").write_text("0")  # imported, then this process (and the helpers it forks) in
-print(doctor.netns_problem())
+print(doctor.netns_problem(), flush=True)
+os._exit(0)  # the interpreter's teardown at a five-hundredth of a core takes minutes, and is not what is tested
 """
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from lab import runid
-from lab.analysis.faults import fault_figures, split
+from lab.analysis.faults import Staleness, fault_figures, split, staleness
 from lab.analysis.guard import phase_lags
 from lab.errors import TopologyError
-from lab.events import FAULT, PHASE
-from lab.network.partition import raw_table
+from lab.events import FAULT, PEER_DOWN, PHASE
+from lab.manifest import PeerRecord
+from lab.network.partition import Drops, raw_table
 from lab.topology import parse_topology
 from nodes.protocol import Event, Op
 from tests.conftest import ROOT, event, leftovers, needs_root
@@ -25,13 +26,36 @@ S = 1_000_000_000
 
 
 def test_a_cut_drops_between_the_sides_only_and_healing_empties_the_table() -> None:
-    both = raw_table(["198.18.0.2", "198.18.0.3"], ["198.18.0.4"], both_ways=True).splitlines()
+    both = raw_table(Drops(("198.18.0.2", "198.18.0.3"), ("198.18.0.4",), both_ways=True)).splitlines()
     assert "-A PLAB-CUT -s 198.18.0.2/32 -j PLAB-CUT-OUT" in both and "-A PLAB-CUT-OUT -d 198.18.0.4/32 -j DROP" in both
     assert "-A PLAB-CUT -s 198.18.0.4/32 -j PLAB-CUT-IN" in both and "-A PLAB-CUT-IN -d 198.18.0.3/32 -j DROP" in both
     assert not any("-d 198.18.0.3/32" in rule for rule in both if rule.startswith("-A PLAB-CUT-OUT"))  # a side keeps its own
-    outbound = raw_table(["198.18.0.2"], ["198.18.0.4"], both_ways=False)
+    outbound = raw_table(Drops(("198.18.0.2",), ("198.18.0.4",), both_ways=False))
     assert "PLAB-CUT-IN" not in outbound
-    assert "PLAB-CUT" not in raw_table([], [], both_ways=False)
+    assert "PLAB-CUT" not in raw_table(Drops())
+
+
+def test_a_silenced_peer_is_cut_from_everyone_beside_a_cut() -> None:
+    rules = raw_table(Drops(("198.18.0.2",), ("198.18.0.4",), both_ways=False, silent=("198.18.0.9",))).splitlines()
+    assert {"-A PLAB-CUT -s 198.18.0.9/32 -j DROP", "-A PLAB-CUT -d 198.18.0.9/32 -j DROP"} <= set(rules)
+    assert "-A PLAB-CUT-OUT -d 198.18.0.4/32 -j DROP" in rules
+    alone = raw_table(Drops(silent=("198.18.0.9",))).splitlines()
+    assert "-A PREROUTING -j PLAB-CUT" in alone and not any("PLAB-CUT-OUT" in rule for rule in alone)
+
+
+def test_stale_entries_count_the_identities_new_peers_replaced() -> None:
+    """Peer 1 came back as a new peer (id b -> c), peer 2 with its identity, peer 3 is down:
+    entries for a and d are live, b and e are stale."""
+    def record(index: int, peer_id: str, lost: str | None, table: list[str] | None) -> PeerRecord:
+        return PeerRecord(index=index, group="g", peer_id=peer_id, ip=f"198.18.0.{index + 1}", netns=None, pid=None,
+                          lost=lost, final={"routing_peers": table} if table else None)
+
+    peers = [record(0, "a", None, ["c", "d", "b", "e"]), record(1, "c", None, ["a", "b"]),
+             record(2, "d", None, ["a"]), record(3, "e", "crashed", None)]
+    downs = [Event(PEER_DOWN, 1, 0, S, True, details={"peer_id": "b", "returned_as": "c"}),
+             Event(PEER_DOWN, 2, 0, S, True, details={"peer_id": "d", "returned_as": "d"}),
+             Event(PEER_DOWN, 3, 0, S, True, details={"back": False})]
+    assert staleness(peers, downs) == Staleness(entries=7, stale=3)
 
 
 def _topology(**partition: object) -> dict[str, object]:
@@ -46,6 +70,9 @@ def _topology(**partition: object) -> dict[str, object]:
     ({"groups": ["a"], "peers": 1, "share": "50%"}, "workload[2]"),
     ({"groups": ["a"], "duration": "-1s"}, "duration"),
     ({"groups": ["a"], "load": {"window": "0s"}}, "window"),
+    ({"peers": [0, 9]}, "workload[2].peers: no peer 9"),
+    ({"peers": [0, 1, 2, 3]}, "workload[2]: a partition hits some peers"),  # every peer listed: nothing cut
+    ({"peers": [0], "groups": ["a"]}, "peers: a list of peers names them all"),
 ])
 def test_a_fault_that_hits_nobody_or_everybody_is_refused_naming_the_field(partition: dict[str, object], field: str) -> None:
     with pytest.raises(TopologyError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -102,13 +129,16 @@ def _raw_rules(run: str) -> list[str]:
 def test_every_fault_on_real_peers(tmp_path: Path) -> None:
     """Partition, crash, pause and churn on shared hosts: the cut is in the kernel while it
     lasts, no neighbour of a crashed peer dies, a pause longer than the hang limit is not a
-    hang, every peer taken down returns with its identity, and the report shows each fault."""
+    hang, a paused peer of a shared host is silent while its neighbour runs on, crashed peers
+    return with their identity and churn's as new peers, and the report shows each fault."""
     out = tmp_path / "results"
     process, run = start_run(out, FAULTS)
     wait_for_line(process, "[partition] 3 peers cut off")
     cut = _raw_rules(run)
     wait_for_line(process, "[partition] healed")
     healed = _raw_rules(run)
+    wait_for_line(process, "[pause]")
+    silent = _raw_rules(run)
     rest, _ = process.communicate(timeout=600)
     assert process.returncode == 0, rest
     assert len(cut) == 4 + 3, cut  # a DROP per receiver each way: the rest (west and lone), then east
@@ -124,13 +154,20 @@ def test_every_fault_on_real_peers(tmp_path: Path) -> None:
     assert faults["partition"]["availability_recovery_s"] is not None
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     downs = [e for e in events if e["op"] == "peer_down"]
-    returned = [e for e in downs if e["how"] in ("crash", "graceful")]
-    assert returned and all(e["back"] and e["returned_as"] == e["peer_id"] for e in returned)
+    crashed = [e for e in downs if e["fault"] == "crash"]
+    churned = [e for e in downs if e["fault"] == "churn"]
+    assert crashed and all(e["back"] and e["returned_as"] == e["peer_id"] for e in crashed)
+    assert churned and all(e["back"] and e["returned_as"] != e["peer_id"] for e in churned)  # new peers
     assert faults["churn"]["rejoins"]["successes"] == faults["churn"]["peers_hit"] >= 1
     (pause,) = [e for e in events if e["op"] == "fault" and e["fault"] == "pause"]
     frozen = set(pause["peers"])
     assert frozen and not [e for e in events if e["peer"] in frozen and pause["start_ns"] + S < e["end_ns"] < pause["end_ns"]
-                           and e["start_ns"] > pause["start_ns"] + S]  # silent while frozen
+                           and e["start_ns"] > pause["start_ns"] + S and e["op"] != "loop_lag"]  # silent while frozen
+    # (a silenced peer's host process runs on, and may carry its loop lag: the process's, not the peer's)
+    by = {e["peer"]: e["by"] for e in downs if e["how"] == "pause"}
+    assert by == {3: "network", 5: "process"}
+    assert sorted(silent) == ["-A PLAB-CUT -d 198.18.0.5/32 -j DROP", "-A PLAB-CUT -s 198.18.0.5/32 -j DROP"]  # peer 3's
+    assert [e for e in events if e["peer"] == 4 and pause["start_ns"] < e["start_ns"] < pause["end_ns"]]  # 4 ran on
     assert not any(e["phase"] == "run" for e in summary["errors"]["lab"])
     assert all((out / "plots" / f"fault_{f['number']}_{f['phase']}.png").exists() for f in summary["faults"])
     assert leftovers(run) == []

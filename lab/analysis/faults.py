@@ -189,9 +189,13 @@ class Staleness:
         return self.stale / self.entries if self.entries else None
 
 
-def staleness(peers: list[PeerRecord]) -> Staleness | None:
-    """The routing tables of the peers that ended the run, against the peers down or lost then."""
+def staleness(peers: list[PeerRecord], events: list[Event]) -> Staleness | None:
+    """The routing tables of the peers that ended the run, against the identities no peer held
+    then: peers down or lost, and those whose slot a new peer took (churn's `new`)."""
     dead = {p.peer_id for p in peers if p.lost is not None and p.peer_id}
+    dead |= {str(e.details["peer_id"]) for e in events
+             if e.op == PEER_DOWN and e.details.get("returned_as") not in (None, e.details.get("peer_id"))}
+    dead -= {p.peer_id for p in peers if p.lost is None}
     tables = [p.final.get("routing_peers") for p in peers if p.lost is None and p.final]
     if not any(isinstance(t, list) for t in tables):
         return None

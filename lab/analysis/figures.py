@@ -23,13 +23,17 @@ from lab.analysis.records import RunRecords
 from lab.analysis.sla import Verdict, builtin_verdicts, verdict
 from lab.analysis.stats import Summary, summarize
 from lab.errors import TopologyError
-from lab.manifest import LabErrorRecord
-from lab.metric_names import BOUND_RATIO, CPU_BOUND, DEPLOYED_OF, NOT_MEASURED_WARM, RERUN_PHASE
-from lab.quantities import shown
+from lab.manifest import ClusterRecord, LabErrorRecord
+from lab.metric_names import BOUND_RATIO, CPU_BOUND, DEPLOYED_OF, NOT_MEASURED_WARM, RERUN_PHASE, TWO_CLOCKS
+from lab.quantities import convert, shown
 from lab.topology import Sla, Topology, parse_topology
 from nodes.protocol import ANSWERED_LOCALLY, Event
 
 Reruns = dict[str, dict[bool, Again]]  # by the kind of phase measured again, then by whether at twice its dilation
+
+# A latency stamped on two machines' clocks stands only where their timelines agreed within this share of its
+# threshold over the run (docs/cluster.md, Clocks).
+CLOCK_SHARE = 0.01
 
 INDEPENDENCE_NOTE = ("samples within one run are not independent (shared network, shared CPU); "
                      "intervals describe this run, not run-to-run variation")
@@ -149,6 +153,21 @@ def guarded(verdict: Verdict, summary: dict[str, Summary], events: list[Event], 
     return replace(verdict, status="inconclusive", guard=guard, reason=f"{verdict.reason}; {judgement.reason()}")
 
 
+def clocked(verdict: Verdict, cluster: ClusterRecord | None) -> Verdict:
+    """A latency stamped on two machines' clocks as their agreement lets it stand: inconclusive
+    where the machines' timelines may have differed by more than CLOCK_SHARE of its threshold."""
+    if (cluster is None or cluster.clock_error_ns is None or verdict.metric not in TWO_CLOCKS
+            or verdict.stat == "success_ratio" or verdict.threshold_in_unit is None
+            or verdict.unit not in ("millisecond", "second")):
+        return verdict
+    error = convert(f"{cluster.clock_error_ns}ns", verdict.unit)
+    if error <= CLOCK_SHARE * verdict.threshold_in_unit:
+        return verdict
+    return replace(verdict, status="inconclusive",
+                   reason=f"{verdict.reason}; the machines' clocks agreed within +-{shown(error, verdict.unit)} only, more "
+                          f"than {CLOCK_SHARE:.0%} of the threshold (docs/cluster.md, Clocks)")
+
+
 def rechecked(verdict: Verdict, sla: Sla, metric: Metric | None, reruns: Reruns, tolerance: float) -> Verdict:
     """A latency verdict as the 2N check lets it stand: inconclusive unless its figures held at
     twice the dilation (a success ratio and an operation answered locally are not rechecked)."""
@@ -163,7 +182,7 @@ def rechecked(verdict: Verdict, sla: Sla, metric: Metric | None, reruns: Reruns,
 
 
 def _judged(sla: Sla, topology: Topology, metrics: dict[str, Metric], summary: dict[str, Summary], events: list[Event],
-            fidelity: list[PhaseLag], reruns: Reruns) -> Verdict:
+            fidelity: list[PhaseLag], reruns: Reruns, cluster: ClusterRecord | None) -> Verdict:
     """One SLA's verdict: not judged where the run did not measure its metric; a per-peer memory
     figure judged on the deployed peer where hosts are shared; a latency as the guard and the 2N
     check let it stand."""
@@ -177,7 +196,7 @@ def _judged(sla: Sla, topology: Topology, metrics: dict[str, Metric], summary: d
         split = summary[sla.metric].stat(sla.stat) if sla.metric in summary else None
         shared = f"; the shared hosts split {shown(split, sla.unit)} per peer (what the run cost)" if split is not None else ""
         return replace(judged, reason=f"{judged.reason}, judged on the deployed peer (alone in a fresh process){shared}")
-    judged = guarded(verdict(sla, summary), summary, events, fidelity)
+    judged = clocked(guarded(verdict(sla, summary), summary, events, fidelity), cluster)
     if not topology.fidelity.rerun:
         return judged
     return rechecked(judged, sla, metrics.get(sla.metric), reruns, topology.fidelity.tolerance)
@@ -217,7 +236,7 @@ def analyze(records: RunRecords) -> Analysis:
     errors = Errors(_operation_errors(records), list(manifest.lab_errors), count_levels(records.log_dir))
     fidelity = phase_lags(events)
     verdicts = [] if topology is None else [
-        *(_judged(sla, topology, metrics, summary, events, fidelity, reruns) for sla in topology.slas),
+        *(_judged(sla, topology, metrics, summary, events, fidelity, reruns, manifest.cluster) for sla in topology.slas),
         *builtin_verdicts(topology.peer_count, manifest.peers_ready, manifest.peers_lost)]
     partial = records.manifest.status != "complete"
     span = ready_span(events)
@@ -227,4 +246,4 @@ def analyze(records: RunRecords) -> Analysis:
                      for doubled, (stretch, stretch_events) in sides.items()] for phase, sides in reruns.items()}
     felt = fault_figures(topology, fidelity, faulted, records.events, manifest.peers_ready) if topology else []
     return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again, windows, felt,
-                    faults.staleness(manifest.peers))
+                    faults.staleness(manifest.peers, records.events))

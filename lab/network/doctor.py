@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from lab.errors import SetupError
 from lab.network.netlink import NetlinkError, NetNS, netns
 from lab.runid import RunId
 
@@ -42,6 +43,18 @@ def netns_problem() -> str | None:
     except Exception as exc:
         return f"cannot create namespaces and veth pairs ({type(exc).__name__}: {exc})"
     return None
+
+
+def choose_mode(requested: str) -> tuple[str, str]:
+    """(mode, why): netns where the kernel and privileges allow it, else loopback."""
+    problem = netns_problem()
+    if requested == "loopback":
+        return "loopback", "requested by the topology"
+    if problem is None:
+        return "netns", "root and network namespaces available"
+    if requested == "netns":
+        raise SetupError(f"network.mode is netns but {problem}; run as root or set network.mode: auto")
+    return "loopback", f"falling back to loopback (127.0.0.0/8): {problem}"
 
 
 def _qdisc(kind: str, **options: object) -> Callable[[], str]:
@@ -100,6 +113,29 @@ def _bridge() -> str:
     return "bridge created (not needed: the fabric is a routed hub)"
 
 
+def chrony_state(tracking: str) -> str:
+    """`chronyc -n tracking`'s answer, judged: how far the clock is from NTP time when chrony has
+    synchronised it; RuntimeError naming the leap status when it has not."""
+    fields = dict(line.split(":", 1) for line in tracking.splitlines() if ":" in line)
+    fields = {name.strip(): value.strip() for name, value in fields.items()}
+    leap = fields.get("Leap status")
+    if leap is None:
+        raise RuntimeError("chronyc tracking gave no leap status")
+    if leap != "Normal":
+        raise RuntimeError(f"chrony has not synchronised this clock (leap status: {leap})")
+    return f"synchronised, {fields.get('System time', 'system time unknown')}"
+
+
+def _chrony() -> str:
+    if shutil.which("chronyc") is None:
+        raise RuntimeError("chrony is not installed (apt-get install chrony): a run over several machines needs "
+                           "synchronised clocks (docs/cluster.md)")
+    done = subprocess.run(["chronyc", "-n", "tracking"], capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise RuntimeError(f"chronyd does not answer ({(done.stderr or done.stdout).strip() or done.returncode})")
+    return chrony_state(done.stdout)
+
+
 PROBES: dict[str, Callable[[], str]] = {
     "root": _root,
     "netns+veth": _netns,
@@ -112,10 +148,13 @@ PROBES: dict[str, Callable[[], str]] = {
 }
 
 
+CLUSTER_PROBES: dict[str, Callable[[], str]] = {"clock (chrony)": _chrony}  # what a run over machines also needs
+
+
 def check(name: str) -> Check:
     """Runs one probe; a failure's detail is the first line of its reason."""
     try:
-        return Check(name, True, PROBES[name]())
+        return Check(name, True, (PROBES | CLUSTER_PROBES)[name]())
     except Exception as exc:
         return Check(name, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
@@ -126,5 +165,6 @@ def problem(name: str) -> str | None:
     return None if result.ok else result.detail
 
 
-def run_checks() -> list[Check]:
-    return [check(name) for name in PROBES]
+def run_checks(cluster: bool = False) -> list[Check]:
+    """Every probe; `cluster`: those a machine of a run over several machines needs too."""
+    return [check(name) for name in (PROBES | CLUSTER_PROBES if cluster else PROBES)]

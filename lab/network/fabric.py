@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lab.errors import NetworkError
 from lab.network import partition
@@ -166,6 +166,7 @@ class NamespaceNetwork:
         self.created: list[str] = []
         self.hosts_built: dict[str, list[PeerSlot]] = {}  # namespace -> its peer slots
         self.reference: PeerSlot | None = None
+        self.drops = partition.Drops()  # what the hub's raw table drops now
 
     def build(self, progress: Progress | None = None) -> list[PeerSlot]:
         try:
@@ -270,11 +271,19 @@ class NamespaceNetwork:
 
     def cut(self, side: list[str], rest: list[str], both_ways: bool) -> None:
         """Drops packets between two sets of peer addresses in the hub (lab/network/partition.py)."""
-        run_in(self.run.hub_netns, ["iptables-restore"], partition.raw_table(side, rest, both_ways))
+        self._drop(replace(self.drops, side=tuple(side), rest=tuple(rest), both_ways=both_ways))
 
     def heal(self) -> None:
-        """Ends any cut: the hub's raw table emptied."""
-        run_in(self.run.hub_netns, ["iptables-restore"], partition.raw_table([], [], False))
+        """Ends any cut (silenced peers stay silent)."""
+        self._drop(replace(self.drops, side=(), rest=()))
+
+    def silence(self, peers: list[str]) -> None:
+        """Drops every packet from or to these peer addresses in the hub (none: ends the silence)."""
+        self._drop(replace(self.drops, silent=tuple(peers)))
+
+    def _drop(self, drops: partition.Drops) -> None:
+        run_in(self.run.hub_netns, ["iptables-restore"], partition.raw_table(drops))
+        self.drops = drops
 
     def syn_retransmits(self) -> int:
         """SYNs the peers' TCP sent again, summed over the hosts (TcpExt TCPSynRetrans of each
@@ -320,6 +329,11 @@ class LoopbackNetwork:
 
     def cut(self, side: list[str], rest: list[str], both_ways: bool) -> None:
         raise NetworkError("a partition needs network namespaces (this run is in loopback mode); see `lab doctor`")
+
+    def silence(self, peers: list[str]) -> None:
+        if peers:
+            raise NetworkError("pausing one peer of a shared host needs network namespaces (this run is in loopback "
+                               "mode); see `lab doctor`, or set network.peers_per_host: 1")
 
     def heal(self) -> None:
         """Nothing was cut."""

@@ -7,7 +7,7 @@ from lab.topology import Topology
 from nodes.protocol import Connections, Dht, Dilation, Gossipsub, PeerSettings, Yamux
 
 
-def peer_settings(topology: Topology, listen: str, dilation: Dilation) -> PeerSettings:
+def peer_settings(topology: Topology, listen: str, dilation: Dilation, incarnation: int = 0) -> PeerSettings:
     libp2p = topology.libp2p
     connections, dht, yamux, gossipsub = libp2p.connections, libp2p.dht, libp2p.yamux, libp2p.gossipsub
     return PeerSettings(
@@ -21,4 +21,5 @@ def peer_settings(topology: Topology, listen: str, dilation: Dilation) -> PeerSe
         gossipsub=Gossipsub(gossipsub.degree, gossipsub.degree_low, gossipsub.degree_high, gossipsub.heartbeat,
                             gossipsub.gossip_window, gossipsub.scorer, gossipsub.adaptive_gossip, gossipsub.spam_protection,
                             gossipsub.eclipse_protection, gossipsub.strict_signing),
+        incarnation=incarnation,
     )

@@ -16,16 +16,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
 from contextlib import AsyncExitStack
 from typing import Any
 
-from lab import cleanup
+from lab import checkup, cleanup
 from lab.local_machine import LocalMachine, probe
 from lab.machine import Machine, MachineRecord, PeerInfo, Probe, Stream
 from lab.network.fabric import Underlay
+from lab.remote import clocks
 from lab.remote.frames import BrokenFrame, decode, encode, read_frame
 from lab.remote.messages import Answer, Ask, Said, Setup
 from lab.topology import Topology
@@ -36,6 +38,7 @@ CALLS = frozenset(Machine.__abstractmethods__ - {"alive", "record", "__aexit__"}
 # On a machine whose VXLAN end is not its own address in its own namespace (a test's stand-in
 # machines on one kernel): the address, and the namespace it is in.
 UNDERLAY_ENV, UNDERLAY_NETNS_ENV = "P2P_LAB_UNDERLAY", "P2P_LAB_UNDERLAY_NETNS"
+MACHINE_ENV = "P2P_LAB_MACHINE"  # a machine's name for placement pins, where its host name will not do
 
 
 class Agent:
@@ -44,6 +47,7 @@ class Agent:
         self.machine: LocalMachine | None = None
         self.undo = AsyncExitStack()
         self.told: list[PeerInfo] = []
+        self.clock_port: int | None = None  # where this machine's clock answers (clocks.serve)
 
     async def probe(self, topology: Topology) -> Probe:
         return await asyncio.to_thread(probe, topology)
@@ -52,10 +56,30 @@ class Agent:
         """This machine's monotonic clock now: the coordinator's estimate of the offset to its own."""
         return time.monotonic_ns()
 
+    async def name(self) -> str:
+        """This machine's name, as a topology's placement pins it: P2P_LAB_MACHINE, else its host name."""
+        return os.environ.get(MACHINE_ENV) or socket.gethostname()
+
     async def underlay(self, address: str) -> Underlay:
         """Where this machine's VXLAN end goes: `address` (the machine's, as the cluster knows it),
         unless the machine's environment says otherwise."""
         return Underlay(os.environ.get(UNDERLAY_NETNS_ENV) or None, os.environ.get(UNDERLAY_ENV) or address)
+
+    async def clock_echo(self, end: Underlay) -> int:
+        """This machine's clock, answering probes at its VXLAN end from now on (once per agent)."""
+        if self.clock_port is None:
+            self.clock_port = await asyncio.to_thread(clocks.serve, end.ip, end.netns)
+        return self.clock_port
+
+    async def clock_probes(self, end: Underlay, to: tuple[str, int]) -> list[clocks.Exchange]:
+        return await asyncio.to_thread(clocks.probe, end.ip, end.netns, to)
+
+    async def doctor(self) -> list[str]:
+        return await asyncio.to_thread(checkup.doctor_lines, True)
+
+    async def clean(self) -> list[str]:
+        """Leftovers of killed runs removed; a run open here is left alone (its state file names this agent)."""
+        return await asyncio.to_thread(checkup.clean_lines)
 
     async def open(self, setup: Setup) -> None:
         if self.machine is not None:
@@ -81,7 +105,7 @@ class Agent:
             return
         paths = setup.paths
         setup.run_id.register(os.getpid(), paths.results, paths.control, paths.impairment if setup.probe.backend else None,
-                              setup.probe.backend_reason)
+                              setup.probe.backend_reason, setup.share.machine if setup.share else None)
         self.undo.callback(state.unlink, missing_ok=True)
 
     async def close(self) -> MachineRecord | None:
@@ -92,7 +116,8 @@ class Agent:
 
     async def handle(self, ask: Ask) -> None:
         try:
-            if ask.name in ("probe", "clock", "underlay", "open", "close"):
+            if ask.name in ("probe", "clock", "name", "underlay", "clock_echo", "clock_probes", "doctor", "clean", "open",
+                            "close"):
                 value = await getattr(self, ask.name)(*ask.args)
             elif ask.name in CALLS and self.machine is not None:
                 value = await getattr(self.machine, ask.name)(*ask.args)

@@ -29,12 +29,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lab.errors import SetupError
-from lab.machine import Machine, Paths, PeerLost, Place, Probe, Share, Stream
-from lab.manifest import ClusterNode, ClusterRecord
+from lab.machine import Job, Machine, Paths, PeerLost, Place, Probe, Share, Stream
+from lab.manifest import ClockReadingRecord, ClusterNode, ClusterRecord
 from lab.network.fabric import Underlay
-from lab.remote.machine import Agent, AgentMachine, ChildChannel, ClockOffset, measure_offset
+from lab.remote import clocks
+from lab.remote.machine import Agent, AgentMachine, ChildChannel, ClockOffset, ClockWatch, measure_offset
 from lab.remote.messages import Setup
-from lab.remote.spread import Machines, place
+from lab.remote.spread import Machines, capacity, place
 from lab.runid import RunId
 from lab.topology import Topology
 from nodes.protocol import Dilation
@@ -121,14 +122,19 @@ class Node:
     agent: Agent
     pid: int  # the agent's
     underlay: Underlay
+    machine: str  # its name, as a topology's placement pins it (lab/remote/agent.py `name`)
 
     @property
     def cpus(self) -> float:
         return float(self.info["Resources"].get("CPU", 0))
 
     @property
+    def memory(self) -> float:
+        return float(self.info["Resources"].get("memory", 0))
+
+    @property
     def name(self) -> str:
-        return _name(self.info)
+        return f"{self.machine} at {_name(self.info)}"
 
 
 def _name(info: dict[str, Any]) -> str:
@@ -142,7 +148,8 @@ class ClusterPlace(Place):
     def __init__(self, address: str, nodes: list[Node]) -> None:
         self.address, self.nodes = address, nodes
         self.probes: list[Probe] = []
-        self.clocks: list[ClockOffset] = []  # each machine's, measured before each run
+        self.clocks: list[ClockOffset] = []  # each machine's against the driver's, measured before each run
+        self.watch: ClockWatch | None = None  # the run's machines' clocks against its first's, when it has several
 
     async def probe(self, topology: Topology) -> Probe:
         try:
@@ -151,17 +158,55 @@ class ClusterPlace(Place):
         except PeerLost as exc:
             raise SetupError(f"cannot probe the cluster's machines: {exc}") from None
         parts = self._parts(topology)
+        self.watch = None
         if len(parts) > 1:
             for node, probed in zip(self.nodes, self.probes, strict=True):
                 if probed.mode != "netns":
                     raise SetupError(f"a run over several machines needs network namespaces on each, but {node.name} "
                                      f"has none ({probed.mode_reason})")
+            await self._read_clocks([k for k, _ in parts])
         return self.probes[parts[0][0]]
+
+    async def _read_clocks(self, used: list[int]) -> None:
+        """The first machine's clock against the driver's is Ray's reading (+-1 ms); each other
+        machine's is the first's plus its four-timestamp reading against it (+-tens of us): so
+        two machines' timelines agree far better than either agrees with the driver's."""
+        first, *others = used
+        reference = self.nodes[first]
+        self.watch = ClockWatch(reference.agent, reference.underlay,
+                                [(self.nodes[k].name, self.nodes[k].agent, self.nodes[k].underlay) for k in others])
+        try:
+            await self.watch.start()
+        except PeerLost as exc:
+            raise SetupError(f"cannot read the cluster's clocks: {exc}") from None
+        base = self.clocks[first]
+        for k, readings in zip(others, self.watch.readings, strict=True):
+            self.clocks[k] = ClockOffset(base.offset_ns + readings[0].offset_ns, base.error_ns + readings[0].error_ns)
 
     def _parts(self, topology: Topology) -> list[tuple[int, list[int]]]:
         """The run's parts, numbered in order: (the node holding it, its hosts), for every node given hosts."""
-        placed = place(topology.hosts(), [node.cpus for node in self.nodes])
+        hosts = topology.hosts()
+        shares = capacity([node.cpus for node in self.nodes], [node.memory for node in self.nodes])
+        placed = place(hosts, shares, self._pins(topology, hosts))
         return [(k, held) for k, held in enumerate(placed) if held]
+
+    def _pins(self, topology: Topology, hosts: list[list[int]]) -> dict[int, int]:
+        """Host -> node, for the hosts of the groups the topology's placement pins."""
+        if not topology.placement:
+            return {}
+        machines = [node.machine for node in self.nodes]
+        groups = topology.peer_groups()
+        pins: dict[int, int] = {}
+        for host, peers in enumerate(hosts):
+            machine = topology.placement.get(groups[peers[0]].name)
+            if machine is None:
+                continue
+            if machines.count(machine) != 1:
+                named = "no machine" if not machines.count(machine) else f"{machines.count(machine)} machines"
+                raise SetupError(f"placement: {groups[peers[0]].name} is pinned to {machine}, which names {named} of the "
+                                 f"cluster (its machines: {', '.join(machines)}; set P2P_LAB_MACHINE to tell them apart)")
+            pins[host] = machines.index(machine)
+        return pins
 
     def machine(self, run_id: RunId, topology: Topology, dilation: Dilation, probe: Probe, paths: Paths,
                 stream: Stream) -> Machine:
@@ -182,19 +227,45 @@ class ClusterPlace(Place):
             parts.append(AgentMachine(node.agent, Setup(run_id.part(number), topology, dilation, self.probes[k], own, share),
                                       stream, self.clocks[k].offset_ns))
         return Machines(parts, [[p for h in held for p in hosts[h]] for _, held in used],
-                        [self.nodes[k].underlay.ip for k, _ in used], topology, dilation)
+                        [self.nodes[k].underlay.ip for k, _ in used], topology, dilation, paths.impairment.resolve(),
+                        self.watch)
 
     def cluster(self, topology: Topology, run_id: RunId) -> ClusterRecord:
-        parts = {k: (number, held) for number, (k, held) in enumerate(self._parts(topology))}
-        nodes = [ClusterNode(node_id=n.info["NodeID"], address=n.info["NodeManagerAddress"], cpus=n.cpus,
+        """The cluster and the run's machines on it, with their clocks' readings so far."""
+        used = self._parts(topology)
+        parts = {k: (number, held) for number, (k, held) in enumerate(used)}
+        read = dict(zip([k for k, _ in used[1:]], self.watch.readings, strict=True)) if self.watch else {}
+        start = min((r[0].at_ns for r in read.values() if r), default=0)
+        nodes = [ClusterNode(node_id=n.info["NodeID"], machine=n.machine, address=n.info["NodeManagerAddress"], cpus=n.cpus,
                              memory_bytes=int(n.info["Resources"].get("memory", 0)), agent_pid=n.pid,
                              hosts=parts[k][1] if k in parts else [],
                              run_id=run_id.part(parts[k][0]).value if k in parts else None,
                              underlay=n.underlay.ip, clock_offset_ns=clock.offset_ns, clock_error_ns=clock.error_ns,
+                             clock_readings=[ClockReadingRecord(at_s=(r.at_ns - start) / 1e9, offset_ns=r.offset_ns,
+                                                                error_ns=r.error_ns) for r in read.get(k, [])],
+                             clock_drift_ppm=clocks.drift_ppm(read[k]) if k in read else None,
+                             clock_wander_ns=clocks.wander_ns(read[k]) if k in read else None,
                              testbed=probed.testbed)
                  for k, (n, probed, clock) in enumerate(zip(self.nodes, self.probes, self.clocks, strict=True))]
-        return ClusterRecord(address=self.address, ray_version=ray.__version__, nodes=nodes,
-                             placement="consecutive host processes, peers in proportion to each machine's CPUs")
+        error = clocks.timeline_error_ns([clocks.wander_ns(r) for r in read.values()]) if self.watch else None
+        pins = f"; {', '.join(f'{g} pinned to {m}' for g, m in topology.placement.items())}" if topology.placement else ""
+        return ClusterRecord(address=self.address, ray_version=ray.__version__, nodes=nodes, clock_error_ns=error,
+                             placement="consecutive host processes, peers in proportion to the smaller of each machine's "
+                                       f"shares of the CPUs and of the memory{pins}")
+
+    async def each_machine(self, job: Job) -> list[tuple[str, list[str]]]:
+        """Each agent does `job` on its machine, one machine after the other; the doctor adds the
+        clock's offset to the driver's."""
+        try:
+            answers: list[list[str]] = [await node.agent.ask(job) for node in self.nodes]
+            if job == "doctor":
+                clocks = await asyncio.gather(*(measure_offset(node.agent) for node in self.nodes))
+                answers = [[*lines, f"clock offset to the driver: {clock.offset_ns / 1e6:+.3f} ms "
+                            f"+- {clock.error_ns / 1e6:.3f} ms (over Ray calls)"]
+                           for lines, clock in zip(answers, clocks, strict=True)]
+        except PeerLost as exc:
+            raise SetupError(f"cannot ask the cluster's machines: {exc}") from None
+        return [(node.name, lines) for node, lines in zip(self.nodes, answers, strict=True)]
 
 
 def alive_nodes(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -219,7 +290,7 @@ async def _agent(info: dict[str, Any], address: str, agents: AsyncExitStack) -> 
     agent = Agent(RayChannel(actor, f"the agent on {_name(info)}"))
     agents.push_async_callback(agent.close)
     underlay: Underlay = await agent.ask("underlay", info["NodeManagerAddress"])
-    return Node(info, agent, pid, underlay)
+    return Node(info, agent, pid, underlay, await agent.ask("name"))
 
 
 def _reachable(address: str) -> None:

@@ -22,13 +22,14 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from lab.errors import SetupError
-from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, PeerInfo, PeerLost, Stream
+from lab.machine import LinksApplied, LinkWatch, Machine, MachineRecord, Paused, PeerInfo, PeerLost, Stream
 from lab.manifest import LabErrorRecord
-from lab.network.fabric import Crossing
+from lab.network.fabric import Crossing, Underlay
+from lab.remote import clocks
 from lab.remote.frames import BrokenFrame, decode, encode, read_frame
 from lab.remote.messages import Answer, Ask, Said, Setup
 from lab.topology import Link
-from nodes.protocol import Call, Segment
+from nodes.protocol import Call, NetemRequest, Segment
 
 
 class Channel(Protocol):
@@ -163,6 +164,40 @@ async def measure_offset(agent: Agent, asks: int = 20) -> ClockOffset:
     return best
 
 
+class ClockWatch:
+    """Reads other machines' clocks against a reference machine's by four-timestamp probes
+    between their VXLAN ends (lab/remote/clocks.py): once before a run (the offsets their
+    timelines are given), every `clocks.EVERY_S` during it (`watch`), and after it."""
+
+    def __init__(self, reference: Agent, end: Underlay, others: list[tuple[str, Agent, Underlay]]) -> None:
+        """`others`: each machine's name, agent and VXLAN end."""
+        self.reference, self.end, self.others = reference, end, others
+        self.ports: list[int] = []
+        self.readings: list[list[clocks.Reading]] = [[] for _ in others]
+
+    async def start(self) -> None:
+        """Each other machine's clock answering, and the first reading of each (SetupError if none)."""
+        self.ports = [await agent.ask("clock_echo", end) for _, agent, end in self.others]
+        await self.read()
+        for (name, _, end), port, readings in zip(self.others, self.ports, self.readings, strict=True):
+            if not readings:
+                raise SetupError(f"no clock probe from {self.end.ip} to {name} ({end.ip}, UDP {port}) came back: "
+                                 "the machines must reach each other over UDP (docs/cluster.md)")
+
+    async def read(self) -> None:
+        for (_, _, end), port, readings in zip(self.others, self.ports, self.readings, strict=True):
+            exchanges: list[clocks.Exchange] = await self.reference.ask("clock_probes", self.end, (end.ip, port))
+            if (reading := clocks.Reading.of(exchanges)) is not None:
+                readings.append(reading)
+
+    async def watch(self) -> None:
+        """Reads every `clocks.EVERY_S` until cancelled; a machine gone ends the readings, not the run."""
+        with contextlib.suppress(PeerLost):
+            while True:
+                await asyncio.sleep(clocks.EVERY_S)
+                await self.read()
+
+
 def _shifted(segment: Segment, offset_ns: int) -> Segment:
     return replace(segment, real_ns=segment.real_ns + offset_ns)
 
@@ -232,6 +267,10 @@ class AgentMachine(Machine):
     async def impair(self, groups: list[str], link: Link, source: str, duration_s: float | None) -> str:
         return str(await self.agent.ask("impair", groups, link, source, duration_s))
 
+    async def netem(self, request: NetemRequest) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.agent.ask("netem", request)
+        return reply
+
     async def cut(self, side: list[int], both_ways: bool) -> None:
         await self.agent.ask("cut", side, both_ways)
 
@@ -244,15 +283,15 @@ class AgentMachine(Machine):
     async def leave(self, peer: int, why: str) -> None:
         await self.agent.ask("leave", peer, why)
 
-    async def pause(self, peers: list[int]) -> list[int]:
-        frozen: list[int] = await self.agent.ask("pause", peers)
-        return frozen
+    async def pause(self, peers: list[int]) -> Paused:
+        paused: Paused = await self.agent.ask("pause", peers)
+        return paused
 
     async def resume(self) -> None:
         await self._unless_gone(None, "resume")
 
-    async def restart(self, peer: int) -> str | None:
-        why: str | None = await self.agent.ask("restart", peer)
+    async def restart(self, peer: int, new_identity: bool = False) -> str | None:
+        why: str | None = await self.agent.ask("restart", peer, new_identity)
         return why
 
     async def sample(self) -> None:

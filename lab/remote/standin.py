@@ -15,14 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lab.network.netlink import NetNS, netns
-from lab.remote.agent import UNDERLAY_ENV, UNDERLAY_NETNS_ENV
+from lab.remote.agent import MACHINE_ENV, UNDERLAY_ENV, UNDERLAY_NETNS_ENV
 
 LAN_PREFIX = "198.19.253."  # inside 198.18.0.0/15, apart from the peers' and the hubs' addresses
 
 
 @contextmanager
 def stand_in_machines(count: int) -> Iterator[list[dict[str, str]]]:
-    """`count` stand-in machines on a LAN; yields each one's environment for its Ray node."""
+    """`count` stand-in machines on a LAN; yields each one's environment for its Ray node (the
+    k-th is named m<k> for placement pins)."""
     name = f"lan-{secrets.token_hex(3)}"
     made = [name]
     netns.create(name)
@@ -43,7 +44,7 @@ def stand_in_machines(count: int) -> Iterator[list[dict[str, str]]]:
                     ns.addr("add", index=eth0, address=ip, prefixlen=24)
                     ns.link("set", index=eth0, state="up")
                     ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-                machines.append({UNDERLAY_ENV: ip, UNDERLAY_NETNS_ENV: machine})
+                machines.append({UNDERLAY_ENV: ip, UNDERLAY_NETNS_ENV: machine, MACHINE_ENV: f"m{k}"})
         yield machines
     finally:
         for namespace in reversed(made):

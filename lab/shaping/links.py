@@ -23,6 +23,8 @@ from lab.shaping.verify import REFERENCE_PLAN, PairReport, delay_tolerance, veri
 from lab.topology import ImpairPhase, Link, Topology
 from nodes.protocol import Dilation, Event
 
+ELSEWHERE = "on another machine"  # what `show` says of a peer whose links another machine of the run holds
+
 BACKENDS: dict[str, type[Backend]] = {"netem": NetemBackend, "userspace": UserspaceBackend}
 
 
@@ -157,7 +159,7 @@ class Links:
     def show(self, peers: list[int]) -> list[dict[str, Any]]:
         return [
             {"peer": i, "group": self.groups[i], "configured": self.current[i].describe(),
-             "kernel": self.backend.kernel_state(self.slots[i]) if i in self.slots else "on another machine"}
+             "kernel": self.backend.kernel_state(self.slots[i]) if i in self.slots else [ELSEWHERE]}
             for i in peers
         ]
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import socket
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class LiveLinks:
         self.probes = probes
         self.lock = asyncio.Lock()
         self.restores: set[asyncio.Task[None]] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.server: NetemServer | None = None
 
     async def _change(self, work: Callable[[], Change]) -> Change:
         async with self.lock:
@@ -107,23 +107,47 @@ class LiveLinks:
         return reply
 
     async def serve(self, path: Path) -> None:
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                try:
-                    line = await reader.readline()
-                except ValueError:  # no end of line within the limit
-                    reply = {"ok": False, "error": f"request longer than {REQUEST_LIMIT} bytes; send what `lab netem` sends"}
-                else:
-                    reply = await self._answer(line)
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
-            except ConnectionError:
-                pass  # the caller left before its answer: nothing to tell it
-            finally:
-                writer.close()
+        self.server = await NetemServer.start(self.handle, path)
 
-        self.server = await owner_only_server(answer, path, REQUEST_LIMIT)
-        self.path = path
+    async def close(self) -> None:
+        """Stops timed restores and the socket, waits for a change or measurement in flight,
+        then stops the backend's helpers (the delay line)."""
+        for task in list(self.restores):
+            task.cancel()
+        if self.server is not None:
+            self.server.close()
+        async with self.lock:
+            await in_thread_to_completion(self.links.close)
+
+
+class NetemServer:
+    """`lab netem`'s socket: one JSON request line, one JSON reply, answered by `handle` (a
+    machine's live links, or a run over several machines, which asks each of them)."""
+
+    def __init__(self, handle: Callable[[NetemRequest], Awaitable[dict[str, Any]]], path: Path) -> None:
+        self.handle, self.path = handle, path
+        self.server: asyncio.AbstractServer | None = None
+
+    @classmethod
+    async def start(cls, handle: Callable[[NetemRequest], Awaitable[dict[str, Any]]], path: Path) -> NetemServer:
+        made = cls(handle, path)
+        made.server = await owner_only_server(made._serve, path, REQUEST_LIMIT)
+        return made
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                line = await reader.readline()
+            except ValueError:  # no end of line within the limit
+                reply = {"ok": False, "error": f"request longer than {REQUEST_LIMIT} bytes; send what `lab netem` sends"}
+            else:
+                reply = await self._answer(line)
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except ConnectionError:
+            pass  # the caller left before its answer: nothing to tell it
+        finally:
+            writer.close()
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         """The reply to one request line; whatever goes wrong, a one-line error and the run goes on."""
@@ -141,16 +165,10 @@ class LiveLinks:
             traceback.print_exc()
             return {"ok": False, "error": f"lab error ({type(exc).__name__}: {exc}); the run goes on, see its output"}
 
-    async def close(self) -> None:
-        """Stops timed restores and the socket, waits for a change or measurement in flight,
-        then stops the backend's helpers (the delay line)."""
-        for task in list(self.restores):
-            task.cancel()
+    def close(self) -> None:
         if self.server is not None:
             self.server.close()
             self.path.unlink(missing_ok=True)
-        async with self.lock:
-            await in_thread_to_completion(self.links.close)
 
 
 def send(path: Path, request: NetemRequest) -> dict[str, Any]:

@@ -23,11 +23,14 @@ from nodes.protocol import Call, Event
 
 
 def targets(work: Workload, phase: FaultPhase, rng: random.Random) -> list[PeerInfo]:
-    """The live peers the fault may hit: of its groups (all if none), never the deployed peer
-    (its memory is the run's per-peer figure), `peers` or a `share` of them drawn from the seed."""
+    """The live peers the fault may hit: those listed, or of its groups (all if none), never the
+    deployed peer (its memory is the run's per-peer figure), `peers` or a `share` of them drawn
+    from the seed."""
     groups = work.topology.peer_groups()
     allowed = set(phase.groups) or {g.name for g in groups}
     pool = [p for p in work.peers() if groups[p.index].name in allowed and p.index != work.topology.deployed_peer]
+    if isinstance(phase.peers, list):
+        return [p for p in pool if p.index in set(phase.peers)]
     if phase.peers is not None:
         count = phase.peers
     elif phase.share is not None:
@@ -108,15 +111,16 @@ class Fault:
 
     async def pause(self, hit: list[PeerInfo]) -> None:
         start = self.now()
-        frozen = await self.work.machine.pause([p.index for p in hit])
-        self.work.echo(f"[pause] {len(frozen)} peers frozen (their whole host processes) for {self.phase.duration:g}s")
+        paused = await self.work.machine.pause([p.index for p in hit])
+        self.work.echo(f"[pause] {len(paused.frozen)} peers frozen (whole host processes), {len(paused.silenced)} "
+                       f"silenced in the network (their neighbours running on), for {self.phase.duration:g}s")
         try:
             await self.wait(self.phase.duration)
         finally:
             await self.work.machine.resume()
-        for index in frozen:
-            self.event(PEER_DOWN, index, start, how="pause", back=True)
-        self.event(FAULT, None, start, peers=frozen)
+        for index, by in [*((i, "process") for i in paused.frozen), *((i, "network") for i in paused.silenced)]:
+            self.event(PEER_DOWN, index, start, how="pause", back=True, by=by)
+        self.event(FAULT, None, start, peers=sorted([*paused.frozen, *paused.silenced]))
 
     async def churn(self, pool: list[PeerInfo]) -> None:
         """Departures one at a time, `rate` of the live peers per minute spread evenly over
@@ -134,11 +138,13 @@ class Fault:
                 if not candidates:
                     break
                 departures += 1
-                returns.create_task(self._churn_one(self.rng.choice(candidates)))
+                leaving = self.rng.choice(candidates)
+                returns.create_task(self._churn_one(leaving, self.rng.random() < phase.new))
             self.work.echo(f"[churn] {departures} peers left ({phase.how}) in {phase.duration:g}s; waiting for their return")
         self.event(FAULT, None, start, departures=departures, how=phase.how, rate=phase.rate)
 
-    async def _churn_one(self, peer: PeerInfo) -> None:
+    async def _churn_one(self, peer: PeerInfo, new: bool) -> None:
+        """One departure and its return: the same peer, or (`new`) a new one in its slot."""
         assert isinstance(self.phase, ChurnPhase)
         how = self.phase.how
         left = self.now()
@@ -149,7 +155,7 @@ class Fault:
         else:
             await machine.crash([peer.index], "crashed by a churn phase")
         await self.wait(self.phase.downtime)
-        await self._back(peer, left, how)
+        await self._back(peer, left, how, new)
 
     def _stash(self, peers: list[PeerInfo]) -> None:
         """Before peers go down: what they fetched lived in their memory and is gone; what they
@@ -158,9 +164,12 @@ class Fault:
             self.stores[peer.index] = self.work.published.pop(peer.index, [])
             self.work.holdings.pop(peer.index, None)
 
-    async def _back(self, peer: PeerInfo, down_ns: int, how: str) -> None:
-        """Restarts a peer and joins it through the bootstrap path: `bootstrap.dials` live peers."""
-        why = await self.work.machine.restart(peer.index)
+    async def _back(self, peer: PeerInfo, down_ns: int, how: str, new: bool = False) -> None:
+        """Restarts a peer and joins it through the bootstrap path: `bootstrap.dials` live peers.
+        `new`: a peer never seen before takes its slot; the old one's store is gone with it."""
+        if new:
+            self.stores.pop(peer.index, None)
+        why = await self.work.machine.restart(peer.index, new)
         if why is not None:
             self.work.errors.append(LabErrorRecord(phase=self.report.phase, peer=peer.index, error=f"restart: {why}"))
             self.event(PEER_DOWN, peer.index, down_ns, how=how, back=False)
