@@ -21,14 +21,31 @@ from nodes.recorder import Recorder
 LAG_INTERVAL_S = 0.05
 
 
-async def watch_lag(speakers: list[Recorder]) -> None:
-    """One `loop_lag` event per window: counts of wake-ups by lateness (LAG_BINS_MS), sent by the
-    first of the host process's live peers (`speakers`), so that the report, which also tells the
-    lab the process is alive, outlives any one peer (a fault phase crashes single peers); none
-    while no peer is live. A window also ends where the clock's factor changes, so that no window
-    spans two factors: at a high factor one lasts minutes of the machine's time, and the burst of
-    work that follows a switch back to a low one would be pooled with the operations measured
-    before it."""
+class Speakers:
+    """The host process's live peers' recorders, in the order they started: its loop lag goes out
+    through the first, so that the report, which also tells the lab the process is alive,
+    outlives any one peer (a fault phase crashes single peers)."""
+
+    def __init__(self) -> None:
+        self.recorders: list[Recorder] = []
+        self.first = trio.Event()  # a peer runs: the run's clock is adopted (nodes/clock.py), windows may start
+
+    def join(self, recorder: Recorder) -> None:
+        self.recorders.append(recorder)
+        self.first.set()
+
+    def leave(self, recorder: Recorder) -> None:
+        self.recorders.remove(recorder)
+
+
+async def watch_lag(speakers: Speakers) -> None:
+    """One `loop_lag` event per window: counts of wake-ups by lateness (LAG_BINS_MS), from the
+    first peer's start on (nothing may wait on trio's clock before the run's clock is adopted, and
+    a process's start-up is no phase's lag). A window also ends where the clock's factor changes,
+    so that no window spans two factors: at a high factor one lasts minutes of the machine's
+    time, and the burst of work that follows a switch back to a low one would be pooled with the
+    operations measured before it."""
+    await speakers.first.wait()
     while True:
         counts = [0] * (len(LAG_BINS_MS) + 1)
         factor = CLOCK.factor
@@ -39,5 +56,5 @@ async def watch_lag(speakers: list[Recorder]) -> None:
             if CLOCK.factor != factor:
                 break  # a wake-up across the switch is counted in neither window
             counts[bisect.bisect_left(LAG_BINS_MS, (trio.current_time() - due) * 1e3)] += 1
-        if speakers:
-            await speakers[0].event(LOOP_LAG, started_ns, time.monotonic_ns(), None, {"counts": counts})
+        if speakers.recorders:
+            await speakers.recorders[0].event(LOOP_LAG, started_ns, time.monotonic_ns(), None, {"counts": counts})

@@ -47,7 +47,7 @@ from libp2p.transport.tcp.tcp import TCP
 
 from nodes import clock
 from nodes.control import ControlChannel
-from nodes.lag import watch_lag
+from nodes.lag import Speakers, watch_lag
 from nodes.market import ANNOUNCE_TOPIC, Market
 from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
 from nodes.protocol import Call, Op, PeerSettings, concurrent_search_op
@@ -138,7 +138,7 @@ def sever(ip: str) -> int:
 class Peer:
     """One libp2p host with Kademlia, GossipSub and the marketplace, answering control calls."""
 
-    def __init__(self, index: int, channel: ControlChannel, settings: PeerSettings, speakers: list[Recorder]) -> None:
+    def __init__(self, index: int, channel: ControlChannel, settings: PeerSettings, speakers: Speakers) -> None:
         """`speakers`: the host process's live peers' recorders, which carry its loop-lag events
         (nodes/lag.py); this peer is one of them while it runs."""
         self.index = index
@@ -186,11 +186,11 @@ class Peer:
             await self.pubsub.wait_until_ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.market.receive_announcements)
-                self.speakers.append(self.recorder)
+                self.speakers.join(self.recorder)
                 try:
                     yield
                 finally:
-                    self.speakers.remove(self.recorder)
+                    self.speakers.leave(self.recorder)
                 nursery.cancel_scope.cancel()
 
     def identity(self) -> dict[str, Any]:
@@ -353,7 +353,7 @@ class Peer:
         }
 
 
-async def run_peer(index: int, control: str, speakers: list[Recorder]) -> None:
+async def run_peer(index: int, control: str, speakers: Speakers) -> None:
     """One peer from hello to shutdown. A crash is logged with its traceback and ends only this
     peer: its control connection closes, and the orchestrator reports it lost with that cause."""
     _peer_index.set(index)
@@ -375,7 +375,7 @@ async def run_peer(index: int, control: str, speakers: list[Recorder]) -> None:
 
 async def run(indices: list[int], control: str) -> None:
     """The host process: its peers, and its loop-lag watch for as long as any of them runs."""
-    speakers: list[Recorder] = []
+    speakers = Speakers()
     async with trio.open_nursery() as host:
         host.start_soon(watch_lag, speakers)
         async with trio.open_nursery() as peers:

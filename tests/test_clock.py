@@ -73,7 +73,7 @@ def test_the_dilation_is_settled_once_with_each_phase_s_factor() -> None:
 LAG_WINDOWS = """
 import json, time, trio
 from nodes import clock
-from nodes.lag import watch_lag
+from nodes.lag import Speakers, watch_lag
 from nodes.protocol import Dilation
 from nodes.recorder import Recorder
 
@@ -87,7 +87,9 @@ async def emit(message):
 
 async def main():
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_lag, [Recorder(emit, 0)])
+        speakers = Speakers()
+        speakers.join(Recorder(emit, 0))
+        nursery.start_soon(watch_lag, speakers)
         switch = time.monotonic_ns() + 600_000_000  # 0.6 s of the machine's time from now
         clock.retime(1.0, switch, time.time_ns() + 600_000_000)
         await trio.sleep(0.8)  # virtual: past the switch (0.15 s virtual in), and a whole window at factor 1

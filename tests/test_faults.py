@@ -161,9 +161,10 @@ def test_every_fault_on_real_peers(tmp_path: Path) -> None:
     assert faults["churn"]["rejoins"]["successes"] == faults["churn"]["peers_hit"] >= 1
     (pause,) = [e for e in events if e["op"] == "fault" and e["fault"] == "pause"]
     frozen = set(pause["peers"])
-    assert frozen and not [e for e in events if e["peer"] in frozen and pause["start_ns"] + S < e["end_ns"] < pause["end_ns"]
-                           and e["start_ns"] > pause["start_ns"] + S and e["op"] != "loop_lag"]  # silent while frozen
-    # (a silenced peer's host process runs on, and may carry its loop lag: the process's, not the peer's)
+    assert frozen and not [e for e in events if e["peer"] in frozen and e["op"] != "loop_lag"
+                           and pause["start_ns"] + S < e["start_ns"] and e["end_ns"] < pause["end_ns"] - S]  # silent
+    # (a second at each end: the fault's window is stamped just before the freeze and just after the thaw, when a
+    # thawed process delivers what its kernel held; a silenced peer's host runs on and may carry the process's loop lag)
     by = {e["peer"]: e["by"] for e in downs if e["how"] == "pause"}
     assert by == {3: "network", 5: "process"}
     assert sorted(silent) == ["-A PLAB-CUT -d 198.18.0.5/32 -j DROP", "-A PLAB-CUT -s 198.18.0.5/32 -j DROP"]  # peer 3's

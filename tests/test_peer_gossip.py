@@ -18,6 +18,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from conftest import ROOT
 from lab.peers.settings import peer_settings
 from lab.topology import load_topology
+from nodes.lag import Speakers
 from nodes.market import ANNOUNCE_TOPIC
 from nodes.peer import Peer
 from nodes.protocol import Dilation
@@ -44,7 +45,7 @@ async def _serve(peer: Peer, ready: trio.Event) -> None:
 async def _announce_and_watch_the_cache() -> tuple[list[str], list[int]]:
     settings = peer_settings(load_topology(ROOT / "topologies" / "10-peers.yaml"), "/ip4/127.0.0.1/tcp/0", Dilation())
     sinks = [EventSink() for _ in range(3)]
-    peers = [Peer(index, sink, settings, []) for index, sink in enumerate(sinks)]  # type: ignore[arg-type]
+    peers = [Peer(index, sink, settings, Speakers()) for index, sink in enumerate(sinks)]  # type: ignore[arg-type]
     windows: list[int] = []
     async with trio.open_nursery() as nursery:
         for peer in peers:
