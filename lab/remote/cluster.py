@@ -235,6 +235,7 @@ class ClusterPlace(Place):
         used = self._parts(topology)
         parts = {k: (number, held) for number, (k, held) in enumerate(used)}
         read = dict(zip([k for k, _ in used[1:]], self.watch.readings, strict=True)) if self.watch else {}
+        wander = {k: clocks.wander_ns(readings) for k, readings in read.items()}
         start = min((r[0].at_ns for r in read.values() if r), default=0)
         nodes = [ClusterNode(node_id=n.info["NodeID"], machine=n.machine, address=n.info["NodeManagerAddress"], cpus=n.cpus,
                              memory_bytes=int(n.info["Resources"].get("memory", 0)), agent_pid=n.pid,
@@ -244,10 +245,10 @@ class ClusterPlace(Place):
                              clock_readings=[ClockReadingRecord(at_s=(r.at_ns - start) / 1e9, offset_ns=r.offset_ns,
                                                                 error_ns=r.error_ns) for r in read.get(k, [])],
                              clock_drift_ppm=clocks.drift_ppm(read[k]) if k in read else None,
-                             clock_wander_ns=clocks.wander_ns(read[k]) if k in read else None,
+                             clock_wander_ns=wander.get(k),
                              testbed=probed.testbed)
                  for k, (n, probed, clock) in enumerate(zip(self.nodes, self.probes, self.clocks, strict=True))]
-        error = clocks.timeline_error_ns([clocks.wander_ns(r) for r in read.values()]) if self.watch else None
+        error = clocks.timeline_error_ns(list(wander.values())) if self.watch else None
         pins = f"; {', '.join(f'{g} pinned to {m}' for g, m in topology.placement.items())}" if topology.placement else ""
         return ClusterRecord(address=self.address, ray_version=ray.__version__, nodes=nodes, clock_error_ns=error,
                              placement="consecutive host processes, peers in proportion to the smaller of each machine's "
