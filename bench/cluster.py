@@ -120,10 +120,18 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Ray's own processes (raylets, GCS, workers): {result['ray_idle_rss_mib']:.0f} MiB RSS before the "
               f"cluster run, {result['ray_after_rss_mib']:.0f} MiB after it (the agents' relays still up).", ""]
     if spread["cluster"]:
-        lines += ["| node | CPUs | hosts | clock offset (ms) | +- (ms) |", "|---|---|---|---|---|"]
+        lines += ["| node | CPUs | hosts | clock offset (ms) | +- (ms) | readings | drift (ppm) | wander (µs) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for node in spread["cluster"]["nodes"]:
+            drift, wander = node.get("clock_drift_ppm"), node.get("clock_wander_ns")
             lines.append(f"| {node['node_id'][:8]} | {node['cpus']:g} | {len(node['hosts'])} | "
-                         f"{node['clock_offset_ns'] / 1e6:.3f} | {node['clock_error_ns'] / 1e6:.3f} |")
+                         f"{node['clock_offset_ns'] / 1e6:.3f} | {node['clock_error_ns'] / 1e6:.3f} | "
+                         f"{len(node.get('clock_readings') or [])} | {'-' if drift is None else f'{drift:.2f}'} | "
+                         f"{'-' if wander is None else f'{wander / 1e3:.1f}'} |")
+        bound = spread["cluster"].get("clock_error_ns")
+        if bound is not None:
+            lines += ["", f"Bound on a latency stamped on two machines (the two largest wanders added): "
+                      f"{bound / 1e3:.1f} µs."]
     if spread["crossing"]:
         check = spread["crossing"]
         lines += ["", f"Crossing pair: the links added {check['measured'] * 1e3:.2f} ms to the round trip "
