@@ -36,7 +36,7 @@ from lab.shaping.live import LiveLinks
 from lab.shaping.verify import worst
 from lab.topology import Link, Topology
 from lab.workload.ticker import Ticker
-from nodes.protocol import Call, Dilation, NetemRequest, Segment
+from nodes.protocol import ROUTING_PEERS, Call, Dilation, NetemRequest, Segment
 
 
 def choose_impairment(topology: Topology, mode: str, mode_reason: str) -> tuple[str | None, str]:
@@ -359,15 +359,18 @@ class LocalMachine(Machine):
         return errors
 
     def record(self) -> MachineRecord:
-        groups = self.topology.peer_groups()
+        """The peers' records; their routing tables' peer ids apart (a thousand peers' are ~8 MB)."""
+        groups, fleet = self.topology.peer_groups(), self.fleet.peers if self.fleet else []
         peers = [
             PeerRecord(index=p.index, group=groups[p.index].name, peer_id=p.peer_id, ip=p.slot.ip, netns=p.slot.netns,
-                       pid=p.pid, lost=p.lost, final=p.final)
-            for p in (self.fleet.peers if self.fleet else [])
+                       pid=p.pid, lost=p.lost,
+                       final={k: v for k, v in p.final.items() if k != ROUTING_PEERS} if p.final else None)
+            for p in fleet
         ]
+        routing = {p.index: list(p.final[ROUTING_PEERS]) for p in fleet if p.final and ROUTING_PEERS in p.final}
         collector = self.collector
         sweeps = CollectorRecord(sweeps=collector.sweeps, seconds=collector.sweep_seconds) if collector else None
-        return MachineRecord(peers, self.lost, sweeps)
+        return MachineRecord(peers, self.lost, sweeps, routing)
 
 
 class LocalPlace(Place):

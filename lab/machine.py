@@ -145,6 +145,7 @@ class MachineRecord:
     peers: list[PeerRecord]
     lost: list[LabErrorRecord]  # peers that became ready and died before the end
     collector: CollectorRecord | None
+    routing: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its routing table's peer ids at the end
 
 
 class Machine(ABC):

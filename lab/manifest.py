@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lab.errors import RecordsError
 from nodes.protocol import Dilation
 
-SCHEMA = 1
+SCHEMA = 2
 
 # The files of a results directory (README.md, Results directory).
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
 RESOURCES = "resources.jsonl"
+ROUTING = "routing.jsonl"  # each peer that ended the run: its routing table's peer ids
 LOGS = "logs"
 SUMMARY = "summary.json"
 VERDICTS = "verdicts.json"
@@ -156,7 +157,7 @@ class PeerRecord(Record):
     netns: str | None
     pid: int | None
     lost: str | None
-    final: dict[str, int | list[str]] | None  # what it held at shutdown: routing table (and its peer ids), connections, mesh
+    final: dict[str, int] | None  # what it held at shutdown: routing table size, connections, mesh (the ids: ROUTING)
 
 
 class CollectorRecord(Record):
@@ -216,17 +217,21 @@ def stored(run_dir: Path, name: str) -> Path | None:
 
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """An older manifest in the current shape. Schema 0 (no `schema` field): the time dilation
-    was {factor, reason, segments}, the verification's outcome also a `verified` flag."""
-    if "schema" in data:
-        return data
+    was {factor, reason, segments}, the verification's outcome also a `verified` flag. Schema 1:
+    a peer's `final` also held its routing table's peer ids, dropped here (such a run's
+    routing staleness is not shown again)."""
+    schema = data.get("schema", 0)
     data = dict(data, schema=SCHEMA)
     dilation = data.get("time_dilation")
-    if isinstance(dilation, dict) and "factor" in dilation:
+    if schema < 1 and isinstance(dilation, dict) and "factor" in dilation:
         data["time_dilation"] = {"network": dilation["factor"], "reason": dilation.get("reason", ""),
                                  "segments": dilation.get("segments", []), "phases": []}
     impairment = data.get("impairment")
-    if isinstance(impairment, dict):
+    if schema < 1 and isinstance(impairment, dict):
         data["impairment"] = {k: v for k, v in impairment.items() if k != "verified"}
+    if schema < 2 and isinstance(data.get("peers"), list):
+        data["peers"] = [dict(p, final={k: v for k, v in p["final"].items() if not isinstance(v, list)})
+                         if isinstance(p, dict) and isinstance(p.get("final"), dict) else p for p in data["peers"]]
     return data
 
 

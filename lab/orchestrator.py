@@ -39,6 +39,7 @@ from lab.manifest import (
     IMPAIRMENT_SOCKET,
     REPEAT,
     RESOURCES,
+    ROUTING,
     SAMPLES_CSV,
     SUMMARY,
     SUMMARY_PROM,
@@ -104,6 +105,7 @@ class Run:
         self.events: list[Event] = []
         self.deliveries = Deliveries()
         self.samples: list[Sample] = []
+        self.routing: dict[int, list[str]] = {}  # each peer's routing table at the end (ROUTING)
         self.errors: list[LabErrorRecord] = []  # the lab's own: peers that did not start, failed calls, lost peers
         self.task: asyncio.Task[Any] | None = None  # the run's own, once it executes
         self.governor: Governor | None = None  # while the phases run, with network.adaptive_dilation
@@ -319,6 +321,9 @@ class Run:
         self.manifest.peers = record.peers
         self.manifest.peers_lost = len(record.lost)
         self.manifest.collector = record.collector
+        self.routing = record.routing
+        for index, table in sorted(record.routing.items()):
+            self._append(ROUTING, {"index": index, "routing_peers": table})
         self.manifest.cluster = self.place.cluster(self.topology, self.run_id)  # with the clocks read during the run
         self.results.save(self.manifest)
 
@@ -354,7 +359,7 @@ class Run:
         manifest.lab_processes = costs
         manifest.lab_errors = self.errors
         self.results.save(manifest)
-        analysis = analyze(RunRecords(self.results.path, manifest, self.events, self.samples))
+        analysis = analyze(RunRecords(self.results.path, manifest, self.events, self.samples, self.routing))
         self.results.write(SUMMARY, analysis.summary_record())
         write_samples_csv(self.results.path / SAMPLES_CSV, analysis.metrics)
         write_openmetrics(

@@ -50,7 +50,7 @@ from nodes.control import ControlChannel
 from nodes.lag import Speakers, watch_lag
 from nodes.market import ANNOUNCE_TOPIC, Market
 from nodes.packages import DHT_NAMESPACE, PackageRecordValidator
-from nodes.protocol import Call, Op, PeerSettings, concurrent_search_op
+from nodes.protocol import ROUTING_PEERS, Call, Op, PeerSettings, concurrent_search_op
 from nodes.recorder import OpFailed, Recorder, install_work_handler
 
 PR_SET_PDEATHSIG = 1
@@ -202,7 +202,7 @@ class Peer:
             while (call := await self.channel.receive()) is not None:
                 if call.get("op") == Call.SHUTDOWN:
                     routing = [str(peer_id) for peer_id in self.dht.routing_table.get_peer_ids()]
-                    await self.channel.reply(call, {**self.stats(), "routing_peers": routing})
+                    await self.channel.reply(call, {**self.stats(), ROUTING_PEERS: routing})
                     break
                 if call.get("op") == Call.CRASH:
                     await self.channel.reply(call, sever(multiaddr.Multiaddr(self.settings.listen).value_for_protocol("ip4")))

@@ -204,6 +204,7 @@ class Op(StrEnum):
 
 ANSWERED_LOCALLY = frozenset({Op.SEARCH_CACHE_HIT, Op.SEARCH_LOCAL, Op.DHT_LOOKUP_LOCAL})  # no wait on the network
 CONCURRENT_SEARCH = "concurrent_search_"  # + the number of searches issued at once: one operation per level
+ROUTING_PEERS = "routing_peers"  # a peer's final stats: its routing table's peer ids (the run keeps them in routing.jsonl)
 LOOP_LAG = "loop_lag"  # a host process's event-loop lag over a window (nodes/lag.py): not an operation
 LAG_WINDOW_S = 0.5  # a host process reports its loop lag once per this much of the run's time (nodes/lag.py)
 LAG_BINS_MS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)  # upper edges; one more bin beyond

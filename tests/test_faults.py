@@ -12,6 +12,7 @@ import pytest
 from lab import runid
 from lab.analysis.faults import Staleness, fault_figures, split, staleness
 from lab.analysis.guard import phase_lags
+from lab.analysis.records import read_jsonl
 from lab.errors import TopologyError
 from lab.events import FAULT, PEER_DOWN, PHASE
 from lab.manifest import PeerRecord
@@ -46,16 +47,17 @@ def test_a_silenced_peer_is_cut_from_everyone_beside_a_cut() -> None:
 def test_stale_entries_count_the_identities_new_peers_replaced() -> None:
     """Peer 1 came back as a new peer (id b -> c), peer 2 with its identity, peer 3 is down:
     entries for a and d are live, b and e are stale."""
-    def record(index: int, peer_id: str, lost: str | None, table: list[str] | None) -> PeerRecord:
+    def record(index: int, peer_id: str, lost: str | None) -> PeerRecord:
         return PeerRecord(index=index, group="g", peer_id=peer_id, ip=f"198.18.0.{index + 1}", netns=None, pid=None,
-                          lost=lost, final={"routing_peers": table} if table else None)
+                          lost=lost, final=None)
 
-    peers = [record(0, "a", None, ["c", "d", "b", "e"]), record(1, "c", None, ["a", "b"]),
-             record(2, "d", None, ["a"]), record(3, "e", "crashed", None)]
+    peers = [record(0, "a", None), record(1, "c", None), record(2, "d", None), record(3, "e", "crashed")]
+    routing = {0: ["c", "d", "b", "e"], 1: ["a", "b"], 2: ["a"], 3: ["a"]}  # a lost peer's table is not counted
     downs = [Event(PEER_DOWN, 1, 0, S, True, details={"peer_id": "b", "returned_as": "c"}),
              Event(PEER_DOWN, 2, 0, S, True, details={"peer_id": "d", "returned_as": "d"}),
              Event(PEER_DOWN, 3, 0, S, True, details={"back": False})]
-    assert staleness(peers, downs) == Staleness(entries=7, stale=3)
+    assert staleness(peers, routing, downs) == Staleness(entries=7, stale=3, tables=3, up=3)
+    assert staleness(peers, {}, downs) is None
 
 
 def _topology(**partition: object) -> dict[str, object]:
@@ -170,5 +172,7 @@ def test_every_fault_on_real_peers(tmp_path: Path) -> None:
     assert sorted(silent) == ["-A PLAB-CUT -d 198.18.0.5/32 -j DROP", "-A PLAB-CUT -s 198.18.0.5/32 -j DROP"]  # peer 3's
     assert [e for e in events if e["peer"] == 4 and pause["start_ns"] < e["start_ns"] < pause["end_ns"]]  # 4 ran on
     assert not any(e["phase"] == "run" for e in summary["errors"]["lab"])
+    stale = summary["routing_staleness"]  # every peer up gave its table, kept in routing.jsonl, not the manifest
+    assert stale["tables"] == stale["up"] == len(read_jsonl(out / "routing.jsonl")) and stale["entries"] > 0
     assert all((out / "plots" / f"fault_{f['number']}_{f['phase']}.png").exists() for f in summary["faults"])
     assert leftovers(run) == []

@@ -183,21 +183,25 @@ def fault_figures(topology: Topology, lags: list[PhaseLag], faulted: list[Event]
 class Staleness:
     entries: int
     stale: int
+    tables: int  # the routing tables counted: of the peers up at the end, those that gave theirs
+    up: int  # the peers up at the end
 
     @property
     def share(self) -> float | None:
         return self.stale / self.entries if self.entries else None
 
 
-def staleness(peers: list[PeerRecord], events: list[Event]) -> Staleness | None:
-    """The routing tables of the peers that ended the run, against the identities no peer held
-    then: peers down or lost, and those whose slot a new peer took (churn's `new`)."""
+def staleness(peers: list[PeerRecord], routing: dict[int, list[str]], events: list[Event]) -> Staleness | None:
+    """The routing tables of the peers that ended the run (`routing`, by peer index), against the
+    identities no peer held then: peers down or lost, and those whose slot a new peer took
+    (churn's `new`). None: no table was recorded."""
     dead = {p.peer_id for p in peers if p.lost is not None and p.peer_id}
     dead |= {str(e.details["peer_id"]) for e in events
              if e.op == PEER_DOWN and e.details.get("returned_as") not in (None, e.details.get("peer_id"))}
     dead -= {p.peer_id for p in peers if p.lost is None}
-    tables = [p.final.get("routing_peers") for p in peers if p.lost is None and p.final]
-    if not any(isinstance(t, list) for t in tables):
+    up = [p for p in peers if p.lost is None]
+    tables = [routing[p.index] for p in up if p.index in routing]
+    if not tables:
         return None
-    entries = [str(entry) for table in tables if isinstance(table, list) for entry in table]
-    return Staleness(len(entries), sum(entry in dead for entry in entries))
+    entries = [entry for table in tables for entry in table]
+    return Staleness(len(entries), sum(entry in dead for entry in entries), len(tables), len(up))

@@ -246,4 +246,4 @@ def analyze(records: RunRecords) -> Analysis:
                      for doubled, (stretch, stretch_events) in sides.items()] for phase, sides in reruns.items()}
     felt = fault_figures(topology, fidelity, faulted, records.events, manifest.peers_ready) if topology else []
     return Analysis(metrics, summary, periods, errors, verdicts, partial, fidelity, notes, ready_s, again, windows, felt,
-                    faults.staleness(manifest.peers, records.events))
+                    faults.staleness(manifest.peers, records.routing, records.events))

@@ -18,7 +18,7 @@ from typing import Any
 
 from lab.errors import RecordsError
 from lab.events import Sample
-from lab.manifest import EVENTS, LOGS, RESOURCES, Manifest, read_manifest, stored
+from lab.manifest import EVENTS, LOGS, RESOURCES, ROUTING, Manifest, read_manifest, stored
 from nodes.protocol import BadRecord, Event
 
 
@@ -30,6 +30,7 @@ class RunRecords:
     manifest: Manifest
     events: list[Event]
     samples: list[Sample]
+    routing: dict[int, list[str]] = field(default_factory=dict)  # peer index -> its routing table's peer ids at the end
     skipped: list[str] = field(default_factory=list)  # one line per file with damaged lines, naming them
 
     @property
@@ -94,4 +95,14 @@ def load(run_dir: Path) -> RunRecords:
     if samples_path is None:
         skipped.append(f"{run_dir / RESOURCES}: missing (the run ended before its first resource sample): no memory or CPU "
                        "figures")
-    return RunRecords(run_dir, manifest, events, samples, skipped)
+    routing_path = stored(run_dir, ROUTING)
+    routing = dict(_typed(routing_path, _routing_table, skipped)) if routing_path else {}
+    return RunRecords(run_dir, manifest, events, samples, routing, skipped)
+
+
+def _routing_table(record: Any) -> tuple[int, list[str]]:
+    """One line of ROUTING: a peer's index and its routing table's peer ids."""
+    index, table = record["index"], record["routing_peers"]
+    if not isinstance(index, int) or not isinstance(table, list) or not all(isinstance(p, str) for p in table):
+        raise TypeError("index must be an integer and routing_peers a list of peer ids")
+    return index, table

@@ -147,8 +147,9 @@ def fault_lines(figures: list[FaultFigures], staleness: Staleness | None) -> lis
         lines.append(f"  {f.number} {f.phase}: after the fault, {'; '.join(back)}{rejoined}")
         lines += [f"  {f.number} {f.phase}: {note}" for note in f.notes]
     if staleness is not None and staleness.share is not None:
-        lines.append(f"routing tables at the end: {staleness.stale} of {staleness.entries} entries "
-                     f"({staleness.share:.1%}) point to a peer that is down or lost")
+        lines.append(f"routing tables at the end ({staleness.tables} of {staleness.up} peers up gave theirs): "
+                     f"{staleness.stale} of {staleness.entries} entries ({staleness.share:.1%}) point to a peer that is "
+                     "down or lost")
     return lines
 
 

@@ -387,11 +387,13 @@ class Fleet:
     # -- stopping --------------------------------------------------------------------------
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Asks every live peer to shut down, then terminates and finally kills stragglers."""
+        """Asks every live peer to shut down, then terminates and finally kills stragglers after
+        `grace`. The answers (each peer's final figures) are awaited as long as a live host may
+        stay silent: a thousand peers answering at once took more than 5 s from a whole host."""
         self._stopping = True
         async def polite(peer: PeerProcess) -> None:
             try:
-                peer.final = await self.call(peer, Call.SHUTDOWN, {}, grace)
+                peer.final = await self.call(peer, Call.SHUTDOWN, {}, max(grace, HANG_MIN_S))
             except (PeerLost, CallFailed):
                 pass  # escalated below: terminate, then kill
 

@@ -237,4 +237,5 @@ class Machines(Machine):
         collector = CollectorRecord(sweeps=min(c.sweeps for c in collectors),
                                     seconds=max(c.seconds for c in collectors)) if collectors else None
         return MachineRecord(sorted((p for r in records for p in r.peers), key=lambda p: p.index),
-                             [e for r in records for e in r.lost], collector)
+                             [e for r in records for e in r.lost], collector,
+                             {index: table for r in records for index, table in r.routing.items()})
