@@ -80,6 +80,7 @@ def figures(label: str, out: Path, exit_code: int, wall: float) -> dict[str, Any
         "peer_cpu_s": sum(per_pid.values()), "peer_pss_mib": sum(peaks.values()) / 2**20,
         "lab_cpu_s": {role: cost.cpu_seconds for role, cost in manifest.lab_processes.items()},
         "verdicts": {f"{v['metric']} {v['stat']}": v["status"] for v in verdicts},
+        "why": {f"{v['metric']} {v['stat']}": v["reason"] for v in verdicts if v["status"] in ("fail", "inconclusive")},
         "cluster": manifest.cluster.model_dump(mode="json", exclude={"nodes": {"__all__": {"testbed"}}})
         if manifest.cluster else None,
         "crossing": crossing[0]["checks"][0] if crossing else None,
@@ -117,6 +118,9 @@ def markdown(result: dict[str, Any]) -> str:
         verdicts = ", ".join(f"{name} {status}" for name, status in run_["verdicts"].items())
         lines.append(f"| {run_['label']} | {run_['exit_code']} | {run_['wall_s']:.0f} | {run_['peer_cpu_s']:.0f} | "
                      f"{run_['peer_pss_mib']:.0f} | {lab} | {verdicts} |")
+    whys = [f"- {run_['label']}, {name} {run_['verdicts'][name]}: {why}"
+            for run_ in (one, spread) for name, why in run_.get("why", {}).items()]
+    lines += ["", "Why a verdict failed or could not be judged:", "", *whys] if whys else []
     lines += ["", f"Ray's own processes (raylets, GCS, workers): {result['ray_idle_rss_mib']:.0f} MiB RSS before the "
               f"cluster run, {result['ray_after_rss_mib']:.0f} MiB after it (the agents' relays still up).", ""]
     if spread["cluster"]:
