@@ -56,7 +56,7 @@ from lab.output.results import ResultsDir, write_json
 from lab.topology import Topology
 from lab.workload.barrier import Deliveries
 from lab.workload.phases import STRETCHES, Workload, rerun_phases
-from nodes.protocol import Dilation, Event, Segment
+from nodes.protocol import ROUTING_PEERS, Dilation, Event, Segment
 
 RETIME_NOTICE_NS = 2_000_000_000  # a change of dilation is announced this far ahead of its instant
 
@@ -323,7 +323,7 @@ class Run:
         self.manifest.collector = record.collector
         self.routing = record.routing
         for index, table in sorted(record.routing.items()):
-            self._append(ROUTING, {"index": index, "routing_peers": table})
+            self._append(ROUTING, {"index": index, ROUTING_PEERS: table})
         self.manifest.cluster = self.place.cluster(self.topology, self.run_id)  # with the clocks read during the run
         self.results.save(self.manifest)
 

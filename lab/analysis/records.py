@@ -19,7 +19,7 @@ from typing import Any
 from lab.errors import RecordsError
 from lab.events import Sample
 from lab.manifest import EVENTS, LOGS, RESOURCES, ROUTING, Manifest, read_manifest, stored
-from nodes.protocol import BadRecord, Event
+from nodes.protocol import ROUTING_PEERS, BadRecord, Event
 
 
 @dataclass
@@ -102,7 +102,7 @@ def load(run_dir: Path) -> RunRecords:
 
 def _routing_table(record: Any) -> tuple[int, list[str]]:
     """One line of ROUTING: a peer's index and its routing table's peer ids."""
-    index, table = record["index"], record["routing_peers"]
+    index, table = record["index"], record[ROUTING_PEERS]
     if not isinstance(index, int) or not isinstance(table, list) or not all(isinstance(p, str) for p in table):
         raise TypeError("index must be an integer and routing_peers a list of peer ids")
     return index, table
