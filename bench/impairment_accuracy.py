@@ -9,8 +9,11 @@ commit:
     .venv/bin/python tests/vm/netem_vm.py --share bench/results -- \\
         .venv/bin/python bench/impairment_accuracy.py --backend netem     # netem, emulated kernel
 
-"Keeps time" means p99 error under 1 ms and loss under 1%; the ceiling is the first rate that
-does not. The sender is one Python thread: the achieved rate is reported beside the asked one.
+"Keeps time" means the p99 of the error's size within the delay check's tolerance (max(1 ms,
+5%)) and loss under 1%; the ceiling is the first rate that does not. 10 ms is a short link
+undilated; 30 ms, 240 ms and 2 s are the 1000-peer file's 5 ms and 40 ms at dilation 6 and its
+5 ms at 400, as the delay line holds them in that run. The sender is one Python thread: the
+achieved rate is reported beside the asked one.
 """
 
 from __future__ import annotations
@@ -24,16 +27,17 @@ from typing import Any
 from shaped import arguments, origin, shaped, write
 
 from lab.shaping.links import Links
+from lab.shaping.plan import delay_tolerance
 from lab.shaping.userspace import UserspaceBackend
 from lab.shaping.verify import PROBE, send_and_collect
 from lab.topology import Link
 
 TOPOLOGY = "{name: bench, seed: 1, groups: [{name: a, count: 1}, {name: b, count: 1}], workload: [{phase: bootstrap}]}"
-DELAYS_MS = (10, 50)
+DELAYS_MS = (10, 30, 240, 2000)
 RATES_PPS = (100, 1000, 5000, 10000, 20000, 40000, 80000)
 SECONDS_PER_POINT = 3.0
 MAX_PROBES = 40_000
-ERROR_LIMIT_S, LOSS_LIMIT = 0.001, 0.01
+LOSS_LIMIT = 0.01
 HELD_LIMIT = 100_000  # packets a link may hold: high, so the ceiling found is timekeeping, not the queue limit
 
 
@@ -55,11 +59,14 @@ def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
     point: dict[str, Any] = {
         "delay_ms": delay_ms, "rate_pps": rate, "achieved_pps": round(achieved), "sent": count, "received": len(arrivals),
         "kernel_stamped": sum(p.kernel_stamped for p in arrivals), "loss": loss,
+        "error_p1_ms": quantile(errors, 0.01) * 1e3 if errors else None,
         "error_p50_ms": statistics.median(errors) * 1e3 if errors else None,
         "error_p99_ms": quantile(errors, 0.99) * 1e3 if errors else None,
         "error_max_ms": max(errors) * 1e3 if errors else None,
     }
-    point["keeps_time"] = bool(errors) and quantile(errors, 0.99) < ERROR_LIMIT_S and loss < LOSS_LIMIT
+    point["tolerance_ms"] = delay_tolerance(delay_ms / 1000) * 1e3
+    sizes = [abs(error) for error in errors]
+    point["keeps_time"] = bool(errors) and quantile(sizes, 0.99) < delay_tolerance(delay_ms / 1000) and loss < LOSS_LIMIT
     if before is not None:
         point["delay_line_cpu_us_per_packet"] = (delay_line_cpu_s(links) - before) / max(1, count) * 1e6
     return point
@@ -77,14 +84,16 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         origin(result),
         "",
-        "| delay | asked pps | achieved pps | loss | error p50 | error p99 | error max | keeps time | delay line CPU a packet |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| delay | asked pps | achieved pps | loss | error p1 | error p50 | error p99 | error max | tolerance | keeps time "
+        "| delay line CPU a packet |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
         cpu = p.get("delay_line_cpu_us_per_packet")
         lines.append(
-            f"| {p['delay_ms']} ms | {p['rate_pps']} | {p['achieved_pps']} | {p['loss']:.2%} | {p['error_p50_ms']:.3f} ms "
-            f"| {p['error_p99_ms']:.3f} ms | {p['error_max_ms']:.3f} ms | {'yes' if p['keeps_time'] else 'no'} "
+            f"| {p['delay_ms']} ms | {p['rate_pps']} | {p['achieved_pps']} | {p['loss']:.2%} | {p['error_p1_ms']:.3f} ms "
+            f"| {p['error_p50_ms']:.3f} ms | {p['error_p99_ms']:.3f} ms | {p['error_max_ms']:.3f} ms "
+            f"| {p['tolerance_ms']:.3g} ms | {'yes' if p['keeps_time'] else 'no'} "
             f"| {'kernel' if cpu is None else f'{cpu:.1f} µs'} |"
         )
     kept, fails = result["kept_time_up_to_pps"], result["first_failure_pps"]

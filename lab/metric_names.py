@@ -24,6 +24,7 @@ CPU_SECONDS = "cpu_seconds"
 # The run against its CPU bound (lab/analysis/bound.py): the least wall time its CPU-seconds allow, and how far above it ran.
 CPU_BOUND = "cpu_bound_s"
 BOUND_RATIO = "wall_over_cpu_bound"
+LAB_SHARE = "lab_cpu_share"  # the lab's own processes' share of the run's CPU-seconds: what measuring cost
 # Metrics a warm start (bootstrap.mode: warm) does not measure, and why: an SLA on one is not judged.
 NOT_MEASURED_WARM = {TIME_TO_READY: "a warm start gave most peers their routing tables, so the network's time to ready "
                                     "was not measured, only the sample's joins (bootstrap.mode: cold measures it)"}
@@ -55,7 +56,7 @@ def unit_of(metric: str) -> str | None:
         return "mebibyte"
     if metric in (CPU_SECONDS, TIME_TO_READY, CPU_BOUND) or metric in {name for name, _ in CPU_PER_OPERATION.values()}:
         return "second"
-    if metric in (DELIVERY_RATIO, BOUND_RATIO):
+    if metric in (DELIVERY_RATIO, BOUND_RATIO, LAB_SHARE):
         return "dimensionless"
     return None
 
@@ -68,5 +69,6 @@ def family_of(metric: str) -> str:
 
 
 def higher_is_better(metric: str) -> bool:
-    """Only delivery ratios improve upwards; latency, memory, CPU and time over the bound improve downwards."""
+    """Only delivery ratios improve upwards; latency, memory, CPU, time over the bound and the lab's share improve
+    downwards."""
     return metric == DELIVERY_RATIO

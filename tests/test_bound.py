@@ -7,7 +7,7 @@ from conftest import event
 from lab.analysis.bound import bounds
 from lab.analysis.figures import bound_metrics
 from lab.events import Sample
-from lab.metric_names import BOUND_RATIO, CPU_BOUND, higher_is_better, unit_of
+from lab.metric_names import BOUND_RATIO, CPU_BOUND, LAB_SHARE, higher_is_better, unit_of
 from nodes.protocol import Dilation
 
 SECOND = 1_000_000_000
@@ -48,6 +48,9 @@ def test_each_window_is_its_cpu_seconds_over_the_cores_against_its_machine_time(
     assert metrics[CPU_BOUND].values == [pytest.approx(118.5)] and unit_of(CPU_BOUND) == "second"
     assert metrics[BOUND_RATIO].values == [pytest.approx(100 / 118.5)] and unit_of(BOUND_RATIO) == "dimensionless"
     assert not higher_is_better(BOUND_RATIO)  # a rise of wall over bound is a regression in compare and history
+    assert run.lab_share == pytest.approx(25 / 237) and first.lab_share == pytest.approx(5 / 35)
+    assert metrics[LAB_SHARE].values == [pytest.approx(25 / 237)] and unit_of(LAB_SHARE) == "dimensionless"
+    assert not higher_is_better(LAB_SHARE)
 
 
 def test_no_samples_no_phases_or_no_core_count_give_no_bound() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lab.shaping.delayer import Delayer, Held
+from lab.shaping.delayer import TICK_MAX_S, Delayer, Held
 
 
 def test_a_change_of_dilation_stretches_what_held_packets_have_left(tmp_path: Path) -> None:
@@ -22,3 +22,47 @@ def test_a_change_of_dilation_stretches_what_held_packets_have_left(tmp_path: Pa
     assert sorted(left) == [pytest.approx(0.040, abs=0.005), pytest.approx(0.400, abs=0.02)]
     delayer._retime({"ratio": 0.25})  # and back: the run's time is what a packet keeps
     assert sorted(held.due - now for held in delayer.heap) == [pytest.approx(0.010, abs=0.005), pytest.approx(0.100, abs=0.01)]
+
+
+class Verdicts:
+    """Stands for a queued packet: records when its verdict was given."""
+
+    def __init__(self) -> None:
+        self.accepted_at: float | None = None
+
+    def accept(self) -> None:
+        self.accepted_at = time.monotonic()
+
+
+def configure(delayer: Delayer, plans: list[dict[str, Any]]) -> dict[str, Any]:
+    delayer.nfq = object()  # type: ignore[assignment]  # bound already: only the plans are given
+    peers = [{"index": i, "ip": f"198.18.0.{i + 1}", "plan": plan} for i, plan in enumerate(plans)]
+    return delayer._configure({"peers": peers, "regions": {"198.18.0.1": "a", "198.18.0.2": "b"}})
+
+
+def test_the_tick_is_half_the_delay_checks_tolerance_for_the_shortest_delay_held(tmp_path: Path) -> None:
+    delayer = Delayer(str(tmp_path / "control.sock"), seed=1)
+    assert delayer.tick == pytest.approx(0.0005), "no plan yet: half the tolerance's 1 ms floor"
+    reply = configure(delayer, [{"delay_s": 0.2, "to_region": {"a": 0.0, "b": 1.6}}, {"delay_s": 0.0, "to_region": {"a": 0.4}}])
+    assert reply["tick_s"] == pytest.approx(0.05 * 0.2 / 2), "the shortest delay is the 200 ms one, not 0 (no delay)"
+    configure(delayer, [{"delay_s": 0.030}])  # peer 0's link shortened: the tick follows it
+    assert delayer.tick == pytest.approx(0.00075)
+    delayer._retime({"ratio": 0.5})
+    assert delayer.tick == pytest.approx(0.000375), "a change of dilation scales it until the new plans come"
+    configure(delayer, [{"delay_s": 2.0}, {"delay_s": 2.0}])
+    assert delayer.tick == TICK_MAX_S, "what arrives in a tick waits in the socket's buffer: a tick is short"
+
+
+def test_a_wake_up_releases_what_is_due_within_half_a_tick_and_nothing_later(tmp_path: Path) -> None:
+    delayer = Delayer(str(tmp_path / "control.sock"), seed=1)
+    delayer.tick = 0.010
+    now = time.monotonic()
+    sender: Any = type("S", (), {"held": 3})()
+    packets = [Verdicts() for _ in range(3)]
+    delayer.heap = [Held(now - 0.001, 0, packets[0], sender), Held(now + 0.004, 1, packets[1], sender),
+                    Held(now + 0.050, 2, packets[2], sender)]
+    delayer._release_due()
+    assert [p.accepted_at is not None for p in packets] == [True, True, False]
+    assert sender.held == 1 and len(delayer.heap) == 1
+    assert delayer.lateness[0] == pytest.approx(0.001, abs=0.001) and -0.005 <= delayer.lateness[1] < 0, \
+        "the second went early, by less than half a tick"

@@ -100,6 +100,8 @@ def test_netns_run_writes_a_consistent_results_directory(netns_run: tuple) -> No
     assert bounds[0]["label"] == "run" and len(bounds) == 1 + len(manifest["topology"]["workload"])
     assert all(b["cpu_s"]["peer"] > 0 and b["ratio"] > 0.9 for b in bounds), bounds  # no window beats its CPU bound
     assert summary["wall_over_cpu_bound"]["p50"] == pytest.approx(bounds[0]["ratio"])
+    lab = sum(bounds[0]["cpu_s"].values()) - bounds[0]["cpu_s"]["peer"]
+    assert summary["lab_cpu_share"]["p50"] == pytest.approx(lab / sum(bounds[0]["cpu_s"].values())) and lab > 0
     resources = read_jsonl(out / "resources.jsonl")
     assert {r["peer"] for r in resources if r["role"] == "peer"} == set(range(10))
     assert summary["memory_rss_mib"]["n"] == summary["memory_uss_mib"]["n"] == 10

@@ -47,13 +47,19 @@ class Bound:
         return sum(self.cpu_s.values()) / self.cores
 
     @property
+    def lab_share(self) -> float | None:
+        """The lab's own processes' share of the window's CPU-seconds (what measuring it cost)."""
+        total = sum(self.cpu_s.values())
+        return (total - self.cpu_s.get("peer", 0.0)) / total if total > 0 else None
+
+    @property
     def ratio(self) -> float | None:
         """Wall time over the bound; None when nothing was measured to spend CPU."""
         return self.wall_s / self.bound_s if self.bound_s > 0 else None
 
     def record(self) -> dict[str, Any]:
         return {"label": self.label, "wall_s": self.wall_s, "cpu_s": self.cpu_s, "cores": self.cores,
-                "bound_s": self.bound_s, "ratio": self.ratio, "busy": self.busy}
+                "bound_s": self.bound_s, "ratio": self.ratio, "busy": self.busy, "lab_share": self.lab_share}
 
 
 def cpu_at(series: list[tuple[int, float]], t_ns: int) -> float:

@@ -24,7 +24,7 @@ from lab.analysis.sla import Verdict, builtin_verdicts, verdict
 from lab.analysis.stats import Summary, summarize
 from lab.errors import TopologyError
 from lab.manifest import ClusterRecord, LabErrorRecord
-from lab.metric_names import BOUND_RATIO, CPU_BOUND, DEPLOYED_OF, NOT_MEASURED_WARM, RERUN_PHASE, TWO_CLOCKS
+from lab.metric_names import BOUND_RATIO, CPU_BOUND, DEPLOYED_OF, LAB_SHARE, NOT_MEASURED_WARM, RERUN_PHASE, TWO_CLOCKS
 from lab.quantities import convert, shown
 from lab.topology import Sla, Topology, parse_topology
 from nodes.protocol import ANSWERED_LOCALLY, Event
@@ -203,13 +203,14 @@ def _judged(sla: Sla, topology: Topology, metrics: dict[str, Metric], summary: d
 
 
 def bound_metrics(windows: list[Bound]) -> dict[str, Metric]:
-    """The run's CPU bound and its wall time over it, as metrics, so that sweeps, comparisons and
-    the history carry them like any figure."""
+    """The run's CPU bound, its wall time over it and the lab's share of its CPU, as metrics, so
+    that sweeps, comparisons and the history carry them like any figure."""
     run = next((b for b in windows if b.label == "run"), None)
-    if run is None or run.ratio is None:
+    if run is None or run.ratio is None or run.lab_share is None:
         return {}
     return {CPU_BOUND: Metric(CPU_BOUND, "second", [run.bound_s], 1),
-            BOUND_RATIO: Metric(BOUND_RATIO, "dimensionless", [run.ratio], 1)}
+            BOUND_RATIO: Metric(BOUND_RATIO, "dimensionless", [run.ratio], 1),
+            LAB_SHARE: Metric(LAB_SHARE, "dimensionless", [run.lab_share], 1)}
 
 
 def _topology(records: RunRecords, notes: list[str]) -> Topology | None:

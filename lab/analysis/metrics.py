@@ -24,7 +24,8 @@
   operation to its end (the machine's seconds, from the collector's samples, interpolated)
   divided by its operations (successful joins, gets, publishes, gossip deliveries): what
   dilation cannot hide, and what bounds the wall time;
-- `cpu_bound_s`, `wall_over_cpu_bound`: the run against its CPU bound (lab/analysis/bound.py,
+- `cpu_bound_s`, `wall_over_cpu_bound`, `lab_cpu_share`: the run against its CPU bound and the
+  lab's share of its CPU (lab/analysis/bound.py,
   added by lab/analysis/figures.py, which knows the cores and the clock).
 """
 

@@ -117,8 +117,9 @@ def bound_lines(windows: list[Bound]) -> list[str]:
     rows = [["window", "wall (s)", "machine busy", "peers CPU-s", "lab CPU-s", "CPU bound (s)", "wall / bound"]]
     for b in windows:
         peers = b.cpu_s.get("peer", 0.0)
-        rows.append([b.label, _cell(b.wall_s), "-" if b.busy is None else f"{b.busy:.0%}", _cell(peers),
-                     _cell(sum(b.cpu_s.values()) - peers), _cell(b.bound_s), "-" if b.ratio is None else f"{b.ratio:.2f}x"])
+        lab = _cell(sum(b.cpu_s.values()) - peers) + ("" if b.lab_share is None else f" ({b.lab_share:.1%})")
+        rows.append([b.label, _cell(b.wall_s), "-" if b.busy is None else f"{b.busy:.0%}", _cell(peers), lab,
+                     _cell(b.bound_s), "-" if b.ratio is None else f"{b.ratio:.2f}x"])
     return _aligned(rows) if windows else []
 
 

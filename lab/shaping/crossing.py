@@ -19,8 +19,8 @@ import time
 
 from lab.network.fabric import PeerSlot
 from lab.network.netlink import inside
-from lab.shaping.plan import LinkPlan
-from lab.shaping.verify import Check, PairReport, Status, delay_tolerance
+from lab.shaping.plan import LinkPlan, delay_tolerance
+from lab.shaping.verify import Check, PairReport, Status
 
 ECHO = struct.Struct("!I")  # the probe's number
 ROUND_TRIPS = 40

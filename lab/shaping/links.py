@@ -17,9 +17,9 @@ from lab.network.fabric import PeerSlot
 from lab.runid import RunId
 from lab.shaping.backend import Backend
 from lab.shaping.netem import NetemBackend
-from lab.shaping.plan import LinkPlan
+from lab.shaping.plan import LinkPlan, delay_tolerance, shortest_delay
 from lab.shaping.userspace import UserspaceBackend
-from lab.shaping.verify import REFERENCE_PLAN, PairReport, delay_tolerance, verify
+from lab.shaping.verify import REFERENCE_PLAN, PairReport, verify
 from lab.topology import ImpairPhase, Link, Topology
 from nodes.protocol import Dilation, Event
 
@@ -171,8 +171,7 @@ class Links:
         drops = {cause: now - self.counted[cause] if now >= self.counted[cause] else now
                  for cause, now in counters.drops.items()}
         self.counted = counters.drops
-        delays = [plan.delay_to(region) for plan in self.current for region in (None, *plan.to_region)]
-        shortest = min((d for d in delays if d > 0), default=None)
+        shortest = shortest_delay(self.current)
         tolerance = delay_tolerance(shortest * self.dilation.factor) if shortest is not None else None
         p50, p99, most = counters.late_s
         return LinkWatch(counters.released, p50, p99, most, tolerance, drops)

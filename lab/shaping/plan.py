@@ -76,6 +76,17 @@ class LinkPlan:
         return ", ".join(parts)
 
 
+def delay_tolerance(expected_s: float) -> float:
+    """How far a link's delay may be off before the delay check minds: max(1 ms, 5%)."""
+    return max(0.001, 0.05 * expected_s)
+
+
+def shortest_delay(plans: Iterable[LinkPlan]) -> float | None:
+    """The shortest delay any of these links adds to a packet (to any region), if one adds any."""
+    delays = (plan.delay_to(region) for plan in plans for region in (None, *plan.to_region))
+    return min((delay for delay in delays if delay > 0), default=None)
+
+
 def prefixes_by_region(ips: Iterable[str], regions: Iterable[str | None]) -> dict[str, list[str]]:
     """The fewest CIDR prefixes covering each region's peer addresses (peers of one group
     have consecutive addresses, so a region is a handful of prefixes, not one filter per peer)."""

@@ -27,7 +27,7 @@ from scipy import stats
 
 from lab.network.fabric import PeerSlot
 from lab.network.netlink import inside
-from lab.shaping.plan import LinkPlan
+from lab.shaping.plan import LinkPlan, delay_tolerance
 
 SO_TIMESTAMPNS = 35  # Linux; the receive time the kernel stamped, in CLOCK_REALTIME
 # Linux uapi (net_tstamp.h, errqueue.h): send timestamps, answered on the socket's error queue.
@@ -157,11 +157,6 @@ def _late_spread(noise: np.ndarray) -> float:
     packets has exceeded the reference's (a right 12 ms link measured 13.9 ms with the
     reference's median removed)."""
     return float(np.percentile(noise, 90) - np.median(noise))
-
-
-def delay_tolerance(expected_s: float) -> float:
-    """How far a link's delay may be off before the delay check minds: max(1 ms, 5%)."""
-    return max(0.001, 0.05 * expected_s)
 
 
 def delay_checks(plan: LinkPlan, region: str | None, delays: list[float], noise: list[float], seed: int = 0) -> list[Check]:
