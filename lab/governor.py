@@ -9,9 +9,12 @@ the machine's time while a workload phase runs:
 
 - raise (x2, up to `highest`) when the lag p99 pooled since the last switch exceeds `raise_share`
   of that allowance, the median taken over the phase's last MEDIAN_OF completed operations;
-- lower (/2, down to `lowest`) when the machine was less than `idle_busy` busy over the last
-  `hold` seconds, no switch happened in them, and the lag (if any was measured since the switch)
-  is under `lower_share` of the allowance.
+- lower (/2, down to `lowest`, or to the phase's own `time_dilation` where it states one: that
+  factor was chosen for the load the phase itself starts, a gossip message's spread, and an
+  idle stretch between two announcements must not leave the next one a lower factor) when the
+  machine was less than `idle_busy` busy over the last `hold` seconds, no switch happened in
+  them, and the lag (if any was measured since the switch) is under `lower_share` of the
+  allowance.
 
 The gap between the two shares and the hold are the hysteresis. Each switch goes through the
 orchestrator's announced retime, so every clock, link and timer follows together; the lag windows
@@ -58,16 +61,17 @@ class Reading:
         return GUARD_SHARE * self.median_ms if self.median_ms else None
 
 
-def next_factor(reading: Reading, policy: AdaptiveDilation) -> tuple[float, str] | None:
-    """The factor to switch to and why, or None to stay."""
+def next_factor(reading: Reading, policy: AdaptiveDilation, floor: float | None = None) -> tuple[float, str] | None:
+    """The factor to switch to and why, or None to stay; never lowered under `floor`."""
+    lowest = max(policy.lowest, floor or policy.lowest)
     allowance = reading.allowance_ms
     lag = reading.lag.p99_ms if reading.lag.windows >= MIN_WINDOWS else None
     if lag is not None and allowance is not None and lag > policy.raise_share * allowance and reading.factor < policy.highest:
         return (min(policy.highest, 2 * reading.factor),
                 f"loop lag p99 {lag:g} ms > {policy.raise_share:.0%} of the guard's {allowance:.3g} ms")
     calm = lag is None or allowance is None or lag < policy.lower_share * allowance
-    if reading.held_s >= policy.hold and reading.busy < policy.idle_busy and calm and reading.factor > policy.lowest:
-        return max(policy.lowest, reading.factor / 2), f"machine {reading.busy:.0%} busy over {policy.hold:g}s"
+    if reading.held_s >= policy.hold and reading.busy < policy.idle_busy and calm and reading.factor > lowest:
+        return max(lowest, reading.factor / 2), f"machine {reading.busy:.0%} busy over {policy.hold:g}s"
     return None
 
 
@@ -93,15 +97,16 @@ class Governor:
               and unit_of(event.op) == "millisecond" and event.end_ns > event.start_ns):
             self.latencies.append(event.ms)
 
-    async def govern(self) -> None:
-        """A check every CHECK_S until `stop` (the phase's end)."""
+    async def govern(self, floor: float | None = None) -> None:
+        """A check every CHECK_S until `stop` (the phase's end), never lowering under `floor` (the
+        phase's own factor, if it states one)."""
         self.latencies.clear()  # a phase's operations are not the last one's
         self.cpu.clear()
         self.stopping.clear()
         self._restart(self.now_ns(), time.monotonic_ns())
         while not self.stopping.is_set():
             self._sample_cpu()
-            if step := next_factor(self.reading(), self.policy):
+            if step := next_factor(self.reading(), self.policy, floor):
                 segment = await self.retime(*step)
                 self._restart(segment.virtual_ns, segment.real_ns)
             with contextlib.suppress(TimeoutError):

@@ -271,7 +271,8 @@ class Run:
         await machine.watch()  # the links' count starts with the stretch
         await machine.sample()  # and the processes' CPU (lab/analysis/bound.py)
         started, started_real = self.dilation.now_ns(), time.monotonic_ns()
-        record = await (self._governed(work) if self.governor and kind == PHASE else work)
+        governed = self.governor and kind == PHASE
+        record = await (self._governed(work, self.topology.workload[number - 1].time_dilation) if governed else work)
         ended, ended_real = self.dilation.now_ns(), time.monotonic_ns()
         await machine.sample()
         links = await machine.watch()
@@ -296,10 +297,11 @@ class Run:
         self.echo(f"[time] dilation {was:g} -> {factor:g}{f': {why}' if why else ''}")
         return segment
 
-    async def _governed(self, work: Awaitable[PhaseRecord]) -> PhaseRecord:
-        """A workload phase with the governor switching its factor as the load asks, until it ends."""
+    async def _governed(self, work: Awaitable[PhaseRecord], floor: float | None) -> PhaseRecord:
+        """A workload phase with the governor switching its factor as the load asks, until it ends,
+        never under the phase's own factor (`floor`)."""
         assert self.governor is not None
-        governing = asyncio.create_task(self.governor.govern())
+        governing = asyncio.create_task(self.governor.govern(floor))
         try:
             return await work
         finally:

@@ -57,6 +57,10 @@ def test_the_factor_halves_only_on_a_calm_idle_machine_held_long_enough() -> Non
     assert next_factor(reading(p99_ms=0.5, busy=0.2, held_s=9), POLICY) is None, "switched too recently"
     assert next_factor(reading(factor=1, p99_ms=0.5, **idle), POLICY) is None, "never below lowest"
     assert next_factor(reading(factor=1.5, p99_ms=0.5, **idle), POLICY)[0] == 1  # type: ignore[index]
+    assert next_factor(reading(factor=8, p99_ms=0.5, **idle), POLICY, floor=6)[0] == 6  # type: ignore[index]
+    assert next_factor(reading(factor=6, p99_ms=0.5, **idle), POLICY, floor=6) is None, \
+        "a phase's own factor is its floor: it was chosen for the load the phase starts"
+    assert next_factor(reading(factor=6, p99_ms=10), POLICY, floor=6)[0] == 12  # type: ignore[index]  # raised above it
 
 
 def test_a_policy_needs_its_hysteresis() -> None:
