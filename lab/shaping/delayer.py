@@ -14,8 +14,8 @@ once the change is in force. `retime` stretches what every held packet has left 
 ratio: the run's time dilation changed, and a packet held across the change keeps its delay in
 the run's time, not in the machine's.
 
-Its cost is wake-ups (~20 µs of CPU each here), not packets, so it keeps time no closer than
-the links need: from a tick before the next release is due it wakes once a tick, half the
+Wake-ups cost ~20 µs of CPU each here, more than a packet's own handling at a few thousand
+packets a second or less, so it keeps time no closer than the links need: from a tick before the next release is due it wakes once a tick, half the
 delay check's tolerance for the shortest delay it holds (max(1 ms, 5%); lab/shaping/plan.py)
 and at most 10 ms. Each such wake-up takes the packets that arrived since the last (stamped
 at the middle of the time since the last: at most half a tick off) and releases every packet
