@@ -15,14 +15,15 @@ ratio: the run's time dilation changed, and a packet held across the change keep
 the run's time, not in the machine's.
 
 Wake-ups cost ~20 µs of CPU each here, more than a packet's own handling at a few thousand
-packets a second or less, so it keeps time no closer than the links need: from a tick before the next release is due it wakes once a tick, half the
-delay check's tolerance for the shortest delay it holds (max(1 ms, 5%); lab/shaping/plan.py)
-and at most 10 ms. Each such wake-up takes the packets that arrived since the last (stamped
-at the middle of the time since the last: at most half a tick off) and releases every packet
-due within half a tick (at most half a tick early or late), so a delay is off by less than a
-tick either way, however many packets come; further from a release, it waits for packets as
-they come and stamps each on arrival. At a dilation of 6 a 5 ms link holds packets
-30 ms and the tick is 0.75 ms; at 400 it holds them 2 s and the tick is 10 ms.
+packets a second or less, so it keeps time no closer than the links need: from a tick before
+the next release is due it wakes once a tick, half the delay check's tolerance for the shortest
+delay it holds (max(1 ms, 5%); lab/shaping/plan.py) and at most 10 ms. Each such wake-up takes
+the packets that arrived since the last (stamped at the middle of that time: at most half a
+tick off) and releases every packet due within half a tick (at most half a tick early or
+late), so a delay is off by less than a tick either way, however many packets come; further
+from a release, it waits for packets as they come and stamps each on arrival. At a dilation of
+6 a 5 ms link holds packets 30 ms and the tick is 0.75 ms; at 400 it holds them 2 s and the
+tick is 10 ms.
 
 Run as `python -m lab.shaping.delayer --control SOCKET --seed N`.
 """
