@@ -64,9 +64,10 @@ def measure(links: Links, delay_ms: int, rate: int) -> dict[str, Any]:
         "error_p99_ms": quantile(errors, 0.99) * 1e3 if errors else None,
         "error_max_ms": max(errors) * 1e3 if errors else None,
     }
-    point["tolerance_ms"] = delay_tolerance(delay_ms / 1000) * 1e3
+    tolerance = delay_tolerance(delay_ms / 1000)
+    point["tolerance_ms"] = tolerance * 1e3
     sizes = [abs(error) for error in errors]
-    point["keeps_time"] = bool(errors) and quantile(sizes, 0.99) < delay_tolerance(delay_ms / 1000) and loss < LOSS_LIMIT
+    point["keeps_time"] = bool(errors) and quantile(sizes, 0.99) < tolerance and loss < LOSS_LIMIT
     if before is not None:
         point["delay_line_cpu_us_per_packet"] = (delay_line_cpu_s(links) - before) / max(1, count) * 1e6
     return point
