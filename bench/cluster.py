@@ -13,6 +13,7 @@ bench/results/cluster-<name>.{json,md} with the machine and commit:
 
     .venv/bin/python bench/cluster.py                                  # 100 peers (~50 minutes)
     .venv/bin/python bench/cluster.py --quick                          # 100 peers, smaller workload
+    .venv/bin/python bench/cluster.py --topology bench/cluster-100.yaml # 100 peers, a region a machine (~30 minutes)
     .venv/bin/python bench/cluster.py --topology topologies/10-peers.yaml --cpus 1,1
 """
 
