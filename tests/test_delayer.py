@@ -66,3 +66,17 @@ def test_a_wake_up_releases_what_is_due_within_half_a_tick_and_nothing_later(tmp
     assert sender.held == 1 and len(delayer.heap) == 1
     assert delayer.lateness[0] == pytest.approx(0.001, abs=0.001) and -0.005 <= delayer.lateness[1] < 0, \
         "the second went early, by less than half a tick"
+
+
+def test_stats_count_every_release_and_sample_the_lateness_of_all_of_them(tmp_path: Path, monkeypatch: Any) -> None:
+    """A phase of a large run releases millions of packets: the count is all of them, and the
+    lateness quantiles come from a sample spread over the whole phase, not its first packets."""
+    monkeypatch.setattr("lab.shaping.delayer.LATENESS_KEPT", 100)
+    delayer = Delayer(str(tmp_path / "control.sock"), seed=1)
+    for late in range(10_000):  # lateness rising through the stretch: its first 100 are all under 0.01
+        delayer._keep_lateness(late / 10_000)
+    stats = delayer._stats()
+    assert stats["released"] == 10_000
+    assert 0.3 < stats["lateness_s"]["p50"] < 0.7, "a sample of the whole stretch has its median near the middle"
+    assert stats["lateness_s"]["max"] > 0.9
+    assert delayer._stats()["released"] == 0, "counted since the last time it was asked"

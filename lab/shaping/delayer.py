@@ -51,7 +51,7 @@ from lab.shaping.plan import LinkPlan, delay_tolerance, shortest_delay
 
 QUEUE_NUM = 0
 KERNEL_QUEUE_MAX = 65536  # the kernel's own cap on unverdicted packets; `limit` is enforced here
-LATENESS_KEPT = 200_000
+LATENESS_KEPT = 200_000  # a uniform sample of a stretch's releases (reservoir), for its lateness quantiles
 TICK_SHARE = 0.5  # of the tolerance for the shortest delay held
 TICK_MAX_S = 0.010  # what arrives in one tick waits in the netlink socket's buffer
 EPOLL_S = 0.001  # epoll waits whole milliseconds, rounded up
@@ -87,7 +87,9 @@ class Delayer:
         self.nfq: NetfilterQueue | None = None
         self.heap: list[Held] = []
         self.seq = itertools.count()
-        self.lateness: list[float] = []
+        self.released = 0  # since the last `stats`
+        self.lateness: list[float] = []  # a uniform sample of those releases' lateness
+        self.sample = random.Random(f"{seed}:lateness")
         self.unplanned = 0
         self.tick = tick_for(None)
         self.read_at = 0.0  # when the queue was last read
@@ -135,9 +137,17 @@ class Delayer:
             held = heapq.heappop(self.heap)
             held.packet.accept()
             held.sender.held -= 1
-            if len(self.lateness) < LATENESS_KEPT:
-                self.lateness.append(now - held.due)
+            self._keep_lateness(now - held.due)
             now = time.monotonic()
+
+    def _keep_lateness(self, late: float) -> None:
+        """Algorithm R: every release of a stretch is equally likely to be in the sample, so a
+        stretch's quantiles are not those of its first LATENESS_KEPT packets."""
+        self.released += 1
+        if len(self.lateness) < LATENESS_KEPT:
+            self.lateness.append(late)
+        elif (slot := self.sample.randrange(self.released)) < LATENESS_KEPT:
+            self.lateness[slot] = late
 
     # -- control -----------------------------------------------------------------------------
 
@@ -171,15 +181,16 @@ class Delayer:
         return {"ok": True, "retimed": len(self.heap)}
 
     def _stats(self) -> dict[str, Any]:
-        late = sorted(self.lateness)
+        late, released = sorted(self.lateness), self.released
         self.lateness.clear()
+        self.released = 0
 
         def quantile(q: float) -> float | None:
             return late[min(len(late) - 1, int(q * len(late)))] if late else None
 
         return {
             "ok": True,
-            "released": len(late),
+            "released": released,
             "lateness_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": late[-1] if late else None},
             "held": len(self.heap),
             "cpu_s": sum(os.times()[:2]),  # its own CPU so far (bench/impairment_accuracy.py: per packet)
