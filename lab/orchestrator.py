@@ -258,9 +258,14 @@ class Run:
     def _factor_of(self, number: int) -> float:
         """The factor workload phase `number` starts at: its own; with an adaptive factor, the one
         the last phase ended at unless the phase states its own."""
-        if self.governor is None or number == 1 or self.topology.workload[number - 1].time_dilation is not None:
+        if self.governor is None or number == 1 or self._stated_factor(number) is not None:
             return self.dilation.of_phase(number)
         return self.dilation.segments[-1].factor
+
+    def _stated_factor(self, number: int) -> float | None:
+        """The `time_dilation` workload phase `number` states, if any: where an adaptive factor
+        starts, and its floor."""
+        return self.topology.workload[number - 1].time_dilation
 
     async def _phase(self, machine: Machine, kind: str, number: int, factor: float, work: Awaitable[PhaseRecord],
                      doubled: bool | None = False) -> PhaseRecord:
@@ -272,7 +277,7 @@ class Run:
         await machine.sample()  # and the processes' CPU (lab/analysis/bound.py)
         started, started_real = self.dilation.now_ns(), time.monotonic_ns()
         governed = self.governor and kind == PHASE
-        record = await (self._governed(work, self.topology.workload[number - 1].time_dilation) if governed else work)
+        record = await (self._governed(work, self._stated_factor(number)) if governed else work)
         ended, ended_real = self.dilation.now_ns(), time.monotonic_ns()
         await machine.sample()
         links = await machine.watch()
