@@ -21,6 +21,9 @@ from lab.shaping.backend import choose_backend
 # Under qemu's emulation on a busy machine one impaired run takes up to ~10 minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.impairment, needs_root, pytest.mark.timeout(2400)]
 IMPAIRED = ROOT / "tests" / "topologies" / "impaired.yaml"
+# What does not depend on the backend runs once, on the userspace one (the host's), not again under
+# qemu's emulation, where each impaired run costs minutes.
+USERSPACE_ONLY = pytest.mark.skipif(choose_backend("auto")[0] != "userspace", reason="the same with either backend")
 
 
 def start_impaired_run(out: Path) -> subprocess.Popen[str]:
@@ -107,9 +110,11 @@ def test_impairment_the_backend_cannot_give_refuses_before_building(tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+@USERSPACE_ONLY
 def test_a_link_the_machine_cannot_verify_is_a_warning_and_strict_refuses_it(tmp_path: Path) -> None:
     """No Python sender offers 27 Gbit/s, so a 30 Gbit/s link cannot be told from a slower one:
-    the run says so and goes on, marked unverified; `impairment.verify: strict` refuses it."""
+    the run says so and goes on, marked unverified; `impairment.verify: strict` refuses it. HTB
+    gives the rate under either backend, and the verification is the same."""
     fields = {"groups": [{"name": "peers", "count": 2, "link": {"rate": "30gbit"}}], "workload": [{"phase": "bootstrap"}],
               "slas": [], "network": yaml.safe_load(IMPAIRED.read_text())["network"]}  # peers that start under qemu too
     loose = run_lab("run", str(write_topology(tmp_path / "fast.yaml", **fields, bootstrap={"peers": 1, "dials": 1})),
@@ -127,9 +132,11 @@ def test_a_link_the_machine_cannot_verify_is_a_warning_and_strict_refuses_it(tmp
         assert leftovers(json.loads((out / "manifest.json").read_text())["run_id"]) == []
 
 
+@USERSPACE_ONLY
 def test_lab_clean_after_a_killed_impaired_run_leaves_nothing(tmp_path: Path) -> None:
     """SIGKILL the orchestrator mid-run: the delay line dies with it (PDEATHSIG); lab clean
-    removes the namespaces (and with them every qdisc and rule) and the delay line's directory."""
+    removes the namespaces (and with them every qdisc and rule) and the delay line's directory.
+    The netem backend builds only qdiscs inside the namespaces, which go the same way."""
     out = tmp_path / "run"
     run = start_impaired_run(out)
     try:
@@ -144,7 +151,6 @@ def test_lab_clean_after_a_killed_impaired_run_leaves_nothing(tmp_path: Path) ->
     left = leftovers(run_id)
     assert not any(item.startswith("pid") for item in left), left
     assert any(item.startswith("plab-") for item in left), left
-    delay_line = json.loads((out / "manifest.json").read_text())["impairment"]["backend"] == "userspace"
-    assert any("-delayer-" in item for item in left) == delay_line, left
+    assert any("-delayer-" in item for item in left), left  # the delay line's directory, until lab clean
     assert run_lab("clean").returncode == 0
     assert leftovers(run_id) == []
