@@ -21,9 +21,10 @@ from lab.shaping.backend import choose_backend
 # Under qemu's emulation on a busy machine one impaired run takes up to ~10 minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.impairment, needs_root, pytest.mark.timeout(2400)]
 IMPAIRED = ROOT / "tests" / "topologies" / "impaired.yaml"
+BACKEND = choose_backend("auto")[0]  # probed once: each probe builds throwaway namespaces
 # What does not depend on the backend runs once, on the userspace one (the host's), not again under
 # qemu's emulation, where each impaired run costs minutes.
-USERSPACE_ONLY = pytest.mark.skipif(choose_backend("auto")[0] != "userspace", reason="the same with either backend")
+USERSPACE_ONLY = pytest.mark.skipif(BACKEND != "userspace", reason="the same with either backend")
 
 
 def start_impaired_run(out: Path) -> subprocess.Popen[str]:
@@ -76,7 +77,7 @@ def test_impaired_run_with_live_changes(tmp_path: Path) -> None:
     assert impairment["verification_status"] in ("passed", "unverified"), output
     if impairment["verification_status"] == "unverified":
         assert "the run goes on with its impairment unverified" in output, output
-    assert impairment["backend"] == choose_backend("auto")[0]
+    assert impairment["backend"] == BACKEND
     costs = manifest["lab_processes"]
     assert costs["orchestrator"]["cpu_seconds"] > 0
     if impairment["backend"] == "userspace":  # the delay line's own CPU time is measured, not hidden
@@ -97,7 +98,7 @@ def test_netem_without_a_running_lab_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no running lab run" in result.output
 
 
-@pytest.mark.skipif(choose_backend("auto")[0] != "userspace", reason="netem can duplicate")
+@pytest.mark.skipif(BACKEND != "userspace", reason="netem can duplicate")
 def test_impairment_the_backend_cannot_give_refuses_before_building(tmp_path: Path) -> None:
     link = {"delay": "5ms", "duplicate": "1%"}
     topology = write_topology(tmp_path / "dup.yaml", groups=[{"name": "peers", "count": 6, "link": link}])
