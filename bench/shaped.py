@@ -16,9 +16,11 @@ import yaml
 from lab.network.fabric import NamespaceNetwork
 from lab.output import provenance
 from lab.runid import RunId
+from lab.shaping import plan as plans
 from lab.shaping.backend import choose_backend
 from lab.shaping.links import Links, make_backend
 from lab.topology import parse_topology
+from nodes.protocol import Dilation
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,14 +37,27 @@ def arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 @contextmanager
 def shaped(topology_yaml: str, backend: str) -> Iterator[Links]:
-    """The topology's network and links, removed afterwards whatever happens."""
-    topology = parse_topology(yaml.safe_load(topology_yaml))
-    network = NamespaceNetwork(run := RunId.new(), topology.hosts())
-    links = Links(make_backend(backend, {}, run, topology.seed), network.build(), topology, network.reference)
-    try:
+    """The topology's links, removed afterwards whatever happens."""
+    with shaped_network(topology_yaml, backend) as (_, links):
         yield links
+
+
+@contextmanager
+def shaped_network(topology_yaml: str, backend: str,
+                   dilation: Dilation | None = None) -> Iterator[tuple[NamespaceNetwork, Links]]:
+    """The topology's network and links (its regions' latency included) on the run's clock
+    `dilation`, removed afterwards whatever happens."""
+    topology = parse_topology(yaml.safe_load(topology_yaml))
+    network = NamespaceNetwork(run := RunId.new(), topology.hosts(), dilation)
+    try:
+        slots = network.build()
+        prefixes = plans.prefixes_by_region([s.ip for s in slots], topology.peer_regions())
+        links = Links(make_backend(backend, prefixes, run, topology.seed), slots, topology, network.reference, dilation)
+        try:
+            yield network, links
+        finally:
+            links.close()
     finally:
-        links.close()
         network.teardown()
 
 

@@ -4,6 +4,7 @@ LAB_TEST_BACKEND names: the qemu harness sets netem), packets measured between p
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -18,8 +19,9 @@ from lab.runid import ENV_VAR, RunId
 from lab.shaping import plan as plans
 from lab.shaping.backend import choose_backend
 from lab.shaping.links import Links, make_backend
-from lab.shaping.verify import measure_pair
+from lab.shaping.verify import PROBE, measure_pair, send_and_collect
 from lab.topology import Link, Topology, parse_topology
+from nodes.protocol import Dilation
 
 pytestmark = [pytest.mark.impairment, needs_root]
 
@@ -54,9 +56,23 @@ workload: [{phase: bootstrap}]
 """
 
 
+# One lossy, delayed link on a clock that will switch its factor.
+SWITCHED = """
+name: switched
+seed: 7
+groups: [{name: a, count: 2, link: {delay: 10ms, loss: 30%}}]
+workload: [{phase: bootstrap}]
+"""
+
+
 @pytest.fixture
 def shaped() -> Iterator[tuple[Links, Topology, RunId]]:
     yield from _links(REGIONS)
+
+
+@pytest.fixture
+def switched() -> Iterator[tuple[Links, Topology, RunId]]:
+    yield from _links(SWITCHED, Dilation())
 
 
 @pytest.fixture
@@ -64,13 +80,14 @@ def shared() -> Iterator[tuple[Links, Topology, RunId]]:
     yield from _links(SHARED)
 
 
-def _links(text: str) -> Iterator[tuple[Links, Topology, RunId]]:
+def _links(text: str, dilation: Dilation | None = None) -> Iterator[tuple[Links, Topology, RunId]]:
     topology = parse_topology(yaml.safe_load(text))
     run = RunId.new()
-    network = NamespaceNetwork(run, topology.hosts())
+    network = NamespaceNetwork(run, topology.hosts(), dilation)
     slots = network.build()
     prefixes = plans.prefixes_by_region([s.ip for s in slots], topology.peer_regions())
-    links = Links(make_backend(backend_name(), prefixes, run, topology.seed), slots, topology, network.reference)
+    links = Links(make_backend(backend_name(), prefixes, run, topology.seed), slots, topology, network.reference,
+                  dilation)
     try:
         yield links, topology, run
     finally:
@@ -138,6 +155,35 @@ def test_live_change_then_clear_leaves_nothing_in_the_kernel(shaped: tuple) -> N
     links.clear(links.peers_of(), "test")
     assert all(not row["kernel"] for row in links.show(links.peers_of()))
     assert _measured(links, 0, 3, "delay_s") < 0.001
+
+
+def _switch(links: Links, factor: float) -> None:
+    """The run's clock runs `factor` times slower from now on, and the links follow."""
+    links.dilation.switch(factor, time.monotonic_ns(), time.time_ns())
+    change = links.retime()
+    assert change.link == {"time_dilation": factor, "held_packets_retimed": 0}, change
+
+
+def test_a_switch_of_dilation_stretches_the_links_delay_by_it(switched: tuple) -> None:
+    links, _, _ = switched
+    links.dilation.start()
+    links.apply_initial()
+    _switch(links, 3.0)
+    assert _measured(links, 0, 1, "delay_s") == pytest.approx(0.030, abs=0.0016)
+    _switch(links, 1.0)
+    assert _measured(links, 0, 1, "delay_s") == pytest.approx(0.010, abs=0.0016)
+
+
+@pytest.mark.skipif(backend_name() != "userspace", reason="netem's loss is counted in the qdisc each switch rebuilds")
+def test_the_loss_before_a_switch_of_dilation_stays_counted(switched: tuple) -> None:
+    """The switch changes no loss rule, so it restores none and the hub's counters go on (a
+    restore would restart them and the watch would miss what they counted before it)."""
+    links, _, _ = switched
+    links.dilation.start()
+    links.apply_initial()
+    send_and_collect(links.slots[0], links.slots[1], 400, 0.001, PROBE.size, 0.5)
+    _switch(links, 3.0)
+    assert 60 <= links.watch().drops["loss"] <= 180  # 400 at 30%: 120, sd 9.2
 
 
 def test_peer_and_group_selection_errors_name_the_option(shaped: tuple) -> None:

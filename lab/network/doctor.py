@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from lab.errors import SetupError
-from lab.network.netlink import NetlinkError, NetNS, netns
+from lab.network.netlink import NetlinkError, in_namespace, netns
 from lab.runid import RunId
 
 
@@ -38,7 +38,7 @@ def netns_problem() -> str | None:
     if os.geteuid() != 0:
         return "not running as root"
     try:
-        with throwaway_namespace() as name, NetNS(name) as ns:
+        with throwaway_namespace() as name, in_namespace(name) as ns:
             ns.link("add", ifname="probe0", kind="veth", peer={"ifname": "probe1"})
     except Exception as exc:
         return f"cannot create namespaces and veth pairs ({type(exc).__name__}: {exc})"
@@ -59,7 +59,7 @@ def choose_mode(requested: str) -> tuple[str, str]:
 
 def _qdisc(kind: str, **options: object) -> Callable[[], str]:
     def probe() -> str:
-        with throwaway_namespace() as name, NetNS(name) as ns:
+        with throwaway_namespace() as name, in_namespace(name) as ns:
             ns.link("add", ifname="probe0", kind="veth", peer={"ifname": "probe1"})
             index = ns.link_lookup(ifname="probe0")[0]
             try:
@@ -108,7 +108,7 @@ def _netns() -> str:
 
 
 def _bridge() -> str:
-    with throwaway_namespace() as name, NetNS(name) as ns:
+    with throwaway_namespace() as name, in_namespace(name) as ns:
         ns.link("add", ifname="probebr", kind="bridge")
     return "bridge created (not needed: the fabric is a routed hub)"
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 from lab.errors import NetworkError
 from lab.network import partition
-from lab.network.netlink import IPRoute, NetlinkError, NetNS, inside, netns, run_in
+from lab.network.netlink import IPRoute, NetlinkError, in_namespace, inside, netns, run_in
 from lab.runid import RunId
 from nodes.protocol import Dilation
 
@@ -174,7 +174,7 @@ class NamespaceNetwork:
             self.created.append(self.run.hub_netns)
             _write_sysctls_in(self.run.hub_netns, HUB_SYSCTLS)
             slots = []
-            with NetNS(self.run.hub_netns) as hub:
+            with in_namespace(self.run.hub_netns) as hub:
                 hub.link("set", index=hub.link_lookup(ifname="lo")[0], state="up")
                 built = [(host, peers) for host, peers in enumerate(self.hosts) if self.owned is None or host in self.owned]
                 for done, (host, peers) in enumerate(built, 1):
@@ -191,7 +191,7 @@ class NamespaceNetwork:
         except NetlinkError as exc:
             raise NetworkError(f"netlink refused building the network: {exc}") from exc
 
-    def _add_host(self, hub: NetNS, host: int, name: str, slots: list[PeerSlot]) -> None:
+    def _add_host(self, hub: IPRoute, host: int, name: str, slots: list[PeerSlot]) -> None:
         netns.create(name)
         self.created.append(name)
         port, hub_mac, host_mac = slots[0].hub_port, _mac(0, host), _mac(1, host)
@@ -207,7 +207,7 @@ class NamespaceNetwork:
         for slot in slots:
             hub.route("add", dst=f"{slot.ip}/32", oif=hub_port, scope="link")
             hub.neigh("add", dst=slot.ip, lladdr=host_mac, ifindex=hub_port, state=NUD_PERMANENT)
-        with NetNS(name) as ns:
+        with in_namespace(name) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             eth0 = ns.link_lookup(ifname="eth0")[0]
             for slot in slots:
@@ -230,7 +230,7 @@ class NamespaceNetwork:
         entries, neighbours and routes for every peer over there; nothing is learnt."""
         outside = f"{self.run.prefix}-vx"
         try:
-            with NetNS(underlay.netns) if underlay.netns else IPRoute() as where:
+            with in_namespace(underlay.netns) if underlay.netns else IPRoute() as where:
                 where.link("add", ifname=outside, kind="vxlan", vxlan_id=VXLAN_ID, vxlan_local=underlay.ip,
                            vxlan_port=VXLAN_PORT, vxlan_learning=0, address=_mac(2, machine))
                 try:
@@ -238,7 +238,7 @@ class NamespaceNetwork:
                 except NetlinkError:
                     where.link("del", ifname=outside)
                     raise
-            with NetNS(self.run.hub_netns) as hub:
+            with in_namespace(self.run.hub_netns) as hub:
                 vx = hub.link_lookup(ifname=outside)[0]
                 hub.link("set", index=vx, ifname=HUB_VXLAN, mtu=VXLAN_MTU, state="up")
                 hub.addr("add", index=vx, address=hub_ip(machine), prefixlen=32)
@@ -253,7 +253,7 @@ class NamespaceNetwork:
             raise NetworkError(f"netlink refused joining the hubs over VXLAN (underlay {underlay.ip}"
                                f"{f' in {underlay.netns}' if underlay.netns else ''}): {exc}") from exc
 
-    def _routes(self, ns: NetNS, eth0: int, slots: list[PeerSlot], command: str) -> None:
+    def _routes(self, ns: IPRoute, eth0: int, slots: list[PeerSlot], command: str) -> None:
         """A host's routes to the hub (and, for several peers, the hairpin table's: packets
         between the host's own addresses leave through eth0 and come back), each with TCP's
         minimum RTO for the run's dilation."""
@@ -266,7 +266,7 @@ class NamespaceNetwork:
         """TCP's minimum RTO on every host's routes at the factor now in force (a phase changed it)."""
         self.metrics = _rto_metrics(self.dilation.factor)
         for name, slots in self.hosts_built.items():
-            with NetNS(name) as ns:
+            with in_namespace(name) as ns:
                 self._routes(ns, ns.link_lookup(ifname="eth0")[0], slots, "replace")
 
     def cut(self, side: list[str], rest: list[str], both_ways: bool) -> None:

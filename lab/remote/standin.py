@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from lab.network.netlink import NetNS, netns
+from lab.network.netlink import in_namespace, netns
 from lab.remote.agent import MACHINE_ENV, UNDERLAY_ENV, UNDERLAY_NETNS_ENV
 
 LAN_PREFIX = "198.19.253."  # inside 198.18.0.0/15, apart from the peers' and the hubs' addresses
@@ -28,7 +28,7 @@ def stand_in_machines(count: int) -> Iterator[list[dict[str, str]]]:
     made = [name]
     netns.create(name)
     try:
-        with NetNS(name) as lan:
+        with in_namespace(name) as lan:
             lan.link("add", ifname="br0", kind="bridge")
             bridge = lan.link_lookup(ifname="br0")[0]
             lan.link("set", index=bridge, state="up")
@@ -39,7 +39,7 @@ def stand_in_machines(count: int) -> Iterator[list[dict[str, str]]]:
                 made.append(machine)
                 lan.link("add", ifname=f"m{k}", kind="veth", peer={"ifname": "eth0", "net_ns_fd": machine})
                 lan.link("set", index=lan.link_lookup(ifname=f"m{k}")[0], master=bridge, state="up")
-                with NetNS(machine) as ns:
+                with in_namespace(machine) as ns:
                     eth0 = ns.link_lookup(ifname="eth0")[0]
                     ns.addr("add", index=eth0, address=ip, prefixlen=24)
                     ns.link("set", index=eth0, state="up")

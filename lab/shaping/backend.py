@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from lab.errors import ShapingError
 from lab.network import doctor
 from lab.network.fabric import PeerSlot
-from lab.network.netlink import NetlinkError, NetNS
+from lab.network.netlink import NetlinkError, in_namespace
 from lab.shaping import tc
 from lab.shaping.plan import LinkPlan
 
@@ -36,6 +36,7 @@ class Backend(ABC):
 
     def __init__(self, prefixes: dict[str, list[str]]) -> None:
         self.prefixes = prefixes  # destination prefixes of each region, for per-destination shaping
+        self.trees: dict[str, list[tuple[str, LinkPlan]] | None] = {}  # host namespace -> what its tree shapes (None: unknown)
 
     @staticmethod
     @abstractmethod
@@ -50,22 +51,27 @@ class Backend(ABC):
     def kernel_state(self, slot: PeerSlot) -> list[str]:
         """What the kernel (and delay line) do to the peer's packets now, read back, not remembered."""
         assert slot.netns is not None
-        with NetNS(slot.netns) as ns:
+        with in_namespace(slot.netns) as ns:
             return tc.describe(ns, ns.link_lookup(ifname="eth0")[0])
 
-    @staticmethod
-    def replace_tree(host: Host, prefixes: dict[str, list[str]], netem: bool) -> None:
+    def replace_tree(self, host: Host, netem: bool) -> None:
         """Swaps the qdisc tree on the host's eth0 for one shaping each of its peers by source
-        address (lab/shaping/tc.py), or none when no peer's plan needs one."""
+        address (lab/shaping/tc.py), or none when no peer's plan needs one. A host whose tree
+        would stay the same is left alone: a switch of dilation changes no tree of links without
+        a rate under the userspace backend, and a rebuilt tree drops the packets it queued."""
         slot = host[0][0]
         shaped = [(s.ip, plan) for s, plan in host if (plan.is_impaired if netem else plan.rate_bps)]
         assert slot.netns is not None
+        if self.trees.get(slot.netns, []) == shaped:
+            return
+        self.trees[slot.netns] = None  # until the new tree is whole
         try:
-            with NetNS(slot.netns) as ns:
+            with in_namespace(slot.netns) as ns:
                 eth0 = ns.link_lookup(ifname="eth0")[0]
                 tc.remove_root(ns, eth0)
                 if shaped:
-                    tc.install_host_tree(ns, eth0, shaped, prefixes, netem)
+                    tc.install_host_tree(ns, eth0, shaped, self.prefixes, netem)
+            self.trees[slot.netns] = shaped
         except NetlinkError as exc:
             what = "; ".join(f"peer {s.index}: {plan.describe()}" for s, plan in host)
             raise ShapingError(f"host of peer {slot.index}: tc refused {what} ({exc})") from exc

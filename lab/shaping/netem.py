@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from lab.network.netlink import NetNS
+from lab.network.netlink import in_namespace
 from lab.shaping import tc
 from lab.shaping.backend import Backend, Counters, Host
 from lab.shaping.plan import LinkPlan
@@ -25,13 +25,13 @@ class NetemBackend(Backend):
 
     def apply(self, hosts: list[Host]) -> None:
         for host in hosts:
-            self.replace_tree(host, self.prefixes, netem=True)
+            self.replace_tree(host, netem=True)
             self.namespaces.add(host[0][0].netns or "")
 
     def counters(self) -> Counters:
         """netem counts its losses and its full queues as one figure per qdisc."""
         drops = 0
         for name in sorted(self.namespaces - {""}):
-            with NetNS(name) as ns:
+            with in_namespace(name) as ns:
                 drops += tc.netem_drops(ns, ns.link_lookup(ifname="eth0")[0])
         return Counters(Counter({"netem (loss and full queue)": drops}))

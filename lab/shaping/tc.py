@@ -28,7 +28,7 @@ from typing import Any
 from pyroute2.netlink.rtnl import TC_H_ROOT
 from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
 
-from lab.network.netlink import NetNS
+from lab.network.netlink import IPRoute
 from lab.shaping.plan import UNLIMITED_BPS, LinkPlan
 
 ETH_P_IP = 0x0800
@@ -44,7 +44,7 @@ def _rate(bps: float) -> str:
     return f"{int(bps)}bit"
 
 
-def remove_root(ns: NetNS, index: int) -> None:
+def remove_root(ns: IPRoute, index: int) -> None:
     """Removes whatever root qdisc the lab put on the interface. Without a kind pyroute2 sends
     no options, and the kernel matches handle and parent."""
     for qdisc in ns.get_qdiscs(index=index):
@@ -85,7 +85,7 @@ def u32_destination_key(prefix: str) -> str:
     return _u32_key(prefix, 16)
 
 
-def install_host_tree(ns: NetNS, index: int, peers: list[tuple[str, LinkPlan]], prefixes: dict[str, list[str]],
+def install_host_tree(ns: IPRoute, index: int, peers: list[tuple[str, LinkPlan]], prefixes: dict[str, list[str]],
                       netem: bool) -> None:
     """The tree of the docstring for `peers` ((source address, plan) of each peer on the host);
     without `netem`, rate classes only."""
@@ -108,13 +108,13 @@ def install_host_tree(ns: NetNS, index: int, peers: list[tuple[str, LinkPlan]], 
                       target=handle(1, minor), keys=keys + ([u32_destination_key(prefix)] if prefix else []))
 
 
-def netem_drops(ns: NetNS, index: int) -> int:
+def netem_drops(ns: IPRoute, index: int) -> int:
     """Packets the interface's netem qdiscs dropped (their configured loss and their full queues)."""
     return sum(int((q.get_attr("TCA_STATS") or {}).get("drop", 0)) for q in ns.get_qdiscs(index=index)
                if q.get_attr("TCA_KIND") == "netem")
 
 
-def describe(ns: NetNS, index: int) -> list[str]:
+def describe(ns: IPRoute, index: int) -> list[str]:
     """What the kernel has on the interface now, one line per qdisc, read back from it."""
     lines = []
     for qdisc in ns.get_qdiscs(index=index):

@@ -129,6 +129,7 @@ class UserspaceBackend(Backend):
         self.run, self.seed, self.hub_netns = run, seed, hub_netns
         self.delay_line: DelayLine | None = None
         self.rules_by_port: dict[str, list[str]] = {}
+        self.rules = ""  # the hub's filter table as last restored
 
     @staticmethod
     def unsupported(plan: LinkPlan) -> str | None:
@@ -157,9 +158,12 @@ class UserspaceBackend(Backend):
         for host in hosts:
             port = host[0][0].hub_port
             self.rules_by_port[port] = [rule for slot, plan in host for rule in peer_rules(port, slot.ip, plan)]
-        _in_netns(self.hub_netns, ["iptables-restore"], hub_rules(self.rules_by_port))
+        rules = hub_rules(self.rules_by_port)
+        if rules != self.rules:  # the same (a switch of dilation): its counters keep counting
+            _in_netns(self.hub_netns, ["iptables-restore"], rules)
+            self.rules = rules
         for host in hosts:
-            self.replace_tree(host, self.prefixes, netem=False)
+            self.replace_tree(host, netem=False)
 
     def kernel_state(self, slot: PeerSlot) -> list[str]:
         lines = super().kernel_state(slot)
