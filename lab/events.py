@@ -21,7 +21,7 @@ IMPAIRMENT = "impairment"  # the orchestrator's event for each change of the lin
 RERUN = "rerun"  # the orchestrator's event for each stretch of the 2N check: operations started in it are its
 VERIFICATION = "impairment_verification"  # the event of a `lab netem --verify`
 FAULT = "fault"  # a fault phase's fault, from when it took effect to when it was undone (docs/faults.md)
-ADAPTED = "time_dilation"  # the governor switched the factor within a phase (lab/governor.py), at the switch's instant
+ADAPTED = "time_dilation"  # the factor switched within a phase (lab/governor.py, a gossip rest), at the switch's instant
 PEER_DOWN = "peer_down"  # a peer a fault took down or froze, from then until it was back (or the phase's end)
 MIB = 1024 * 1024
 

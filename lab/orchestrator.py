@@ -56,9 +56,7 @@ from lab.output.results import ResultsDir, write_json
 from lab.topology import Topology
 from lab.workload.barrier import Deliveries
 from lab.workload.phases import STRETCHES, Workload, rerun_phases
-from nodes.protocol import ROUTING_PEERS, Dilation, Event, Segment
-
-RETIME_NOTICE_NS = 2_000_000_000  # a change of dilation is announced this far ahead of its instant
+from nodes.protocol import RETIME_NOTICE_NS, ROUTING_PEERS, Dilation, Event, Segment
 
 Echo = Callable[[str], None]
 
@@ -238,6 +236,8 @@ class Run:
         if policy := self.topology.network.adaptive_dilation:
             self.governor = Governor(policy, lambda: self.dilation.factor, self.dilation.now_ns,
                                      lambda factor, why: self._adapt(machine, workload, factor, why))
+        else:  # fixed factors: a gossip phase may rest between announcements (an adaptive factor is the governor's)
+            workload.switch = lambda factor, why: self._adapt(machine, workload, factor, why)
         phases = self.topology.workload
         for number, phase in enumerate(phases, 1):
             if not machine.alive():
@@ -313,8 +313,8 @@ class Run:
             await self.governor.stop(governing)
 
     async def _adapt(self, machine: Machine, workload: Workload, factor: float, why: str) -> Segment:
-        """The governor's switch: announced as every switch is, recorded as an event at its instant,
-        and the workload's waits told, so that they follow it."""
+        """A switch within a phase (the governor's, a gossip phase's rest): announced as every switch
+        is, recorded as an event at its instant, and the workload's waits told, so that they follow it."""
         was = self.dilation.factor
         segment = await self._retime(machine, factor, why)
         workload.retimed.set()

@@ -400,6 +400,12 @@ class GossipPhase(PhaseBase):
     phase: Literal["gossip"]
     announcements: int = Field(default=5, ge=1)
     interval: Duration = 0.5
+    rest: bool = Field(
+        default=True,
+        description="with the phase's own time_dilation above the network's: once an announcement has reached every "
+        "live peer, the rest of the interval passes at the network's factor (or the lowest one whose switch back "
+        "still fits in it), and the phase's comes back before the next send; false keeps the phase's throughout",
+    )
     settle: Duration = Field(
         default=10.0, description="after the last announcement, at most this long for every live peer to receive them all"
     )

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, get_args
 
+RETIME_NOTICE_NS = 2_000_000_000  # a change of dilation is announced this far ahead of its instant (machine's clock)
+
 
 @dataclass(frozen=True)
 class Segment:

@@ -213,6 +213,10 @@ def test_the_guard_calls_a_latency_inconclusive_when_the_loop_lag_is_not_small_a
     after = [phase, *gets, lag_window(0, 0.2), lag_window(5_000_000_000, 50)]
     assert phase_lags(after)[0].lag.p99_ms == 50
     assert judge("get", summary, after, phase_lags(after)) == Judgement(True, 0.2, 0.5, ["lookup"])
+    # Nor are late timers between two bursts of gets (a gossip phase's rest between announcements)
+    bursts = [*gets, *(event("get", 10, start_ns=2_000_000_000 + 1_000_000 * i) for i in range(10))]
+    rest = [phase, *bursts, lag_window(0, 0.2), lag_window(1_000_000_000, 50), lag_window(2_000_000_000, 0.2)]
+    assert judge("get", summary, rest, phase_lags(rest)) == Judgement(True, 0.2, 0.5, ["lookup"])
     # No lag measured while they ran: the guard cannot vouch for them
     unwatched = judge("get", summary, [phase, *gets], phase_lags([phase, *gets]))
     assert unwatched is not None and not unwatched.conclusive and "cannot vouch" in unwatched.reason()

@@ -126,12 +126,27 @@ class LagPool:
         return Lag.of(self.counts, self.windows)
 
 
+def _union(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans, overlapping ones merged, in order."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def _pooled(events: list[Event], spans: list[tuple[int, int]]) -> Lag:
-    """The loop-lag windows that overlap the spans, pooled."""
+    """The loop-lag windows that overlap any of the spans, pooled."""
+    spans = _union(spans)
+    ends = [end for _, end in spans]
     pool = LagPool()
     for event in events:
-        if event.op == LOOP_LAG and any(event.start_ns < end and event.end_ns > start for start, end in spans):
-            pool.add(event)
+        if event.op == LOOP_LAG:
+            first = bisect.bisect_right(ends, event.start_ns)  # the first span ending after the window starts
+            if first < len(spans) and spans[first][0] < event.end_ns:
+                pool.add(event)
     return pool.lag
 
 
@@ -152,8 +167,9 @@ def phase_lags(events: list[Event]) -> list[PhaseLag]:
 
 
 def _spans_of(metric: str, events: list[Event], phases: list[PhaseLag]) -> tuple[list[PhaseLag], list[tuple[int, int]]]:
-    """The phases in which the metric's operations started, and in each, the span from the first
-    one's start to the last one's end (time to ready: the bootstrap phase)."""
+    """The phases in which the metric's operations started, and the spans while any of them ran
+    (time to ready: the bootstrap phase): lag between them, in a gossip phase's rest or while a
+    phase waits for its last operation's effects, is not theirs."""
     operations = sorted((e.start_ns, e.end_ns) for e in events if e.op == metric) if unit_of(metric) == "millisecond" else []
     if not operations:
         involved = [p for p in phases if p.phase == "bootstrap"] if metric == "time_to_ready" else []
@@ -164,7 +180,7 @@ def _spans_of(metric: str, events: list[Event], phases: list[PhaseLag]) -> tuple
         inside = operations[bisect.bisect_left(starts, p.start_ns):bisect.bisect_right(starts, p.end_ns)]
         if inside:
             involved.append(p)
-            spans.append((inside[0][0], max(end for _, end in inside)))
+            spans += inside
     return involved, spans
 
 

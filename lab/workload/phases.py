@@ -36,12 +36,12 @@ from lab.topology import (
     SearchPhase,
     Topology,
 )
-from lab.workload.barrier import Deliveries
+from lab.workload.barrier import POLL_S, Deliveries
 from lab.workload.catalogue import make_catalogue, query_for
 from lab.workload.faults import Fault
 from lab.workload.kademlia import converged_tables
 from lab.workload.ticker import Ticker
-from nodes.protocol import Call, Dilation, Event
+from nodes.protocol import RETIME_NOTICE_NS, Call, Dilation, Event
 
 
 def cpu_busy_since(before: Any) -> float:
@@ -62,6 +62,8 @@ RERUN_ORDER = ("gossip", "lookup", "search", "bootstrap")  # joins last: a peer 
 # same operations done again (caches, reputations) is learnt before anything counts, and what it
 # still learns falls on both sides alike.
 STRETCHES = (None, False, True, True, False)
+REST_MARGIN_S = 1.0  # of the machine's time from a rest's switch back to the next send: that switch's own work
+REST_FIT = 1.5  # a rest's factor leaves its switch back's notice this share of the rest
 
 
 def rerun_phases(topology: Topology) -> list[tuple[int, Phase]]:
@@ -95,6 +97,7 @@ class Workload:
     announced: Iterator[int] = field(default_factory=itertools.count)  # numbers messages: one id is one message
     faults: int = 0  # fault phases run so far: each draws from a stream of its own
     retimed: asyncio.Event = field(default_factory=asyncio.Event)  # set when the factor changes within a phase
+    switch: Callable[[float, str], Awaitable[Any]] | None = None  # changes the factor within a phase (fixed factors)
 
     @cached_property
     def _join_position(self) -> dict[int, int]:
@@ -113,7 +116,13 @@ class Workload:
 
     async def sleep(self, seconds: float) -> None:
         """`seconds` of the run's time, however often the factor changes meanwhile."""
-        deadline = self.dilation.now_ns() / 1e9 + seconds
+        await self.sleep_until(self._now_s() + seconds)
+
+    def _now_s(self) -> float:
+        return self.dilation.now_ns() / 1e9
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Until the run's clock reads `deadline` seconds, however often the factor changes meanwhile."""
         while True:
             self.retimed.clear()  # before reading the segments: a switch announced after it wakes us
             left = self.dilation.sleep_s(deadline, time.monotonic_ns())
@@ -318,7 +327,8 @@ class Workload:
     async def _gossip(self, phase: GossipPhase, report: PhaseRecord, purpose: str = "gossip") -> None:
         rng = self.topology.rng(purpose)
         publishers = [p for p in self.peers() if self.published.get(p.index)]
-        first = self.deliveries.mark()
+        first = last = self.deliveries.mark()
+        next_s = 0.0
         for sent in range(phase.announcements):
             number = next(self.announced)
             if not publishers:
@@ -328,9 +338,31 @@ class Workload:
             package = self.published[peer.index][0]
             announcement = {"message_id": f"{purpose}:{number}", "package_id": package}
             if sent:  # the interval lies between announcements, not after the last
-                await self.sleep(phase.interval)
+                await self._between(phase, last, next_s)
+            last = self.deliveries.mark()
             await self.call(report, phase.timeout, peer, Call.ANNOUNCE, announcement)
+            next_s = self._now_s() + phase.interval
         await self._settle(first, phase.settle)
+
+    async def _between(self, phase: GossipPhase, last: int, until_s: float) -> None:
+        """The wait until the next announcement. A phase with its own, higher factor (a message's
+        spread needs it) rests: once the last message has reached every live peer, the rest of
+        the interval passes at the network's factor, or at the lowest one under which the switch
+        back, announced RETIME_NOTICE_NS ahead, still fits; the phase's factor comes back
+        REST_MARGIN_S of the machine's time before the send. At 1000 peers a 0.5 s interval at
+        400 is otherwise 200 s of a machine with nothing to do."""
+        high = self.dilation.segments[-1].factor
+        if phase.rest and self.switch is not None and high > self.dilation.network:
+            while self.deliveries.missing(last, self._alive()) and self._now_s() < until_s:
+                await asyncio.sleep(POLL_S)
+            notice_s, margin_s = RETIME_NOTICE_NS / 1e9, REST_MARGIN_S / high
+            rest_s = until_s - margin_s - self._now_s() - notice_s / high  # from the switch down's instant
+            low = max(self.dilation.network, REST_FIT * notice_s / rest_s) if rest_s > 0 else math.inf
+            if low <= high / 2:  # else two switches would save little
+                await self.switch(low, "rest between announcements")
+                await self.sleep_until(until_s - margin_s - notice_s / low)
+                await self.switch(high, "the next announcement")
+        await self.sleep_until(until_s)
 
     # -- the 2N check's operations: the same calls again, drawn from streams of their own ------
 
