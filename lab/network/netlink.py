@@ -1,16 +1,15 @@
 """pyroute2, configured once for use inside the orchestrator's asyncio process.
 
-pyroute2 runs some namespace work (creating and removing one) in forked helper processes and
-stops them with SIGTERM.
-A forked helper inherits asyncio's signal wakeup fd, so without this setting its SIGTERM
-reaches the orchestrator's event loop as if the orchestrator itself had been terminated.
+pyroute2 creates a namespace in a forked helper process and stops it with SIGTERM. A forked
+helper inherits asyncio's signal wakeup fd, so without this setting its SIGTERM reaches the
+orchestrator's event loop as if the orchestrator itself had been terminated. (Sockets in a
+namespace need no helper: `in_namespace`.)
 
-It waits 2 s for such a helper's answer (10 s for a namespace socket, over retries). On a
-starved CPU that is too short: confined to 0.001 cores, the namespace probe (doctor.py) failed
-after 6 s with "no response from the child" and the run would have fallen back to loopback; with
-the waits below it succeeded after 45 s. Under qemu's emulation beside a busy host, an impaired
-run once fell back to loopback too, for a reason its error did not name (it now does). A slow
-helper is not a missing feature.
+It waits 2 s for such a helper's answer. On a starved CPU that is too short: confined to 0.001
+cores, the namespace probe (doctor.py) failed after 6 s with "no response from the child" and
+the run would have fallen back to loopback; with a longer wait it succeeded after 45 s. Under
+qemu's emulation beside a busy host, an impaired run once fell back to loopback too, for a
+reason its error did not name (it now does). A slow helper is not a missing feature.
 """
 
 import os
@@ -24,7 +23,6 @@ from lab.errors import NetworkError, SetupError
 
 pyroute2.config.disable_mp_signal = True
 pyroute2.config.default_communicate_timeout = 60
-pyroute2.config.default_create_socket_timeout = 120
 
 from pyroute2 import IPRoute, NetlinkError, netns  # noqa: E402  (after the setting above)
 
