@@ -55,6 +55,10 @@ class DilatedClock(trio.abc.Clock):
         """The factor in force now (Python's own clocks are virtual once adopted)."""
         return self.dilation.factor_at(_real_monotonic_ns())
 
+    def switched_ns(self) -> int:
+        """The run's (virtual) nanoseconds at which the factor in force now took effect."""
+        return self.dilation.segment_at(_real_monotonic_ns()).virtual_ns
+
 
 CLOCK = DilatedClock()  # the host process's trio clock: trio.run(..., clock=CLOCK)
 

@@ -40,21 +40,26 @@ class Speakers:
 
 async def watch_lag(speakers: Speakers) -> None:
     """One `loop_lag` event per window: counts of wake-ups by lateness (LAG_BINS_MS), from the
-    first peer's start on (nothing may wait on trio's clock before the run's clock is adopted, and
-    a process's start-up is no phase's lag). A window also ends where the clock's factor changes,
-    so that no window spans two factors: at a high factor one lasts minutes of the machine's
-    time, and the burst of work that follows a switch back to a low one would be pooled with the
-    operations measured before it."""
+    first peer's start on (nothing may wait on trio's clock before the run's clock is adopted,
+    and a process's start-up is no phase's lag). A window also ends where the clock's factor
+    changes (its end is the switch's instant: the next wake-up may come long after it, at 400 up
+    to 20 s of the machine's time into the next factor's operations), so that no window spans
+    two factors: at a high factor one lasts minutes of the machine's time, and the burst of work
+    that follows a switch back to a low one would be pooled with the operations measured before
+    it."""
     await speakers.first.wait()
     while True:
         counts = [0] * (len(LAG_BINS_MS) + 1)
         factor = CLOCK.factor
         started_ns, window_end = time.monotonic_ns(), trio.current_time() + LAG_WINDOW_S
+        ended_ns = None
         while trio.current_time() < window_end:
             due = trio.current_time() + LAG_INTERVAL_S
             await trio.sleep_until(due)
-            if CLOCK.factor != factor:
-                break  # a wake-up across the switch is counted in neither window
+            if CLOCK.factor != factor:  # a wake-up across the switch is counted in neither window,
+                ended_ns = CLOCK.switched_ns()  # and this one ends at the switch, not at that wake-up
+                break
             counts[bisect.bisect_left(LAG_BINS_MS, (trio.current_time() - due) * 1e3)] += 1
         if speakers.recorders:
-            await speakers.recorders[0].event(LOOP_LAG, started_ns, time.monotonic_ns(), None, {"counts": counts})
+            await speakers.recorders[0].event(LOOP_LAG, started_ns, ended_ns or time.monotonic_ns(), None,
+                                              {"counts": counts})

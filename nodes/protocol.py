@@ -79,7 +79,7 @@ class Dilation:
         return self.factor_at(time.monotonic_ns())
 
     def factor_at(self, real_monotonic_ns: int) -> float:
-        return self._segment(real_monotonic_ns).factor
+        return self.segment_at(real_monotonic_ns).factor
 
     def highest_between(self, start_ns: int, end_ns: int) -> float:
         """The highest factor in force at any instant from `start_ns` to `end_ns` (machine clock)."""
@@ -94,11 +94,12 @@ class Dilation:
     def epoch_monotonic_ns(self) -> int:
         return self.segments[0].real_ns
 
-    def _segment(self, real_ns: int) -> Segment:
+    def segment_at(self, real_ns: int) -> Segment:
+        """The segment in force at the machine's monotonic instant `real_ns`."""
         return next((s for s in reversed(self.segments) if s.real_ns <= real_ns), self.segments[0])
 
     def virtual_ns(self, real_monotonic_ns: int) -> int:
-        s = self._segment(real_monotonic_ns)
+        s = self.segment_at(real_monotonic_ns)
         return s.virtual_ns + round((real_monotonic_ns - s.real_ns) / s.factor)
 
     def virtual_wall_ns(self, real_wall_ns: int) -> int:
@@ -120,7 +121,7 @@ class Dilation:
             return math.inf  # trio's "no deadline"
         deadline = round(virtual_deadline_s * 1e9)
         real, virtual = real_now_ns, self.virtual_ns(real_now_ns)
-        factor = self._segment(real).factor
+        factor = self.segment_at(real).factor
         for s in self.segments:
             if s.real_ns <= real:
                 continue

@@ -1,6 +1,7 @@
 """A gossip phase with its own factor rests between announcements (lab/workload/phases.py
 `_between`): once a message has reached every peer, the rest of the interval passes at a low
-factor, and the phase's comes back before the next send, which keeps its schedule."""
+factor, and the phase's comes back before the next send, which keeps its schedule; the peers'
+loop-lag windows end at each switch (nodes/lag.py), so a rest's lag is in no message's."""
 
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def test_a_gossip_phase_rests_between_announcements_and_keeps_its_schedule(tmp_p
     deliveries = [e for e in during if e["op"] == "gossip_delivery"]
     assert len(deliveries) == ANNOUNCEMENTS * 5 and all(e["ok"] for e in deliveries)
     assert all(_factors(segments, e["start_ns"], e["end_ns"]) == {FACTOR} for e in deliveries)
+
+    instants = [s["virtual_ns"] for s in segments[1:]]  # a loop-lag window ends at a switch: none spans one
+    lags = [e for e in events if e["op"] == "loop_lag"]
+    assert lags and not [(e, t) for e in lags for t in instants if e["start_ns"] < t < e["end_ns"]]
 
     verdicts = {v["metric"]: v for v in json.loads((out / "verdicts.json").read_text())["verdicts"]}
     assert "gossip_delivery" not in verdicts or verdicts["gossip_delivery"]["guard"] is not None

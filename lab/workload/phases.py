@@ -41,7 +41,7 @@ from lab.workload.catalogue import make_catalogue, query_for
 from lab.workload.faults import Fault
 from lab.workload.kademlia import converged_tables
 from lab.workload.ticker import Ticker
-from nodes.protocol import RETIME_NOTICE_NS, Call, Dilation, Event
+from nodes.protocol import RETIME_NOTICE_NS, Call, Dilation, Event, Segment
 
 
 def cpu_busy_since(before: Any) -> float:
@@ -62,8 +62,9 @@ RERUN_ORDER = ("gossip", "lookup", "search", "bootstrap")  # joins last: a peer 
 # same operations done again (caches, reputations) is learnt before anything counts, and what it
 # still learns falls on both sides alike.
 STRETCHES = (None, False, True, True, False)
-REST_MARGIN_S = 1.0  # of the machine's time from a rest's switch back to the next send: that switch's own work
-REST_FIT = 1.5  # a rest's factor leaves its switch back's notice this share of the rest
+REST_MARGIN_S = 1.0  # the least a switch's own work is expected to take (the machine's seconds after its instant)
+REST_FIT = 1.5  # a rest's factor leaves the switch down's work and the switch back's notice this share of it
+REST_QUIET_BUSY = 0.5  # a rest starts once the machine is under this busy over a second: a switch's work is quick then
 
 
 def rerun_phases(topology: Topology) -> list[tuple[int, Phase]]:
@@ -97,7 +98,8 @@ class Workload:
     announced: Iterator[int] = field(default_factory=itertools.count)  # numbers messages: one id is one message
     faults: int = 0  # fault phases run so far: each draws from a stream of its own
     retimed: asyncio.Event = field(default_factory=asyncio.Event)  # set when the factor changes within a phase
-    switch: Callable[[float, str], Awaitable[Any]] | None = None  # changes the factor within a phase (fixed factors)
+    switch: Callable[[float, str], Awaitable[Segment]] | None = None  # changes the factor within a phase (fixed factors)
+    switch_cost_s: float = REST_MARGIN_S  # the longest a rest's switch took after its instant (the machine's seconds)
 
     @cached_property
     def _join_position(self) -> dict[int, int]:
@@ -346,23 +348,42 @@ class Workload:
 
     async def _between(self, phase: GossipPhase, last: int, until_s: float) -> None:
         """The wait until the next announcement. A phase with its own, higher factor (a message's
-        spread needs it) rests: once the last message has reached every live peer, the rest of
-        the interval passes at the network's factor, or at the lowest one under which the switch
-        back, announced RETIME_NOTICE_NS ahead, still fits; the phase's factor comes back
-        REST_MARGIN_S of the machine's time before the send. At 1000 peers a 0.5 s interval at
-        400 is otherwise 200 s of a machine with nothing to do."""
+        spread needs it) rests: once the last message has reached every live peer and the machine
+        has quieted, the rest of the interval passes at the network's factor, or at the lowest one
+        under which the switch down's work (as long as the longest so far) and the switch back's
+        notice (RETIME_NOTICE_NS) fit; the phase's factor is back twice that work's time before
+        the send. At 1000 peers a 0.5 s interval at 400 is otherwise 200 s of a machine with
+        nothing to do."""
         high = self.dilation.segments[-1].factor
         if phase.rest and self.switch is not None and high > self.dilation.network:
             while self.deliveries.missing(last, self._alive()) and self._now_s() < until_s:
                 await asyncio.sleep(POLL_S)
-            notice_s, margin_s = RETIME_NOTICE_NS / 1e9, REST_MARGIN_S / high
+            await self._quiet(until_s)
+            notice_s, cost_s = RETIME_NOTICE_NS / 1e9, self.switch_cost_s
+            margin_s = 2 * cost_s / high  # the switch back's work, at the phase's factor, before the send
             rest_s = until_s - margin_s - self._now_s() - notice_s / high  # from the switch down's instant
-            low = max(self.dilation.network, REST_FIT * notice_s / rest_s) if rest_s > 0 else math.inf
+            low = max(self.dilation.network, REST_FIT * (cost_s + notice_s) / rest_s) if rest_s > 0 else math.inf
             if low <= high / 2:  # else two switches would save little
-                await self.switch(low, "rest between announcements")
+                await self._switch(low, "rest between announcements")
                 await self.sleep_until(until_s - margin_s - notice_s / low)
-                await self.switch(high, "the next announcement")
+                await self._switch(high, "the next announcement")
         await self.sleep_until(until_s)
+
+    async def _quiet(self, until_s: float) -> None:
+        """Until this machine is under REST_QUIET_BUSY busy over a second of its time, or the run's
+        clock reads `until_s`: a message's spread leaves work behind its last delivery (duplicates,
+        IDONTWANT), beside which a switch's own work takes seconds, not tenths of one."""
+        while self._now_s() < until_s:
+            before = psutil.cpu_times()
+            await asyncio.sleep(1)
+            if cpu_busy_since(before) < REST_QUIET_BUSY:
+                return
+
+    async def _switch(self, factor: float, why: str) -> None:
+        """A rest's switch, and how long its work took after its instant (the next rest plans for it)."""
+        assert self.switch is not None
+        segment = await self.switch(factor, why)
+        self.switch_cost_s = max(self.switch_cost_s, (time.monotonic_ns() - segment.real_ns) / 1e9)
 
     # -- the 2N check's operations: the same calls again, drawn from streams of their own ------
 
