@@ -103,6 +103,7 @@ class Run:
         self.events: list[Event] = []
         self.deliveries = Deliveries()
         self.samples: list[Sample] = []
+        self.peer_cpu: dict[int, float] = {}  # host process -> its CPU-seconds at its latest sample
         self.routing: dict[int, list[str]] = {}  # each peer's routing table at the end (ROUTING)
         self.errors: list[LabErrorRecord] = []  # the lab's own: peers that did not start, failed calls, lost peers
         self.task: asyncio.Task[Any] | None = None  # the run's own, once it executes
@@ -130,6 +131,8 @@ class Run:
 
     def on_sample(self, sample: Sample) -> None:
         self.samples.append(sample)
+        if sample.role == "peer":
+            self.peer_cpu[sample.pid] = sample.cpu_seconds
         self._append(RESOURCES, sample.record())
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
@@ -238,6 +241,7 @@ class Run:
                                      lambda factor, why: self._adapt(machine, workload, factor, why))
         else:  # fixed factors: a gossip phase may rest between announcements (an adaptive factor is the governor's)
             workload.switch = lambda factor, why: self._adapt(machine, workload, factor, why)
+            workload.peers_cpu_s = lambda: self._peers_cpu_s(machine)
         phases = self.topology.workload
         for number, phase in enumerate(phases, 1):
             if not machine.alive():
@@ -311,6 +315,11 @@ class Run:
             return await work
         finally:
             await self.governor.stop(governing)
+
+    async def _peers_cpu_s(self, machine: Machine) -> float:
+        """The CPU-seconds the peers' host processes have spent so far, every one sampled now."""
+        await machine.sample()
+        return sum(self.peer_cpu.values())
 
     async def _adapt(self, machine: Machine, workload: Workload, factor: float, why: str) -> Segment:
         """A switch within a phase (the governor's, a gossip phase's rest): announced as every switch

@@ -64,7 +64,7 @@ RERUN_ORDER = ("gossip", "lookup", "search", "bootstrap")  # joins last: a peer 
 STRETCHES = (None, False, True, True, False)
 REST_MARGIN_S = 1.0  # the least a switch's own work is expected to take (the machine's seconds after its instant)
 REST_FIT = 1.5  # a rest's factor leaves the switch down's work and the switch back's notice this share of it
-REST_QUIET_BUSY = 0.5  # a rest starts once the machine is under this busy over a second: a switch's work is quick then
+REST_QUIET_CORES = 0.2  # a rest starts once the peers spend less CPU over a second: a switch's work is quick then
 
 
 def rerun_phases(topology: Topology) -> list[tuple[int, Phase]]:
@@ -100,6 +100,7 @@ class Workload:
     retimed: asyncio.Event = field(default_factory=asyncio.Event)  # set when the factor changes within a phase
     switch: Callable[[float, str], Awaitable[Segment]] | None = None  # changes the factor within a phase (fixed factors)
     switch_cost_s: float = REST_MARGIN_S  # the longest a rest's switch took after its instant (the machine's seconds)
+    peers_cpu_s: Callable[[], Awaitable[float]] | None = None  # the peers' CPU-seconds so far, sampled when called
 
     @cached_property
     def _join_position(self) -> dict[int, int]:
@@ -355,7 +356,7 @@ class Workload:
         the send. At 1000 peers a 0.5 s interval at 400 is otherwise 200 s of a machine with
         nothing to do."""
         high = self.dilation.segments[-1].factor
-        if phase.rest and self.switch is not None and high > self.dilation.network:
+        if phase.rest and self.switch is not None and self.peers_cpu_s is not None and high > self.dilation.network:
             while self.deliveries.missing(last, self._alive()) and self._now_s() < until_s:
                 await asyncio.sleep(POLL_S)
             await self._quiet(until_s)
@@ -370,13 +371,15 @@ class Workload:
         await self.sleep_until(until_s)
 
     async def _quiet(self, until_s: float) -> None:
-        """Until this machine is under REST_QUIET_BUSY busy over a second of its time, or the run's
-        clock reads `until_s`: a message's spread leaves work behind its last delivery (duplicates,
-        IDONTWANT), beside which a switch's own work takes seconds, not tenths of one."""
+        """Until the peers spend under REST_QUIET_CORES over a second of the machine's time, or the
+        run's clock reads `until_s`: a message's spread leaves work behind its last delivery
+        (duplicates, IDONTWANT), beside which a switch's own work takes seconds, not tenths of one.
+        The peers' CPU, not the machine's: what else the machine runs does not stop a rest."""
+        assert self.peers_cpu_s is not None
         while self._now_s() < until_s:
-            before = psutil.cpu_times()
+            before, started = await self.peers_cpu_s(), time.monotonic()
             await asyncio.sleep(1)
-            if cpu_busy_since(before) < REST_QUIET_BUSY:
+            if (await self.peers_cpu_s() - before) / (time.monotonic() - started) < REST_QUIET_CORES:
                 return
 
     async def _switch(self, factor: float, why: str) -> None:
