@@ -376,10 +376,12 @@ class Workload:
         (duplicates, IDONTWANT), beside which a switch's own work takes seconds, not tenths of one.
         The peers' CPU, not the machine's: what else the machine runs does not stop a rest."""
         assert self.peers_cpu_s is not None
+        spent, at = await self.peers_cpu_s(), time.monotonic()
         while self._now_s() < until_s:
-            before, started = await self.peers_cpu_s(), time.monotonic()
             await asyncio.sleep(1)
-            if (await self.peers_cpu_s() - before) / (time.monotonic() - started) < REST_QUIET_CORES:
+            before, started = spent, at  # one sample ends a second and starts the next
+            spent, at = await self.peers_cpu_s(), time.monotonic()
+            if (spent - before) / (at - started) < REST_QUIET_CORES:
                 return
 
     async def _switch(self, factor: float, why: str) -> None:
