@@ -19,6 +19,8 @@ WORKLOAD = [
      "time_dilation": FACTOR},
 ]
 
+SLA = {"metric": "gossip_delivery", "stat": "p95", "op": "<=", "threshold": "3s"}  # so that the guard judges gossip
+
 
 def _factors(segments: list[dict[str, Any]], start_ns: int, end_ns: int) -> set[float]:
     """The factors in force at some instant from `start_ns` to `end_ns` (the run's clock)."""
@@ -28,7 +30,7 @@ def _factors(segments: list[dict[str, Any]], start_ns: int, end_ns: int) -> set[
 
 @needs_root
 def test_a_gossip_phase_rests_between_announcements_and_keeps_its_schedule(tmp_path: Path) -> None:
-    topology = write_topology(tmp_path / "rest.yaml", workload=WORKLOAD, fidelity={"rerun": 0})
+    topology = write_topology(tmp_path / "rest.yaml", workload=WORKLOAD, fidelity={"rerun": 0}, slas=[SLA])
     out = tmp_path / "results"
     done = run_lab("run", str(topology), "--out", str(out), "--no-report", timeout=900)
     assert done.returncode in (0, 1, 4), done.stdout[-3000:] + done.stderr[-3000:]
@@ -56,4 +58,5 @@ def test_a_gossip_phase_rests_between_announcements_and_keeps_its_schedule(tmp_p
     assert lags and not [(e, t) for e in lags for t in instants if e["start_ns"] < t < e["end_ns"]]
 
     verdicts = {v["metric"]: v for v in json.loads((out / "verdicts.json").read_text())["verdicts"]}
-    assert "gossip_delivery" not in verdicts or verdicts["gossip_delivery"]["guard"] is not None
+    guard = verdicts["gossip_delivery"]["guard"]
+    assert guard is not None and "gossip" in guard["phases"], verdicts["gossip_delivery"]  # publish announces too
