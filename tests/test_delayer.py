@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from lab.shaping.delayer import TICK_MAX_S, Delayer, Held
+from lab.shaping.delayer import READ_MARGIN_TICKS, TICK_MAX_S, Delayer, Held
+from lab.shaping.plan import LinkPlan, earliest_release
 
 
 def test_a_change_of_dilation_stretches_what_held_packets_have_left(tmp_path: Path) -> None:
@@ -34,23 +35,43 @@ class Verdicts:
         self.accepted_at = time.monotonic()
 
 
+class Queue:
+    """Stands for the bound queue, with nothing queued: only the plans are looked at."""
+
+    def run(self, block: bool) -> None:
+        pass
+
+
+class Stamped:
+    """Stands for a queued packet: its kernel stamp, as get_timestamp gives it."""
+
+    def __init__(self, stamp: float) -> None:
+        self.stamp = stamp
+
+    def get_timestamp(self) -> float:
+        return self.stamp
+
+
 def configure(delayer: Delayer, plans: list[dict[str, Any]]) -> dict[str, Any]:
-    delayer.nfq = object()  # type: ignore[assignment]  # bound already: only the plans are given
+    if delayer.nfq is None:
+        delayer.nfq = Queue()  # type: ignore[assignment]
     peers = [{"index": i, "ip": f"198.18.0.{i + 1}", "plan": plan} for i, plan in enumerate(plans)]
     return delayer._configure({"peers": peers, "regions": {"198.18.0.1": "a", "198.18.0.2": "b"}})
 
 
-def test_the_tick_is_half_the_delay_checks_tolerance_for_the_shortest_delay_held(tmp_path: Path) -> None:
+def test_the_tick_is_the_delay_checks_tolerance_for_the_shortest_delay_held(tmp_path: Path) -> None:
+    """Arrivals carry the kernel's stamp, so a release is off by at most half a tick: half the
+    tolerance, the rest left for a late wake-up."""
     delayer = Delayer(str(tmp_path / "control.sock"), seed=1)
-    assert delayer.tick == pytest.approx(0.0005), "no plan yet: half the tolerance's 1 ms floor"
+    assert delayer.tick == pytest.approx(0.001), "no plan yet: the tolerance's 1 ms floor"
     reply = configure(delayer, [{"delay_s": 0.2, "to_region": {"a": 0.0, "b": 1.6}}, {"delay_s": 0.0, "to_region": {"a": 0.4}}])
-    assert reply["tick_s"] == pytest.approx(0.05 * 0.2 / 2), "the shortest delay is the 200 ms one, not 0 (no delay)"
+    assert reply["tick_s"] == pytest.approx(0.05 * 0.2), "the shortest delay is the 200 ms one, not 0 (no delay)"
     configure(delayer, [{"delay_s": 0.030}])  # peer 0's link shortened: the tick follows it
-    assert delayer.tick == pytest.approx(0.00075)
+    assert delayer.tick == pytest.approx(0.0015)
     delayer._retime({"ratio": 0.5})
-    assert delayer.tick == pytest.approx(0.000375), "a change of dilation scales it until the new plans come"
+    assert delayer.tick == pytest.approx(0.00075), "a change of dilation scales it until the new plans come"
     configure(delayer, [{"delay_s": 2.0}, {"delay_s": 2.0}])
-    assert delayer.tick == TICK_MAX_S, "what arrives in a tick waits in the socket's buffer: a tick is short"
+    assert delayer.tick == TICK_MAX_S, "a release at most 5 ms off, however long the delay"
 
 
 def test_a_wake_up_releases_what_is_due_within_half_a_tick_and_nothing_later(tmp_path: Path) -> None:
@@ -80,3 +101,31 @@ def test_stats_count_every_release_and_sample_the_lateness_of_all_of_them(tmp_pa
     assert 0.3 < stats["lateness_s"]["p50"] < 0.7, "a sample of the whole stretch has its median near the middle"
     assert stats["lateness_s"]["max"] > 0.9
     assert delayer._stats()["released"] == 0, "counted since the last time it was asked"
+
+
+def test_the_earliest_release_is_the_shortest_delay_less_jitter_and_none_where_a_link_reorders() -> None:
+    regional = LinkPlan(delay_s=0.030, to_region={"a": 0.0, "b": 0.240})
+    assert earliest_release([regional]) == pytest.approx(0.030)
+    assert earliest_release([regional, LinkPlan(delay_s=0.1, jitter_s=0.02)]) == pytest.approx(0.030)
+    assert earliest_release([LinkPlan(delay_s=0.1, jitter_s=0.02)]) == pytest.approx(0.080)
+    assert earliest_release([LinkPlan(delay_s=0.1, jitter_s=0.02, distribution="normal")]) == 0.0, "a gaussian has no bound"
+    assert earliest_release([regional, LinkPlan(delay_s=0.1, reorder=0.01)]) == 0.0, "a reordered packet goes at once"
+    assert earliest_release([LinkPlan(delay_s=0.01, jitter_s=0.02)]) == 0.0
+
+
+def test_an_arrival_is_the_kernels_stamp_on_either_clock_else_the_read_and_reads_are_prompt_from_then(
+        tmp_path: Path) -> None:
+    delayer = Delayer(str(tmp_path / "control.sock"), seed=1)
+    reply = configure(delayer, [{"delay_s": 0.030}, {"delay_s": 0.240}])
+    assert reply["read_within_s"] == pytest.approx(0.030 - READ_MARGIN_TICKS * reply["tick_s"]), \
+        "an unread packet is read before the earliest it could be due"
+    delayer.reading_at = time.monotonic()
+    delayer.realtime_offset = time.time() - delayer.reading_at
+    realtime = Stamped(time.time() - 0.004)  # stamped on receipt, 4 ms before this read
+    assert delayer._arrival(realtime) == pytest.approx(delayer.reading_at - 0.004, abs=0.0005)  # type: ignore[arg-type]
+    departed = Stamped(delayer.reading_at - 0.002)  # a TCP sender's departure time, monotonic
+    assert delayer._arrival(departed) == pytest.approx(delayer.reading_at - 0.002)  # type: ignore[arg-type]
+    assert delayer.unstamped == 0 and delayer.read_within > 0
+    assert delayer._arrival(Stamped(0.0)) == delayer.reading_at, "no stamp: the read's instant"  # type: ignore[arg-type]
+    assert delayer.unstamped == 1 and delayer.read_within == 0, "without stamps a packet must be read as it comes"
+    assert configure(delayer, [{"delay_s": 0.030}])["read_within_s"] == 0

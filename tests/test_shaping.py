@@ -4,6 +4,7 @@ LAB_TEST_BACKEND names: the qemu harness sets netem), packets measured between p
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,6 +16,7 @@ import yaml
 from conftest import needs_root
 from lab.errors import ShapingError
 from lab.network.fabric import NamespaceNetwork
+from lab.network.netlink import inside
 from lab.runid import ENV_VAR, RunId
 from lab.shaping import plan as plans
 from lab.shaping.backend import choose_backend
@@ -216,3 +218,34 @@ def test_userspace_backend_refuses_duplication_by_name(shaped: tuple) -> None:
     links, _, _ = shaped
     with pytest.raises(ShapingError, match="link.duplicate: the userspace backend cannot duplicate"):
         links.set_link([0], Link(delay="5ms", duplicate="1%"), "test")
+
+
+@pytest.mark.skipif(backend_name() != "userspace", reason="the delay line's arrival stamps")
+def test_tcp_through_the_delay_line_is_stamped_by_the_kernel_and_delayed(shaped: tuple) -> None:
+    """The delay line reads a packet when it must, not when it comes, because the kernel stamps
+    its arrival: so TCP's packets, whose send time veth carries through, must bear one too."""
+    links, _, _ = shaped
+    links.apply_initial()
+    source, dest = links.slots[0], links.slots[1]  # group a, both in region near: 10 + 2 ms each way
+    with inside(dest.netns):
+        server = socket.create_server((dest.ip, 0))
+    port = server.getsockname()[1]
+    with inside(source.netns):
+        client = socket.socket()
+    client.settimeout(30)
+    server.settimeout(30)
+    before = links.backend.delay_line_stats()
+    with client, server:
+        started = time.monotonic()
+        client.connect((dest.ip, port))
+        connection, _ = server.accept()
+        with connection:
+            for _ in range(20):  # a round trip each: the echo waits for the request
+                client.sendall(b"x" * 1000)
+                connection.recv(1000, socket.MSG_WAITALL)
+                connection.sendall(b"y" * 1000)
+                client.recv(1000, socket.MSG_WAITALL)
+        elapsed = time.monotonic() - started
+    stats = links.backend.delay_line_stats()
+    assert stats["released"] > 40 and stats["unstamped"] == before["unstamped"] == 0, stats
+    assert elapsed >= 21 * 2 * 0.012, "a handshake and 20 round trips of 24 ms at least"

@@ -14,16 +14,21 @@ once the change is in force. `retime` stretches what every held packet has left 
 ratio: the run's time dilation changed, and a packet held across the change keeps its delay in
 the run's time, not in the machine's.
 
-Wake-ups cost ~20 µs of CPU each here, more than a packet's own handling at a few thousand
-packets a second or less, so it keeps time no closer than the links need: from a tick before
-the next release is due it wakes once a tick, half the delay check's tolerance for the shortest
-delay it holds (max(1 ms, 5%); lab/shaping/plan.py) and at most 10 ms. Each such wake-up takes
-the packets that arrived since the last (stamped at the middle of that time: at most half a
-tick off) and releases every packet due within half a tick (at most half a tick early or
-late), so a delay is off by less than a tick either way, however many packets come; further
-from a release, it waits for packets as they come and stamps each on arrival. At a dilation of
-6 a 5 ms link holds packets 30 ms and the tick is 0.75 ms; at 400 it holds them 2 s and the
-tick is 10 ms.
+A wake-up costs more CPU here (~35 µs: a context switch and its syscalls) than a packet's own
+handling (~10 µs), so the line wakes as seldom as the links allow. A packet's arrival is the
+kernel's receive stamp (the line keeps a timestamping socket open, which turns stamping on; a
+TCP sender's departure time, which veth keeps, serves as well), so packets need not be read as
+they come: from a tick before the next release is due the line wakes once a tick, reads what is
+queued and releases every packet due within half a tick; further from a release it waits for
+requests, and reads the queue at least every `read_within` (the earliest an unread packet could
+be due, less two ticks: the shortest delay less jitter; at most 100 ms, as unread packets fill
+the netlink socket's buffer). Only while nothing is held does a packet's arrival wake it. A
+packet goes at most half a tick early or late, however many come. The tick is the delay check's
+tolerance for the shortest delay held (max(1 ms, 5%); lab/shaping/plan.py), at most 10 ms:
+batching takes at most half the tolerance and leaves the other half for a late wake-up. At a
+dilation of 6 a 5 ms link holds packets 30 ms and the tick is 1.5 ms; at 400 it holds them 2 s
+and the tick is 10 ms. A packet without a stamp is counted (`unstamped`), and from then on
+every packet is read as it comes.
 
 Run as `python -m lab.shaping.delayer --control SOCKET --seed N`.
 """
@@ -37,24 +42,29 @@ import itertools
 import json
 import os
 import random
-import selectors
+import select
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from netfilterqueue import NetfilterQueue, Packet
 
 from lab.network.netlink import inside
-from lab.shaping.plan import LinkPlan, delay_tolerance, shortest_delay
+from lab.shaping.plan import LinkPlan, delay_tolerance, earliest_release, shortest_delay
 
 QUEUE_NUM = 0
 KERNEL_QUEUE_MAX = 65536  # the kernel's own cap on unverdicted packets; `limit` is enforced here
 LATENESS_KEPT = 200_000  # a uniform sample of a stretch's releases (reservoir), for its lateness quantiles
-TICK_SHARE = 0.5  # of the tolerance for the shortest delay held
-TICK_MAX_S = 0.010  # what arrives in one tick waits in the netlink socket's buffer
+TICK_SHARE = 1.0  # of the tolerance for the shortest delay held: a release is at most half a tick off
+TICK_MAX_S = 0.010  # a release at most 5 ms off, however long the delay
+READ_MARGIN_TICKS = 2  # a lazy read comes this long before the earliest an unread packet could be due
+READ_MAX_S = 0.1  # and within this: what waits unread fills the netlink socket's buffer
 EPOLL_S = 0.001  # epoll waits whole milliseconds, rounded up
+STAMP_TRUSTED_S = 1.0  # a kernel stamp further than this from the read is not an arrival time
+SO_TIMESTAMPNS = 35  # Linux
 PR_SET_PDEATHSIG = 1
 
 
@@ -70,18 +80,21 @@ class Sender:
     dropped_limit: int = 0
 
 
-@dataclass(order=True)
-class Held:
+class Held(NamedTuple):
+    """A held packet. A tuple, so the heap compares (due, seq) in C: a dataclass's generated
+    comparisons ran in Python, a dozen per release with thousands held."""
+
     due: float
-    seq: int
-    packet: Packet = field(compare=False)
-    sender: Sender = field(compare=False)
+    seq: int  # unique: the comparison never reaches the packet
+    packet: Packet
+    sender: Sender
 
 
 class Delayer:
     def __init__(self, control: str, seed: int) -> None:
         self.seed = seed
-        self.selector = selectors.DefaultSelector()
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Callable[[], None]] = {}
         self.senders: dict[bytes, Sender] = {}  # by source address
         self.region_of: dict[bytes, str] = {}
         self.nfq: NetfilterQueue | None = None
@@ -91,18 +104,42 @@ class Delayer:
         self.lateness: list[float] = []  # a uniform sample of those releases' lateness
         self.sample = random.Random(f"{seed}:lateness")
         self.unplanned = 0
+        self.wake_ups = 0
+        self.unstamped = 0  # packets without the kernel's arrival stamp: read on arrival from then on
         self.tick = tick_for(None)
-        self.read_at = 0.0  # when the queue was last read
-        self.arrived: float | None = None  # the instant that stands for the packets of a read on a tick
+        self.read_within = 0.0  # how long an arrival may wait unread (0: read at once)
+        self.prompt = False  # whether a packet's arrival wakes the line (read_within 0)
+        self.reading_at = 0.0  # the current read's instant, on both clocks
+        self.realtime_offset = 0.0
+        self.stamps = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # any receive timestamping turns on the kernel's
+        self.stamps.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(control)
         self.server.listen(4)
-        self.selector.register(self.server, selectors.EVENT_READ, self._accept)
+        self._watch(self.server.fileno(), self._accept)
+
+    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self.handlers[fd] = handler
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def _unwatch(self, fd: int) -> None:
+        del self.handlers[fd]
+        self.epoll.unregister(fd)
 
     # -- packets -----------------------------------------------------------------------------
 
+    def _arrival(self, packet: Packet) -> float:
+        """When the packet reached the hub, on the monotonic clock: the kernel's receive stamp
+        (realtime, or a TCP sender's monotonic departure time, which veth keeps), else now."""
+        stamp = packet.get_timestamp()
+        for arrival in (stamp - self.realtime_offset, stamp):
+            if -STAMP_TRUSTED_S < self.reading_at - arrival < STAMP_TRUSTED_S:
+                return arrival
+        self.unstamped += 1
+        self.read_within = 0.0
+        return self.reading_at
+
     def _on_packet(self, packet: Packet) -> None:
-        now = self.arrived or time.monotonic()
         payload = packet.get_payload()
         sender = self.senders.get(payload[12:16])
         if sender is None:  # a rule without a plan would be a lab bug: let the packet through, counted
@@ -127,18 +164,25 @@ class Delayer:
             packet.drop()
             return
         sender.held += 1
-        heapq.heappush(self.heap, Held(now + delay, next(self.seq), packet, sender))
+        heapq.heappush(self.heap, Held(self._arrival(packet) + delay, next(self.seq), packet, sender))
+
+    def _read(self) -> None:
+        """Every packet queued so far, into the heap."""
+        if self.nfq is None:
+            return
+        self.reading_at = time.monotonic()
+        self.realtime_offset = time.time() - self.reading_at
+        self.nfq.run(block=False)
 
     def _release_due(self) -> None:
         """Every packet due within half a tick goes out on this wake-up: at most half a tick early
         or, waiting for the next, late."""
-        now = time.monotonic()
-        while self.heap and self.heap[0].due <= now + self.tick / 2:
+        woke = time.monotonic()
+        while self.heap and self.heap[0].due <= woke + self.tick / 2:
             held = heapq.heappop(self.heap)
             held.packet.accept()
             held.sender.held -= 1
-            self._keep_lateness(now - held.due)
-            now = time.monotonic()
+            self._keep_lateness(time.monotonic() - held.due)
 
     def _keep_lateness(self, late: float) -> None:
         """Algorithm R: every release of a stretch is equally likely to be in the sample, so a
@@ -156,11 +200,11 @@ class Delayer:
             nfq = NetfilterQueue()
             nfq.bind(QUEUE_NUM, self._on_packet, max_len=KERNEL_QUEUE_MAX)
         self.nfq = nfq
-        self.selector.register(nfq.get_fd(), selectors.EVENT_READ, lambda: nfq.run(block=False))
 
     def _configure(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.nfq is None:
             self._bind(request["netns"])
+        self._read()  # what arrived before the change goes by the plans it arrived under
         for ip, region in request.get("regions", {}).items():
             self.region_of[socket.inet_aton(ip)] = region
         for peer in request["peers"]:
@@ -169,14 +213,18 @@ class Delayer:
                 self.senders[address].plan = plan
             else:
                 self.senders[address] = Sender(peer["index"], plan, random.Random(f"{self.seed}:delay:{peer['index']}"))
-        self.tick = tick_for(shortest_delay(s.plan for s in self.senders.values()))
-        return {"ok": True, "senders": len(self.senders), "tick_s": self.tick}
+        plans = [s.plan for s in self.senders.values()]
+        self.tick = tick_for(shortest_delay(plans))
+        unread = earliest_release(plans) - READ_MARGIN_TICKS * self.tick
+        self.read_within = 0.0 if self.unstamped else min(READ_MAX_S, max(0.0, unread))
+        return {"ok": True, "senders": len(self.senders), "tick_s": self.tick, "read_within_s": self.read_within}
 
     def _retime(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._read()  # held from before the change, so stretched with the rest
         now, ratio = time.monotonic(), float(request["ratio"])
         self.tick = min(TICK_MAX_S, self.tick * ratio)  # until the plans at the new dilation come
-        for held in self.heap:
-            held.due = now + max(0.0, held.due - now) * ratio
+        self.read_within *= min(1.0, ratio)
+        self.heap = [held._replace(due=now + max(0.0, held.due - now) * ratio) for held in self.heap]
         heapq.heapify(self.heap)
         return {"ok": True, "retimed": len(self.heap)}
 
@@ -195,18 +243,20 @@ class Delayer:
             "held": len(self.heap),
             "cpu_s": sum(os.times()[:2]),  # its own CPU so far (bench/impairment_accuracy.py: per packet)
             "unplanned": self.unplanned,
+            "unstamped": self.unstamped,
+            "wake_ups": self.wake_ups,
             "peers": {s.index: {"packets": s.packets, "dropped_limit": s.dropped_limit} for s in self.senders.values()},
         }
 
     def _accept(self) -> None:
         connection, _ = self.server.accept()
         reader = connection.makefile("r")
-        self.selector.register(connection, selectors.EVENT_READ, lambda: self._answer(connection, reader))
+        self._watch(connection.fileno(), lambda: self._answer(connection, reader))
 
     def _answer(self, connection: socket.socket, reader: Any) -> None:
         line = reader.readline()
         if not line:
-            self.selector.unregister(connection)
+            self._unwatch(connection.fileno())
             connection.close()
             return
         request = json.loads(line)
@@ -218,20 +268,35 @@ class Delayer:
         connection.sendall(json.dumps(reply).encode() + b"\n")
 
     def run(self) -> None:
-        """Until a tick before the next release, a wait for packets and requests; from then, a
-        wake-up per tick (requests and arrivals read without waiting, releases given, then a
-        sleep to the next tick: a sleep is exact where epoll waits whole milliseconds)."""
+        """Until a tick before the next release, a wait for requests (and for packets where
+        they must be read as they come) of at most `read_within`; from then, a wake-up per tick
+        (requests answered without waiting, the queue read, releases given, then a sleep to the
+        next tick: a sleep is exact where epoll waits whole milliseconds)."""
         while True:
+            self.wake_ups += 1
+            self._watch_queue(self.read_within <= 0 or not self.heap)
             woke = time.monotonic()
             wait = self.heap[0].due - woke - self.tick - EPOLL_S if self.heap else None
             ticking = wait is not None and wait <= 0
-            self.arrived = (self.read_at + woke) / 2 if ticking else None  # they came since the last read
-            for key, _ in self.selector.select(0 if ticking else wait):
-                key.data()
-            self.read_at = woke if ticking else time.monotonic()
+            if not ticking and not self.prompt:
+                wait = self.read_within if wait is None else min(wait, self.read_within)
+            for fd, _ in self.epoll.poll(0 if ticking else wait):
+                self.handlers[fd]()
+            self._read()
+            self._release_due()
             if ticking:
-                self._release_due()
                 time.sleep(max(0.0, woke + self.tick - time.monotonic()))
+
+    def _watch_queue(self, prompt: bool) -> None:
+        """A packet's arrival wakes the line only where it must be read as it comes, or when
+        nothing is held (else an idle line would wake every `read_within`)."""
+        if self.nfq is None or prompt == self.prompt:
+            return
+        if prompt:
+            self._watch(self.nfq.get_fd(), self._read)
+        else:
+            self._unwatch(self.nfq.get_fd())
+        self.prompt = prompt
 
 
 def tick_for(shortest_delay_s: float | None) -> float:

@@ -87,6 +87,16 @@ def shortest_delay(plans: Iterable[LinkPlan]) -> float | None:
     return min((delay for delay in delays if delay > 0), default=None)
 
 
+def earliest_release(plans: Iterable[LinkPlan]) -> float:
+    """The shortest time any of these links may hold a packet: its shortest delay to any
+    region, less its jitter (a gaussian's has no bound), or none where it reorders."""
+    def least(plan: LinkPlan) -> float:
+        if plan.reorder or (plan.jitter_s and plan.distribution != "uniform"):
+            return 0.0
+        return max(0.0, min(plan.delay_to(region) for region in (None, *plan.to_region)) - plan.jitter_s)
+    return min((least(plan) for plan in plans), default=0.0)
+
+
 def prefixes_by_region(ips: Iterable[str], regions: Iterable[str | None]) -> dict[str, list[str]]:
     """The fewest CIDR prefixes covering each region's peer addresses (peers of one group
     have consecutive addresses, so a region is a handful of prefixes, not one filter per peer)."""
