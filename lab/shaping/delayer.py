@@ -104,7 +104,6 @@ class Delayer:
         self.lateness: list[float] = []  # a uniform sample of those releases' lateness
         self.sample = random.Random(f"{seed}:lateness")
         self.unplanned = 0
-        self.wake_ups = 0
         self.unstamped = 0  # packets without the kernel's arrival stamp: read on arrival from then on
         self.tick = tick_for(None)
         self.read_within = 0.0  # how long an arrival may wait unread (0: read at once)
@@ -244,7 +243,6 @@ class Delayer:
             "cpu_s": sum(os.times()[:2]),  # its own CPU so far (bench/impairment_accuracy.py: per packet)
             "unplanned": self.unplanned,
             "unstamped": self.unstamped,
-            "wake_ups": self.wake_ups,
             "peers": {s.index: {"packets": s.packets, "dropped_limit": s.dropped_limit} for s in self.senders.values()},
         }
 
@@ -273,7 +271,6 @@ class Delayer:
         (requests answered without waiting, the queue read, releases given, then a sleep to the
         next tick: a sleep is exact where epoll waits whole milliseconds)."""
         while True:
-            self.wake_ups += 1
             self._watch_queue(self.read_within <= 0 or not self.heap)
             woke = time.monotonic()
             wait = self.heap[0].due - woke - self.tick - EPOLL_S if self.heap else None
