@@ -23,12 +23,13 @@ queued and releases every packet due within half a tick; further from a release 
 requests, and reads the queue at least every `read_within` (the earliest an unread packet could
 be due, less two ticks: the shortest delay less jitter; at most 10 ms, as unread packets fill
 the netlink socket's buffer). Only while nothing is held does a packet's arrival wake it. A
-packet goes at most half a tick early or late, however many come. The tick is the delay check's
-tolerance for the shortest delay held (max(1 ms, 5%); lab/shaping/plan.py), at most 10 ms:
-batching takes at most half the tolerance and leaves the other half for a late wake-up. At a
-dilation of 6 a 5 ms link holds packets 30 ms and the tick is 1.5 ms; at 400 it holds them 2 s
-and the tick is 10 ms. A packet without a stamp is counted (`unstamped`), and from then on
-every packet is read as it comes.
+packet goes at most half a tick early or late, however many come. The tick is half the delay
+check's tolerance for the shortest delay held (max(1 ms, 5%); lab/shaping/plan.py), at most
+10 ms: batching takes at most a quarter of the tolerance, so a round trip across two machines,
+through two delay lines, keeps half of it for late wake-ups. At a dilation of 6 a 5 ms link
+holds packets 30 ms and the tick is 0.75 ms; at 400 it holds them 2 s and the tick is 10 ms. A
+packet without a stamp is counted (`unstamped`), and from then on every packet is read as it
+comes.
 
 Run as `python -m lab.shaping.delayer --control SOCKET --seed N`.
 """
@@ -58,7 +59,7 @@ from lab.shaping.plan import LinkPlan, delay_tolerance, earliest_release, shorte
 QUEUE_NUM = 0
 KERNEL_QUEUE_MAX = 65536  # the kernel's own cap on unverdicted packets; `limit` is enforced here
 LATENESS_KEPT = 200_000  # a uniform sample of a stretch's releases (reservoir), for its lateness quantiles
-TICK_SHARE = 1.0  # of the tolerance for the shortest delay held: a release is at most half a tick off
+TICK_SHARE = 0.5  # of the tolerance for the shortest delay held: a path through two lines (across machines) keeps half
 TICK_MAX_S = 0.010  # a release at most 5 ms off, however long the delay
 READ_MARGIN_TICKS = 2  # a lazy read comes this long before the earliest an unread packet could be due
 READ_MAX_S = 0.010  # and within this: unread packets fill the netlink socket's buffer (100 ms lost 40% at 80,000/s)
