@@ -45,6 +45,10 @@ class LinkPlan:
     def delay_to(self, region: str | None) -> float:
         return self.delay_s + self.to_region.get(region or "", 0.0)
 
+    def delays(self) -> list[float]:
+        """The delay to every destination: its regions, and any other."""
+        return [self.delay_to(region) for region in (None, *self.to_region)]
+
     @property
     def lost(self) -> float:
         """The share of packets that do not arrive: lost, or corrupted (the receiver's checksum
@@ -83,8 +87,7 @@ def delay_tolerance(expected_s: float) -> float:
 
 def shortest_delay(plans: Iterable[LinkPlan]) -> float | None:
     """The shortest delay any of these links adds to a packet (to any region), if one adds any."""
-    delays = (plan.delay_to(region) for plan in plans for region in (None, *plan.to_region))
-    return min((delay for delay in delays if delay > 0), default=None)
+    return min((delay for plan in plans for delay in plan.delays() if delay > 0), default=None)
 
 
 def earliest_release(plans: Iterable[LinkPlan]) -> float:
@@ -93,7 +96,7 @@ def earliest_release(plans: Iterable[LinkPlan]) -> float:
     def least(plan: LinkPlan) -> float:
         if plan.reorder or (plan.jitter_s and plan.distribution != "uniform"):
             return 0.0
-        return max(0.0, min(plan.delay_to(region) for region in (None, *plan.to_region)) - plan.jitter_s)
+        return max(0.0, min(plan.delays()) - plan.jitter_s)
     return min((least(plan) for plan in plans), default=0.0)
 
 
