@@ -108,7 +108,6 @@ class Delayer:
         self.unstamped = 0  # packets without the kernel's arrival stamp: read on arrival from then on
         self.tick = tick_for(None)
         self.read_within = 0.0  # how long an arrival may wait unread (0: read at once)
-        self.prompt = False  # whether a packet's arrival wakes the line (read_within 0)
         self.reading_at = 0.0  # the current read's instant, on both clocks
         self.realtime_offset = 0.0
         self.stamps = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # any receive timestamping turns on the kernel's
@@ -276,7 +275,7 @@ class Delayer:
             woke = time.monotonic()
             wait = self.heap[0].due - woke - self.tick - EPOLL_S if self.heap else None
             ticking = wait is not None and wait <= 0
-            if not ticking and not self.prompt:
+            if not ticking and not self._queue_watched():
                 wait = self.read_within if wait is None else min(wait, self.read_within)
             for fd, _ in self.epoll.poll(0 if ticking else wait):
                 self.handlers[fd]()
@@ -288,13 +287,15 @@ class Delayer:
     def _watch_queue(self, prompt: bool) -> None:
         """A packet's arrival wakes the line only where it must be read as it comes, or when
         nothing is held (else an idle line would wake every `read_within`)."""
-        if self.nfq is None or prompt == self.prompt:
+        if self.nfq is None or prompt == self._queue_watched():
             return
         if prompt:
             self._watch(self.nfq.get_fd(), self._read)
         else:
             self._unwatch(self.nfq.get_fd())
-        self.prompt = prompt
+
+    def _queue_watched(self) -> bool:
+        return self.nfq is not None and self.nfq.get_fd() in self.handlers
 
 
 def tick_for(shortest_delay_s: float | None) -> float:
